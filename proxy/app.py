@@ -1,0 +1,154 @@
+"""Builds the two aiohttp applications and runs them.
+
+The proxy listener serves only the OCI pull API; the admin listener (vendor
+API, portal, metrics, health) is a separate application on its own socket, so
+nothing of it can be reached through the proxy listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from proxy import bootstrap, logs
+from proxy.auth.gate import Gate
+from proxy.auth.origin import Origins
+from proxy.auth.tokens import TokenIssuer
+from proxy.config import Config, parse_listen
+from proxy.directory import Directory
+from proxy.oci.middleware import oci_errors
+from proxy.oci.routes import OCIRoutes
+from proxy.secrets import Keyring
+from proxy.store import Store, open_store
+from proxy.upstream.client import UpstreamClient
+
+log = logging.getLogger("pullgate")
+
+MAX_HEADER = 16 * 1024
+
+
+@dataclass
+class Services:
+    cfg: Config
+    store: Store
+    keyring: Keyring
+    directory: Directory
+    upstream: UpstreamClient
+    gate: Gate
+
+    async def close(self) -> None:
+        await self.upstream.close()
+        await self.store.close()
+
+
+SERVICES = web.AppKey("services", Services)
+
+
+def keys_path(cfg: Config) -> Path:
+    p = Path(cfg.keys.file)
+    return p if p.is_absolute() else cfg.base_dir / p
+
+
+async def build_services(cfg: Config) -> Services:
+    keyring = await asyncio.to_thread(Keyring.load_or_create, keys_path(cfg))
+    store = await open_store(cfg.store, cfg.base_dir)
+    await bootstrap.apply(cfg, store, keyring)
+    directory = Directory(store, cfg.auth.license_cache_seconds)
+    upstream = UpstreamClient(cfg.upstream, keyring)
+    await upstream.start()
+    gate = Gate(directory, TokenIssuer(keyring, cfg.auth.token_ttl_seconds), Origins(cfg.proxy.trusted_proxies))
+    return Services(cfg, store, keyring, directory, upstream, gate)
+
+
+@web.middleware
+async def request_id(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    request["request_id"] = secrets.token_hex(8)
+    return await handler(request)
+
+
+async def _set_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    rid = request.get("request_id")
+    if rid:
+        response.headers["X-Request-Id"] = rid
+
+
+def proxy_app(services: Services) -> web.Application:
+    app = web.Application(middlewares=[request_id, oci_errors], client_max_size=64 * 1024)
+    app[SERVICES] = services
+    OCIRoutes(services.gate, services.directory, services.upstream, services.cfg.upstream.chunk_size).install(app)
+    app.on_response_prepare.append(_set_request_id)
+    return app
+
+
+def admin_app(services: Services) -> web.Application:
+    app = web.Application()
+    app[SERVICES] = services
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        try:
+            ok = await asyncio.wait_for(services.store.ping(), 2)
+        except Exception:
+            ok = False
+        ready = ok and bool(services.keyring.keys)
+        return web.json_response({"store": ok, "keyring": bool(services.keyring.keys)}, status=200 if ready else 503)
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+def _tls_context(cfg: Config) -> ssl.SSLContext | None:
+    if not cfg.proxy.tls_cert_file:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cfg.proxy.tls_cert_file, cfg.proxy.tls_key_file)
+    return ctx
+
+
+async def serve(cfg: Config, ready: Callable[[], None] | None = None) -> None:
+    """Run both listeners until SIGTERM/SIGINT; then drain and exit."""
+    services = await build_services(cfg)
+    grace = cfg.proxy.shutdown_grace_seconds
+    handler_args = {"max_field_size": MAX_HEADER, "max_line_size": MAX_HEADER}
+    proxy_runner = web.AppRunner(
+        proxy_app(services),
+        access_log_class=logs.AccessLogger,
+        access_log=logging.getLogger("pullgate.access") if cfg.log.access_log else None,
+        handler_cancellation=False,
+        shutdown_timeout=grace,
+        **handler_args,
+    )
+    admin_runner = web.AppRunner(admin_app(services), access_log=None, shutdown_timeout=2)
+    await proxy_runner.setup()
+    await admin_runner.setup()
+    phost, pport = parse_listen(cfg.proxy.listen, "proxy.listen")
+    ahost, aport = parse_listen(cfg.admin.listen, "admin.listen")
+    await web.TCPSite(proxy_runner, phost, pport, ssl_context=_tls_context(cfg), backlog=1024).start()
+    await web.TCPSite(admin_runner, ahost, aport).start()
+    log.info("listening: proxy on %s, admin on %s", cfg.proxy.listen, cfg.admin.listen)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready()
+    await stop.wait()
+    log.info("stopping: no new connections; running streams get up to %.0fs", grace)
+    # Stop accepting, let in-flight requests finish (up to the grace), then close.
+    await proxy_runner.cleanup()
+    await admin_runner.cleanup()
+    with contextlib.suppress(Exception):
+        await services.close()
+    log.info("stopped")

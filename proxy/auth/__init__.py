@@ -1,0 +1,1 @@
+"""Client authentication: license checks, the token endpoint, the proxy's JWTs."""

@@ -1,0 +1,104 @@
+"""/v2/token: trade a license for a short-lived pull token.
+
+GET with HTTP Basic (Docker, skopeo, KOTS: the password is the license ID, the
+username is ignored), or POST of the OAuth2 password form (containerd tries
+this first and wants `access_token`). Only `pull` on repositories of the
+license's own app is ever granted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from aiohttp import web
+
+from proxy.auth.credentials import BasicCredentials, parse_authorization
+from proxy.auth.gate import Gate
+from proxy.auth.tokens import Access
+from proxy.oci.errors import OCIError
+from proxy.oci.grammar import check_name, split_proxy_name
+from proxy.store.models import Customer
+
+MAX_SCOPES = 16
+
+
+def parse_scopes(raw: list[str]) -> list[tuple[str, str, set[str]]]:
+    """[(type, name, actions)] from `scope` values (each may hold several, space-separated)."""
+    out = []
+    for value in raw:
+        for scope in value.split():
+            kind, sep, rest = scope.partition(":")
+            name, sep2, actions = rest.rpartition(":")
+            if not sep or not sep2 or not name:
+                raise OCIError("UNAUTHORIZED", "malformed scope", status=400)
+            out.append((kind, name, {a for a in actions.split(",") if a}))
+    if len(out) > MAX_SCOPES:
+        raise OCIError("UNAUTHORIZED", "too many scopes", status=400)
+    return out
+
+
+def grant(customer: Customer, scopes: list[tuple[str, str, set[str]]]) -> list[Access]:
+    granted: list[Access] = []
+    for kind, name, actions in scopes:
+        if kind != "repository":
+            continue  # e.g. registry:catalog:* is not offered to customers
+        check_name(name)
+        pname = split_proxy_name(name)
+        if pname.app != customer.app_slug:
+            raise OCIError("DENIED", "requested access to the resource is denied")
+        if "pull" in actions or "*" in actions:
+            granted.append(Access(name=name, actions=("pull",)))
+    return granted
+
+
+class TokenEndpoint:
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+
+    async def get(self, request: web.Request) -> web.Response:
+        creds = parse_authorization(request.headers.get("Authorization"))
+        if not isinstance(creds, BasicCredentials):
+            raise OCIError(
+                "UNAUTHORIZED",
+                "send the license ID as the password of HTTP Basic authentication",
+                headers={"WWW-Authenticate": 'Basic realm="pullgate"'},
+            )
+        return await self._issue(request, creds.password, request.query.getall("scope", []), oauth=False)
+
+    async def post(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        grant_type = form.get("grant_type")
+        if grant_type != "password":
+            # containerd falls back to GET with Basic when the form is refused.
+            return web.json_response(
+                {"error": "unsupported_grant_type", "error_description": "only grant_type=password is supported"},
+                status=400,
+            )
+        password = form.get("password")
+        if not isinstance(password, str) or not password:
+            return web.json_response(
+                {"error": "invalid_request", "error_description": "password is required"}, status=400
+            )
+        scopes = [s for s in form.getall("scope", []) if isinstance(s, str)]
+        return await self._issue(request, password, scopes, oauth=True)
+
+    async def _issue(self, request: web.Request, license_id: str, raw_scopes: list[str], oauth: bool) -> web.Response:
+        customer = await self.gate.license_customer(license_id)
+        if customer is None:
+            if oauth:
+                return web.json_response(
+                    {"error": "invalid_grant", "error_description": "invalid credentials"}, status=401
+                )
+            raise OCIError(
+                "UNAUTHORIZED", "invalid credentials", headers={"WWW-Authenticate": 'Basic realm="pullgate"'}
+            )
+        access = grant(customer, parse_scopes(raw_scopes))
+        _, host = self.gate.origins.of(request)
+        token, issued_at, expires_in = self.gate.issuer.issue(customer.id, customer.app_slug, host, access)
+        body = {
+            "token": token,
+            "access_token": token,
+            "expires_in": expires_in,
+            "issued_at": dt.datetime.fromtimestamp(issued_at, dt.UTC).isoformat().replace("+00:00", "Z"),
+        }
+        return web.json_response(body, headers={"Cache-Control": "no-store"})

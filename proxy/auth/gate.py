@@ -1,0 +1,81 @@
+"""Who may pull what: every /v2 request of a customer passes through here.
+
+A request carries a proxy-issued Bearer token or the license itself as HTTP
+Basic. Either way the license's current state is read (through a cache of a
+few seconds), so a revocation stops pulls even while a token is still live.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from aiohttp import web
+
+from proxy.auth.credentials import BasicCredentials, parse_authorization
+from proxy.auth.origin import Origins
+from proxy.auth.tokens import InvalidToken, TokenIssuer
+from proxy.directory import Directory
+from proxy.oci.errors import OCIError
+from proxy.oci.grammar import ProxyName
+from proxy.store.models import Customer
+
+log = logging.getLogger("pullgate.auth")
+
+
+class Gate:
+    def __init__(self, directory: Directory, issuer: TokenIssuer, origins: Origins) -> None:
+        self.directory = directory
+        self.issuer = issuer
+        self.origins = origins
+
+    def challenge(self, request: web.Request, scope: str | None = None, error: str | None = None) -> str:
+        scheme, host = self.origins.of(request)
+        parts = [f'realm="{scheme}://{host}/v2/token"', f'service="{host}"']
+        if scope:
+            parts.append(f'scope="{scope}"')
+        if error:
+            parts.append(f'error="{error}"')
+        return "Bearer " + ",".join(parts)
+
+    def unauthorized(
+        self, request: web.Request, message: str, name: ProxyName | None, error: str | None = None
+    ) -> OCIError:
+        scope = f"repository:{name.full}:pull" if name else None
+        return OCIError(
+            "UNAUTHORIZED",
+            message,
+            headers={"WWW-Authenticate": self.challenge(request, scope, error)},
+        )
+
+    async def license_customer(self, license_id: str) -> Customer | None:
+        """The customer for a license that may pull now, or None."""
+        customer = await self.directory.customer_by_license(license_id)
+        if customer is None or customer.refusal(dt.datetime.now(dt.UTC)) is not None:
+            return None
+        return customer
+
+    async def authorize(self, request: web.Request, name: ProxyName | None) -> Customer:
+        """The customer behind this request, allowed to pull `name` (if given)."""
+        creds = parse_authorization(request.headers.get("Authorization"))
+        if creds is None:
+            raise self.unauthorized(request, "authentication required", name)
+        if isinstance(creds, BasicCredentials):
+            customer = await self.license_customer(creds.password)
+            if customer is None:
+                raise self.unauthorized(request, "invalid credentials", name)
+        else:
+            _, host = self.origins.of(request)
+            try:
+                claims = self.issuer.verify(creds.token, audience=host)
+            except InvalidToken:
+                raise self.unauthorized(request, "invalid or expired token", name, "invalid_token") from None
+            if name is not None and not claims.allows(name.full):
+                raise self.unauthorized(request, "token does not grant this repository", name, "insufficient_scope")
+            found = await self.directory.customer_by_id(claims.subject)
+            if found is None or found.refusal(dt.datetime.now(dt.UTC)) is not None:
+                raise self.unauthorized(request, "license is no longer valid", name)
+            customer = found
+        if name is not None and customer.app_slug != name.app:
+            raise OCIError("DENIED", "requested access to the resource is denied")
+        return customer

@@ -1,0 +1,48 @@
+"""The scheme and host the client used, for the token realm and `service`.
+
+X-Forwarded-Proto/-Host are believed only from peers the config trusts, so a
+client cannot point the realm (and the license it sends there) elsewhere.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from proxy.oci.errors import OCIError
+
+_HOST_RE = re.compile(r"^(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$")
+
+
+class Origins:
+    def __init__(self, trusted_proxies: Sequence[str]) -> None:
+        self.trusted = [ipaddress.ip_network(c, strict=False) for c in trusted_proxies]
+
+    def _trusted_peer(self, request: web.Request) -> bool:
+        if not self.trusted or request.transport is None:
+            return False
+        peer = request.transport.get_extra_info("peername")
+        if not peer:
+            return False
+        try:
+            ip = ipaddress.ip_address(peer[0])
+        except ValueError:
+            return False
+        return any(ip in net for net in self.trusted)
+
+    def of(self, request: web.Request) -> tuple[str, str]:
+        scheme = "https" if request.secure else "http"
+        host = request.headers.get("Host", "")
+        if self._trusted_peer(request):
+            proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+            if proto in ("http", "https"):
+                scheme = proto
+            fwd_host = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
+            if fwd_host:
+                host = fwd_host
+        if not host or not _HOST_RE.match(host):
+            raise OCIError("NAME_UNKNOWN", "missing or invalid Host header", status=400)
+        return scheme, host.lower()

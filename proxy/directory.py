@@ -1,0 +1,67 @@
+"""Short-lived read caches over the store for the hot path.
+
+A pull looks up its license, app and registries on every request; these
+caches keep that off the database while bounding staleness to a few seconds,
+so a revocation or a new registry takes effect quickly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+from proxy.store.base import Store, license_hash
+from proxy.store.models import App, Customer, Registry
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+MAX_ENTRIES = 100_000
+
+
+class TTLCache(Generic[K, V]):
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self._data: dict[K, tuple[float, V]] = {}
+        self._clock = clock
+
+    async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
+        now = self._clock()
+        hit = self._data.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        value = await load()
+        if self.ttl > 0:
+            if len(self._data) >= MAX_ENTRIES:
+                self._data.clear()  # crude but bounded; entries are cheap to reload
+            self._data[key] = (now + self.ttl, value)
+        return value
+
+    def clear(self) -> None:
+        self._data.clear()
+
+
+class Directory:
+    def __init__(self, store: Store, ttl: float) -> None:
+        self.store = store
+        self._licenses: TTLCache[str, Customer | None] = TTLCache(ttl)
+        self._customers: TTLCache[str, Customer | None] = TTLCache(ttl)
+        self._apps: TTLCache[str, App | None] = TTLCache(ttl)
+        self._registries: TTLCache[str, list[Registry]] = TTLCache(ttl)
+
+    async def customer_by_license(self, license_id: str) -> Customer | None:
+        return await self._licenses.get(license_hash(license_id), lambda: self.store.customer_by_license(license_id))
+
+    async def customer_by_id(self, customer_id: str) -> Customer | None:
+        return await self._customers.get(customer_id, lambda: self.store.customer_by_id(customer_id))
+
+    async def app(self, slug: str) -> App | None:
+        return await self._apps.get(slug, lambda: self.store.app_by_slug(slug))
+
+    async def registries_for(self, app: App) -> list[Registry]:
+        return await self._registries.get(app.id, lambda: self.store.registries_for_app(app))
+
+    def invalidate(self) -> None:
+        for cache in (self._licenses, self._customers, self._apps, self._registries):
+            cache.clear()

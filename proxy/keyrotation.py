@@ -1,0 +1,23 @@
+"""`pullgate keys rotate`: a new master key becomes current; every stored
+secret is re-encrypted under it. The keyring is saved first, so at no moment
+is a row sealed under a key the file does not hold."""
+
+from __future__ import annotations
+
+from proxy.secrets import Keyring
+from proxy.store.base import Store
+
+
+async def rotate(store: Store, keyring: Keyring) -> tuple[str, int]:
+    """Returns (new key id, number of secrets re-encrypted)."""
+    kid = keyring.add_key()
+    keyring.save()
+    registry_secrets = [
+        (rid, keyring.seal(keyring.open(sealed, rid), rid)) for rid, sealed in await store.sealed_registry_secrets()
+    ]
+    licenses = [
+        (cid, keyring.seal(keyring.open(sealed, f"customer:{cid}"), f"customer:{cid}"))
+        for cid, sealed in await store.sealed_licenses()
+    ]
+    await store.reseal(registry_secrets, licenses)
+    return kid, len(registry_secrets) + len(licenses)

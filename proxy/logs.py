@@ -1,0 +1,59 @@
+"""Logging: JSON lines, one access line per request. Never a secret.
+
+The access line carries a request id (also sent as X-Request-Id), the route,
+app, registry slug, status, bytes and duration; never a license ID, token,
+Authorization header or query string of the token endpoint.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+
+class JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            out.update(fields)
+        return json.dumps(out, default=str)
+
+
+def setup(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JSONFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # aiohttp's own access logger is replaced by ours.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class AccessLogger(AbstractAccessLogger):
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        from proxy.oci.routes import CTX_KEY  # local: keep logs importable alone
+
+        c = request.get(CTX_KEY)
+        fields: dict[str, Any] = {
+            "request_id": request.get("request_id"),
+            "method": request.method,
+            "route": c.route if c else "other",
+            "status": response.status,
+            "bytes": c.bytes_sent if c and c.bytes_sent else response.body_length,
+            "duration_ms": round(time * 1000, 2),
+        }
+        if c is not None:
+            fields.update(app=c.app, registry=c.registry, customer=c.customer_id)
+        self.logger.info("access", extra={"fields": fields})

@@ -1,0 +1,1 @@
+"""The client-facing OCI Distribution pull API."""

@@ -1,0 +1,99 @@
+"""Name, tag, digest and path grammar of the OCI distribution spec.
+
+Everything a client sends is checked here before anything goes upstream.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from proxy.oci.errors import OCIError
+
+# distribution-spec: <name> components and the whole name.
+COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+NAME_RE = re.compile(rf"^{COMPONENT}(?:/{COMPONENT})*$")
+TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
+DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+KNOWN_DIGESTS = {"sha256": 64, "sha512": 128}
+MAX_NAME = 255
+
+_ROUTE_RE = re.compile(
+    r"^/v2/(?P<name>.+?)/(?:(?P<kind>manifests|blobs|referrers)/(?P<ref>[^/]+)|(?P<tags>tags/list))$"
+)
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    kind: str  # manifests | blobs | referrers | tags
+    reference: str | None
+
+
+def decode_path(raw_path: str) -> str:
+    """Percent-decode once; anything that is not clean UTF-8 is refused."""
+    raw = raw_path.split("?", 1)[0]
+    try:
+        path = unquote(raw, encoding="utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise OCIError("NAME_INVALID", "path is not valid UTF-8") from None
+    if "%" in path or "\\" in path or "\x00" in path:
+        raise OCIError("NAME_INVALID", "path has encoded or control characters")
+    return path
+
+
+def parse_route(path: str) -> Route:
+    m = _ROUTE_RE.match(path)
+    if m is None:
+        raise OCIError("NAME_UNKNOWN", "no such route", status=404)
+    name = m["name"]
+    check_name(name)
+    if m["tags"]:
+        return Route(name=name, kind="tags", reference=None)
+    kind, ref = m["kind"], m["ref"]
+    if kind == "manifests":
+        if ":" in ref:
+            check_digest(ref)
+        elif not TAG_RE.match(ref):
+            raise OCIError("TAG_INVALID", "invalid tag")
+    else:
+        check_digest(ref)
+    return Route(name=name, kind=kind, reference=ref)
+
+
+def check_name(name: str) -> None:
+    if len(name) > MAX_NAME or not NAME_RE.match(name):
+        raise OCIError("NAME_INVALID", "invalid repository name")
+
+
+def check_digest(digest: str) -> None:
+    if not DIGEST_RE.match(digest):
+        raise OCIError("DIGEST_INVALID", "invalid digest")
+    algo, _, hexpart = digest.partition(":")
+    want = KNOWN_DIGESTS.get(algo)
+    if want is None:
+        raise OCIError("DIGEST_INVALID", f"unsupported digest algorithm {algo!r}")
+    if len(hexpart) != want or not re.fullmatch(r"[a-f0-9]+", hexpart):
+        raise OCIError("DIGEST_INVALID", "invalid digest")
+
+
+@dataclass(frozen=True)
+class ProxyName:
+    """`proxy/<app>/<upstream>/<repo>`: whose image, from which registry."""
+
+    app: str
+    upstream: str
+    # The rest of the name after <upstream>; empty for `proxy/<app>/redis`.
+    rest: str
+
+    @property
+    def full(self) -> str:
+        return "/".join(p for p in ("proxy", self.app, self.upstream, self.rest) if p)
+
+
+def split_proxy_name(name: str) -> ProxyName:
+    parts = name.split("/")
+    if len(parts) < 3 or parts[0] != "proxy":
+        raise OCIError("NAME_UNKNOWN", "repository names start with proxy/<app>/")
+    return ProxyName(app=parts[1], upstream=parts[2], rest="/".join(parts[3:]))

@@ -1,0 +1,45 @@
+"""Every answer on the proxy listener is an OCI error body when it is an error.
+
+Unexpected exceptions are logged by type and location only (their messages may
+carry upstream URLs) and become a bare 500; a traceback never reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from proxy.oci.errors import OCIError
+
+log = logging.getLogger("pullgate.oci")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_HTTP_CODES = {
+    404: ("NAME_UNKNOWN", "not found"),
+    405: ("UNSUPPORTED", "method not supported"),
+    413: ("SIZE_INVALID", "request body too large"),
+}
+
+
+@web.middleware
+async def oci_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    head = request.method == "HEAD"
+    try:
+        return await handler(request)
+    except OCIError as exc:
+        return exc.response(head)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code, message = _HTTP_CODES.get(exc.status, ("UNSUPPORTED" if exc.status == 405 else "BAD_REQUEST", exc.reason))
+        return OCIError(code, message, status=exc.status).response(head)
+    except Exception as exc:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb else "?"
+        log.error("internal error %s at %s", type(exc).__name__, where)
+        return OCIError("INTERNAL_ERROR", "internal error", status=500).response(head)

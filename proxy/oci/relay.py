@@ -1,0 +1,136 @@
+"""Copy an upstream answer to the client: headers chosen, body streamed.
+
+Large chunks with backpressure (each write waits for the socket to drain), so
+memory stays flat whatever the blob size. If the upstream breaks after the
+first byte, the client connection is aborted: the client must see a failure,
+never a clean short body.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import aiohttp
+from aiohttp import web
+
+from proxy.oci.errors import OCIError
+
+log = logging.getLogger("pullgate.relay")
+
+PASSED_HEADERS = (
+    "Content-Type",
+    "Content-Length",
+    "Docker-Content-Digest",
+    "ETag",
+    "Content-Range",
+    "Accept-Ranges",
+    "OCI-Filters-Applied",
+    "Last-Modified",
+)
+MAX_ERROR_BODY = 64 * 1024
+
+
+class StreamAborted(Exception):
+    """The stream broke mid-body (either side); the client connection is aborted."""
+
+    def __init__(self, response: web.StreamResponse, sent: int) -> None:
+        super().__init__(f"stream aborted after {sent} bytes")
+        self.response = response
+        self.sent = sent
+
+
+def passed_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
+    return {h: upstream.headers[h] for h in PASSED_HEADERS if h in upstream.headers}
+
+
+async def relay(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    chunk_size: int,
+    extra_headers: dict[str, str] | None = None,
+) -> tuple[web.StreamResponse, int]:
+    """Stream `upstream` to the client; returns the response and bytes sent."""
+    headers = passed_headers(upstream)
+    if extra_headers:
+        headers.update(extra_headers)
+    resp = web.StreamResponse(status=upstream.status, headers=headers)
+    expected = upstream.content_length
+    if request.method == "HEAD" or upstream.status == 304:
+        if expected is not None:
+            resp.content_length = expected
+        await resp.prepare(request)
+        await resp.write_eof()
+        return resp, 0
+    await resp.prepare(request)
+    sent = 0
+    while True:
+        try:
+            chunk = await upstream.content.read(chunk_size)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("upstream failed mid-body after %d bytes: %s", sent, type(exc).__name__)
+            chunk = None
+        if not chunk:
+            if chunk is None or (expected is not None and sent != expected):
+                _abort(request)
+                raise StreamAborted(resp, sent)
+            break
+        try:
+            await resp.write(chunk)
+        except ConnectionError:
+            # The client went away: stop reading upstream at once.
+            _abort(request)
+            raise StreamAborted(resp, sent) from None
+        sent += len(chunk)
+    await resp.write_eof()
+    return resp, sent
+
+
+def _abort(request: web.Request) -> None:
+    if request.transport is not None:
+        request.transport.abort()
+
+
+async def upstream_error(upstream: aiohttp.ClientResponse, kind: str, slug: str) -> OCIError:
+    """Map an upstream non-success answer to the client's OCI error."""
+    status = upstream.status
+    code, message = await _read_error(upstream)
+    if status == 404:
+        default = {"manifests": "MANIFEST_UNKNOWN", "blobs": "BLOB_UNKNOWN"}.get(kind, "NAME_UNKNOWN")
+        allowed = {"MANIFEST_UNKNOWN", "BLOB_UNKNOWN", "NAME_UNKNOWN"}
+        return OCIError(code if code in allowed else default, message or "not found", status=404)
+    if status == 416:
+        headers = {"Content-Range": upstream.headers["Content-Range"]} if "Content-Range" in upstream.headers else {}
+        return OCIError("RANGE_INVALID", "requested range not satisfiable", status=416, headers=headers)
+    if status == 429:
+        retry = upstream.headers.get("Retry-After", "60")
+        return OCIError(
+            "TOOMANYREQUESTS",
+            f"registry {slug!r} is rate limiting the proxy",
+            status=429,
+            headers={"Retry-After": retry if retry.isdigit() else "60"},
+        )
+    if status == 403:
+        return OCIError(
+            "UPSTREAM_ERROR", f"the vendor's registry {slug!r} refused the proxy's credentials (upstream status 403)",
+            status=502,
+        )  # fmt: skip
+    if status == 503:
+        return OCIError("UPSTREAM_UNAVAILABLE", f"registry {slug!r} is unavailable", status=503)
+    if status >= 500:
+        return OCIError("UPSTREAM_ERROR", f"registry {slug!r} answered {status}", status=502)
+    if 400 <= status < 500 and code:
+        return OCIError(code, message or "upstream refused the request", status=status)
+    return OCIError("UPSTREAM_ERROR", f"registry {slug!r} answered {status}", status=502)
+
+
+async def _read_error(upstream: aiohttp.ClientResponse) -> tuple[str | None, str | None]:
+    try:
+        body = await upstream.content.read(MAX_ERROR_BODY)
+        data = json.loads(body)
+        first = data["errors"][0]
+        code = str(first.get("code", "")).upper() or None
+        message = str(first.get("message", ""))[:200] or None
+        return code, message
+    except Exception:
+        return None, None

@@ -1,0 +1,199 @@
+"""The proxy listener: /v2/, /v2/token and the pull routes.
+
+A pull request goes: path grammar -> client auth (license) -> registry
+resolution (no I/O) -> upstream request (its own auth) -> relay.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from proxy.auth.endpoint import TokenEndpoint
+from proxy.auth.gate import Gate
+from proxy.directory import Directory
+from proxy.oci.errors import OCIError
+from proxy.oci.grammar import ProxyName, Route, decode_path, parse_route, split_proxy_name
+from proxy.oci.relay import StreamAborted, relay, upstream_error
+from proxy.upstream.client import UpstreamClient
+from proxy.upstream.errors import UpstreamError
+from proxy.upstream.resolve import resolve
+
+log = logging.getLogger("pullgate.oci")
+
+READ_METHODS = ("GET", "HEAD")
+MANIFEST_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
+MAX_TAGS_BODY = 8 * 1024 * 1024
+_RANGE_RE = re.compile(r"^bytes=(?:\d{1,19}-\d{0,19}|-\d{1,19})$")
+_LINK_RE = re.compile(r"<([^>]*)>")
+_QUERY_KEYS = {"tags": ("n", "last"), "referrers": ("artifactType",)}
+
+API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
+
+
+@dataclass
+class PullContext:
+    """What the access log and pull log want to know about one request."""
+
+    route: str = "other"
+    app: str | None = None
+    registry: str | None = None
+    customer_id: str | None = None
+    bytes_sent: int = 0
+
+
+CTX_KEY = web.RequestKey("pull_ctx", PullContext)
+
+
+class OCIRoutes:
+    def __init__(self, gate: Gate, directory: Directory, upstream: UpstreamClient, chunk_size: int) -> None:
+        self.gate = gate
+        self.directory = directory
+        self.upstream = upstream
+        self.chunk_size = chunk_size
+        self.tokens = TokenEndpoint(gate)
+
+    def install(self, app: web.Application) -> None:
+        app.router.add_route("*", "/v2/", self.base)
+        app.router.add_route("*", "/v2/token", self.token)
+        app.router.add_route("*", "/v2/{tail:.+}", self.pull)
+
+    async def base(self, request: web.Request) -> web.Response:
+        ctx(request).route = "base"
+        _reads_only(request)
+        await self.gate.authorize(request, None)
+        return web.json_response({}, headers=API_VERSION)
+
+    async def token(self, request: web.Request) -> web.Response:
+        ctx(request).route = "token"
+        if request.method == "GET":
+            return await self.tokens.get(request)
+        if request.method == "POST":
+            return await self.tokens.post(request)
+        raise OCIError("UNSUPPORTED", "the token endpoint takes GET or POST")
+
+    async def pull(self, request: web.Request) -> web.StreamResponse:
+        c = ctx(request)
+        _reads_only(request)
+        route = parse_route(decode_path(request.raw_path))
+        c.route = route.kind
+        pname = split_proxy_name(route.name)
+        customer = await self.gate.authorize(request, pname)
+        c.app, c.customer_id = pname.app, customer.id
+        app = await self.directory.app(pname.app)
+        if app is None or app.id != customer.app_id:
+            raise OCIError("NAME_UNKNOWN", "repository name not known to registry")
+        registry, repo = resolve(await self.directory.registries_for(app), pname)
+        c.registry = registry.slug
+        path = _upstream_path(route, repo, request)
+        headers = _upstream_headers(request, route)
+        try:
+            upstream = await self.upstream.request(
+                registry, request.method, path, headers, scope=f"repository:{repo}:pull"
+            )
+        except UpstreamError as exc:
+            raise OCIError(exc.code, exc.message, status=exc.status) from None
+        try:
+            if upstream.status not in (200, 206, 304):
+                raise await upstream_error(upstream, route.kind, registry.slug)
+            if route.kind == "tags" and request.method == "GET":
+                return await self._tags(upstream, pname, repo)
+            extra = _rewrite_link(upstream, repo, pname) | API_VERSION
+            try:
+                resp, c.bytes_sent = await relay(request, upstream, self.chunk_size, extra)
+            except StreamAborted as exc:
+                c.bytes_sent = exc.sent
+                upstream.close()  # drop the connection: the body is not fully read
+                return exc.response
+            return resp
+        finally:
+            upstream.release()
+
+    async def _tags(self, upstream: aiohttp.ClientResponse, pname: ProxyName, repo: str) -> web.Response:
+        """Tag lists are small: rewrite `name` to the client's repository name."""
+        body = await upstream.content.read(MAX_TAGS_BODY + 1)
+        if len(body) > MAX_TAGS_BODY:
+            raise OCIError("UPSTREAM_ERROR", "tag list too large", status=502)
+        try:
+            data = json.loads(body)
+            tags = data.get("tags") or []
+        except (ValueError, AttributeError):
+            raise OCIError("UPSTREAM_ERROR", "upstream tag list is not JSON", status=502) from None
+        headers = _rewrite_link(upstream, repo, pname) | API_VERSION
+        return web.json_response({"name": pname.full, "tags": tags}, headers=headers)
+
+
+def ctx(request: web.Request) -> PullContext:
+    c = request.get(CTX_KEY)
+    if c is None:
+        c = PullContext()
+        request[CTX_KEY] = c
+    return c
+
+
+def _reads_only(request: web.Request) -> None:
+    if request.method not in READ_METHODS:
+        raise OCIError("UNSUPPORTED", "this registry is read-only: only pulls are supported")
+
+
+def _upstream_path(route: Route, repo: str, request: web.Request) -> str:
+    if route.kind == "tags":
+        path = f"/v2/{repo}/tags/list"
+    else:
+        path = f"/v2/{repo}/{route.kind}/{route.reference}"
+    keys = _QUERY_KEYS.get(route.kind, ())
+    query = [(k, v) for k, v in request.query.items() if k in keys]
+    if route.kind == "tags":
+        n = request.query.get("n")
+        if n is not None and (not n.isdigit() or len(n) > 6):
+            raise OCIError("PAGINATION_NUMBER_INVALID", "n must be a non-negative integer")
+    if query:
+        from urllib.parse import urlencode
+
+        path += "?" + urlencode(query)
+    return path
+
+
+def _upstream_headers(request: web.Request, route: Route) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if route.kind == "manifests":
+        accept = ", ".join(request.headers.getall("Accept", []))
+        headers["Accept"] = accept[:4096] if accept else ", ".join(MANIFEST_TYPES)
+    elif route.kind in ("tags", "referrers"):
+        headers["Accept"] = "application/json, application/vnd.oci.image.index.v1+json"
+    rng = request.headers.get("Range")
+    if rng is not None and route.kind == "blobs":
+        if not _RANGE_RE.match(rng.strip()):
+            raise OCIError("RANGE_INVALID", "only a single bytes=start-end range is supported", status=416)
+        headers["Range"] = rng.strip()
+    inm = request.headers.get("If-None-Match")
+    if inm is not None and len(inm) < 1024:
+        headers["If-None-Match"] = inm
+    return headers
+
+
+def _rewrite_link(upstream: aiohttp.ClientResponse, repo: str, pname: ProxyName) -> dict[str, str]:
+    """Pagination links point at the upstream name; point them at ours."""
+    link = upstream.headers.get("Link")
+    if not link:
+        return {}
+    prefix = f"/v2/{repo}/"
+
+    def fix(m: re.Match[str]) -> str:
+        target = m.group(1)
+        path_start = target.find(prefix)
+        if path_start < 0:
+            return m.group(0)
+        return f"</v2/{pname.full}/{target[path_start + len(prefix) :]}>"
+
+    return {"Link": _LINK_RE.sub(fix, link)}

@@ -1,0 +1,22 @@
+"""State: teams, apps, registries, customers. SQLite is the embedded default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from proxy.config import sqlite_path
+from proxy.store.base import Store
+
+
+async def open_store(url: str, base_dir: Path) -> Store:
+    if url.startswith("sqlite:"):
+        from proxy.store.sqlite import SQLiteStore
+
+        store: Store = SQLiteStore(sqlite_path(url, base_dir))
+    else:
+        raise NotImplementedError("PostgreSQL support is not built yet; use sqlite:")
+    await store.open()
+    return store
+
+
+__all__ = ["Store", "open_store"]

@@ -1,0 +1,269 @@
+"""The store's operations, written once over a small SQL driver interface.
+
+Drivers (SQLite now, PostgreSQL for several replicas) only run SQL; every
+query lives here, written with `?` placeholders that a driver may rewrite.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from proxy.store.models import App, Customer, Registry, Team
+from proxy.store.schema import MIGRATIONS
+
+Row = dict[str, Any]
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def license_hash(license_id: str) -> str:
+    """License IDs are high-entropy random strings, so a plain SHA-256 suffices."""
+    return hashlib.sha256(license_id.encode()).hexdigest()
+
+
+def parse_time(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+class Store(abc.ABC):
+    # --- driver -----------------------------------------------------------
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+
+    @abc.abstractmethod
+    async def execute_many(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
+        """Run statements in one transaction."""
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        await self.execute_many([(sql, params)])
+
+    async def ping(self) -> bool:
+        return (await self.fetchone("SELECT 1 AS ok")) is not None
+
+    # --- migrations -------------------------------------------------------
+    async def migrate(self) -> None:
+        await self.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+        )
+        row = await self.fetchone("SELECT MAX(version) AS v FROM schema_migrations")
+        done = (row or {}).get("v") or 0
+        for version, script in enumerate(MIGRATIONS, start=1):
+            if version <= done:
+                continue
+            stmts = [(s.strip(), ()) for s in script.split(";") if s.strip()]
+            stmts.append(("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (version, now_iso())))
+            await self.execute_many(stmts)
+
+    # --- teams and tokens -------------------------------------------------
+    async def ensure_team(self, name: str) -> Team:
+        row = await self.fetchone("SELECT id, name FROM teams WHERE name = ?", (name,))
+        if row is None:
+            tid = new_id()
+            await self.execute("INSERT INTO teams (id, name, created_at) VALUES (?, ?, ?)", (tid, name, now_iso()))
+            return Team(id=tid, name=name)
+        return Team(**row)
+
+    async def ensure_api_token(self, team_id: str, token: str, name: str) -> None:
+        h = hashlib.sha256(token.encode()).hexdigest()
+        if await self.fetchone("SELECT id FROM api_tokens WHERE token_hash = ?", (h,)):
+            return
+        await self.execute(
+            "INSERT INTO api_tokens (id, team_id, name, token_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+            (new_id(), team_id, name, h, now_iso()),
+        )
+
+    # --- apps ---------------------------------------------------------------
+    async def ensure_app(self, team_id: str, slug: str, name: str | None) -> App:
+        row = await self.fetchone("SELECT id, team_id, slug, name FROM apps WHERE slug = ?", (slug,))
+        if row is None:
+            aid = new_id()
+            await self.execute(
+                "INSERT INTO apps (id, team_id, slug, name, created_at) VALUES (?, ?, ?, ?, ?)",
+                (aid, team_id, slug, name or slug, now_iso()),
+            )
+            return App(id=aid, team_id=team_id, slug=slug, name=name or slug)
+        if row["team_id"] != team_id:
+            raise ValueError(f"app slug {slug!r} belongs to another team")
+        if name and name != row["name"]:
+            await self.execute("UPDATE apps SET name = ? WHERE id = ?", (name, row["id"]))
+            row["name"] = name
+        return App(**row)
+
+    async def app_by_slug(self, slug: str) -> App | None:
+        row = await self.fetchone("SELECT id, team_id, slug, name FROM apps WHERE slug = ?", (slug,))
+        return App(**row) if row else None
+
+    # --- registries -------------------------------------------------------
+    async def registry_id(self, team_id: str, slug: str) -> str | None:
+        row = await self.fetchone("SELECT id FROM registries WHERE team_id = ? AND slug = ?", (team_id, slug))
+        return row["id"] if row else None
+
+    async def put_registry(self, reg: Registry) -> None:
+        """Create or update (by team and slug), with its app links."""
+        now = now_iso()
+        existing = await self.registry_id(reg.team_id, reg.slug)
+        stmts: list[tuple[str, Sequence[Any]]] = []
+        fields = (
+            reg.provider, reg.endpoint, reg.url, int(reg.insecure), reg.username, reg.secret_sealed,
+            int(reg.allow_anonymous), json.dumps(reg.options, sort_keys=True),
+        )  # fmt: skip
+        if existing is None:
+            stmts.append(
+                (
+                    "INSERT INTO registries (id, team_id, slug, provider, endpoint, url, insecure, username,"
+                    " secret_sealed, allow_anonymous, options, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (reg.id, reg.team_id, reg.slug, *fields, now, now),
+                )
+            )
+        else:
+            if existing != reg.id:
+                raise ValueError("registry id does not match the stored one")
+            stmts.append(
+                (
+                    "UPDATE registries SET provider = ?, endpoint = ?, url = ?, insecure = ?, username = ?,"
+                    " secret_sealed = ?, allow_anonymous = ?, options = ?, updated_at = ? WHERE id = ?",
+                    (*fields, now, reg.id),
+                )
+            )
+        stmts.append(("DELETE FROM registry_apps WHERE registry_id = ?", (reg.id,)))
+        stmts.extend(
+            ("INSERT INTO registry_apps (registry_id, app_id) VALUES (?, ?)", (reg.id, app_id))
+            for app_id in reg.app_ids
+        )
+        await self.execute_many(stmts)
+
+    async def registries_of_team(self, team_id: str) -> list[Registry]:
+        rows = await self.fetchall("SELECT * FROM registries WHERE team_id = ? ORDER BY slug", (team_id,))
+        links = await self.fetchall(
+            "SELECT ra.registry_id, ra.app_id FROM registry_apps ra"
+            " JOIN registries r ON r.id = ra.registry_id WHERE r.team_id = ?",
+            (team_id,),
+        )
+        apps: dict[str, list[str]] = {}
+        for link in links:
+            apps.setdefault(link["registry_id"], []).append(link["app_id"])
+        return [_registry(row, tuple(sorted(apps.get(row["id"], ())))) for row in rows]
+
+    async def registries_for_app(self, app: App) -> list[Registry]:
+        return [r for r in await self.registries_of_team(app.team_id) if r.serves(app.id)]
+
+    async def sealed_registry_secrets(self) -> list[tuple[str, str]]:
+        rows = await self.fetchall("SELECT id, secret_sealed FROM registries WHERE secret_sealed IS NOT NULL")
+        return [(r["id"], r["secret_sealed"]) for r in rows]
+
+    # --- customers (licenses) ------------------------------------------------
+    async def put_customer(
+        self,
+        *,
+        team_id: str,
+        app_id: str,
+        name: str,
+        email: str | None,
+        license_id: str,
+        seal: Any,
+        license_type: str = "prod",
+        expires_at: str | None = None,
+        status: str | None = None,
+    ) -> str:
+        """Create or update the customer that holds this license; returns its id."""
+        h = license_hash(license_id)
+        now = now_iso()
+        row = await self.fetchone("SELECT id FROM customers WHERE license_hash = ?", (h,))
+        if row is None:
+            cid = new_id()
+            await self.execute(
+                "INSERT INTO customers (id, team_id, app_id, name, email, license_hash, license_sealed,"
+                " license_type, expires_at, status, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (cid, team_id, app_id, name, email, h, seal(license_id, cid), license_type, expires_at,
+                 status or "active", now, now),
+            )  # fmt: skip
+            return cid
+        cid = row["id"]
+        await self.execute(
+            "UPDATE customers SET team_id = ?, app_id = ?, name = ?, email = ?, license_type = ?,"
+            " expires_at = ?, status = COALESCE(?, status), updated_at = ? WHERE id = ?",
+            (team_id, app_id, name, email, license_type, expires_at, status, now, cid),
+        )
+        return cid
+
+    async def customer_by_license(self, license_id: str) -> Customer | None:
+        return await self._customer("c.license_hash = ?", license_hash(license_id))
+
+    async def customer_by_id(self, customer_id: str) -> Customer | None:
+        return await self._customer("c.id = ?", customer_id)
+
+    async def _customer(self, where: str, value: str) -> Customer | None:
+        # `where` is one of two fixed strings above, never user input.
+        sql = _CUSTOMER_SELECT + " WHERE " + where
+        row = await self.fetchone(sql, (value,))
+        if row is None:
+            return None
+        row["expires_at"] = parse_time(row["expires_at"])
+        return Customer(**row)
+
+    async def set_customer_status(self, customer_id: str, status: str) -> None:
+        await self.execute(
+            "UPDATE customers SET status = ?, updated_at = ? WHERE id = ?", (status, now_iso(), customer_id)
+        )
+
+    async def sealed_licenses(self) -> list[tuple[str, str]]:
+        rows = await self.fetchall("SELECT id, license_sealed FROM customers")
+        return [(r["id"], r["license_sealed"]) for r in rows]
+
+    async def reseal(self, registry_secrets: list[tuple[str, str]], licenses: list[tuple[str, str]]) -> None:
+        """Store re-encrypted secrets in one transaction (key rotation)."""
+        stmts: list[tuple[str, Sequence[Any]]] = [
+            ("UPDATE registries SET secret_sealed = ? WHERE id = ?", (sealed, rid)) for rid, sealed in registry_secrets
+        ]
+        stmts += [("UPDATE customers SET license_sealed = ? WHERE id = ?", (sealed, cid)) for cid, sealed in licenses]
+        await self.execute_many(stmts)
+
+
+_CUSTOMER_SELECT = (
+    "SELECT c.id, c.team_id, c.app_id, a.slug AS app_slug, c.name, c.email, c.license_type,"
+    " c.expires_at, c.status FROM customers c JOIN apps a ON a.id = c.app_id"
+)
+
+
+def _registry(row: Row, app_ids: tuple[str, ...]) -> Registry:
+    return Registry(
+        id=row["id"],
+        team_id=row["team_id"],
+        slug=row["slug"],
+        provider=row["provider"],
+        endpoint=row["endpoint"],
+        url=row["url"],
+        insecure=bool(row["insecure"]),
+        username=row["username"],
+        secret_sealed=row["secret_sealed"],
+        allow_anonymous=bool(row["allow_anonymous"]),
+        options=json.loads(row["options"] or "{}"),
+        app_ids=app_ids,
+    )

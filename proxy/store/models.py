@@ -1,0 +1,63 @@
+"""Rows as the rest of the proxy sees them. Secrets stay sealed here."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Team:
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class App:
+    id: str
+    team_id: str
+    slug: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Registry:
+    id: str
+    team_id: str
+    slug: str
+    provider: str
+    endpoint: str
+    url: str
+    insecure: bool
+    username: str | None
+    # Sealed secret (password, token, secret access key, service-account JSON).
+    secret_sealed: str | None
+    allow_anonymous: bool = False
+    # Provider-specific, non-secret settings (ECR region, role ARN, API URL...).
+    options: dict[str, str] = field(default_factory=dict)
+    # App ids this registry serves; empty means every app of the team.
+    app_ids: tuple[str, ...] = ()
+
+    def serves(self, app_id: str) -> bool:
+        return not self.app_ids or app_id in self.app_ids
+
+
+@dataclass(frozen=True)
+class Customer:
+    id: str
+    team_id: str
+    app_id: str
+    app_slug: str
+    name: str
+    email: str | None
+    license_type: str
+    expires_at: dt.datetime | None
+    status: str  # active | revoked | archived
+
+    def refusal(self, now: dt.datetime) -> str | None:
+        """Why this license may not pull now, or None when it may."""
+        if self.status != "active":
+            return self.status
+        if self.expires_at is not None and now >= self.expires_at:
+            return "expired"
+        return None

@@ -1,0 +1,1 @@
+"""Talking to vendor registries: auth dance, token cache, redirects, streaming."""

@@ -1,0 +1,144 @@
+"""One request to a vendor registry: auth, redirects, bounded retries.
+
+Returns the upstream response with its body unread, so the caller streams it.
+Redirects (ECR -> S3, Docker Hub -> CDN, relative Locations) are followed here,
+inside the proxy; the Authorization header goes only to the registry's own
+origin, never to the host a redirect points at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+
+import aiohttp
+from yarl import URL
+
+from proxy.config import UpstreamSection
+from proxy.secrets import Keyring
+from proxy.store.models import Registry
+from proxy.upstream.auth import Authenticator, AuthTarget, RegistryCredentials
+from proxy.upstream.errors import CredentialsRejected, UpstreamTimeout, UpstreamUnavailable
+from proxy.upstream.realm import same_origin
+from proxy.upstream.tokens import TokenCache
+
+REDIRECTS = {301, 302, 303, 307, 308}
+RETRY_STATUSES = {500, 502, 503, 504}
+
+
+class UpstreamClient:
+    def __init__(self, cfg: UpstreamSection, keyring: Keyring) -> None:
+        self.cfg = cfg
+        self.keyring = keyring
+        self.tokens = TokenCache()
+        self._session: aiohttp.ClientSession | None = None
+        self._auth: Authenticator | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self.cfg.pool_size, limit_per_host=0, keepalive_timeout=30, enable_cleanup_closed=True
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=self.cfg.connect_timeout, sock_read=self.cfg.idle_timeout
+            ),
+            # Bytes pass through untouched: a gzip blob must not be "helpfully" inflated.
+            auto_decompress=False,
+            read_bufsize=self.cfg.chunk_size,
+            max_field_size=16384,
+            trust_env=False,
+            skip_auto_headers=("User-Agent",),
+            headers={"User-Agent": "pullgate"},
+        )
+        self._auth = Authenticator(self._session, self.tokens, self.cfg.first_byte_timeout)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "UpstreamClient.start() not called"
+        return self._session
+
+    def credentials(self, registry: Registry) -> RegistryCredentials:
+        password = self.keyring.open(registry.secret_sealed, registry.id) if registry.secret_sealed else None
+        return RegistryCredentials(username=registry.username, password=password)
+
+    async def request(
+        self,
+        registry: Registry,
+        method: str,
+        path_and_query: str,
+        headers: Mapping[str, str],
+        scope: str,
+    ) -> aiohttp.ClientResponse:
+        """Send with auth; the caller owns (and must release) the response."""
+        assert self._auth is not None
+        base = URL(registry.url)
+        url = base.join(URL(path_and_query, encoded=True))
+        target = AuthTarget(registry.id, registry.slug, base, registry.insecure)
+        auth_header = self._auth.cached(target, scope)
+        resp = await self._send_retrying(registry, method, url, headers, auth_header)
+        if resp.status != 401:
+            return resp
+        challenges = resp.headers.getall("WWW-Authenticate", [])
+        resp.release()
+        auth_header = await self._auth.answer(
+            target, challenges, scope, self.credentials(registry), stale=auth_header, upstream_status=401
+        )
+        resp = await self._send_retrying(registry, method, url, headers, auth_header)
+        if resp.status == 401:
+            # A fresh credential was refused: the vendor's credentials are wrong.
+            resp.release()
+            raise CredentialsRejected(registry.slug, 401)
+        return resp
+
+    async def _send_retrying(
+        self, registry: Registry, method: str, url: URL, headers: Mapping[str, str], auth: str | None
+    ) -> aiohttp.ClientResponse:
+        attempts = self.cfg.retries + 1 if method in ("GET", "HEAD") else 1
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                resp = await self._send(registry, method, url, headers, auth)
+            except TimeoutError:
+                if last:
+                    raise UpstreamTimeout(registry.slug, f"registry {registry.slug!r} timed out") from None
+            except aiohttp.ClientError as exc:
+                if last:
+                    raise UpstreamUnavailable(
+                        registry.slug, f"registry {registry.slug!r} is unreachable ({type(exc).__name__})"
+                    ) from None
+            else:
+                if resp.status not in RETRY_STATUSES or last:
+                    return resp
+                resp.release()
+            await asyncio.sleep(min(0.25 * 2**attempt, 2.0))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _send(
+        self, registry: Registry, method: str, url: URL, headers: Mapping[str, str], auth: str | None
+    ) -> aiohttp.ClientResponse:
+        base = URL(registry.url)
+        for _hop in range(self.cfg.max_redirects + 1):
+            send_headers = dict(headers)
+            if auth and same_origin(url, base):
+                send_headers["Authorization"] = auth
+            async with asyncio.timeout(self.cfg.first_byte_timeout):
+                resp = await self.session.request(method, url, headers=send_headers, allow_redirects=False)
+            location = resp.headers.get("Location")
+            if resp.status not in REDIRECTS or not location:
+                return resp
+            resp.release()
+            with contextlib.suppress(ValueError):
+                nxt = url.join(URL(location, encoded=True))  # keep presigned URLs byte-exact
+                if nxt.scheme == "https" or (nxt.scheme == "http" and registry.insecure):
+                    url = nxt
+                    if resp.status == 303:
+                        method = "GET" if method != "HEAD" else "HEAD"
+                    continue
+            raise UpstreamUnavailable(registry.slug, f"registry {registry.slug!r} sent an unusable redirect")
+        raise UpstreamUnavailable(registry.slug, f"registry {registry.slug!r} redirected too many times")

@@ -1,0 +1,40 @@
+"""What can go wrong upstream, in words safe to show a client (no secrets)."""
+
+from __future__ import annotations
+
+
+class UpstreamError(Exception):
+    """Base: `slug` names the registry; messages never carry credentials."""
+
+    status = 502
+    code = "UPSTREAM_ERROR"
+
+    def __init__(self, slug: str, message: str) -> None:
+        super().__init__(message)
+        self.slug = slug
+        self.message = message
+
+
+class CredentialsRejected(UpstreamError):
+    def __init__(self, slug: str, upstream_status: int) -> None:
+        super().__init__(
+            slug,
+            f"the vendor's registry {slug!r} refused the proxy's credentials (upstream status {upstream_status})",
+        )
+        self.upstream_status = upstream_status
+
+
+class RealmRefused(UpstreamError):
+    def __init__(self, slug: str, realm_host: str) -> None:
+        super().__init__(
+            slug, f"registry {slug!r} sent a token realm on {realm_host!r}, which is not trusted with its credentials"
+        )
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 502
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "UPSTREAM_TIMEOUT"

@@ -1,0 +1,45 @@
+"""Which registry serves `proxy/<app>/<upstream>/<repo>`, decided with no I/O.
+
+In order: a registry slug of the app's team; a configured endpoint host;
+otherwise a Docker Hub namespace when the team has Docker Hub configured.
+Anything else is NAME_UNKNOWN: the proxy never becomes an open proxy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from proxy.oci.errors import OCIError
+from proxy.oci.grammar import ProxyName
+from proxy.store.models import Registry
+
+DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+
+
+def canonical_endpoint(host: str) -> str:
+    host = host.lower().rstrip("/")
+    return "docker.io" if host in DOCKER_HUB_HOSTS else host
+
+
+def resolve(registries: Sequence[Registry], name: ProxyName) -> tuple[Registry, str]:
+    """(registry, repository name at that registry)."""
+    by_slug = next((r for r in registries if r.slug == name.upstream), None)
+    if by_slug is not None:
+        return by_slug, _repo(by_slug, name.rest)
+    wanted = canonical_endpoint(name.upstream)
+    by_endpoint = next((r for r in registries if canonical_endpoint(r.endpoint) == wanted), None)
+    if by_endpoint is not None:
+        return by_endpoint, _repo(by_endpoint, name.rest)
+    hub = next((r for r in registries if r.provider == "dockerhub"), None)
+    if hub is not None and "." not in name.upstream:
+        rest = f"{name.upstream}/{name.rest}" if name.rest else name.upstream
+        return hub, _repo(hub, rest)
+    raise OCIError("NAME_UNKNOWN", "repository name not known to registry", detail={"name": name.full})
+
+
+def _repo(registry: Registry, rest: str) -> str:
+    if not rest:
+        raise OCIError("NAME_UNKNOWN", "no repository after the registry name")
+    if registry.provider == "dockerhub" and "/" not in rest:
+        return f"library/{rest}"
+    return rest

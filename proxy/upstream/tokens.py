@@ -1,0 +1,76 @@
+"""Upstream token cache: per (registry, scope), refreshed once for all waiters.
+
+A token is used until shortly before it expires. When many requests need the
+same missing token at once, one fetch runs and the rest await its result.
+After an upstream 401 the caller passes the token that failed as `stale`, so
+a token somebody already refreshed is not fetched a second time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CachedToken:
+    header: str  # the Authorization header value to send, e.g. "Bearer abc"
+    expires_at: float  # monotonic seconds
+
+    def fresh(self, now: float) -> bool:
+        return now < self.expires_at
+
+
+def usable_until(issued: float, lifetime: float) -> float:
+    """Stop using a token a little before the registry stops accepting it."""
+    margin = min(60.0, max(lifetime * 0.2, 1.0))
+    return issued + max(lifetime - margin, 1.0)
+
+
+class TokenCache:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._tokens: dict[tuple[str, str], CachedToken] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Future[CachedToken]] = {}
+        self._clock = clock
+        self.fetches = 0
+        self.hits = 0
+
+    def peek(self, key: tuple[str, str]) -> CachedToken | None:
+        tok = self._tokens.get(key)
+        if tok is not None and tok.fresh(self._clock()):
+            return tok
+        return None
+
+    async def get(
+        self,
+        key: tuple[str, str],
+        fetch: Callable[[], Awaitable[CachedToken]],
+        stale: str | None = None,
+    ) -> CachedToken:
+        tok = self.peek(key)
+        if tok is not None and tok.header != stale:
+            self.hits += 1
+            return tok
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[CachedToken] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        try:
+            self.fetches += 1
+            tok = await fetch()
+            self._tokens[key] = tok
+            fut.set_result(tok)
+            return tok
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved: waiters may be none
+            raise
+        finally:
+            del self._inflight[key]
+
+    def forget_registry(self, registry_id: str) -> None:
+        for key in [k for k in self._tokens if k[0] == registry_id]:
+            del self._tokens[key]

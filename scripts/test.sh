@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs every test on a fresh Debian machine: installs the Debian packages the
+# tests drive (as root, only when missing), a virtual environment, then pytest.
+# Extra arguments go to pytest, e.g. scripts/test.sh -k token -x
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# program -> Debian package that ships it
+declare -A want=(
+  [docker-registry]=docker-registry
+  [skopeo]=skopeo
+  [nginx]=nginx-light
+  [htpasswd]=apache2-utils
+  [go]=golang-go
+  [curl]=curl
+)
+missing=()
+for prog in "${!want[@]}"; do
+  command -v "$prog" >/dev/null 2>&1 || [[ -x /usr/sbin/$prog ]] || missing+=("${want[$prog]}")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "missing Debian packages: ${missing[*]} (run as root, or apt-get install them)" >&2
+    exit 1
+  fi
+  echo "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  "$python" -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+
+.venv/bin/ruff check proxy tests bench
+exec .venv/bin/pytest -p no:cacheprovider "$@"

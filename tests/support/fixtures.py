@@ -1,0 +1,68 @@
+"""Session fixtures: three seeded upstream registries on loopback.
+
+Use from tests/conftest.py with `from tests.support.fixtures import *`.
+Big layer size: env PULLGATE_TEST_BIG_LAYER_MIB (default 100).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.images import seed_standard_images
+from tests.support.registry import AuthMode, Registry
+
+__all__ = [
+    "big_layer_mib",
+    "upstream_anon",
+    "upstream_basic",
+    "upstream_blob_cache",
+    "upstream_token",
+]
+
+
+@pytest.fixture(scope="session")
+def big_layer_mib() -> int:
+    return int(os.environ.get("PULLGATE_TEST_BIG_LAYER_MIB", "100"))
+
+
+@pytest.fixture(scope="session")
+def upstream_blob_cache() -> Iterator[Path]:
+    """The big layer is generated once here and pushed from this file to every registry."""
+    d = Path(tempfile.mkdtemp(prefix="pullgate-blobcache-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)  # not under pytest's basetemp: 100+ MiB would linger
+
+
+def _seeded(auth: AuthMode, name: str, cache: Path, mib: int) -> Iterator[Registry]:
+    password = f"canary-{name}-pw-{secrets.token_hex(8)}" if auth != "none" else None
+    reg = Registry(auth, username="vendor", password=password, name=name)
+    try:
+        seed_standard_images(reg, "vendor", mib, cache)
+        yield reg
+    finally:
+        reg.stop()
+
+
+@pytest.fixture(scope="session")
+def upstream_basic(upstream_blob_cache: Path, big_layer_mib: int) -> Iterator[Registry]:
+    """htpasswd (Basic) registry; user "vendor", password a canary string; `.images` seeded."""
+    yield from _seeded("htpasswd", "basic", upstream_blob_cache, big_layer_mib)
+
+
+@pytest.fixture(scope="session")
+def upstream_token(upstream_blob_cache: Path, big_layer_mib: int) -> Iterator[Registry]:
+    """Token-auth registry; `.token_server` counts fetches; user "vendor" / canary password."""
+    yield from _seeded("token", "token", upstream_blob_cache, big_layer_mib)
+
+
+@pytest.fixture(scope="session")
+def upstream_anon(upstream_blob_cache: Path, big_layer_mib: int) -> Iterator[Registry]:
+    """Registry without auth; `.images` seeded."""
+    yield from _seeded("none", "anon", upstream_blob_cache, big_layer_mib)
