@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from proxy import bootstrap, logs
+from proxy import bootstrap, logs, metrics
 from proxy.auth.gate import Gate
 from proxy.auth.origin import Origins
 from proxy.auth.tokens import TokenIssuer
@@ -61,7 +61,11 @@ def keys_path(cfg: Config) -> Path:
 async def build_services(cfg: Config) -> Services:
     keyring = await asyncio.to_thread(Keyring.load_or_create, keys_path(cfg))
     store = await open_store(cfg.store, cfg.base_dir)
-    await bootstrap.apply(cfg, store, keyring)
+    try:
+        await bootstrap.apply(cfg, store, keyring)
+    except BaseException:
+        await store.close()  # its worker thread would keep the process alive
+        raise
     directory = Directory(store, cfg.auth.license_cache_seconds)
     upstream = UpstreamClient(cfg.upstream, keyring)
     await upstream.start()
@@ -106,6 +110,7 @@ def admin_app(services: Services) -> web.Application:
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics.handler)
     return app
 
 

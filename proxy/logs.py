@@ -56,4 +56,14 @@ class AccessLogger(AbstractAccessLogger):
         }
         if c is not None:
             fields.update(app=c.app, registry=c.registry, customer=c.customer_id)
+        record_metrics(fields["route"], request.method, response.status, time, c)
         self.logger.info("access", extra={"fields": fields})
+
+
+def record_metrics(route: str, method: str, status: int, seconds: float, c: Any) -> None:
+    from proxy import metrics
+
+    metrics.REQUESTS.labels(route, method, str(status)).inc()
+    metrics.DURATION.labels(route).observe(seconds)
+    if c is not None and c.bytes_sent and route in ("manifests", "blobs"):
+        metrics.BYTES_SENT.labels(route.rstrip("s")).inc(c.bytes_sent)

@@ -56,7 +56,8 @@ def parse_route(path: str) -> Route:
         if ":" in ref:
             check_digest(ref)
         elif not TAG_RE.match(ref):
-            raise OCIError("TAG_INVALID", "invalid tag")
+            # A tag that cannot exist is unknown (as distribution answers); not sent upstream.
+            raise OCIError("MANIFEST_UNKNOWN", "manifest unknown: invalid tag", status=404)
     else:
         check_digest(ref)
     return Route(name=name, kind=kind, reference=ref)

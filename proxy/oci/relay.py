@@ -14,6 +14,7 @@ import logging
 import aiohttp
 from aiohttp import web
 
+from proxy import metrics
 from proxy.oci.errors import OCIError
 
 log = logging.getLogger("pullgate.relay")
@@ -63,6 +64,19 @@ async def relay(
         await resp.write_eof()
         return resp, 0
     await resp.prepare(request)
+    with metrics.STREAMS_IN_FLIGHT.track_inprogress():
+        sent = await _copy(request, upstream, resp, chunk_size, expected)
+    await resp.write_eof()
+    return resp, sent
+
+
+async def _copy(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    resp: web.StreamResponse,
+    chunk_size: int,
+    expected: int | None,
+) -> int:
     sent = 0
     while True:
         try:
@@ -72,18 +86,18 @@ async def relay(
             chunk = None
         if not chunk:
             if chunk is None or (expected is not None and sent != expected):
+                metrics.STREAMS_ABORTED.labels("upstream").inc()
                 _abort(request)
                 raise StreamAborted(resp, sent)
-            break
+            return sent
         try:
             await resp.write(chunk)
         except ConnectionError:
             # The client went away: stop reading upstream at once.
+            metrics.STREAMS_ABORTED.labels("client").inc()
             _abort(request)
             raise StreamAborted(resp, sent) from None
         sent += len(chunk)
-    await resp.write_eof()
-    return resp, sent
 
 
 def _abort(request: web.Request) -> None:

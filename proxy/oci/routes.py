@@ -10,6 +10,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
@@ -107,7 +108,7 @@ class OCIRoutes:
             if upstream.status not in (200, 206, 304):
                 raise await upstream_error(upstream, route.kind, registry.slug)
             if route.kind == "tags" and request.method == "GET":
-                return await self._tags(upstream, pname, repo)
+                return await self._tags(request, upstream, pname, repo)
             extra = _rewrite_link(upstream, repo, pname) | API_VERSION
             try:
                 resp, c.bytes_sent = await relay(request, upstream, self.chunk_size, extra)
@@ -119,8 +120,11 @@ class OCIRoutes:
         finally:
             upstream.release()
 
-    async def _tags(self, upstream: aiohttp.ClientResponse, pname: ProxyName, repo: str) -> web.Response:
-        """Tag lists are small: rewrite `name` to the client's repository name."""
+    async def _tags(
+        self, request: web.Request, upstream: aiohttp.ClientResponse, pname: ProxyName, repo: str
+    ) -> web.Response:
+        """Tag lists are small: rewrite `name` to the client's repository name, and
+        paginate here when the upstream ignored `n`/`last` (docker-registry 2.8 does)."""
         body = await upstream.content.read(MAX_TAGS_BODY + 1)
         if len(body) > MAX_TAGS_BODY:
             raise OCIError("UPSTREAM_ERROR", "tag list too large", status=502)
@@ -129,8 +133,31 @@ class OCIRoutes:
             tags = data.get("tags") or []
         except (ValueError, AttributeError):
             raise OCIError("UPSTREAM_ERROR", "upstream tag list is not JSON", status=502) from None
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise OCIError("UPSTREAM_ERROR", "upstream tag list is malformed", status=502)
         headers = _rewrite_link(upstream, repo, pname) | API_VERSION
+        if "Link" not in headers:
+            tags, link = _paginate(tags, request.query.get("n"), request.query.get("last"), pname)
+            if link:
+                headers["Link"] = link
         return web.json_response({"name": pname.full, "tags": tags}, headers=headers)
+
+
+def _paginate(tags: list[str], n: str | None, last: str | None, pname: ProxyName) -> tuple[list[str], str | None]:
+    """The spec's tag pagination: lexical order, after `last`, at most `n`."""
+    if n is None and last is None:
+        return tags, None
+    tags = sorted(tags)
+    if last is not None:
+        tags = [t for t in tags if t > last]
+    if n is None:
+        return tags, None
+    limit = int(n)
+    if len(tags) <= limit or limit == 0:
+        return tags[:limit], None
+    page = tags[:limit]
+    query = urlencode({"n": limit, "last": page[-1]})
+    return page, f'</v2/{pname.full}/tags/list?{query}>; rel="next"'
 
 
 def ctx(request: web.Request) -> PullContext:
@@ -158,8 +185,6 @@ def _upstream_path(route: Route, repo: str, request: web.Request) -> str:
         if n is not None and (not n.isdigit() or len(n) > 6):
             raise OCIError("PAGINATION_NUMBER_INVALID", "n must be a non-negative integer")
     if query:
-        from urllib.parse import urlencode
-
         path += "?" + urlencode(query)
     return path
 

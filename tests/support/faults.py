@@ -59,6 +59,7 @@ class BreakingFront:
                 pass
 
             def _relay(self) -> None:
+                front.paths.append(self.path)
                 conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
                 conn.request(self.command, self.path, headers=headers)
@@ -72,24 +73,32 @@ class BreakingFront:
                 breaking = self.command == "GET" and self.path.endswith(f"/blobs/{break_digest}")
                 limit = int(total * fraction) if breaking else None
                 sent = 0
-                while self.command != "HEAD":
-                    chunk = resp.read(CHUNK)
-                    if not chunk:
-                        break
-                    if limit is not None and sent + len(chunk) >= limit:
-                        self.wfile.write(chunk[: limit - sent])
-                        self.wfile.flush()
-                        front.broken += 1
-                        self.close_connection = True
-                        self.connection.shutdown(socket.SHUT_RDWR)
-                        break
-                    self.wfile.write(chunk)
-                    sent += len(chunk)
-                conn.close()
+                front.streaming += 1
+                try:
+                    while self.command != "HEAD":
+                        chunk = resp.read(CHUNK)
+                        if not chunk:
+                            break
+                        if limit is not None and sent + len(chunk) >= limit:
+                            self.wfile.write(chunk[: limit - sent])
+                            self.wfile.flush()
+                            front.broken += 1
+                            self.close_connection = True
+                            self.connection.shutdown(socket.SHUT_RDWR)
+                            break
+                        self.wfile.write(chunk)
+                        sent += len(chunk)
+                except OSError:
+                    self.close_connection = True  # the proxy hung up on us
+                finally:
+                    front.streaming -= 1
+                    conn.close()
 
             do_GET = do_HEAD = _relay
 
         self.broken = 0
+        self.streaming = 0  # bodies being written right now
+        self.paths: list[str] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]

@@ -1,0 +1,30 @@
+"""Prometheus collectors. Labels come only from configured names (routes,
+registry and app slugs) and status codes: never a license, customer or IP."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+REQUESTS = Counter("pullgate_requests", "Proxy requests answered", ["route", "method", "status"], registry=REGISTRY)
+DURATION = Histogram(
+    "pullgate_request_duration_seconds",
+    "Time to answer a proxy request, body included",
+    ["route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+    registry=REGISTRY,
+)
+BYTES_SENT = Counter("pullgate_bytes_sent", "Body bytes streamed to clients", ["kind"], registry=REGISTRY)
+STREAMS_IN_FLIGHT = Gauge("pullgate_streams_in_flight", "Bodies being streamed right now", registry=REGISTRY)
+STREAMS_ABORTED = Counter(
+    "pullgate_streams_aborted", "Streams cut mid-body (upstream broke or client left)", ["reason"], registry=REGISTRY
+)
+
+
+async def handler(_: web.Request) -> web.Response:
+    resp = web.Response(body=generate_latest(REGISTRY))
+    resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    resp.charset = "utf-8"
+    return resp
