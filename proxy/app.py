@@ -88,7 +88,8 @@ async def _set_request_id(request: web.Request, response: web.StreamResponse) ->
 def proxy_app(services: Services) -> web.Application:
     app = web.Application(middlewares=[request_id, oci_errors], client_max_size=64 * 1024)
     app[SERVICES] = services
-    OCIRoutes(services.gate, services.directory, services.upstream, services.cfg.upstream.chunk_size).install(app)
+    up = services.cfg.upstream
+    OCIRoutes(services.gate, services.directory, services.upstream, up.chunk_size, up.idle_timeout).install(app)
     app.on_response_prepare.append(_set_request_id)
     return app
 
@@ -112,6 +113,16 @@ def admin_app(services: Services) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics.handler)
     return app
+
+
+async def _watch_keyring(keyring: Keyring, every: float = 2.0) -> None:
+    """A key rotation done by the CLI reaches this process within seconds."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await asyncio.to_thread(keyring.reload_if_changed)
+        except Exception as exc:  # keep serving on the keys we have
+            log.error("keyring reload failed: %s", exc)
 
 
 def _tls_context(cfg: Config) -> ssl.SSLContext | None:
@@ -147,9 +158,11 @@ async def serve(cfg: Config, ready: Callable[[], None] | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watcher = asyncio.create_task(_watch_keyring(services.keyring))
     if ready is not None:
         ready()
     await stop.wait()
+    watcher.cancel()
     log.info("stopping: no new connections; running streams get up to %.0fs", grace)
     # Stop accepting, let in-flight requests finish (up to the grace), then close.
     await proxy_runner.cleanup()

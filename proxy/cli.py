@@ -69,7 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(cfg: Config) -> int:
     from proxy.app import serve
+    from proxy.tuning import tune_malloc
 
+    tune_malloc()
     try:
         import uvloop
 

@@ -180,7 +180,7 @@ def _apply_env(raw: dict[str, Any], environ: typing.Mapping[str, str]) -> None:
             continue
         rest = name[len("PULLGATE_") :].lower()
         if rest in sections and not dataclasses.is_dataclass(_type_of(sections[rest])):
-            raw[rest] = _env_scalar(value)
+            raw[rest] = _env_value(_type_of(sections[rest]), value)
             continue
         section, _, key = rest.partition("_")
         if section not in sections or section == "bootstrap":
@@ -189,13 +189,20 @@ def _apply_env(raw: dict[str, Any], environ: typing.Mapping[str, str]) -> None:
         keys = {f.name for f in dataclasses.fields(cls)}
         if key not in keys:
             raise ConfigError(f"environment {name}: {section} has no key {key!r}")
-        target = raw.setdefault(section, {})
+        if raw.get(section) is None:  # absent, or every key commented out
+            raw[section] = {}
+        target = raw[section]
         if not isinstance(target, dict):
             raise ConfigError(f"{section}: must be a mapping")
-        target[key] = _env_scalar(value)
+        target[key] = _env_value(typing.get_type_hints(cls)[key], value)
 
 
-def _env_scalar(value: str) -> Any:
+def _env_value(tp: Any, value: str) -> Any:
+    """Strings are taken verbatim (PULLGATE_KEYS_FILE=0700 stays "0700");
+    numbers, booleans and lists are read as YAML scalars."""
+    optional_str = typing.get_origin(tp) in (types.UnionType, typing.Union) and str in typing.get_args(tp)
+    if tp is str or optional_str:
+        return value
     try:
         return yaml.safe_load(value)
     except yaml.YAMLError:

@@ -38,6 +38,7 @@ class Keyring:
     current: str
     keys: dict[str, bytes] = field(default_factory=dict)
     path: Path | None = None
+    mtime_ns: int = 0
     _derived: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -60,6 +61,8 @@ class Keyring:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise SecretError(f"keyring {path}: cannot read: {exc.__class__.__name__}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("keys") or {}, dict):
+            raise SecretError(f"keyring {path}: not a mapping of current and keys")
         keys: dict[str, bytes] = {}
         for kid, b64 in (data.get("keys") or {}).items():
             try:
@@ -72,7 +75,24 @@ class Keyring:
         current = str(data.get("current", ""))
         if current not in keys:
             raise SecretError(f"keyring {path}: current key {current!r} is not in keys")
-        return cls(current=current, keys=keys, path=path)
+        return cls(current=current, keys=keys, path=path, mtime_ns=path.stat().st_mtime_ns)
+
+    def reload_if_changed(self) -> bool:
+        """Pick up `pullgate keys rotate` run beside a live server (blocking: call in a thread)."""
+        if self.path is None:
+            return False
+        try:
+            mtime = self.path.stat().st_mtime_ns
+        except OSError:
+            return False
+        if mtime == self.mtime_ns:
+            return False
+        fresh = Keyring.load(self.path)
+        # Swap whole objects: readers on the event loop never see a half-updated ring.
+        self.keys, self.current, self.mtime_ns = fresh.keys, fresh.current, fresh.mtime_ns
+        self._derived = {}
+        log.info("master keyring reloaded; current key %s", self.current)
+        return True
 
     def save(self) -> None:
         """Write atomically with mode 0600 (never a moment with wider permissions)."""
@@ -93,6 +113,7 @@ class Keyring:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o600)
         os.replace(tmp, self.path)
+        self.mtime_ns = self.path.stat().st_mtime_ns
 
     def add_key(self) -> str:
         kid = _new_kid()

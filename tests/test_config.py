@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.config import ConfigError, Config, load, read_secret, sqlite_path
+from proxy.config import Config, ConfigError, load, read_secret, sqlite_path
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -118,3 +118,31 @@ def test_bad_config_stops_the_start_naming_the_key(tmp_path: Path, config: dict,
     assert res.returncode == 2
     assert needle in res.stderr
     assert "Traceback" not in res.stderr
+
+
+async def test_key_rotation_reaches_a_running_server(tmp_path: Path, upstream_basic: Registry):
+    teams = _teams(upstream_basic)
+    teams[0]["registries"][0].update(username="vendor", password_env="SERVE_UPSTREAM_PW")
+    env = {"SERVE_LICENSE": LICENSE, "SERVE_UPSTREAM_PW": upstream_basic.password or ""}
+    server = Pullgate(tmp_path, teams, env=env).start()
+    try:
+        img = upstream_basic.images["oci"]
+        url = f"{server.url}/v2/proxy/serve/up/{img.repo}/manifests/{img.digest}"
+        headers = {"Authorization": basic(LICENSE), "Accept": img.media_type}
+        res = subprocess.run(
+            [sys.executable, "-m", "proxy", "keys", "rotate", "--config", str(server.config_path)],
+            capture_output=True, text=True, timeout=30, cwd=REPO_ROOT, env=server.env,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        assert "re-encrypted 2 secret(s)" in res.stdout
+        # The stored password is now sealed under a key this process loaded only from the file.
+        await asyncio.sleep(3)
+        async with aiohttp.ClientSession() as s:
+            # A new registry connection needs the password: use a repository not yet authorised.
+            async with s.get(url, headers=headers) as r:
+                assert r.status == 200
+                assert await r.read() == img.manifest
+        assert "master keyring reloaded" in server.log_text()
+        assert (upstream_basic.password or "-") not in server.log_text()
+    finally:
+        server.stop()

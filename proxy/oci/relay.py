@@ -8,6 +8,7 @@ never a clean short body.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -50,6 +51,7 @@ async def relay(
     upstream: aiohttp.ClientResponse,
     chunk_size: int,
     extra_headers: dict[str, str] | None = None,
+    idle_timeout: float = 60.0,
 ) -> tuple[web.StreamResponse, int]:
     """Stream `upstream` to the client; returns the response and bytes sent."""
     headers = passed_headers(upstream)
@@ -64,10 +66,37 @@ async def relay(
         await resp.write_eof()
         return resp, 0
     await resp.prepare(request)
+    if request.transport is not None:
+        # Fewer, larger socket writes: let the kernel-side buffer hold a few chunks.
+        request.transport.set_write_buffer_limits(high=4 * chunk_size)
     with metrics.STREAMS_IN_FLIGHT.track_inprogress():
-        sent = await _copy(request, upstream, resp, chunk_size, expected)
+        sent = await _copy(request, upstream, resp, chunk_size, expected, idle_timeout)
+        try:
+            async with asyncio.timeout(idle_timeout):
+                await _flush(request)
+        except TimeoutError:
+            _abort(request)
+            raise StreamAborted(resp, sent) from None
     await resp.write_eof()
     return resp, sent
+
+
+async def _flush(request: web.Request) -> None:
+    """Wait until the socket took every buffered byte of the body.
+
+    With a large write buffer the handler can finish while megabytes still sit
+    in the transport; a graceful shutdown that closes the loop then would cut
+    the tail of a stream it promised to finish.
+    """
+    transport = request.transport
+    if transport is None:
+        return
+    # A zero high-water mark pauses the writer until the buffer is empty.
+    transport.set_write_buffer_limits(high=0)
+    try:
+        await request.writer.drain()
+    finally:
+        transport.set_write_buffer_limits()
 
 
 async def _copy(
@@ -76,11 +105,12 @@ async def _copy(
     resp: web.StreamResponse,
     chunk_size: int,
     expected: int | None,
+    idle_timeout: float,
 ) -> int:
     sent = 0
     while True:
         try:
-            chunk = await upstream.content.read(chunk_size)
+            chunk, _ = await upstream.content.readchunk()
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("upstream failed mid-body after %d bytes: %s", sent, type(exc).__name__)
             chunk = None
@@ -91,8 +121,10 @@ async def _copy(
                 raise StreamAborted(resp, sent)
             return sent
         try:
-            await resp.write(chunk)
-        except ConnectionError:
+            # A client that stops reading for the idle timeout is dropped.
+            async with asyncio.timeout(idle_timeout):
+                await resp.write(chunk)
+        except (ConnectionError, TimeoutError):
             # The client went away: stop reading upstream at once.
             metrics.STREAMS_ABORTED.labels("client").inc()
             _abort(request)

@@ -57,7 +57,10 @@ CTX_KEY = web.RequestKey("pull_ctx", PullContext)
 
 
 class OCIRoutes:
-    def __init__(self, gate: Gate, directory: Directory, upstream: UpstreamClient, chunk_size: int) -> None:
+    def __init__(
+        self, gate: Gate, directory: Directory, upstream: UpstreamClient, chunk_size: int, idle_timeout: float
+    ) -> None:
+        self.idle_timeout = idle_timeout
         self.gate = gate
         self.directory = directory
         self.upstream = upstream
@@ -111,7 +114,7 @@ class OCIRoutes:
                 return await self._tags(request, upstream, pname, repo)
             extra = _rewrite_link(upstream, repo, pname) | API_VERSION
             try:
-                resp, c.bytes_sent = await relay(request, upstream, self.chunk_size, extra)
+                resp, c.bytes_sent = await relay(request, upstream, self.chunk_size, extra, self.idle_timeout)
             except StreamAborted as exc:
                 c.bytes_sent = exc.sent
                 upstream.close()  # drop the connection: the body is not fully read

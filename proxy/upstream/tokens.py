@@ -54,20 +54,19 @@ class TokenCache:
             self.hits += 1
             return tok
         pending = self._inflight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        fut: asyncio.Future[CachedToken] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
-        try:
+        if pending is None:
+            # The fetch runs as its own task: a waiter that is cancelled (its
+            # client left) must not cancel the fetch the others are waiting on.
             self.fetches += 1
+            pending = asyncio.ensure_future(self._fetch(key, fetch))
+            self._inflight[key] = pending
+        return await asyncio.shield(pending)
+
+    async def _fetch(self, key: tuple[str, str], fetch: Callable[[], Awaitable[CachedToken]]) -> CachedToken:
+        try:
             tok = await fetch()
             self._tokens[key] = tok
-            fut.set_result(tok)
             return tok
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # mark retrieved: waiters may be none
-            raise
         finally:
             del self._inflight[key]
 
