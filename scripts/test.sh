@@ -4,6 +4,8 @@
 # Extra arguments go to pytest, e.g. scripts/test.sh -k token -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The machine's own Go toolchain (newer than Debian's) builds the conformance suite.
+[[ -d /usr/local/go/bin ]] && export PATH="/usr/local/go/bin:$PATH"
 
 # program -> Debian package that ships it
 declare -A want=(

@@ -12,6 +12,7 @@ import pytest
 
 from tests.support.faults import BreakingFront, Sentinel
 from tests.support.fixtures import *  # noqa: F403 - the upstream registry fixtures
+from tests.support.procs import free_port
 from tests.support.pullgate import Pullgate
 from tests.support.registry import Registry
 
@@ -84,6 +85,9 @@ def deployment(
                  "url": upstream_anon.url, "insecure": True},
                 {"slug": "vendor-breaking", "provider": "other", "endpoint": "registry.breaking.test",
                  "url": front.url, "insecure": True},
+                # Nothing listens there: connection refused.
+                {"slug": "vendor-down", "provider": "other", "endpoint": "registry.down.test",
+                 "url": f"http://127.0.0.1:{free_port()}", "insecure": True},
                 # Linked to the other app only: acme's customers must not reach it.
                 {"slug": "other-only", "provider": "other", "endpoint": "registry.other.test",
                  "url": sentinel.url, "insecure": True, "apps": ["acme-other"]},

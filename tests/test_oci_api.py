@@ -180,3 +180,11 @@ async def test_protocol_abuse_keeps_the_server_serving(client: ProxyClient, depl
         assert answer.startswith(b"HTTP/1."), answer[:80]
         assert b" 500 " not in answer.split(b"\r\n", 1)[0]
     assert (await client.request("GET", "/v2/")).status == 401
+
+
+async def test_unreachable_upstream_is_a_502_naming_the_registry(client: ProxyClient, auth: dict[str, str]):
+    ans = await client.request("GET", "/v2/proxy/acme/vendor-down/vendor/oci/manifests/v1", headers=auth)
+    assert (ans.status, ans.error_code) == (502, "UPSTREAM_ERROR")
+    assert "vendor-down" in ans.json()["errors"][0]["message"]
+    ans = await client.request("HEAD", "/v2/proxy/acme/vendor-down/vendor/oci/manifests/v1", headers=auth)
+    assert ans.status == 502 and ans.body == b""

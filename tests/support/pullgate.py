@@ -64,8 +64,9 @@ class Pullgate:
     def start(self) -> Pullgate:
         argv = [sys.executable, "-m", "proxy", "serve", "--config", str(self.config_path)]
         self.proc = ManagedProcess(argv, self.workdir, self.name, env=self.env, cwd=REPO_ROOT)
-        wait_http(f"{self.url}/v2/", timeout=20, proc=self.proc)
-        wait_http(f"{self.admin_url}/healthz", timeout=5, proc=self.proc)
+        # Both listeners are up before the admin one answers (and it is plain HTTP even
+        # when the proxy listener speaks TLS).
+        wait_http(f"{self.admin_url}/healthz", timeout=20, proc=self.proc)
         return self
 
     @property

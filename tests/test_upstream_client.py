@@ -1,0 +1,183 @@
+"""UpstreamClient against small loopback servers that misbehave on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import pytest
+from aiohttp import web
+
+from proxy.config import UpstreamSection
+from proxy.secrets import Keyring
+from proxy.store.models import Registry
+from proxy.upstream.client import UpstreamClient
+from proxy.upstream.errors import CredentialsRejected, UpstreamTimeout, UpstreamUnavailable
+
+PASSWORD = "canary-unit-pw-4f1c"
+
+
+@dataclass
+class Seen:
+    requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # (host:port, path, auth)
+
+
+async def _serve(handler: Callable[[web.Request], object], seen: Seen) -> tuple[web.AppRunner, str]:
+    async def record(request: web.Request) -> web.StreamResponse:
+        seen.requests.append((request.host, request.path_qs, request.headers.get("Authorization")))
+        return await handler(request)  # type: ignore[misc]
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[tuple[UpstreamClient, Keyring]]:
+    ring = Keyring.generate()
+    cfg = UpstreamSection(connect_timeout=2, first_byte_timeout=1, idle_timeout=2, retries=2)
+    c = UpstreamClient(cfg, ring)
+    await c.start()
+    yield c, ring
+    await c.close()
+
+
+def _registry(ring: Keyring, url: str, username: str | None = "vendor") -> Registry:
+    return Registry(
+        id="r1", team_id="t", slug="unit", provider="other", endpoint="unit.test", url=url, insecure=True,
+        username=username, secret_sealed=ring.seal(PASSWORD, "r1") if username else None,
+    )  # fmt: skip
+
+
+def _basic_ok(request: web.Request) -> bool:
+    want = "Basic " + base64.b64encode(f"vendor:{PASSWORD}".encode()).decode()
+    return request.headers.get("Authorization") == want
+
+
+async def test_bearer_token_is_refetched_once_after_a_401(client):
+    c, ring = client
+    seen = Seen()
+    state = {"token": "t1", "issued": 0, "accept": {"t1"}}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path == "/token":
+            if not _basic_ok(request):
+                return web.Response(status=401)
+            state["issued"] += 1
+            return web.json_response({"token": f"t{state['issued']}", "expires_in": 300})
+        if request.headers.get("Authorization") in {f"Bearer {t}" for t in state["accept"]}:
+            return web.Response(body=b"manifest")
+        realm = f"http://{request.host}/token"
+        return web.Response(status=401, headers={"WWW-Authenticate": f'Bearer realm="{realm}",service="unit"'})
+
+    runner, url = await _serve(handler, seen)
+    try:
+        reg = _registry(ring, url)
+        state["accept"] = {"t1"}
+        r = await c.request(reg, "GET", "/v2/a/manifests/v1", {}, "repository:a:pull")
+        assert r.status == 200 and await r.read() == b"manifest"
+        r.release()
+        assert state["issued"] == 1
+        # The registry now refuses t1 (revoked early): one refetch, then success.
+        state["accept"] = {"t2"}
+        r = await c.request(reg, "GET", "/v2/a/manifests/v1", {}, "repository:a:pull")
+        assert r.status == 200
+        r.release()
+        assert state["issued"] == 2
+        # It refuses every token: the vendor's credentials are reported as rejected.
+        state["accept"] = set()
+        with pytest.raises(CredentialsRejected) as info:
+            await c.request(reg, "GET", "/v2/a/manifests/v1", {}, "repository:a:pull")
+        assert "unit" in str(info.value) and PASSWORD not in str(info.value)
+        # The token went to the registry and its realm only; the password only to the realm.
+        assert all(auth is None or PASSWORD not in auth for _, p, auth in seen.requests if p != "/token")
+    finally:
+        await runner.cleanup()
+
+
+async def test_redirects_are_followed_without_credentials_off_origin(client):
+    c, ring = client
+    cdn_seen, reg_seen = Seen(), Seen()
+
+    async def cdn(request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Authorization"):
+            return web.Response(status=400, text="two auth mechanisms")
+        return web.Response(body=b"blob-bytes")
+
+    cdn_runner, cdn_url = await _serve(cdn, cdn_seen)
+
+    async def registry(request: web.Request) -> web.StreamResponse:
+        if not _basic_ok(request):
+            return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="unit"'})
+        if request.path.endswith("/relative"):
+            return web.Response(status=307, headers={"Location": "/storage/blob?sig=a%2Fb"})
+        if request.path.startswith("/storage/"):
+            return web.Response(body=b"same-origin-bytes")
+        return web.Response(status=307, headers={"Location": f"{cdn_url}/cdn/blob?X-Amz-Signature=a%2Fb"})
+
+    reg_runner, reg_url = await _serve(registry, reg_seen)
+    try:
+        reg = _registry(ring, reg_url)
+        r = await c.request(reg, "GET", "/v2/a/blobs/x", {}, "repository:a:pull")
+        assert (r.status, await r.read()) == (200, b"blob-bytes")
+        r.release()
+        assert cdn_seen.requests == [(cdn_url.split("//")[1], "/cdn/blob?X-Amz-Signature=a%2Fb", None)]
+        r = await c.request(reg, "GET", "/v2/a/blobs/relative", {}, "repository:a:pull")
+        assert (r.status, await r.read()) == (200, b"same-origin-bytes")
+        r.release()
+        assert reg_seen.requests[-1][1] == "/storage/blob?sig=a%2Fb"
+    finally:
+        await reg_runner.cleanup()
+        await cdn_runner.cleanup()
+
+
+async def test_5xx_is_retried_then_passed(client):
+    c, ring = client
+    seen = Seen()
+    answers = [503, 502, 200]
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=answers.pop(0) if answers else 500, body=b"ok")
+
+    runner, url = await _serve(handler, seen)
+    try:
+        reg = _registry(ring, url, username=None)
+        r = await c.request(reg, "GET", "/v2/a/manifests/v1", {}, "repository:a:pull")
+        assert r.status == 200
+        r.release()
+        r = await c.request(reg, "GET", "/v2/a/manifests/v1", {}, "repository:a:pull")
+        assert r.status == 500  # after retries the failure is the caller's to map
+        r.release()
+        assert len(seen.requests) == 3 + 3
+    finally:
+        await runner.cleanup()
+
+
+async def test_unreachable_and_silent_registries(client):
+    c, ring = client
+    with pytest.raises(UpstreamUnavailable):
+        await c.request(_registry(ring, "http://127.0.0.1:9", None), "GET", "/v2/", {}, "x")
+
+    accepted = 0
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        await asyncio.sleep(5)
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(UpstreamTimeout):
+            await c.request(_registry(ring, f"http://127.0.0.1:{port}", None), "GET", "/v2/", {}, "x")
+        assert accepted == 3  # one try and two retries, each cut at the first-byte timeout
+    finally:
+        server.close()
