@@ -68,7 +68,7 @@ async def relay(
     await resp.prepare(request)
     if request.transport is not None:
         # Fewer, larger socket writes: let the kernel-side buffer hold a few chunks.
-        request.transport.set_write_buffer_limits(high=4 * chunk_size)
+        request.transport.set_write_buffer_limits(high=2 * chunk_size)
     with metrics.STREAMS_IN_FLIGHT.track_inprogress():
         sent = await _copy(request, upstream, resp, chunk_size, expected, idle_timeout)
         try:
