@@ -1,0 +1,77 @@
+"""The registry test: can the stored credentials reach a manifest of this image?
+
+Runs the registry's own auth and a manifest HEAD, as a pull would, and reports
+the upstream's status with a short reason a vendor can act on. The vendor API
+(`PUT /vendor/v3/external_registry/test`) and `pullgate registry test` use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from proxy.oci.errors import OCIError
+from proxy.oci.grammar import TAG_RE, check_digest, check_name
+from proxy.store.models import Registry
+from proxy.upstream.client import UpstreamClient
+from proxy.upstream.errors import CredentialsRejected, UpstreamError, UpstreamTimeout
+
+MANIFEST_ACCEPT = ", ".join(
+    (
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    )
+)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    status: int  # the upstream's HTTP status; 0 when no answer came
+    ok: bool
+    reason: str
+
+
+def split_image(image: str) -> tuple[str, str]:
+    """`repo[:tag|@digest]` -> (repo, reference); the tag defaults to latest."""
+    if "@" in image:
+        repo, ref = image.split("@", 1)
+        check_digest(ref)
+    else:
+        repo, sep, ref = image.rpartition(":")
+        if not sep or "/" in ref:
+            repo, ref = image, "latest"
+        elif not TAG_RE.match(ref):
+            raise OCIError("TAG_INVALID", "invalid tag")
+    check_name(repo)
+    return repo, ref
+
+
+async def probe(client: UpstreamClient, registry: Registry, image: str) -> ProbeResult:
+    try:
+        repo, ref = split_image(image)
+    except OCIError as exc:
+        return ProbeResult(0, False, f"{exc.code}: {exc.message}")
+    if registry.provider == "dockerhub" and "/" not in repo:
+        repo = f"library/{repo}"
+    try:
+        resp = await client.request(
+            registry, "HEAD", f"/v2/{repo}/manifests/{ref}", {"Accept": MANIFEST_ACCEPT}, f"repository:{repo}:pull"
+        )
+    except CredentialsRejected as exc:
+        return ProbeResult(exc.upstream_status, False, "the registry refused the stored credentials")
+    except UpstreamTimeout:
+        return ProbeResult(0, False, "the registry did not answer in time")
+    except UpstreamError as exc:
+        return ProbeResult(0, False, exc.message)
+    status = resp.status
+    resp.release()
+    if status == 200:
+        return ProbeResult(200, True, "ok")
+    if status == 404:
+        return ProbeResult(404, False, f"MANIFEST_UNKNOWN: no {repo}:{ref} there (check the image name and tag)")
+    if status in (401, 403):
+        return ProbeResult(status, False, "the registry refused the stored credentials")
+    if status == 429:
+        return ProbeResult(429, False, "the registry is rate limiting these credentials")
+    return ProbeResult(status, False, f"the registry answered {status}")
