@@ -13,11 +13,11 @@ from proxy.config import Config, ConfigError, RegistrySpec, read_secret
 from proxy.secrets import Keyring
 from proxy.store.base import Store, new_id
 from proxy.store.models import Registry
+from proxy.upstream.providers import provider_of
 
 log = logging.getLogger("pullgate.bootstrap")
 
-DEFAULT_URLS = {"dockerhub": "https://registry-1.docker.io"}
-_OPTION_KEYS = ("region", "role_arn", "api_url", "access_key_id")
+_OPTION_KEYS = ("region", "role_arn", "api_url", "sts_url", "access_key_id")
 
 
 async def apply(cfg: Config, store: Store, keyring: Keyring) -> None:
@@ -67,8 +67,12 @@ async def _registry(
                              base_dir=base_dir)  # fmt: skip
     else:
         secret = read_secret(f"{where}.password", spec.password_file, spec.password_env, base_dir=base_dir)
-    url = spec.url or DEFAULT_URLS.get(spec.provider) or f"https://{spec.endpoint}"
+    provider = provider_of(spec.provider)
+    url = spec.url or provider.default_url(spec.endpoint)
     options = {k: getattr(spec, k) for k in _OPTION_KEYS if getattr(spec, k)}
+    problems = provider.validate(spec.endpoint, spec.username, secret, options)
+    if problems:
+        raise ConfigError("; ".join(f"{where}.{p}" for p in problems))
     return Registry(
         id=rid,
         team_id=team_id,

@@ -71,6 +71,16 @@ class LogSection:
 
 
 @dataclass
+class PullLogSection:
+    # Rows older than this many days are deleted (hourly); 0 keeps them forever.
+    retention_days: int = 90
+    # Events wait here for the writer; when full, new events are dropped and counted.
+    queue_size: int = 10000
+    batch_size: int = 500
+    flush_seconds: float = 1.0
+
+
+@dataclass
 class ApiTokenSpec:
     token_env: str | None = None
     token_file: str | None = None
@@ -101,7 +111,8 @@ class RegistrySpec:
     secret_access_key_env: str | None = None
     region: str | None = None
     role_arn: str | None = None
-    api_url: str | None = None
+    api_url: str | None = None  # the ECR API endpoint (VPC endpoints, tests)
+    sts_url: str | None = None  # the STS endpoint for role_arn
 
 
 @dataclass
@@ -138,6 +149,7 @@ class Config:
     auth: AuthSection = field(default_factory=AuthSection)
     upstream: UpstreamSection = field(default_factory=UpstreamSection)
     log: LogSection = field(default_factory=LogSection)
+    pulllog: PullLogSection = field(default_factory=PullLogSection)
     bootstrap: BootstrapSection = field(default_factory=BootstrapSection)
     # Where relative paths in the file are anchored.
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
@@ -300,6 +312,12 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("auth.token_ttl_seconds: must be between 10 and 3600")
     if cfg.upstream.chunk_size < 64 * 1024:
         raise ConfigError("upstream.chunk_size: must be at least 65536")
+    if cfg.pulllog.retention_days < 0:
+        raise ConfigError("pulllog.retention_days: must be 0 (keep forever) or more")
+    if cfg.pulllog.queue_size < 1 or cfg.pulllog.batch_size < 1:
+        raise ConfigError("pulllog.queue_size: queue_size and batch_size must be at least 1")
+    if not 0.01 <= cfg.pulllog.flush_seconds <= 60:
+        raise ConfigError("pulllog.flush_seconds: must be between 0.01 and 60")
     if cfg.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("log.level: must be DEBUG, INFO, WARNING or ERROR")
     for t, team in enumerate(cfg.bootstrap.teams):

@@ -22,6 +22,33 @@ STREAMS_ABORTED = Counter(
     "pullgate_streams_aborted", "Streams cut mid-body (upstream broke or client left)", ["reason"], registry=REGISTRY
 )
 
+UPSTREAM_REQUESTS = Counter(
+    "pullgate_upstream_requests", "Requests to vendor registries", ["registry", "status"], registry=REGISTRY
+)
+UPSTREAM_LATENCY = Histogram(
+    "pullgate_upstream_first_byte_seconds",
+    "Time to a vendor registry's response headers",
+    ["registry"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+UPSTREAM_TOKEN_FETCHES = Counter(
+    "pullgate_upstream_token_fetches", "Credentials fetched from registries' token services", ["registry", "kind"],
+    registry=REGISTRY,
+)  # fmt: skip
+UPSTREAM_RATELIMIT_REMAINING = Gauge(
+    "pullgate_upstream_ratelimit_remaining", "Pulls left in the registry's rate-limit window (Docker Hub)",
+    ["registry"], registry=REGISTRY,
+)  # fmt: skip
+
+
+def observe_ratelimit(slug: str, remaining: str | None) -> None:
+    """Docker Hub sends `RateLimit-Remaining: 76;w=21600`."""
+    if remaining:
+        head = remaining.split(";", 1)[0].strip()
+        if head.isdigit():
+            UPSTREAM_RATELIMIT_REMAINING.labels(slug).set(int(head))
+
 
 async def handler(_: web.Request) -> web.Response:
     resp = web.Response(body=generate_latest(REGISTRY))

@@ -29,6 +29,9 @@ PASSED_HEADERS = (
     "Accept-Ranges",
     "OCI-Filters-Applied",
     "Last-Modified",
+    # Docker Hub's pull allowance, so clients can see it too.
+    "RateLimit-Limit",
+    "RateLimit-Remaining",
 )
 MAX_ERROR_BODY = 64 * 1024
 

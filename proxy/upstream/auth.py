@@ -12,7 +12,6 @@ The realm must pass `realm_allowed` before any credential is sent to it.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import time
 from dataclasses import dataclass
@@ -20,31 +19,16 @@ from dataclasses import dataclass
 import aiohttp
 from yarl import URL
 
+from proxy import metrics
 from proxy.upstream.challenge import Challenge, parse_www_authenticate, pick
 from proxy.upstream.errors import CredentialsRejected, RealmRefused, UpstreamError, UpstreamTimeout
+from proxy.upstream.providers.base import RegistryCredentials
 from proxy.upstream.realm import realm_allowed
 from proxy.upstream.tokens import CachedToken, TokenCache, usable_until
 
 DEFAULT_TOKEN_SECONDS = 60
 MAX_TOKEN_RESPONSE = 1024 * 1024
 BASIC_SCOPE = "*basic*"  # Basic needs no scope: one cache slot per registry
-
-
-@dataclass(frozen=True)
-class RegistryCredentials:
-    username: str | None
-    password: str | None
-
-    def __repr__(self) -> str:
-        return f"RegistryCredentials(username={self.username!r}, password=***)"
-
-    @property
-    def present(self) -> bool:
-        return bool(self.username or self.password)
-
-    def basic_header(self) -> str:
-        raw = f"{self.username or ''}:{self.password or ''}".encode()
-        return "Basic " + base64.b64encode(raw).decode()
 
 
 @dataclass(frozen=True)
@@ -89,7 +73,7 @@ class Authenticator:
             header = creds.basic_header()
             if header == stale:
                 raise CredentialsRejected(target.slug, upstream_status)
-            tok = CachedToken(header=header, expires_at=float("inf"))
+            tok = CachedToken(header=header, expires_at=creds.expires_at)
             return (await self.cache.get((target.registry_id, BASIC_SCOPE), _const(tok), stale)).header
         realm = URL(challenge.params.get("realm", ""))
         if not realm_allowed(target.base_url, realm, target.insecure):
@@ -108,6 +92,7 @@ class Authenticator:
             params["service"] = challenge.params["service"]
         params["scope"] = scope
         headers = {"Authorization": creds.basic_header()} if creds.present else {}
+        metrics.UPSTREAM_TOKEN_FETCHES.labels(target.slug, "bearer").inc()
         started = time.monotonic()
         try:
             async with asyncio.timeout(self.timeout):

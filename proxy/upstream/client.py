@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Mapping
 
 import aiohttp
 from yarl import URL
 
+from proxy import metrics
 from proxy.config import UpstreamSection
 from proxy.secrets import Keyring
 from proxy.store.models import Registry
-from proxy.upstream.auth import Authenticator, AuthTarget, RegistryCredentials
+from proxy.upstream.auth import Authenticator, AuthTarget
 from proxy.upstream.errors import CredentialsRejected, UpstreamTimeout, UpstreamUnavailable
+from proxy.upstream.providers import CredentialContext, RegistryCredentials, provider_of
 from proxy.upstream.realm import same_origin
 from proxy.upstream.tokens import TokenCache
 
@@ -63,9 +66,10 @@ class UpstreamClient:
         assert self._session is not None, "UpstreamClient.start() not called"
         return self._session
 
-    def credentials(self, registry: Registry) -> RegistryCredentials:
-        password = self.keyring.open(registry.secret_sealed, registry.id) if registry.secret_sealed else None
-        return RegistryCredentials(username=registry.username, password=password)
+    async def credentials(self, registry: Registry, refresh: bool = False) -> RegistryCredentials:
+        """The username and password the registry's challenge wants, from its provider."""
+        ctx = CredentialContext(self.session, self.keyring, self.tokens, self.cfg.first_byte_timeout)
+        return await provider_of(registry).credentials(ctx, registry, refresh)
 
     async def request(
         self,
@@ -86,9 +90,9 @@ class UpstreamClient:
             return resp
         challenges = resp.headers.getall("WWW-Authenticate", [])
         resp.release()
-        auth_header = await self._auth.answer(
-            target, challenges, scope, self.credentials(registry), stale=auth_header, upstream_status=401
-        )
+        # A cached credential that was refused may be out of date (an ECR token): refresh it.
+        creds = await self.credentials(registry, refresh=auth_header is not None)
+        auth_header = await self._auth.answer(target, challenges, scope, creds, stale=auth_header, upstream_status=401)
         resp = await self._send_retrying(registry, method, url, headers, auth_header)
         if resp.status == 401:
             # A fresh credential was refused: the vendor's credentials are wrong.
@@ -127,8 +131,11 @@ class UpstreamClient:
             send_headers = dict(headers)
             if auth and same_origin(url, base):
                 send_headers["Authorization"] = auth
+            started = time.monotonic()
             async with asyncio.timeout(self.cfg.first_byte_timeout):
                 resp = await self.session.request(method, url, headers=send_headers, allow_redirects=False)
+            metrics.UPSTREAM_LATENCY.labels(registry.slug).observe(time.monotonic() - started)
+            metrics.UPSTREAM_REQUESTS.labels(registry.slug, str(resp.status)).inc()
             location = resp.headers.get("Location")
             if resp.status not in REDIRECTS or not location:
                 return resp

@@ -14,6 +14,7 @@ from proxy.oci.grammar import TAG_RE, check_digest, check_name
 from proxy.store.models import Registry
 from proxy.upstream.client import UpstreamClient
 from proxy.upstream.errors import CredentialsRejected, UpstreamError, UpstreamTimeout
+from proxy.upstream.providers import provider_of
 
 MANIFEST_ACCEPT = ", ".join(
     (
@@ -52,8 +53,7 @@ async def probe(client: UpstreamClient, registry: Registry, image: str) -> Probe
         repo, ref = split_image(image)
     except OCIError as exc:
         return ProbeResult(0, False, f"{exc.code}: {exc.message}")
-    if registry.provider == "dockerhub" and "/" not in repo:
-        repo = f"library/{repo}"
+    repo = provider_of(registry).upstream_repo(repo)
     try:
         resp = await client.request(
             registry, "HEAD", f"/v2/{repo}/manifests/{ref}", {"Accept": MANIFEST_ACCEPT}, f"repository:{repo}:pull"

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from proxy.oci.errors import OCIError
 from proxy.oci.grammar import ProxyName
 from proxy.store.models import Registry
-
-DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+from proxy.upstream.providers import provider_of
+from proxy.upstream.providers.simple import DOCKER_HUB_HOSTS
 
 
 def canonical_endpoint(host: str) -> str:
@@ -40,6 +40,4 @@ def resolve(registries: Sequence[Registry], name: ProxyName) -> tuple[Registry, 
 def _repo(registry: Registry, rest: str) -> str:
     if not rest:
         raise OCIError("NAME_UNKNOWN", "no repository after the registry name")
-    if registry.provider == "dockerhub" and "/" not in rest:
-        return f"library/{rest}"
-    return rest
+    return provider_of(registry).upstream_repo(rest)
