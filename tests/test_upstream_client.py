@@ -181,3 +181,48 @@ async def test_unreachable_and_silent_registries(client):
         assert accepted == 3  # one try and two retries, each cut at the first-byte timeout
     finally:
         server.close()
+
+
+async def test_ecr_token_refreshed_early_after_a_401(client):
+    c, ring = client
+    api_seen, reg_seen = Seen(), Seen()
+    issued = []
+
+    async def ecr_api(request: web.Request) -> web.StreamResponse:
+        assert request.headers["X-Amz-Target"].endswith("GetAuthorizationToken")
+        assert request.headers["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIAUNIT/")
+        issued.append(f"pw{len(issued) + 1}")
+        token = base64.b64encode(f"AWS:{issued[-1]}".encode()).decode()
+        return web.json_response({"authorizationData": [{"authorizationToken": token, "expiresAt": 4102444800}]})
+
+    api_runner, api_url = await _serve(ecr_api, api_seen)
+    accept = {"pw1"}
+
+    async def registry(request: web.Request) -> web.StreamResponse:
+        ok = {"Basic " + base64.b64encode(f"AWS:{p}".encode()).decode() for p in accept}
+        if request.headers.get("Authorization") in ok:
+            return web.Response(body=b"m")
+        return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="ecr"'})
+
+    reg_runner, reg_url = await _serve(registry, reg_seen)
+    try:
+        reg = Registry(
+            id="e1", team_id="t", slug="ecr", provider="ecr", endpoint="123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+            url=reg_url, insecure=True, username=None, secret_sealed=ring.seal("unit-secret-key", "e1"),
+            options={"access_key_id": "AKIAUNIT", "api_url": api_url + "/"},
+        )  # fmt: skip
+        for _ in range(3):
+            r = await c.request(reg, "GET", "/v2/a/manifests/v1", {}, "repository:a:pull")
+            assert r.status == 200
+            r.release()
+        assert issued == ["pw1"]  # 12 h token: fetched once
+        accept = {"pw2"}  # the registry stops accepting the cached token
+        r = await c.request(reg, "GET", "/v2/a/manifests/v1", {}, "repository:a:pull")
+        assert r.status == 200
+        r.release()
+        assert issued == ["pw1", "pw2"]  # one early refresh
+        assert all("eu-west-1/ecr/aws4_request" in (auth or "") for _, _, auth in api_seen.requests)
+        assert all("unit-secret-key" not in (auth or "") for _, _, auth in api_seen.requests + reg_seen.requests)
+    finally:
+        await api_runner.cleanup()
+        await reg_runner.cleanup()

@@ -36,7 +36,7 @@ from proxy.upstream.tokens import CachedToken
 ENDPOINT_RE = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
 TARGET = "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken"
 REFRESH_MARGIN = 3600.0  # use a token until an hour before it expires
-MIN_LIFETIME = 60.0  # a token that claims to be expired (clock skew) is still kept this long
+MIN_LIFETIME = 60.0  # kept this long when our clock says it is already expired
 MAX_ANSWER = 1024 * 1024
 ECR_KEY = "*ecr*"
 
@@ -57,7 +57,12 @@ def lifetime(expires_at: Any, now: float) -> float:
             expiry = dt.datetime.fromisoformat(str(expires_at).replace("Z", "+00:00")).timestamp()
     except ValueError:
         return MIN_LIFETIME
-    return max(expiry - now - REFRESH_MARGIN, MIN_LIFETIME)
+    remaining = expiry - now
+    if remaining > REFRESH_MARGIN:
+        return remaining - REFRESH_MARGIN
+    if remaining > 0:
+        return remaining / 2  # a short-lived token: use the first half of its life
+    return MIN_LIFETIME  # "already expired" by our clock: a skewed clock, not a dead token
 
 
 def signed_headers(
