@@ -22,6 +22,13 @@ STREAMS_ABORTED = Counter(
     "pullgate_streams_aborted", "Streams cut mid-body (upstream broke or client left)", ["reason"], registry=REGISTRY
 )
 
+LICENSE_CHECKS = Counter(
+    "pullgate_license_checks", "License checks by outcome", ["result"], registry=REGISTRY
+)  # result: ok | unknown | revoked | archived | expired | wrong_app
+AUTH_FAILURES = Counter(
+    "pullgate_auth_failures", "Refused client authentications by reason", ["reason"], registry=REGISTRY
+)  # reason: missing | malformed | bad_license | bad_token | scope | denied
+
 UPSTREAM_REQUESTS = Counter(
     "pullgate_upstream_requests", "Requests to vendor registries", ["registry", "status"], registry=REGISTRY
 )

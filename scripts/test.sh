@@ -15,6 +15,7 @@ declare -A want=(
   [htpasswd]=apache2-utils
   [go]=golang-go
   [curl]=curl
+  [promtool]=prometheus
 )
 missing=()
 for prog in "${!want[@]}"; do

@@ -12,6 +12,7 @@ import logging
 
 from aiohttp import web
 
+from proxy import metrics
 from proxy.auth.credentials import BasicCredentials, parse_authorization
 from proxy.auth.origin import Origins
 from proxy.auth.tokens import InvalidToken, TokenIssuer
@@ -51,31 +52,51 @@ class Gate:
     async def license_customer(self, license_id: str) -> Customer | None:
         """The customer for a license that may pull now, or None."""
         customer = await self.directory.customer_by_license(license_id)
-        if customer is None or customer.refusal(dt.datetime.now(dt.UTC)) is not None:
-            return None
-        return customer
+        return customer if _usable(customer) else None
 
     async def authorize(self, request: web.Request, name: ProxyName | None) -> Customer:
         """The customer behind this request, allowed to pull `name` (if given)."""
-        creds = parse_authorization(request.headers.get("Authorization"))
+        try:
+            creds = parse_authorization(request.headers.get("Authorization"))
+        except OCIError:
+            metrics.AUTH_FAILURES.labels("malformed").inc()
+            raise
         if creds is None:
+            metrics.AUTH_FAILURES.labels("missing").inc()
             raise self.unauthorized(request, "authentication required", name)
         if isinstance(creds, BasicCredentials):
             customer = await self.license_customer(creds.password)
             if customer is None:
+                metrics.AUTH_FAILURES.labels("bad_license").inc()
                 raise self.unauthorized(request, "invalid credentials", name)
         else:
             _, host = self.origins.of(request)
             try:
                 claims = self.issuer.verify(creds.token, audience=host)
             except InvalidToken:
+                metrics.AUTH_FAILURES.labels("bad_token").inc()
                 raise self.unauthorized(request, "invalid or expired token", name, "invalid_token") from None
             if name is not None and not claims.allows(name.full):
+                metrics.AUTH_FAILURES.labels("scope").inc()
                 raise self.unauthorized(request, "token does not grant this repository", name, "insufficient_scope")
             found = await self.directory.customer_by_id(claims.subject)
-            if found is None or found.refusal(dt.datetime.now(dt.UTC)) is not None:
+            if not _usable(found):
+                metrics.AUTH_FAILURES.labels("bad_license").inc()
                 raise self.unauthorized(request, "license is no longer valid", name)
+            assert found is not None
             customer = found
         if name is not None and customer.app_slug != name.app:
+            metrics.LICENSE_CHECKS.labels("wrong_app").inc()
+            metrics.AUTH_FAILURES.labels("denied").inc()
             raise OCIError("DENIED", "requested access to the resource is denied")
         return customer
+
+
+def _usable(customer: Customer | None) -> bool:
+    """Count the outcome of a license check; True when it may pull now."""
+    if customer is None:
+        metrics.LICENSE_CHECKS.labels("unknown").inc()
+        return False
+    refusal = customer.refusal(dt.datetime.now(dt.UTC))
+    metrics.LICENSE_CHECKS.labels(refusal or "ok").inc()
+    return refusal is None
