@@ -1,0 +1,1 @@
+"""Custom domains: ownership verification, host routing, TLS certificates by SNI."""

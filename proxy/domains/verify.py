@@ -1,0 +1,97 @@
+"""Proving that a team owns a hostname before the proxy serves it.
+
+Two ways, as ACME does it: a DNS TXT record `_pullgate-challenge.<hostname>`
+holding the token shown to the vendor, or the token served by this proxy at
+`/.well-known/pullgate-challenge/<token>` and fetched back through the
+hostname. The resolver is configurable (tests run their own DNS server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import re
+from dataclasses import dataclass
+
+import aiohttp
+import dns.asyncresolver
+import dns.exception
+import dns.resolver
+
+CHALLENGE_LABEL = "_pullgate-challenge"
+WELL_KNOWN = "/.well-known/pullgate-challenge/"
+HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    reason: str
+
+
+def hostname_problem(hostname: str) -> str | None:
+    if not HOSTNAME_RE.match(hostname):
+        return "hostname: must be a fully qualified DNS name in lower case (e.g. images.vendor.example)"
+    return None
+
+
+def _resolver(nameservers: list[str]) -> dns.asyncresolver.Resolver:
+    if not nameservers:
+        return dns.asyncresolver.Resolver()
+    resolver = dns.asyncresolver.Resolver(configure=False)
+    ips, ports = [], set()
+    for ns in nameservers:
+        host, _, port = ns.rpartition(":") if ns.count(":") == 1 or ns.startswith("[") else (ns, "", "")
+        ips.append((host or ns).strip("[]"))
+        ports.add(int(port) if port else 53)
+    resolver.nameservers = ips
+    resolver.port = ports.pop() if len(ports) == 1 else 53
+    return resolver
+
+
+async def verify_dns(hostname: str, token: str, nameservers: list[str]) -> Verdict:
+    name = f"{CHALLENGE_LABEL}.{hostname}"
+    try:
+        answer = await _resolver(nameservers).resolve(name, "TXT", lifetime=TIMEOUT)
+    except dns.resolver.NXDOMAIN:
+        return Verdict(False, f"no TXT record at {name}")
+    except dns.resolver.NoAnswer:
+        return Verdict(False, f"{name} has no TXT record")
+    except dns.exception.DNSException as exc:
+        return Verdict(False, f"DNS lookup of {name} failed ({type(exc).__name__})")
+    values = {b"".join(r.strings).decode(errors="replace") for r in answer}
+    if token in values:
+        return Verdict(True, "TXT record found")
+    return Verdict(False, f"the TXT record at {name} does not hold the challenge token")
+
+
+async def resolve_address(hostname: str, nameservers: list[str]) -> str | None:
+    try:
+        answer = await _resolver(nameservers).resolve(hostname, "A", lifetime=TIMEOUT)
+    except dns.exception.DNSException:
+        return None
+    for record in answer:
+        return str(record)
+    return None
+
+
+async def verify_http(
+    session: aiohttp.ClientSession, hostname: str, token: str, nameservers: list[str], port: int = 80
+) -> Verdict:
+    """GET http://<hostname>/.well-known/pullgate-challenge/<token>, no redirects."""
+    address = await resolve_address(hostname, nameservers)
+    if address is None:
+        return Verdict(False, f"{hostname} does not resolve")
+    ip = ipaddress.ip_address(address)
+    url = f"http://{address if ip.version == 4 else f'[{address}]'}:{port}{WELL_KNOWN}{token}"
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            async with session.get(url, headers={"Host": hostname}, allow_redirects=False) as resp:
+                body = (await resp.content.read(1024)).decode(errors="replace").strip()
+                status = resp.status
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        return Verdict(False, f"fetching the challenge through {hostname} failed ({type(exc).__name__})")
+    if status == 200 and body == token:
+        return Verdict(True, "challenge served through the hostname")
+    return Verdict(False, f"the challenge through {hostname} answered {status}, not the token")
