@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from proxy import bootstrap, logs, metrics
+from proxy import bootstrap, logs, metrics, pulllog
 from proxy.auth.gate import Gate
 from proxy.auth.origin import Origins
 from proxy.auth.tokens import TokenIssuer
@@ -27,6 +27,7 @@ from proxy.config import Config, parse_listen
 from proxy.directory import Directory
 from proxy.oci.middleware import oci_errors
 from proxy.oci.routes import OCIRoutes
+from proxy.pulllog import PullLog
 from proxy.secrets import Keyring
 from proxy.store import Store, open_store
 from proxy.upstream.client import UpstreamClient
@@ -44,8 +45,11 @@ class Services:
     directory: Directory
     upstream: UpstreamClient
     gate: Gate
+    pulllog: PullLog | None = None
 
     async def close(self) -> None:
+        if self.pulllog is not None:
+            await self.pulllog.close()  # writes what is still queued, before the store closes
         await self.upstream.close()
         await self.store.close()
 
@@ -70,7 +74,7 @@ async def build_services(cfg: Config) -> Services:
     upstream = UpstreamClient(cfg.upstream, keyring)
     await upstream.start()
     gate = Gate(directory, TokenIssuer(keyring, cfg.auth.token_ttl_seconds), Origins(cfg.proxy.trusted_proxies))
-    return Services(cfg, store, keyring, directory, upstream, gate)
+    return Services(cfg, store, keyring, directory, upstream, gate, PullLog(store, cfg.pulllog))
 
 
 @web.middleware
@@ -86,7 +90,11 @@ async def _set_request_id(request: web.Request, response: web.StreamResponse) ->
 
 
 def proxy_app(services: Services) -> web.Application:
-    app = web.Application(middlewares=[request_id, oci_errors], client_max_size=64 * 1024)
+    middlewares = [request_id, oci_errors]
+    if services.pulllog is not None:
+        # Outside oci_errors: refusals are recorded with the status the client saw.
+        middlewares.insert(1, pulllog.middleware(services.pulllog))
+    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
     app[SERVICES] = services
     up = services.cfg.upstream
     OCIRoutes(services.gate, services.directory, services.upstream, up.chunk_size, up.idle_timeout).install(app)
@@ -112,6 +120,10 @@ def admin_app(services: Services) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics.handler)
+    from proxy.vendor import api as vendor_api
+    from proxy.vendor.service import VendorService
+
+    vendor_api.install(app, VendorService(services.store, services.keyring, services.directory, services.upstream))
     return app
 
 
@@ -159,6 +171,8 @@ async def serve(cfg: Config, ready: Callable[[], None] | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     watcher = asyncio.create_task(_watch_keyring(services.keyring))
+    if services.pulllog is not None:
+        services.pulllog.start()
     if ready is not None:
         ready()
     await stop.wait()

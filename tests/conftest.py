@@ -15,6 +15,7 @@ from tests.support.fixtures import *  # noqa: F403 - the upstream registry fixtu
 from tests.support.procs import free_port
 from tests.support.pullgate import Pullgate
 from tests.support.registry import Registry
+from tests.support.vendor import *  # noqa: F403 - the vendor-side server fixture
 
 
 def _license(tag: str) -> str:

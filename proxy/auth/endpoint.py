@@ -9,6 +9,7 @@ license's own app is ever granted.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -54,6 +55,8 @@ def grant(customer: Customer, scopes: list[tuple[str, str, set[str]]]) -> list[A
 class TokenEndpoint:
     def __init__(self, gate: Gate) -> None:
         self.gate = gate
+        # Told which customer a valid license belongs to (the pull log records token requests).
+        self.on_customer: Callable[[web.Request, Customer], None] | None = None
 
     async def get(self, request: web.Request) -> web.Response:
         creds = parse_authorization(request.headers.get("Authorization"))
@@ -92,6 +95,8 @@ class TokenEndpoint:
             raise OCIError(
                 "UNAUTHORIZED", "invalid credentials", headers={"WWW-Authenticate": 'Basic realm="pullgate"'}
             )
+        if self.on_customer is not None:
+            self.on_customer(request, customer)
         access = grant(customer, parse_scopes(raw_scopes))
         _, host = self.gate.origins.of(request)
         token, issued_at, expires_in = self.gate.issuer.issue(customer.id, customer.app_slug, host, access)

@@ -15,12 +15,15 @@ from urllib.parse import urlencode
 import aiohttp
 from aiohttp import web
 
+from proxy import metrics
 from proxy.auth.endpoint import TokenEndpoint
 from proxy.auth.gate import Gate
 from proxy.directory import Directory
+from proxy.oci.allowlist import allowed
 from proxy.oci.errors import OCIError
 from proxy.oci.grammar import ProxyName, Route, decode_path, parse_route, split_proxy_name
 from proxy.oci.relay import StreamAborted, relay, upstream_error
+from proxy.store.models import Customer
 from proxy.upstream.client import UpstreamClient
 from proxy.upstream.errors import UpstreamError
 from proxy.upstream.resolve import resolve
@@ -51,6 +54,11 @@ class PullContext:
     registry: str | None = None
     customer_id: str | None = None
     bytes_sent: int = 0
+    # For the pull log: the customer's team, what was asked, of which image.
+    team_id: str | None = None
+    action: str | None = None  # auth | manifest | HEAD | blob | tags | referrers
+    image: str | None = None
+    reference: str | None = None
 
 
 CTX_KEY = web.RequestKey("pull_ctx", PullContext)
@@ -66,6 +74,7 @@ class OCIRoutes:
         self.upstream = upstream
         self.chunk_size = chunk_size
         self.tokens = TokenEndpoint(gate)
+        self.tokens.on_customer = _note_token_customer
 
     def install(self, app: web.Application) -> None:
         app.router.add_route("*", "/v2/", self.base)
@@ -79,7 +88,8 @@ class OCIRoutes:
         return web.json_response({}, headers=API_VERSION)
 
     async def token(self, request: web.Request) -> web.Response:
-        ctx(request).route = "token"
+        c = ctx(request)
+        c.route, c.action = "token", "auth"
         if request.method == "GET":
             return await self.tokens.get(request)
         if request.method == "POST":
@@ -91,14 +101,19 @@ class OCIRoutes:
         _reads_only(request)
         route = parse_route(decode_path(request.raw_path))
         c.route = route.kind
+        c.action = "HEAD" if request.method == "HEAD" else _ACTIONS.get(route.kind, route.kind)
+        c.reference = route.reference
         pname = split_proxy_name(route.name)
         customer = await self.gate.authorize(request, pname)
-        c.app, c.customer_id = pname.app, customer.id
+        c.app, c.customer_id, c.team_id = pname.app, customer.id, customer.team_id
         app = await self.directory.app(pname.app)
         if app is None or app.id != customer.app_id:
             raise OCIError("NAME_UNKNOWN", "repository name not known to registry")
         registry, repo = resolve(await self.directory.registries_for(app), pname)
-        c.registry = registry.slug
+        c.registry, c.image = registry.slug, repo
+        # Before any upstream I/O; refused exactly like an unknown name (see allowlist.py).
+        if not allowed(app.image_allowlist, repo):
+            raise OCIError("NAME_UNKNOWN", "repository name not known to registry", detail={"name": pname.full})
         path = _upstream_path(route, repo, request)
         headers = _upstream_headers(request, route)
         try:
@@ -107,6 +122,7 @@ class OCIRoutes:
             )
         except UpstreamError as exc:
             raise OCIError(exc.code, exc.message, status=exc.status) from None
+        metrics.observe_ratelimit(registry.slug, upstream.headers.get("RateLimit-Remaining"))
         try:
             if upstream.status not in (200, 206, 304):
                 raise await upstream_error(upstream, route.kind, registry.slug)
@@ -161,6 +177,15 @@ def _paginate(tags: list[str], n: str | None, last: str | None, pname: ProxyName
     page = tags[:limit]
     query = urlencode({"n": limit, "last": page[-1]})
     return page, f'</v2/{pname.full}/tags/list?{query}>; rel="next"'
+
+
+_ACTIONS = {"manifests": "manifest", "blobs": "blob", "tags": "tags", "referrers": "referrers"}
+
+
+def _note_token_customer(request: web.Request, customer: Customer) -> None:
+    """The token endpoint found the license's customer: the pull log records the auth."""
+    c = ctx(request)
+    c.app, c.customer_id, c.team_id = customer.app_slug, customer.id, customer.team_id
 
 
 def ctx(request: web.Request) -> PullContext:

@@ -115,8 +115,8 @@ class Store(abc.ABC):
         return App(**row)
 
     async def app_by_slug(self, slug: str) -> App | None:
-        row = await self.fetchone("SELECT id, team_id, slug, name FROM apps WHERE slug = ?", (slug,))
-        return App(**row) if row else None
+        row = await self.fetchone(_APP_SELECT + " WHERE slug = ?", (slug,))
+        return _app(row) if row else None
 
     # --- registries -------------------------------------------------------
     async def registry_id(self, team_id: str, slug: str) -> str | None:
@@ -246,9 +246,146 @@ class Store(abc.ABC):
         await self.execute_many(stmts)
 
 
+    # --- vendor API (team-scoped: every query names the team) --------------
+    async def team_by_token(self, token: str) -> Team | None:
+        row = await self.fetchone(
+            "SELECT t.id, t.name FROM api_tokens k JOIN teams t ON t.id = k.team_id WHERE k.token_hash = ?",
+            (hashlib.sha256(token.encode()).hexdigest(),),
+        )
+        return Team(**row) if row else None
+
+    async def team_by_name(self, name: str) -> Team | None:
+        row = await self.fetchone("SELECT id, name FROM teams WHERE name = ?", (name,))
+        return Team(**row) if row else None
+
+    async def apps_of_team(self, team_id: str) -> list[App]:
+        rows = await self.fetchall(_APP_SELECT + " WHERE team_id = ? ORDER BY slug", (team_id,))
+        return [_app(r) for r in rows]
+
+    async def create_app(
+        self, team_id: str, slug: str, name: str, allowlist: Sequence[str], public_key: str | None
+    ) -> App:
+        """Raises Conflict when the slug is taken (app slugs are global: they are in pull paths)."""
+        if await self.fetchone("SELECT id FROM apps WHERE slug = ?", (slug,)):
+            raise Conflict(f"an app with slug {slug!r} already exists")
+        aid = new_id()
+        await self.execute(
+            "INSERT INTO apps (id, team_id, slug, name, image_allowlist, kots_public_key, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (aid, team_id, slug, name, json.dumps(list(allowlist)), public_key, now_iso()),
+        )
+        return App(aid, team_id, slug, name, tuple(allowlist), public_key)
+
+    async def update_app(self, app: App) -> None:
+        await self.execute(
+            "UPDATE apps SET name = ?, image_allowlist = ?, kots_public_key = ? WHERE id = ? AND team_id = ?",
+            (app.name, json.dumps(list(app.image_allowlist)), app.kots_public_key, app.id, app.team_id),
+        )
+
+    async def delete_registry(self, team_id: str, slug: str) -> bool:
+        rid = await self.registry_id(team_id, slug)
+        if rid is None:
+            return False
+        await self.execute("DELETE FROM registries WHERE id = ? AND team_id = ?", (rid, team_id))
+        return True
+
+    async def customers_of_team(self, team_id: str, app_id: str | None = None) -> list[Customer]:
+        sql, params = _CUSTOMER_SELECT + " WHERE c.team_id = ?", [team_id]
+        if app_id is not None:
+            sql += " AND c.app_id = ?"
+            params.append(app_id)
+        rows = await self.fetchall(sql + " ORDER BY c.created_at, c.name", params)
+        for row in rows:
+            row["expires_at"] = parse_time(row["expires_at"])
+        return [Customer(**row) for row in rows]
+
+    async def update_customer(
+        self, customer_id: str, *, name: str, email: str | None, license_type: str, expires_at: str | None
+    ) -> None:
+        await self.execute(
+            "UPDATE customers SET name = ?, email = ?, license_type = ?, expires_at = ?, updated_at = ? WHERE id = ?",
+            (name, email, license_type, expires_at, now_iso(), customer_id),
+        )
+
+    async def sealed_license_of(self, customer_id: str) -> str | None:
+        row = await self.fetchone("SELECT license_sealed FROM customers WHERE id = ?", (customer_id,))
+        return row["license_sealed"] if row else None
+
+    # --- pull log -------------------------------------------------------------
+    async def insert_pull_logs(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Rows of (time, team_id, customer_id, app_slug, registry_slug, action, image, reference,
+        status, success, bytes), written in one transaction."""
+        await self.execute_many(
+            (
+                "INSERT INTO pull_logs (time, team_id, customer_id, app_slug, registry_slug, action, image,"
+                " reference, status, success, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+            for row in rows
+        )
+
+    async def pull_logs(
+        self,
+        team_id: str,
+        *,
+        customer_id: str | None = None,
+        registry_slug: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        limit: int = 500,
+    ) -> list[Row]:
+        """Newest first. `since`/`until` are ISO times in the stored form (UTC, +00:00)."""
+        sql = (
+            "SELECT l.time, l.customer_id, c.name AS customer_name, l.app_slug, l.registry_slug, l.action,"
+            " l.image, l.reference, l.status, l.success, l.bytes FROM pull_logs l"
+            " LEFT JOIN customers c ON c.id = l.customer_id WHERE l.team_id = ?"
+        )
+        params: list[Any] = [team_id]
+        for clause, value in (
+            (" AND l.customer_id = ?", customer_id),
+            (" AND l.registry_slug = ?", registry_slug),
+            (" AND l.time >= ?", since),
+            (" AND l.time < ?", until),
+        ):
+            if value is not None:
+                sql += clause
+                params.append(value)
+        params.append(limit)
+        return await self.fetchall(sql + " ORDER BY l.time DESC LIMIT ?", params)
+
+    async def registries_last_used(self, team_id: str) -> dict[str, str]:
+        rows = await self.fetchall(
+            "SELECT registry_slug, MAX(time) AS last FROM pull_logs WHERE team_id = ? AND registry_slug IS NOT NULL"
+            " GROUP BY registry_slug",
+            (team_id,),
+        )
+        return {r["registry_slug"]: r["last"] for r in rows}
+
+    async def purge_pull_logs(self, before: str) -> None:
+        await self.execute("DELETE FROM pull_logs WHERE time < ?", (before,))
+
+
+class Conflict(Exception):
+    """A unique name (slug, license) is already taken."""
+
+
+_APP_SELECT = "SELECT id, team_id, slug, name, image_allowlist, kots_public_key FROM apps"
+
+
+def _app(row: Row) -> App:
+    return App(
+        id=row["id"],
+        team_id=row["team_id"],
+        slug=row["slug"],
+        name=row["name"],
+        image_allowlist=tuple(json.loads(row["image_allowlist"] or "[]")),
+        kots_public_key=row["kots_public_key"],
+    )
+
+
 _CUSTOMER_SELECT = (
     "SELECT c.id, c.team_id, c.app_id, a.slug AS app_slug, c.name, c.email, c.license_type,"
-    " c.expires_at, c.status FROM customers c JOIN apps a ON a.id = c.app_id"
+    " c.expires_at, c.status, c.created_at FROM customers c JOIN apps a ON a.id = c.app_id"
 )
 
 

@@ -18,6 +18,10 @@ class App:
     team_id: str
     slug: str
     name: str
+    # Upstream repository patterns (fnmatch); empty means every repository.
+    image_allowlist: tuple[str, ...] = ()
+    # PEM public key that signs this app's KOTS licenses (for `license import`).
+    kots_public_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class Customer:
     license_type: str
     expires_at: dt.datetime | None
     status: str  # active | revoked | archived
+    created_at: str | None = None
 
     def refusal(self, now: dt.datetime) -> str | None:
         """Why this license may not pull now, or None when it may."""

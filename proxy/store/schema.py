@@ -58,4 +58,24 @@ MIGRATIONS: list[str] = [
         updated_at TEXT NOT NULL
     );
     """,
+    # 2: app image allowlists and KOTS signing keys; the pull log
+    """
+    ALTER TABLE apps ADD COLUMN image_allowlist TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE apps ADD COLUMN kots_public_key TEXT;
+    CREATE TABLE pull_logs (
+        time TEXT NOT NULL,
+        team_id TEXT NOT NULL,
+        customer_id TEXT,
+        app_slug TEXT,
+        registry_slug TEXT,
+        action TEXT NOT NULL,
+        image TEXT,
+        reference TEXT,
+        status INTEGER NOT NULL,
+        success INTEGER NOT NULL,
+        bytes INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX pull_logs_team_time ON pull_logs (team_id, time);
+    CREATE INDEX pull_logs_time ON pull_logs (time)
+    """,
 ]

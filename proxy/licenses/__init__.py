@@ -1,0 +1,1 @@
+"""License files from other systems (KOTS) turned into pullgate customers."""

@@ -1,0 +1,194 @@
+"""The vendor API, `/vendor/v3/...` on the admin listener (never the proxy listener).
+
+A sub-application: its auth and error middlewares apply to it alone, so the
+portal and /metrics beside it are untouched. Authentication is a team API
+token, `Authorization: <token>` or `Authorization: Bearer <token>`, looked up
+by its SHA-256. Errors are `{"message": ...}` (plus `errors`, the list of every
+problem, on a 400). Handlers only translate HTTP to VendorService calls.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from proxy.store.models import Team
+from proxy.vendor.errors import Invalid, Unauthorized, VendorError
+from proxy.vendor.openapi import document
+from proxy.vendor.service import VendorService
+
+log = logging.getLogger("pullgate.vendor")
+
+PREFIX = "/vendor/v3"
+TEAM = web.RequestKey("vendor_team", Team)
+SERVICE = web.AppKey("vendor_service", VendorService)
+PUBLIC = {f"{PREFIX}/openapi.json"}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, headers={"Cache-Control": "no-store"})
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except VendorError as exc:
+        headers = {"WWW-Authenticate": 'Bearer realm="pullgate vendor API"'} if exc.status == 401 else {}
+        return web.json_response(exc.body(), status=exc.status, headers=headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return web.json_response({"message": exc.reason.lower()}, status=exc.status)
+    except Exception as exc:
+        # The type only: messages of lower layers may carry URLs or values.
+        log.error("vendor API internal error %s on %s %s", type(exc).__name__, request.method, request.path)
+        return web.json_response({"message": "internal error"}, status=500)
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path not in PUBLIC:
+        raw = request.headers.get("Authorization", "").strip()
+        scheme, _, rest = raw.partition(" ")
+        token = rest.strip() if scheme.lower() == "bearer" else raw
+        team = await request.app[SERVICE].team_for_token(token)
+        if team is None:
+            raise Unauthorized("a valid API token is required (Authorization: <token>)")
+        request[TEAM] = team
+    return await handler(request)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        data = json.loads(await request.read() or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise Invalid(["body: not valid JSON"]) from None
+    if not isinstance(data, dict):
+        raise Invalid(["body: must be a JSON object"])
+    return data
+
+
+def api_app(service: VendorService) -> web.Application:
+    app = web.Application(middlewares=[errors, authenticate], client_max_size=1024 * 1024)
+    app[SERVICE] = service
+    svc = service
+    r = app.router
+
+    def team(request: web.Request) -> Team:
+        return request[TEAM]
+
+    async def openapi(_: web.Request) -> web.Response:
+        return web.json_response(document())
+
+    # -- external registries: the fixed paths come before {slug}
+    async def registries(request: web.Request) -> web.Response:
+        return _json({"external_registries": await svc.list_registries(team(request))})
+
+    async def create_registry(request: web.Request) -> web.Response:
+        return _json({"external_registry": await svc.create_registry(team(request), await _body(request))}, 201)
+
+    async def test_registry(request: web.Request) -> web.Response:
+        result = await svc.test_registry(team(request), await _body(request))
+        return _json({"status": result.status, "ok": result.ok, "reason": result.reason})
+
+    async def registry_logs(request: web.Request) -> web.Response:
+        query = dict(request.query)
+        if not query.get("endpoint"):
+            raise Invalid(["endpoint: required (the registry's endpoint host or slug)"])
+        return _json({"logs": await svc.pull_logs(team(request), query)})
+
+    async def get_registry(request: web.Request) -> web.Response:
+        return _json({"external_registry": await svc.registry_json(team(request), request.match_info["slug"])})
+
+    async def update_registry(request: web.Request) -> web.Response:
+        body = await _body(request)
+        return _json({"external_registry": await svc.update_registry(team(request), request.match_info["slug"], body)})
+
+    async def delete_registry(request: web.Request) -> web.Response:
+        await svc.delete_registry(team(request), request.match_info["slug"])
+        return web.Response(status=204)
+
+    # -- apps
+    async def apps(request: web.Request) -> web.Response:
+        return _json({"apps": await svc.list_apps(team(request))})
+
+    async def create_app(request: web.Request) -> web.Response:
+        return _json({"app": await svc.create_app(team(request), await _body(request))}, 201)
+
+    async def get_app(request: web.Request) -> web.Response:
+        from proxy.vendor.service import app_json
+
+        return _json({"app": app_json(await svc.app(team(request), request.match_info["slug"]))})
+
+    async def update_app(request: web.Request) -> web.Response:
+        body = await _body(request)
+        return _json({"app": await svc.update_app(team(request), request.match_info["slug"], body)})
+
+    # -- customers
+    async def customers(request: web.Request) -> web.Response:
+        unknown = sorted(set(request.query) - {"appSlug"})
+        if unknown:
+            raise Invalid([f"{k}: unknown query parameter" for k in unknown])
+        return _json({"customers": await svc.list_customers(team(request), request.query.get("appSlug"))})
+
+    async def create_customer(request: web.Request) -> web.Response:
+        return _json({"customer": await svc.create_customer(team(request), await _body(request))}, 201)
+
+    async def get_customer(request: web.Request) -> web.Response:
+        # The vendor's own view: it may see the license ID it hands to its customer.
+        return _json({"customer": await svc.customer(team(request), request.match_info["id"], with_license=True)})
+
+    async def update_customer(request: web.Request) -> web.Response:
+        body = await _body(request)
+        return _json({"customer": await svc.update_customer(team(request), request.match_info["id"], body)})
+
+    async def customer_action(request: web.Request) -> web.Response:
+        cid, action = request.match_info["id"], request.match_info["action"]
+        return _json({"customer": await svc.set_customer_status(team(request), cid, action)})
+
+    async def import_license(request: web.Request) -> web.Response:
+        body = await _body(request)
+        text = body.get("license")
+        problems = [f"{k}: unknown field" for k in sorted(set(body) - {"license"})]
+        if not isinstance(text, str) or not text.strip():
+            problems.append("license: required, the KOTS License YAML as a string")
+        if problems:
+            raise Invalid(problems)
+        customer, created = await svc.import_license(team(request), text)
+        return _json({"customer": customer, "created": created}, 201 if created else 200)
+
+    # -- pull logs
+    async def pull_logs(request: web.Request) -> web.Response:
+        return _json({"logs": await svc.pull_logs(team(request), dict(request.query))})
+
+    r.add_get("/openapi.json", openapi)
+    r.add_get("/external_registries", registries)
+    r.add_post("/external_registry", create_registry)
+    r.add_put("/external_registry/test", test_registry)
+    r.add_get("/external_registry/logs", registry_logs)
+    r.add_get("/external_registry/{slug}", get_registry)
+    r.add_put("/external_registry/{slug}", update_registry)
+    r.add_delete("/external_registry/{slug}", delete_registry)
+    r.add_get("/apps", apps)
+    r.add_post("/app", create_app)
+    r.add_get("/app/{slug}", get_app)
+    r.add_patch("/app/{slug}", update_app)
+    r.add_get("/customers", customers)
+    r.add_post("/customer", create_customer)
+    r.add_get("/customer/{id}", get_customer)
+    r.add_patch("/customer/{id}", update_customer)
+    r.add_post("/customer/{id}/{action:revoke|archive|restore}", customer_action)
+    r.add_post("/license/import", import_license)
+    r.add_get("/pull_logs", pull_logs)
+    return app
+
+
+def install(admin: web.Application, service: VendorService) -> None:
+    admin.add_subapp(PREFIX, api_app(service))

@@ -1,0 +1,45 @@
+"""Vendor API errors: `{"message": ...}` with 400, 401, 404 or 409.
+
+Messages are written here, never built from a secret: a validation problem
+names the field, not its value.
+"""
+
+from __future__ import annotations
+
+
+class VendorError(Exception):
+    status = 400
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.problems = problems or []
+
+    def body(self) -> dict[str, object]:
+        out: dict[str, object] = {"message": self.message}
+        if self.problems:
+            out["errors"] = self.problems
+        return out
+
+
+class Invalid(VendorError):
+    """400, listing every problem found (not only the first)."""
+
+    status = 400
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid request: " + "; ".join(problems), problems)
+
+
+class Unauthorized(VendorError):
+    status = 401
+
+
+class NotFound(VendorError):
+    """404: unknown, or of another team (the two are indistinguishable on purpose)."""
+
+    status = 404
+
+
+class Conflict(VendorError):
+    status = 409

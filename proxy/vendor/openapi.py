@@ -1,0 +1,295 @@
+"""The OpenAPI 3.1 document of the vendor API, served at /vendor/v3/openapi.json.
+
+Written by hand next to the handlers (api.py) and checked by the tests: the
+document validates, and every answer of every route matches its schema.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import cache
+from typing import Any
+
+from proxy import __version__
+from proxy.config import PROVIDERS
+from proxy.vendor.service import LICENSE_TYPES
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(tp: str, **kw: Any) -> dict[str, Any]:
+    return {"type": [tp, "null"], **kw}
+
+
+def _obj(props: dict[str, Any], required: list[str] | None = None, extra: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": extra}
+    if required:
+        out["required"] = required
+    return out
+
+
+def _wrap(key: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return _obj({key: schema}, [key])
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+ERRORS = {
+    "400": _json(_ref("Error"), "Invalid request; `errors` lists every problem"),
+    "401": _json(_ref("Error"), "Missing or unknown API token"),
+    "404": _json(_ref("Error"), "Unknown, or belongs to another team"),
+}
+
+
+def _op(summary: str, responses: dict[str, Any], body: str | None = None, params: list[Any] | None = None,
+        errors: tuple[str, ...] = ("400", "401", "404")) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {**responses, **{e: ERRORS[e] for e in errors}}}
+    if body:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _path_param(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": description, "schema": {"type": "string"}}
+
+
+def _query(name: str, description: str, fmt: str | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    if fmt:
+        schema["format"] = fmt
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+# fmt: off
+_TIME = {"type": "string", "format": "date-time"}
+_CONFLICT = {"409": _json(_ref("Error"), "The slug is taken")}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": _obj({"message": {"type": "string"}, "errors": {"type": "array", "items": {"type": "string"}}},
+                  ["message"]),
+    "ExternalRegistry": _obj(
+        {
+            "slug": {"type": "string"},
+            "provider": {"type": "string", "enum": list(PROVIDERS)},
+            "endpoint": {"type": "string"},
+            "url": {"type": "string"},
+            "insecure": {"type": "boolean"},
+            "authType": {"type": "string", "enum": ["password", "token", "accesskey", "serviceaccount", "anonymous"]},
+            "username": _nullable("string", description="For ECR, the access key id. Never a password."),
+            "appIds": {"type": "array", "items": {"type": "string"}},
+            "appSlugs": {"type": "array", "items": {"type": "string"}},
+            "allowAnonymous": {"type": "boolean"},
+            "lastUsedAt": _nullable("string", format="date-time"),
+            "region": {"type": "string"},
+            "roleArn": {"type": "string"},
+            "apiUrl": {"type": "string"},
+        },
+        ["slug", "provider", "endpoint", "url", "insecure", "authType", "username", "appIds", "appSlugs",
+         "allowAnonymous", "lastUsedAt"],
+    ),
+    "ExternalRegistryCreate": _obj(
+        {
+            "provider": {"type": "string", "enum": list(PROVIDERS)},
+            "endpoint": {"type": "string", "description": "Host as written in image references; defaults for "
+                         "dockerhub (docker.io), ghcr, quay, gcr"},
+            "slug": {"type": "string", "description": "Name in pull paths; defaults to the endpoint"},
+            "authType": {"type": "string"},
+            "username": {"type": "string", "description": "gcr/gar: _json_key or oauth2accesstoken"},
+            "password": {"type": "string", "writeOnly": True, "description": "Password or token; gcr/gar "
+                         "_json_key: the service-account JSON"},
+            "accessKeyId": {"type": "string", "description": "ecr"},
+            "secretAccessKey": {"type": "string", "writeOnly": True, "description": "ecr"},
+            "region": {"type": "string", "description": "ecr"},
+            "roleArn": {"type": "string", "description": "ecr"},
+            "apiUrl": {"type": "string", "description": "ecr: the ECR API endpoint"},
+            "serviceAccountKey": {"type": "string", "writeOnly": True, "description": "gcr/gar: JSON key"},
+            "appIds": {"type": "array", "items": {"type": "string"}, "description": "App ids or slugs; "
+                       "empty: every app of the team"},
+            "url": {"type": "string", "description": "Where to reach it; default https://<endpoint>"},
+            "insecure": {"type": "boolean", "description": "Required for an http:// url"},
+            "skipValidation": {"type": "boolean"},
+            "image": {"type": "string", "description": "Image to validate the credentials with"},
+        },
+        ["provider"],
+    ),
+    "ExternalRegistryTest": _obj({"endpoint": {"type": "string"}, "image": {"type": "string"}},
+                                 ["endpoint", "image"]),
+    "ExternalRegistryTestResult": _obj(
+        {"status": {"type": "integer", "description": "The upstream's HTTP status; 0 when no answer"},
+         "ok": {"type": "boolean"}, "reason": {"type": "string"}},
+        ["status", "ok", "reason"],
+    ),
+    "App": _obj(
+        {"id": {"type": "string"}, "slug": {"type": "string"}, "name": {"type": "string"},
+         "imageAllowlist": {"type": "array", "items": {"type": "string"}},
+         "kotsPublicKey": _nullable("string")},
+        ["id", "slug", "name", "imageAllowlist", "kotsPublicKey"],
+    ),
+    "AppCreate": _obj(
+        {"slug": {"type": "string"}, "name": {"type": "string"},
+         "imageAllowlist": {"type": "array", "items": {"type": "string"},
+                            "description": "fnmatch patterns on the upstream repository, e.g. vendor/*"},
+         "kotsPublicKey": _nullable("string", description="PEM RSA public key that signs KOTS licenses")},
+        ["slug"],
+    ),
+    "AppUpdate": _obj(
+        {"name": {"type": "string"}, "imageAllowlist": {"type": "array", "items": {"type": "string"}},
+         "kotsPublicKey": _nullable("string")},
+    ),
+    "Customer": _obj(
+        {"id": {"type": "string"}, "name": {"type": "string"}, "email": _nullable("string"),
+         "appSlug": {"type": "string"}, "licenseType": {"type": "string", "enum": list(LICENSE_TYPES)},
+         "expiresAt": _nullable("string", format="date-time"),
+         "status": {"type": "string", "enum": ["active", "revoked", "archived"]},
+         "createdAt": _nullable("string", format="date-time"),
+         "licenseId": {"type": "string", "description": "Only at creation and in GET /customer/{id}"}},
+        ["id", "name", "email", "appSlug", "licenseType", "expiresAt", "status", "createdAt"],
+    ),
+    "CustomerCreate": _obj(
+        {"name": {"type": "string"}, "email": {"type": "string"}, "appSlug": {"type": "string"},
+         "licenseType": {"type": "string", "enum": list(LICENSE_TYPES)},
+         "expiresAt": _nullable("string", format="date-time")},
+        ["name", "appSlug"],
+    ),
+    "CustomerUpdate": _obj(
+        {"name": {"type": "string"}, "email": _nullable("string"),
+         "licenseType": {"type": "string", "enum": list(LICENSE_TYPES)},
+         "expiresAt": _nullable("string", format="date-time")},
+    ),
+    "LicenseImport": _obj({"license": {"type": "string", "description": "KOTS License YAML"}}, ["license"]),
+    "PullLog": _obj(
+        {"time": _TIME, "customerId": _nullable("string"), "customerName": _nullable("string"),
+         "appSlug": _nullable("string"), "registry": _nullable("string"),
+         "action": {"type": "string", "enum": ["auth", "manifest", "HEAD", "blob", "tags", "referrers"]},
+         "image": _nullable("string"), "reference": _nullable("string"), "status": {"type": "integer"},
+         "success": {"type": "boolean"}, "bytes": {"type": "integer"}},
+        ["time", "customerId", "customerName", "appSlug", "registry", "action", "image", "reference", "status",
+         "success", "bytes"],
+    ),
+}
+
+_LOG_FILTERS = [
+    _query("customer", "Customer id"),
+    _query("registry", "Registry slug or endpoint"),
+    _query("since", "From this time (inclusive), ISO 8601", "date-time"),
+    _query("until", "Before this time, ISO 8601", "date-time"),
+    _query("limit", "At most this many rows (1-1000, default 500), newest first"),
+]
+
+PATHS: dict[str, Any] = {
+    "/openapi.json": {"get": {"summary": "This document", "security": [],
+                              "responses": {"200": _json({"type": "object"})}}},
+    "/external_registries": {
+        "get": _op("List external registries", {"200": _json(_wrap("external_registries",
+                   {"type": "array", "items": _ref("ExternalRegistry")}))}, errors=("401",)),
+    },
+    "/external_registry": {
+        "post": _op(
+            "Add an external registry (its credentials are tested unless skipValidation)",
+            {"201": _json(_wrap("external_registry", _ref("ExternalRegistry")), "Created"), **_CONFLICT},
+            body="ExternalRegistryCreate", errors=("400", "401"),
+        ),
+    },
+    "/external_registry/test": {
+        "put": _op("Can the stored credentials reach a manifest of this image?",
+                   {"200": _json(_ref("ExternalRegistryTestResult"))}, body="ExternalRegistryTest"),
+    },
+    "/external_registry/logs": {
+        "get": _op("Pull log of one registry", {"200": _json(_wrap("logs", {"type": "array",
+                   "items": _ref("PullLog")}))}, params=[_query("endpoint", "Registry endpoint or slug")]),
+    },
+    "/external_registry/{slug}": {
+        "parameters": [_path_param("slug", "Registry slug (or endpoint)")],
+        "get": _op("Show an external registry", {"200": _json(_wrap("external_registry", _ref("ExternalRegistry")))},
+                   errors=("401", "404")),
+        "put": _op("Rotate credentials or change apps/url (fields as at creation; provider, endpoint and slug fixed)",
+                   {"200": _json(_wrap("external_registry", _ref("ExternalRegistry")))},
+                   body="ExternalRegistryCreate"),
+        "delete": _op("Remove an external registry", {"204": {"description": "Removed"}}, errors=("401", "404")),
+    },
+    "/apps": {"get": _op("List apps", {"200": _json(_wrap("apps", {"type": "array", "items": _ref("App")}))},
+                         errors=("401",))},
+    "/app": {"post": _op("Create an app", {"201": _json(_wrap("app", _ref("App")), "Created"), **_CONFLICT},
+                         body="AppCreate", errors=("400", "401"))},
+    "/app/{slug}": {
+        "parameters": [_path_param("slug", "App slug")],
+        "get": _op("Show an app", {"200": _json(_wrap("app", _ref("App")))}, errors=("401", "404")),
+        "patch": _op("Change an app's name, image allowlist or KOTS public key",
+                     {"200": _json(_wrap("app", _ref("App")))}, body="AppUpdate"),
+    },
+    "/customers": {
+        "get": _op("List customers (never their license IDs)",
+                   {"200": _json(_wrap("customers", {"type": "array", "items": _ref("Customer")}))},
+                   params=[_query("appSlug", "Only this app's customers")]),
+    },
+    "/customer": {
+        "post": _op("Create a customer; the answer carries its new license ID",
+                    {"201": _json(_wrap("customer", _ref("Customer")), "Created")}, body="CustomerCreate",
+                    errors=("400", "401")),
+    },
+    "/customer/{id}": {
+        "parameters": [_path_param("id", "Customer id")],
+        "get": _op("Show a customer, with its license ID", {"200": _json(_wrap("customer", _ref("Customer")))},
+                   errors=("401", "404")),
+        "patch": _op("Change name, email, license type or expiry", {"200": _json(_wrap("customer", _ref("Customer")))},
+                     body="CustomerUpdate"),
+    },
+    "/license/import": {
+        "post": _op(
+            "Import a signed KOTS license (verified under the app's kotsPublicKey) as a customer",
+            {"201": _json(_obj({"customer": _ref("Customer"), "created": {"type": "boolean"}},
+                               ["customer", "created"]), "Created"),
+             "200": _json(_obj({"customer": _ref("Customer"), "created": {"type": "boolean"}},
+                               ["customer", "created"]), "Updated (already imported)"),
+             "409": _json(_ref("Error"), "The license is held by another team")},
+            body="LicenseImport", errors=("400", "401"),
+        ),
+    },
+    "/pull_logs": {
+        "get": _op("Pull log, newest first", {"200": _json(_wrap("logs", {"type": "array",
+                   "items": _ref("PullLog")}))}, params=_LOG_FILTERS),
+    },
+}
+
+for _action, _what in (("revoke", "Revoke"), ("archive", "Archive"), ("restore", "Restore (make active again)")):
+    PATHS[f"/customer/{{id}}/{_action}"] = {
+        "parameters": [_path_param("id", "Customer id")],
+        "post": _op(f"{_what} a customer's license", {"200": _json(_wrap("customer", _ref("Customer")))},
+                    errors=("401", "404")),
+    }
+
+# fmt: on
+
+
+@cache
+def _document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "pullgate vendor API",
+            "version": __version__,
+            "description": "External registries, apps, customers (licenses) and pull logs of one team. "
+            "Shapes follow Replicated's vendor API v3 where it has them. No answer ever carries a registry "
+            "password, secret key or service-account key.",
+        },
+        "servers": [{"url": "/vendor/v3"}],
+        "security": [{"apiToken": []}],
+        "components": {
+            "securitySchemes": {
+                "apiToken": {"type": "apiKey", "in": "header", "name": "Authorization",
+                             "description": "A team API token, bare or as `Bearer <token>`"},
+            },
+            "schemas": SCHEMAS,
+        },
+        "paths": PATHS,
+    }
+
+
+def document() -> dict[str, Any]:
+    return copy.deepcopy(_document())

@@ -1,0 +1,613 @@
+"""Team-scoped vendor operations: what the JSON API and the web portal both call.
+
+Every method takes the caller's Team and touches only that team's rows;
+anything of another team is NotFound, indistinguishable from "does not exist".
+Inputs are the API's JSON shapes (camelCase dicts); outputs are the same
+shapes, ready to serialise. Secrets go in, never out: a registry's password,
+secret key or service-account key is sealed on the way in and no output
+carries it; a license ID is shown only at creation and in `customer(...,
+with_license=True)` (the vendor's own view).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import secrets
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from proxy.config import PROVIDERS
+from proxy.directory import Directory
+from proxy.licenses import kots
+from proxy.oci.allowlist import check_patterns
+from proxy.pulllog import to_stored_time
+from proxy.secrets import Keyring
+from proxy.store.base import Conflict as StoreConflict
+from proxy.store.base import Store, new_id, parse_time
+from proxy.store.models import App, Customer, Registry, Team
+from proxy.upstream.client import UpstreamClient
+from proxy.upstream.probe import ProbeResult, probe
+from proxy.upstream.providers import provider_of
+from proxy.upstream.resolve import canonical_endpoint
+from proxy.vendor.errors import Conflict, Invalid, NotFound
+
+SLUG_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
+HOST_RE = re.compile(r"^[A-Za-z0-9.-]+(?::\d{1,5})?$")
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
+LICENSE_TYPES = ("prod", "paid", "trial", "dev", "community", "test")
+DEFAULT_ENDPOINTS = {"dockerhub": "docker.io", "ghcr": "ghcr.io", "quay": "quay.io", "gcr": "gcr.io"}
+# Validation without an image asks for a manifest that need not exist: 404
+# means the registry accepted the credentials (registries that answer 401 for
+# unknown repositories need `image` or `skipValidation`).
+VALIDATION_IMAGE = "pullgate/credentials-check:latest"
+LICENSE_ALPHABET = string.ascii_letters + string.digits
+LICENSE_LENGTH = 32  # 32 characters of 62: about 190 bits
+MAX_LOGS = 1000
+RESERVED_SLUGS = frozenset({"test", "logs"})  # /external_registry/test and /logs
+
+
+def new_license_id() -> str:
+    return "".join(secrets.choice(LICENSE_ALPHABET) for _ in range(LICENSE_LENGTH))
+
+
+def new_api_token() -> str:
+    return "pgt_" + secrets.token_urlsafe(32)
+
+
+@dataclass
+class VendorService:
+    store: Store
+    keyring: Keyring
+    directory: Directory
+    upstream: UpstreamClient
+
+    # --- auth -------------------------------------------------------------------
+    async def team_for_token(self, token: str) -> Team | None:
+        if not token or len(token) > 512:
+            return None
+        return await self.store.team_by_token(token)
+
+    # --- apps -------------------------------------------------------------------
+    async def list_apps(self, team: Team) -> list[dict[str, Any]]:
+        return [app_json(a) for a in await self.store.apps_of_team(team.id)]
+
+    async def app(self, team: Team, slug: str) -> App:
+        app = await self.store.app_by_slug(slug)
+        if app is None or app.team_id != team.id:
+            raise NotFound(f"no app {slug!r}")
+        return app
+
+    async def create_app(self, team: Team, body: Mapping[str, Any]) -> dict[str, Any]:
+        problems = _unknown_keys(body, {"slug", "name", "imageAllowlist", "kotsPublicKey"})
+        slug = body.get("slug")
+        if not isinstance(slug, str) or not SLUG_RE.match(slug) or len(slug) > 64:
+            problems.append("slug: required; lowercase letters, digits and . _ - (at most 64)")
+        name = body.get("name", slug)
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            problems.append("name: must be a non-empty string (at most 200 characters)")
+        allowlist = body.get("imageAllowlist", [])
+        problems += check_patterns(allowlist)
+        key = body.get("kotsPublicKey")
+        problems += _check_public_key(key)
+        if problems:
+            raise Invalid(problems)
+        try:
+            app = await self.store.create_app(team.id, slug, name.strip(), allowlist, key or None)
+        except StoreConflict as exc:
+            raise Conflict(str(exc)) from None
+        return app_json(app)
+
+    async def update_app(self, team: Team, slug: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        app = await self.app(team, slug)
+        problems = _unknown_keys(body, {"name", "imageAllowlist", "kotsPublicKey"})
+        name = body.get("name", app.name)
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            problems.append("name: must be a non-empty string (at most 200 characters)")
+        allowlist = body.get("imageAllowlist", list(app.image_allowlist))
+        problems += check_patterns(allowlist)
+        key = body.get("kotsPublicKey", app.kots_public_key)
+        problems += _check_public_key(key)
+        if problems:
+            raise Invalid(problems)
+        app = replace(app, name=name.strip(), image_allowlist=tuple(allowlist), kots_public_key=key or None)
+        await self.store.update_app(app)
+        self.directory.invalidate()
+        return app_json(app)
+
+    # --- external registries ------------------------------------------------------
+    async def list_registries(self, team: Team) -> list[dict[str, Any]]:
+        apps = {a.id: a.slug for a in await self.store.apps_of_team(team.id)}
+        used = await self.store.registries_last_used(team.id)
+        return [registry_json(r, apps, used.get(r.slug)) for r in await self.store.registries_of_team(team.id)]
+
+    async def registry(self, team: Team, name: str) -> Registry:
+        """By slug, else by endpoint host (as `registry test HOSTNAME` passes it)."""
+        regs = await self.store.registries_of_team(team.id)
+        found = next((r for r in regs if r.slug == name), None)
+        if found is None:
+            host = canonical_endpoint(name)
+            found = next((r for r in regs if canonical_endpoint(r.endpoint) == host), None)
+        if found is None:
+            raise NotFound(f"no external registry {name!r}")
+        return found
+
+    async def registry_json(self, team: Team, name: str) -> dict[str, Any]:
+        reg = await self.registry(team, name)
+        apps = {a.id: a.slug for a in await self.store.apps_of_team(team.id)}
+        return registry_json(reg, apps, (await self.store.registries_last_used(team.id)).get(reg.slug))
+
+    async def create_registry(self, team: Team, body: Mapping[str, Any]) -> dict[str, Any]:
+        apps = await self.store.apps_of_team(team.id)
+        spec = _registry_input(body, apps, None)
+        if await self.store.registry_id(team.id, spec.slug) is not None:
+            raise Conflict(f"an external registry with slug {spec.slug!r} already exists")
+        reg = spec.build(new_id(), team.id, self.keyring)
+        if not spec.skip_validation:
+            await self._validate(reg, spec.image)
+        if await self.store.registry_id(team.id, spec.slug) is not None:  # raced with another create
+            raise Conflict(f"an external registry with slug {spec.slug!r} already exists")
+        await self.store.put_registry(reg)
+        self.directory.invalidate()
+        return registry_json(reg, {a.id: a.slug for a in apps}, None)
+
+    async def update_registry(self, team: Team, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Rotate credentials (or change apps, url) without deleting the registry."""
+        current = await self.registry(team, name)
+        apps = await self.store.apps_of_team(team.id)
+        spec = _registry_input(body, apps, current)
+        reg = spec.build(current.id, team.id, self.keyring)
+        # The old credentials' upstream tokens must not make a bad new secret look valid.
+        self.upstream.tokens.forget_registry(current.id)
+        if not spec.skip_validation:
+            await self._validate(reg, spec.image)
+        await self.store.put_registry(reg)
+        self.upstream.tokens.forget_registry(current.id)
+        self.directory.invalidate()
+        return registry_json(reg, {a.id: a.slug for a in apps}, None)
+
+    async def delete_registry(self, team: Team, name: str) -> None:
+        reg = await self.registry(team, name)
+        await self.store.delete_registry(team.id, reg.slug)
+        self.upstream.tokens.forget_registry(reg.id)
+        self.directory.invalidate()
+
+    async def test_registry(self, team: Team, body: Mapping[str, Any]) -> ProbeResult:
+        problems = _unknown_keys(body, {"endpoint", "image"})
+        endpoint, image = body.get("endpoint"), body.get("image")
+        if not isinstance(endpoint, str) or not endpoint:
+            problems.append("endpoint: required (the registry's endpoint host or slug)")
+        if not isinstance(image, str) or not image or len(image) > 512:
+            problems.append("image: required, as repository[:tag|@digest]")
+        if problems:
+            raise Invalid(problems)
+        return await probe(self.upstream, await self.registry(team, endpoint), image)
+
+    async def _validate(self, reg: Registry, image: str | None) -> None:
+        result = await probe(self.upstream, reg, image or VALIDATION_IMAGE)
+        self.upstream.tokens.forget_registry(reg.id)
+        if result.ok or (image is None and result.status == 404):
+            return
+        raise Invalid([f"credentials: the registry test failed (status {result.status}): {result.reason}"])
+
+    # --- customers ----------------------------------------------------------------
+    async def list_customers(self, team: Team, app_slug: str | None = None) -> list[dict[str, Any]]:
+        app_id = (await self.app(team, app_slug)).id if app_slug else None
+        return [customer_json(c) for c in await self.store.customers_of_team(team.id, app_id)]
+
+    async def customer_obj(self, team: Team, customer_id: str) -> Customer:
+        c = await self.store.customer_by_id(customer_id) if len(customer_id) <= 64 else None
+        if c is None or c.team_id != team.id:
+            raise NotFound(f"no customer {customer_id!r}")
+        return c
+
+    async def customer(self, team: Team, customer_id: str, with_license: bool = False) -> dict[str, Any]:
+        c = await self.customer_obj(team, customer_id)
+        out = customer_json(c)
+        if with_license:
+            sealed = await self.store.sealed_license_of(c.id)
+            out["licenseId"] = self.keyring.open(sealed, f"customer:{c.id}") if sealed else None
+        return out
+
+    async def create_customer(self, team: Team, body: Mapping[str, Any]) -> dict[str, Any]:
+        problems = _unknown_keys(body, {"name", "email", "appSlug", "licenseType", "expiresAt"})
+        name, email, expires, ltype = _customer_fields(body, problems, None)
+        app_slug = body.get("appSlug")
+        app = None
+        if not isinstance(app_slug, str) or not app_slug:
+            problems.append("appSlug: required")
+        else:
+            app = await self.store.app_by_slug(app_slug)
+            if app is None or app.team_id != team.id:
+                problems.append(f"appSlug: no app {app_slug!r}")
+        if problems or app is None:
+            raise Invalid(problems)
+        license_id = new_license_id()
+        cid = await self.store.put_customer(
+            team_id=team.id, app_id=app.id, name=name, email=email, license_id=license_id,
+            seal=lambda value, cid: self.keyring.seal(value, f"customer:{cid}"),
+            license_type=ltype, expires_at=expires,
+        )  # fmt: skip
+        out = customer_json(await self.customer_obj(team, cid))
+        out["licenseId"] = license_id
+        return out
+
+    async def update_customer(self, team: Team, customer_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        c = await self.customer_obj(team, customer_id)
+        problems = _unknown_keys(body, {"name", "email", "licenseType", "expiresAt"})
+        name, email, expires, ltype = _customer_fields(body, problems, c)
+        if problems:
+            raise Invalid(problems)
+        await self.store.update_customer(c.id, name=name, email=email, license_type=ltype, expires_at=expires)
+        self.directory.invalidate()
+        return customer_json(await self.customer_obj(team, c.id))
+
+    async def set_customer_status(self, team: Team, customer_id: str, action: str) -> dict[str, Any]:
+        status = {"revoke": "revoked", "archive": "archived", "restore": "active"}[action]
+        c = await self.customer_obj(team, customer_id)
+        await self.store.set_customer_status(c.id, status)
+        self.directory.invalidate()  # this process's caches; other replicas within the TTL
+        return customer_json(await self.customer_obj(team, c.id))
+
+    async def import_license(self, team: Team, text: str) -> tuple[dict[str, Any], bool]:
+        """A signed KOTS license becomes (or updates) a customer. Returns (customer, created)."""
+        try:
+            doc = kots.read(text)
+            slug = kots.app_slug(doc)
+        except kots.LicenseError as exc:
+            raise Invalid([f"license: {exc}"]) from None
+        app = await self.store.app_by_slug(slug)
+        if app is None or app.team_id != team.id:
+            raise Invalid([f"license: no app {slug!r} in this team"])
+        if not app.kots_public_key:
+            raise Invalid([f"license: app {slug!r} has no kotsPublicKey to verify licenses with"])
+        try:
+            lic = kots.verify(doc, app.kots_public_key)
+        except kots.LicenseError as exc:
+            raise Invalid([f"license: {exc}"]) from None
+        if len(lic.license_id) < 16:
+            raise Invalid(["license: licenseID is shorter than 16 characters"])
+        problems: list[str] = []
+        if lic.license_type not in LICENSE_TYPES:
+            problems.append(f"license: licenseType must be one of {', '.join(LICENSE_TYPES)}")
+        if problems:
+            raise Invalid(problems)
+        existing = await self.store.customer_by_license(lic.license_id)
+        if existing is not None and existing.team_id != team.id:
+            raise Conflict("this license is already held by another customer")
+        cid = await self.store.put_customer(
+            team_id=team.id, app_id=app.id, name=lic.customer_name, email=lic.customer_email,
+            license_id=lic.license_id, seal=lambda value, cid: self.keyring.seal(value, f"customer:{cid}"),
+            license_type=lic.license_type, expires_at=lic.expires_at,
+        )  # fmt: skip
+        self.directory.invalidate()
+        return customer_json(await self.customer_obj(team, cid)), existing is None
+
+    # --- pull logs ----------------------------------------------------------------
+    async def pull_logs(self, team: Team, query: Mapping[str, str]) -> list[dict[str, Any]]:
+        problems = _unknown_keys(query, {"customer", "registry", "endpoint", "since", "until", "limit"})
+        since = _query_time(query.get("since"), "since", problems)
+        until = _query_time(query.get("until"), "until", problems)
+        limit = 500
+        if "limit" in query:
+            raw = query["limit"]
+            if not raw.isdigit() or not 1 <= int(raw) <= MAX_LOGS:
+                problems.append(f"limit: a whole number from 1 to {MAX_LOGS}")
+            else:
+                limit = int(raw)
+        if problems:
+            raise Invalid(problems)
+        customer_id = (await self.customer_obj(team, query["customer"])).id if query.get("customer") else None
+        name = query.get("registry") or query.get("endpoint")
+        registry_slug = (await self.registry(team, name)).slug if name else None
+        rows = await self.store.pull_logs(
+            team.id, customer_id=customer_id, registry_slug=registry_slug, since=since, until=until, limit=limit
+        )
+        return [pull_log_json(r) for r in rows]
+
+
+# --- shapes ---------------------------------------------------------------------
+
+
+def app_json(app: App) -> dict[str, Any]:
+    return {
+        "id": app.id,
+        "slug": app.slug,
+        "name": app.name,
+        "imageAllowlist": list(app.image_allowlist),
+        "kotsPublicKey": app.kots_public_key,
+    }
+
+
+def auth_type(reg: Registry) -> str:
+    if reg.provider == "ecr":
+        return "accesskey"
+    if reg.username == "_json_key":
+        return "serviceaccount"
+    if reg.secret_sealed is None:
+        return "anonymous"
+    return "token" if reg.username == "oauth2accesstoken" else "password"
+
+
+def registry_json(reg: Registry, app_slugs: Mapping[str, str], last_used: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "slug": reg.slug,
+        "provider": reg.provider,
+        "endpoint": reg.endpoint,
+        "url": reg.url,
+        "insecure": reg.insecure,
+        "authType": auth_type(reg),
+        "username": reg.options.get("access_key_id") if reg.provider == "ecr" else reg.username,
+        "appIds": sorted(reg.app_ids),
+        "appSlugs": sorted(app_slugs.get(a, a) for a in reg.app_ids),
+        "allowAnonymous": reg.allow_anonymous,
+        "lastUsedAt": last_used,
+    }
+    for key, field in (("region", "region"), ("roleArn", "role_arn"), ("apiUrl", "api_url")):
+        if reg.options.get(field):
+            out[key] = reg.options[field]
+    return out
+
+
+def _iso_out(t: dt.datetime | None) -> str | None:
+    return t.astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z") if t else None
+
+
+def customer_json(c: Customer) -> dict[str, Any]:
+    return {
+        "id": c.id,
+        "name": c.name,
+        "email": c.email,
+        "appSlug": c.app_slug,
+        "licenseType": c.license_type,
+        "expiresAt": _iso_out(c.expires_at),
+        "status": c.status,
+        "createdAt": c.created_at,
+    }
+
+
+def pull_log_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "time": row["time"],
+        "customerId": row["customer_id"],
+        "customerName": row["customer_name"],
+        "appSlug": row["app_slug"],
+        "registry": row["registry_slug"],
+        "action": row["action"],
+        "image": row["image"],
+        "reference": row["reference"],
+        "status": row["status"],
+        "success": bool(row["success"]),
+        "bytes": row["bytes"],
+    }
+
+
+# --- input checks ---------------------------------------------------------------
+
+
+def _unknown_keys(body: Mapping[str, Any], known: set[str]) -> list[str]:
+    return [f"{k}: unknown field" for k in sorted(set(body) - known)]
+
+
+def _check_public_key(key: Any) -> list[str]:
+    if key is None or key == "":
+        return []
+    if not isinstance(key, str):
+        return ["kotsPublicKey: must be a PEM string"]
+    try:
+        kots.load_public_key(key)
+    except kots.LicenseError as exc:
+        return [f"kotsPublicKey: {exc}"]
+    return []
+
+
+def _query_time(raw: str | None, key: str, problems: list[str]) -> str | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        t = parse_time(raw)
+    except ValueError:
+        problems.append(f"{key}: must be an ISO 8601 time, e.g. 2026-01-31T00:00:00Z")
+        return None
+    return to_stored_time(t) if t else None
+
+
+def _customer_fields(
+    body: Mapping[str, Any], problems: list[str], current: Customer | None
+) -> tuple[str, str | None, str | None, str]:
+    name = body.get("name", current.name if current else None)
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        problems.append("name: required, a non-empty string (at most 200 characters)")
+        name = ""
+    email = body.get("email", current.email if current else None)
+    if email in ("", None):
+        email = None
+    elif not isinstance(email, str) or not EMAIL_RE.match(email) or len(email) > 254:
+        problems.append("email: must be an email address")
+        email = None
+    ltype = body.get("licenseType", current.license_type if current else "prod")
+    if ltype not in LICENSE_TYPES:
+        problems.append(f"licenseType: one of {', '.join(LICENSE_TYPES)}")
+        ltype = "prod"
+    expires: str | None
+    if "expiresAt" in body:
+        raw = body["expiresAt"]
+        expires = None
+        if raw not in (None, ""):
+            try:
+                t = parse_time(raw) if isinstance(raw, str) else None
+            except ValueError:
+                t = None
+            if t is None:
+                problems.append("expiresAt: must be an ISO 8601 time (e.g. 2027-01-01T00:00:00Z) or null")
+            else:
+                expires = _iso_out(t)
+    else:
+        expires = _iso_out(current.expires_at) if current else None
+    return name.strip(), email, expires, ltype
+
+
+@dataclass
+class _RegistryInput:
+    provider: str
+    endpoint: str
+    slug: str
+    url: str
+    insecure: bool
+    username: str | None
+    secret: str | None  # None: keep the current sealed secret (update without new credentials)
+    keep_sealed: str | None
+    options: dict[str, str]
+    app_ids: tuple[str, ...]
+    allow_anonymous: bool
+    skip_validation: bool
+    image: str | None
+
+    def build(self, rid: str, team_id: str, keyring: Keyring) -> Registry:
+        sealed = keyring.seal(self.secret, rid) if self.secret else self.keep_sealed
+        return Registry(
+            id=rid, team_id=team_id, slug=self.slug, provider=self.provider, endpoint=self.endpoint,
+            url=self.url, insecure=self.insecure, username=self.username, secret_sealed=sealed,
+            allow_anonymous=self.allow_anonymous, options=self.options, app_ids=self.app_ids,
+        )  # fmt: skip
+
+
+_REGISTRY_KEYS = {
+    "provider", "endpoint", "slug", "authType", "username", "password", "appIds", "skipValidation", "url",
+    "insecure", "image", "accessKeyId", "secretAccessKey", "region", "roleArn", "apiUrl", "serviceAccountKey",
+}  # fmt: skip
+
+
+def _registry_input(body: Mapping[str, Any], apps: list[App], current: Registry | None) -> _RegistryInput:
+    """Check a create (current None) or update request; every problem is listed."""
+    problems = _unknown_keys(body, _REGISTRY_KEYS)
+
+    def opt_str(key: str, limit: int = 4096) -> str | None:
+        v = body.get(key)
+        if v is None or v == "":
+            return None
+        if not isinstance(v, str) or len(v) > limit:
+            problems.append(f"{key}: must be a string (at most {limit} characters)")
+            return None
+        return v
+
+    def opt_bool(key: str, default: bool) -> bool:
+        v = body.get(key, default)
+        if not isinstance(v, bool):
+            problems.append(f"{key}: must be true or false")
+            return default
+        return v
+
+    if current is None:
+        provider = body.get("provider")
+        if provider not in PROVIDERS:
+            problems.append(f"provider: required, one of {', '.join(PROVIDERS)}")
+            provider = "other"
+        endpoint = opt_str("endpoint", 255) or DEFAULT_ENDPOINTS.get(provider)
+        if endpoint is None:
+            problems.append("endpoint: required for this provider (the registry host, e.g. registry.example.com)")
+            endpoint = ""
+        elif not HOST_RE.match(endpoint):
+            problems.append("endpoint: must be a host name (with an optional :port), no scheme or path")
+        slug = opt_str("slug", 64) or re.sub(r"[^a-z0-9._-]+", "-", endpoint.lower()).strip("-._")
+        if slug and not SLUG_RE.match(slug):
+            problems.append("slug: lowercase letters, digits and . _ - (at most 64)")
+        elif slug in RESERVED_SLUGS:
+            problems.append(f"slug: {slug!r} is reserved (it names an API path)")
+    else:
+        provider, endpoint, slug = current.provider, current.endpoint, current.slug
+        for key in ("provider", "endpoint", "slug"):
+            if key in body and body[key] != getattr(current, key):
+                problems.append(f"{key}: cannot be changed (remove and add the registry instead)")
+
+    insecure = opt_bool("insecure", current.insecure if current else False)
+    url = opt_str("url", 2048)
+    if url is None:
+        url = current.url if current else provider_of(provider).default_url(endpoint)
+    elif url.startswith("http://") and not insecure:
+        problems.append("url: an http:// url needs insecure: true")
+    elif not url.startswith(("http://", "https://")):
+        problems.append("url: must start with https:// (or http:// with insecure)")
+    skip = opt_bool("skipValidation", False)
+    image = opt_str("image", 512)
+
+    username = opt_str("username", 256)
+    password = opt_str("password", 64 * 1024)
+    options: dict[str, str] = dict(current.options) if current else {}
+    if provider == "ecr":
+        key_id = opt_str("accessKeyId", 128) or username or options.get("access_key_id")
+        secret = opt_str("secretAccessKey", 1024) or password
+        if not key_id:
+            problems.append("accessKeyId: required for ecr")
+        if secret is None and current is None:
+            problems.append("secretAccessKey: required for ecr")
+        if key_id:
+            options["access_key_id"] = key_id
+        for key, field in (("region", "region"), ("roleArn", "role_arn"), ("apiUrl", "api_url")):
+            v = opt_str(key, 2048)
+            if v:
+                options[field] = v
+        username = None
+    else:
+        sa_key = opt_str("serviceAccountKey", 64 * 1024)
+        if sa_key is not None:
+            username, password = "_json_key", sa_key
+        secret = password
+        if username is None and current is not None:
+            username = current.username
+        if provider in ("gcr", "gar"):
+            if username not in ("_json_key", "oauth2accesstoken"):
+                problems.append("username: for gcr/gar, _json_key (service-account JSON) or oauth2accesstoken")
+            if username == "_json_key" and secret is not None and not _is_service_account(secret):
+                # Never echo the content: it is a key.
+                problems.append("password: the service-account key must be JSON with a client_email")
+        has_secret = secret is not None or (current is not None and current.secret_sealed is not None)
+        if (username is None) == has_secret:
+            problems.append("username and password: give both, or neither for anonymous access")
+    if not problems:
+        # The provider module's own rules (endpoint shapes, key formats), by field, never quoting a secret.
+        kept = secret or ("(stored)" if current is not None and current.secret_sealed else None)
+        flagged = {p.split(":")[0] for p in problems}
+        for problem in provider_of(provider).validate(endpoint, username, kept, options):
+            field, _, rest = problem.partition(":")
+            field = _PROVIDER_FIELDS.get(field, field)
+            if field not in flagged:
+                problems.append(f"{field}:{rest}")
+    auth = body.get("authType")
+    if auth is not None and auth not in ("password", "token", "accesskey", "serviceaccount", "anonymous"):
+        problems.append("authType: one of password, token, accesskey, serviceaccount, anonymous")
+
+    app_ids: tuple[str, ...] = current.app_ids if current else ()
+    if "appIds" in body:
+        raw = body["appIds"]
+        if not isinstance(raw, list) or not all(isinstance(a, str) for a in raw):
+            problems.append("appIds: must be a list of app ids or slugs")
+        else:
+            by_key = {a.id: a.id for a in apps} | {a.slug: a.id for a in apps}
+            unknown = [a for a in raw if a not in by_key]
+            if unknown:
+                problems.append(f"appIds: unknown app(s) {', '.join(repr(u[:64]) for u in unknown)}")
+            app_ids = tuple(sorted({by_key[a] for a in raw if a in by_key}))
+    if problems:
+        raise Invalid(problems)
+    return _RegistryInput(
+        provider=provider, endpoint=endpoint, slug=slug, url=url.rstrip("/"), insecure=insecure,
+        username=username, secret=secret, keep_sealed=current.secret_sealed if current else None,
+        options=options, app_ids=app_ids, allow_anonymous=current.allow_anonymous if current else False,
+        skip_validation=skip, image=image,
+    )  # fmt: skip
+
+
+_PROVIDER_FIELDS = {"access_key_id": "accessKeyId", "secret_access_key": "secretAccessKey", "role_arn": "roleArn",
+                   "api_url": "apiUrl"}  # fmt: skip
+
+
+def _is_service_account(text: str) -> bool:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and isinstance(data.get("client_email"), str)
