@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from proxy import __version__, logs
+from proxy import __version__, cli_vendor, logs
 from proxy.config import Config, ConfigError, load
 from proxy.secrets import Keyring, SecretError
 
@@ -45,11 +45,14 @@ def parser() -> argparse.ArgumentParser:
     _config_arg(rotate)
     ls = keys_sub.add_parser("ls", help="list master key ids (never the keys)")
     _config_arg(ls)
+    cli_vendor.install(p, sub)  # registry, app, customer, license, logs (vendor API); admin (store)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if getattr(args, "api_call", None) is not None:
+        return cli_vendor.run(args)  # talks to the API: no config needed
     try:
         cfg = _load(args)
     except ConfigError as exc:
@@ -61,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(cfg)
         if args.command == "keys":
             return asyncio.run(_keys(cfg, args.keys_command))
+        if args.command == "admin":
+            return asyncio.run(cli_vendor.admin_token_create(cfg, args.team, args.name))
     except (ConfigError, SecretError) as exc:
         print(f"pullgate: {exc}", file=sys.stderr)
         return 2
