@@ -365,6 +365,10 @@ async def test_image_allowlist_refuses_before_upstream_io(api: VendorClient, ven
     status, body, _ = await pull(vendor_env, "GET", "/v2/proxy/allow-app/sent/other/thing/manifests/v1", lic)
     assert status == 404 and json.loads(body)["errors"][0]["code"] == "NAME_UNKNOWN"
     assert vendor_env.sentinel.connections == before  # refused with no upstream I/O
+    # Changing only which apps use a registry needs no credentials test (and makes no upstream call).
+    relinked = await api.call("PUT", "/external_registry/sent", {"appIds": ["allow-app"]})
+    assert relinked.status == 200 and relinked.body["external_registry"]["appSlugs"] == ["allow-app"]
+    assert vendor_env.sentinel.connections == before
     # Lifting the allowlist lets it through.
     assert (await api.call("PATCH", "/app/allow-app", {"imageAllowlist": []})).status == 200
     index = "application/vnd.oci.image.index.v1+json"

@@ -162,7 +162,9 @@ class VendorService:
         reg = spec.build(current.id, team.id, self.keyring)
         # The old credentials' upstream tokens must not make a bad new secret look valid.
         self.upstream.tokens.forget_registry(current.id)
-        if not spec.skip_validation:
+        reaches_differently = (reg.secret_sealed, reg.username, reg.url, reg.options) != (
+            current.secret_sealed, current.username, current.url, current.options)
+        if not spec.skip_validation and (reaches_differently or spec.image):
             await self._validate(reg, spec.image)
         await self.store.put_registry(reg)
         self.upstream.tokens.forget_registry(current.id)
