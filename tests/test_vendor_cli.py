@@ -8,6 +8,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -203,3 +204,46 @@ def test_failures_are_reported_and_exit_non_zero(vendor_env: VendorEnv):
     invalid = run(vendor_env, "customer", "create", "--name", "x", "--app", "no-such-app", "--email", "bad",
                   check=False)  # fmt: skip
     assert invalid.returncode == 1 and "appSlug" in invalid.stderr and "email" in invalid.stderr
+
+
+def test_masked_prompt_on_a_terminal(vendor_env: VendorEnv):
+    """With no secret flag on a terminal, the password is prompted for and never echoed."""
+    import pty
+    import select
+
+    up = vendor_env.basic
+    assert up.password
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PULLGATE_")}
+    environ.update(PULLGATE_API_ORIGIN=vendor_env.admin, PULLGATE_API_TOKEN=vendor_env.tokens["alpha"])
+    argv = [sys.executable, "-m", "proxy", "registry", "add", "other", "--endpoint", "tty.example.test",
+            "--name", "tty-reg", "--url", up.url, "--insecure", "--username", "vendor"]  # fmt: skip
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: its controlling terminal is the pty
+        os.chdir(REPO_ROOT)
+        os.execve(sys.executable, argv, environ)  # noqa: S606 - the CLI under test
+    out = b""
+    try:
+        deadline = time.monotonic() + 30
+        sent = False
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+            if not sent and b"Password:" in out:
+                os.write(fd, up.password.encode() + b"\n")
+                sent = True
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    assert sent, out
+    assert os.waitstatus_to_exitcode(status) == 0, out
+    vendor_env.assert_clean(out, "the terminal")
+    assert b"tty-reg" in out
+    assert run(vendor_env, "registry", "test", "tty-reg", "--image", "vendor/oci:v1").returncode == 0
