@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -70,8 +71,11 @@ async def test_a_real_prometheus_scrapes_the_pull_counter(deployment: Deployment
         deadline = time.monotonic() + 30
         value = None
         while time.monotonic() < deadline:
-            with urllib.request.urlopen(f"{base}/api/v1/query?{query}", timeout=5) as r:  # noqa: S310 - loopback
-                result = json.loads(r.read())["data"]["result"]
+            try:
+                with urllib.request.urlopen(f"{base}/api/v1/query?{query}", timeout=5) as r:  # noqa: S310 - loopback
+                    result = json.loads(r.read())["data"]["result"]
+            except urllib.error.HTTPError:  # 503 while the TSDB is still starting
+                result = []
             if result:
                 value = float(result[0]["value"][1])
                 break
