@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from proxy import __version__, cli_vendor, logs
+from proxy import __version__, cli_hostnames, cli_vendor, logs
 from proxy.config import Config, ConfigError, load
 from proxy.secrets import Keyring, SecretError
 
@@ -46,6 +46,7 @@ def parser() -> argparse.ArgumentParser:
     ls = keys_sub.add_parser("ls", help="list master key ids (never the keys)")
     _config_arg(ls)
     cli_vendor.install(p, sub)  # registry, app, customer, license, logs (vendor API); admin (store)
+    cli_hostnames.install(sub)
     return p
 
 

@@ -81,6 +81,23 @@ class PullLogSection:
 
 
 @dataclass
+class DomainsSection:
+    # Nameservers ("ip" or "ip:port") for ownership checks; empty: the system's.
+    resolver: list[str] = field(default_factory=list)
+    # Port of the HTTP ownership check (the proxy's plain-HTTP port as clients reach it).
+    http_verify_port: int = 80
+    # How often every replica reloads hostnames and certificates from the store.
+    refresh_seconds: float = 5.0
+
+
+@dataclass
+class AnonymousSection:
+    # Per client address, for /v2/anonymous/...: sustained pulls per minute and burst.
+    rate_per_minute: int = 600
+    burst: int = 100
+
+
+@dataclass
 class ApiTokenSpec:
     token_env: str | None = None
     token_file: str | None = None
@@ -150,6 +167,8 @@ class Config:
     upstream: UpstreamSection = field(default_factory=UpstreamSection)
     log: LogSection = field(default_factory=LogSection)
     pulllog: PullLogSection = field(default_factory=PullLogSection)
+    domains: DomainsSection = field(default_factory=DomainsSection)
+    anonymous: AnonymousSection = field(default_factory=AnonymousSection)
     bootstrap: BootstrapSection = field(default_factory=BootstrapSection)
     # Where relative paths in the file are anchored.
     base_dir: Path = field(default=Path("."), metadata={"internal": True})

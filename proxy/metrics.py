@@ -47,6 +47,17 @@ UPSTREAM_RATELIMIT_REMAINING = Gauge(
     "pullgate_upstream_ratelimit_remaining", "Pulls left in the registry's rate-limit window (Docker Hub)",
     ["registry"], registry=REGISTRY,
 )  # fmt: skip
+UPSTREAM_TOKEN_CACHE_HITS = Counter(
+    "pullgate_upstream_token_cache_hits", "Upstream requests served by a cached registry token", ["registry"],
+    registry=REGISTRY,
+)  # fmt: skip
+CERT_EXPIRY = Gauge(
+    "pullgate_certificate_expiry_timestamp_seconds", "When a served TLS certificate expires (Unix time)",
+    ["hostname"], registry=REGISTRY,
+)  # fmt: skip
+ANONYMOUS_LIMITED = Counter(
+    "pullgate_anonymous_rate_limited", "Anonymous requests refused by the per-address rate limit", registry=REGISTRY
+)
 
 
 def observe_ratelimit(slug: str, remaining: str | None) -> None:

@@ -115,9 +115,13 @@ async def test_token_is_bound_to_its_repository_and_host(client: ProxyClient, de
     ans = await client.request("GET", other, headers={"Authorization": f"Bearer {tok}"})
     assert ans.status == 401
     assert 'error="insufficient_scope"' in ans.headers["WWW-Authenticate"]
-    # Presented on another host name, the audience does not match.
-    ans = await client.request("GET", MANIFEST, headers={"Authorization": f"Bearer {tok}", "Host": "localhost"})
+    # Presented on another host name this proxy serves, the audience does not match.
+    other_host = f"localhost:{deployment.server.port}"
+    ans = await client.request("GET", MANIFEST, headers={"Authorization": f"Bearer {tok}", "Host": other_host})
     assert ans.status == 401
+    # A host it does not serve at all.
+    ans = await client.request("GET", MANIFEST, headers={"Authorization": f"Bearer {tok}", "Host": "evil.example"})
+    assert (ans.status, ans.error_code) == (404, "NAME_UNKNOWN")
     # A forged signature.
     head, payload, _sig = tok.split(".")
     ans = await client.request("GET", MANIFEST, headers={"Authorization": f"Bearer {head}.{payload}.AAAA"})

@@ -417,6 +417,53 @@ async def test_license_import(api: VendorClient, vendor_env: VendorEnv):
     assert r.status == 400
 
 
+# --- custom hostnames --------------------------------------------------------------------
+
+
+async def test_custom_hostnames(api: VendorClient, beta: VendorClient, vendor_env: VendorEnv):
+    host = f"images-{secrets.token_hex(3)}.alpha.example"
+    bad = await api.call("POST", "/custom_hostnames", {"hostname": "Not A Host", "extra": 1})
+    assert bad.status == 400 and len(bad.body["errors"]) == 2
+    made = await api.call("POST", "/custom_hostnames", {"hostname": host})
+    assert made.status == 201
+    h = made.body["custom_hostname"]
+    assert (h["status"], h["isDefault"], h["certificate"]) == ("pending", False, None)
+    assert h["verification"]["dnsRecord"] == f"_pullgate-challenge.{host}"
+    token = h["verification"]["dnsValue"]
+    assert (await beta.call("POST", "/custom_hostnames", {"hostname": host})).status == 409
+    # Another team neither sees nor touches it.
+    assert host not in json.dumps((await beta.call("GET", "/custom_hostnames")).body)
+    for method, path in (("POST", f"/custom_hostname/{host}/verify"), ("DELETE", f"/custom_hostname/{host}"),
+                         ("POST", f"/custom_hostname/{host}/default")):  # fmt: skip
+        assert (await beta.call(method, path)).status == 404
+    # Not verifiable yet; a pending hostname cannot be the default.
+    failed = await api.call("POST", f"/custom_hostname/{host}/verify")
+    assert failed.status == 200 and failed.body["custom_hostname"]["status"] == "failed"
+    assert "no TXT record" in failed.body["custom_hostname"]["reason"]
+    assert (await api.call("POST", f"/custom_hostname/{host}/default")).status == 400
+    vendor_env.dns.txt[f"_pullgate-challenge.{host}"] = [token]
+    ok = await api.call("POST", f"/custom_hostname/{host}/verify")
+    assert ok.body["custom_hostname"]["status"] == "verified" and ok.body["custom_hostname"]["reason"] is None
+    assert (await api.call("POST", f"/custom_hostname/{host}/default")).body["custom_hostname"]["isDefault"]
+    import trustme
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert(host)
+    cert, key = leaf.cert_chain_pems[0].bytes().decode(), leaf.private_key_pem.bytes().decode()
+    vendor_env.canaries.append(key.splitlines()[1])
+    wrong = ca.issue_cert("other.example")
+    refused = await api.call("PUT", f"/custom_hostname/{host}/certificate",
+                             {"certificate": wrong.cert_chain_pems[0].bytes().decode(), "key": key})  # fmt: skip
+    assert refused.status == 400
+    up = await api.call("PUT", f"/custom_hostname/{host}/certificate", {"certificate": cert, "key": key})
+    assert up.status == 200
+    assert up.body["custom_hostname"]["certificate"]["expiresInDays"] > 300
+    listed = (await api.call("GET", "/custom_hostnames")).body["custom_hostnames"]
+    assert [x["hostname"] for x in listed] == [host]
+    assert (await api.call("DELETE", f"/custom_hostname/{host}")).status == 204
+    assert (await api.call("GET", "/custom_hostnames")).body["custom_hostnames"] == []
+
+
 # --- isolation ---------------------------------------------------------------------------
 
 

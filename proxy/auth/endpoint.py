@@ -15,6 +15,7 @@ from aiohttp import web
 
 from proxy.auth.credentials import BasicCredentials, parse_authorization
 from proxy.auth.gate import Gate
+from proxy.auth.origin import HOST_TEAM
 from proxy.auth.tokens import Access
 from proxy.oci.errors import OCIError
 from proxy.oci.grammar import check_name, split_proxy_name
@@ -86,7 +87,7 @@ class TokenEndpoint:
         return await self._issue(request, password, scopes, oauth=True)
 
     async def _issue(self, request: web.Request, license_id: str, raw_scopes: list[str], oauth: bool) -> web.Response:
-        customer = await self.gate.license_customer(license_id)
+        customer = await self.gate.license_customer(license_id, request.get(HOST_TEAM))
         if customer is None:
             if oauth:
                 return web.json_response(

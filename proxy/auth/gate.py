@@ -14,7 +14,7 @@ from aiohttp import web
 
 from proxy import metrics
 from proxy.auth.credentials import BasicCredentials, parse_authorization
-from proxy.auth.origin import Origins
+from proxy.auth.origin import HOST_TEAM, Origins
 from proxy.auth.tokens import InvalidToken, TokenIssuer
 from proxy.directory import Directory
 from proxy.oci.errors import OCIError
@@ -49,9 +49,11 @@ class Gate:
             headers={"WWW-Authenticate": self.challenge(request, scope, error)},
         )
 
-    async def license_customer(self, license_id: str) -> Customer | None:
-        """The customer for a license that may pull now, or None."""
+    async def license_customer(self, license_id: str, host_team: str | None = None) -> Customer | None:
+        """The customer for a license that may pull now (on this host), or None."""
         customer = await self.directory.customer_by_license(license_id)
+        if customer is not None and host_team is not None and customer.team_id != host_team:
+            customer = None  # another team's hostname: this license does not exist here
         return customer if _usable(customer) else None
 
     async def authorize(self, request: web.Request, name: ProxyName | None) -> Customer:
@@ -64,8 +66,9 @@ class Gate:
         if creds is None:
             metrics.AUTH_FAILURES.labels("missing").inc()
             raise self.unauthorized(request, "authentication required", name)
+        host_team = request.get(HOST_TEAM)
         if isinstance(creds, BasicCredentials):
-            customer = await self.license_customer(creds.password)
+            customer = await self.license_customer(creds.password, host_team)
             if customer is None:
                 metrics.AUTH_FAILURES.labels("bad_license").inc()
                 raise self.unauthorized(request, "invalid credentials", name)
@@ -80,6 +83,8 @@ class Gate:
                 metrics.AUTH_FAILURES.labels("scope").inc()
                 raise self.unauthorized(request, "token does not grant this repository", name, "insufficient_scope")
             found = await self.directory.customer_by_id(claims.subject)
+            if found is not None and host_team is not None and found.team_id != host_team:
+                found = None
             if not _usable(found):
                 metrics.AUTH_FAILURES.labels("bad_license").inc()
                 raise self.unauthorized(request, "license is no longer valid", name)

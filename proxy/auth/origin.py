@@ -14,6 +14,9 @@ from aiohttp import web
 
 from proxy.oci.errors import OCIError
 
+# Set by the host table on a verified custom hostname: the only team served there.
+HOST_TEAM = web.RequestKey("host_team", str)
+
 _HOST_RE = re.compile(r"^(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$")
 
 

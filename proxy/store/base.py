@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from proxy.store.models import App, Customer, Registry, Team
+from proxy.store.models import App, Customer, CustomHostname, Registry, Team
 from proxy.store.schema import MIGRATIONS
 
 Row = dict[str, Any]
@@ -365,6 +365,61 @@ class Store(abc.ABC):
         await self.execute("DELETE FROM pull_logs WHERE time < ?", (before,))
 
 
+    # --- custom hostnames ---------------------------------------------------
+    async def add_hostname(self, team_id: str, hostname: str, token: str) -> CustomHostname:
+        """Raises Conflict when any team already registered the hostname."""
+        if await self.fetchone("SELECT hostname FROM custom_hostnames WHERE hostname = ?", (hostname,)):
+            raise Conflict(f"hostname {hostname!r} is already registered")
+        now = now_iso()
+        await self.execute(
+            "INSERT INTO custom_hostnames (hostname, team_id, token, status, created_at, updated_at)"
+            " VALUES (?, ?, ?, 'pending', ?, ?)",
+            (hostname, team_id, token, now, now),
+        )
+        return CustomHostname(hostname=hostname, team_id=team_id, token=token, status="pending", created_at=now)
+
+    async def hostname(self, hostname: str) -> CustomHostname | None:
+        row = await self.fetchone("SELECT * FROM custom_hostnames WHERE hostname = ?", (hostname,))
+        return _hostname(row) if row else None
+
+    async def hostnames(self, team_id: str | None = None, status: str | None = None) -> list[CustomHostname]:
+        sql, params = "SELECT * FROM custom_hostnames WHERE 1 = 1", []
+        if team_id is not None:
+            sql, params = sql + " AND team_id = ?", [*params, team_id]
+        if status is not None:
+            sql, params = sql + " AND status = ?", [*params, status]
+        return [_hostname(r) for r in await self.fetchall(sql + " ORDER BY hostname", params)]
+
+    async def set_hostname_status(self, hostname: str, status: str, reason: str | None) -> None:
+        await self.execute(
+            "UPDATE custom_hostnames SET status = ?, reason = ?, updated_at = ? WHERE hostname = ?",
+            (status, reason, now_iso(), hostname),
+        )
+
+    async def set_default_hostname(self, team_id: str, hostname: str) -> None:
+        await self.execute_many([
+            ("UPDATE custom_hostnames SET is_default = 0 WHERE team_id = ?", (team_id,)),
+            ("UPDATE custom_hostnames SET is_default = 1, updated_at = ? WHERE hostname = ? AND team_id = ?",
+             (now_iso(), hostname, team_id)),
+        ])  # fmt: skip
+
+    async def set_hostname_certificate(self, hostname: str, cert_pem: str, key_sealed: str, not_after: str) -> None:
+        await self.execute(
+            "UPDATE custom_hostnames SET cert_pem = ?, key_sealed = ?, cert_not_after = ?, updated_at = ?"
+            " WHERE hostname = ?",
+            (cert_pem, key_sealed, not_after, now_iso(), hostname),
+        )
+
+    async def delete_hostname(self, team_id: str, hostname: str) -> bool:
+        found = await self.fetchone(
+            "SELECT hostname FROM custom_hostnames WHERE hostname = ? AND team_id = ?", (hostname, team_id)
+        )
+        if found is None:
+            return False
+        await self.execute("DELETE FROM custom_hostnames WHERE hostname = ?", (hostname,))
+        return True
+
+
 class Conflict(Exception):
     """A unique name (slug, license) is already taken."""
 
@@ -403,4 +458,19 @@ def _registry(row: Row, app_ids: tuple[str, ...]) -> Registry:
         allow_anonymous=bool(row["allow_anonymous"]),
         options=json.loads(row["options"] or "{}"),
         app_ids=app_ids,
+    )
+
+
+def _hostname(row: Row) -> CustomHostname:
+    return CustomHostname(
+        hostname=row["hostname"],
+        team_id=row["team_id"],
+        token=row["token"],
+        status=row["status"],
+        reason=row["reason"],
+        is_default=bool(row["is_default"]),
+        cert_pem=row["cert_pem"],
+        key_sealed=row["key_sealed"],
+        cert_not_after=row["cert_not_after"],
+        created_at=row["created_at"],
     )

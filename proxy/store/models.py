@@ -66,3 +66,17 @@ class Customer:
         if self.expires_at is not None and now >= self.expires_at:
             return "expired"
         return None
+
+
+@dataclass(frozen=True)
+class CustomHostname:
+    hostname: str
+    team_id: str
+    token: str  # the ownership challenge shown to the vendor
+    status: str  # pending | verified | failed
+    reason: str | None = None
+    is_default: bool = False
+    cert_pem: str | None = None
+    key_sealed: str | None = None  # the TLS key, sealed with "hostname:<name>" as associated data
+    cert_not_after: str | None = None
+    created_at: str | None = None

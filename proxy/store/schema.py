@@ -78,4 +78,21 @@ MIGRATIONS: list[str] = [
     CREATE INDEX pull_logs_team_time ON pull_logs (team_id, time);
     CREATE INDEX pull_logs_time ON pull_logs (time)
     """,
+    # 3: custom hostnames, their ownership checks and certificates
+    """
+    CREATE TABLE custom_hostnames (
+        hostname TEXT PRIMARY KEY,
+        team_id TEXT NOT NULL REFERENCES teams(id) ON DELETE CASCADE,
+        token TEXT NOT NULL UNIQUE,
+        status TEXT NOT NULL DEFAULT 'pending',
+        reason TEXT,
+        is_default INTEGER NOT NULL DEFAULT 0,
+        cert_pem TEXT,
+        key_sealed TEXT,
+        cert_not_after TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX custom_hostnames_team ON custom_hostnames (team_id)
+    """,
 ]

@@ -85,6 +85,8 @@ class UpstreamClient:
         url = base.join(URL(path_and_query, encoded=True))
         target = AuthTarget(registry.id, registry.slug, base, registry.insecure)
         auth_header = self._auth.cached(target, scope)
+        if auth_header is not None:
+            metrics.UPSTREAM_TOKEN_CACHE_HITS.labels(registry.slug).inc()
         resp = await self._send_retrying(registry, method, url, headers, auth_header)
         if resp.status != 401:
             return resp

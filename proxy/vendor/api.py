@@ -190,5 +190,11 @@ def api_app(service: VendorService) -> web.Application:
     return app
 
 
-def install(admin: web.Application, service: VendorService) -> None:
-    admin.add_subapp(PREFIX, api_app(service))
+def install(
+    admin: web.Application, service: VendorService, extend: Callable[[web.Application], None] | None = None
+) -> None:
+    """Mount the API; `extend` adds routes of other concerns (custom hostnames) to it."""
+    sub = api_app(service)
+    if extend is not None:
+        extend(sub)
+    admin.add_subapp(PREFIX, sub)

@@ -257,6 +257,54 @@ PATHS: dict[str, Any] = {
     },
 }
 
+SCHEMAS["CustomHostname"] = _obj(
+    {"hostname": {"type": "string"}, "status": {"enum": ["pending", "verified", "failed"]},
+     "reason": _nullable("string", description="Why the last ownership check failed"),
+     "isDefault": {"type": "boolean", "description": "Used in the portal's pull references"},
+     "verification": _obj({"dnsRecord": {"type": "string"}, "dnsType": {"const": "TXT"},
+                           "dnsValue": {"type": "string"}, "httpUrl": {"type": "string"}},
+                          ["dnsRecord", "dnsType", "dnsValue", "httpUrl"]),
+     "certificate": {"oneOf": [{"type": "null"}, _obj({"notAfter": {"type": "string"},
+                     "expiresInDays": {"type": "integer"}, "expiringSoon": {"type": "boolean"}},
+                     ["notAfter", "expiresInDays", "expiringSoon"])]},
+     "createdAt": _nullable("string")},
+    ["hostname", "status", "reason", "isDefault", "verification", "certificate", "createdAt"],
+)
+SCHEMAS["CustomHostnameCreate"] = _obj({"hostname": {"type": "string", "example": "images.vendor.example"}},
+                                       ["hostname"])
+SCHEMAS["CustomHostnameCertificate"] = _obj(
+    {"certificate": {"type": "string", "description": "PEM chain, leaf first"},
+     "key": {"type": "string", "description": "PEM private key (stored encrypted; never returned)"}},
+    ["certificate", "key"],
+)
+_HOSTNAME = {"200": _json(_wrap("custom_hostname", _ref("CustomHostname")))}
+PATHS["/custom_hostnames"] = {
+    "get": _op("List custom hostnames", {"200": _json(_wrap("custom_hostnames", {"type": "array",
+               "items": _ref("CustomHostname")}))}, errors=("401",)),
+    "post": _op("Add a custom hostname (pending until verified)",
+                {"201": _json(_wrap("custom_hostname", _ref("CustomHostname")), "Created"), **_CONFLICT},
+                body="CustomHostnameCreate", errors=("400", "401")),
+}
+_HOST_PARAM = [_path_param("hostname", "The custom hostname")]
+PATHS["/custom_hostname/{hostname}"] = {
+    "parameters": _HOST_PARAM,
+    "delete": _op("Remove a custom hostname", {"204": {"description": "Removed"}}, errors=("401", "404")),
+}
+PATHS["/custom_hostname/{hostname}/verify"] = {
+    "parameters": _HOST_PARAM,
+    "post": _op("Check ownership: the DNS TXT record, else the HTTP challenge through the hostname", _HOSTNAME,
+                errors=("401", "404")),
+}
+PATHS["/custom_hostname/{hostname}/default"] = {
+    "parameters": _HOST_PARAM,
+    "post": _op("Make this verified hostname the team's default", _HOSTNAME),
+}
+PATHS["/custom_hostname/{hostname}/certificate"] = {
+    "parameters": _HOST_PARAM,
+    "put": _op("Upload the TLS certificate and key served for this hostname (by SNI)", _HOSTNAME,
+               body="CustomHostnameCertificate"),
+}
+
 for _action, _what in (("revoke", "Revoke"), ("archive", "Archive"), ("restore", "Restore (make active again)")):
     PATHS[f"/customer/{{id}}/{_action}"] = {
         "parameters": [_path_param("id", "Customer id")],

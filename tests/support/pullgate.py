@@ -35,7 +35,11 @@ class Pullgate:
         self.db_path = workdir / "pullgate.db"
         self.keys_path = workdir / "keys.yaml"
         config: dict[str, Any] = {
-            "proxy": {"listen": f"127.0.0.1:{self.port}", "hosts": [self.host], "shutdown_grace_seconds": 10},
+            "proxy": {
+                "listen": f"127.0.0.1:{self.port}",
+                "hosts": [self.host, f"localhost:{self.port}"],
+                "shutdown_grace_seconds": 10,
+            },
             "admin": {"listen": f"127.0.0.1:{self.admin_port}"},
             "store": f"sqlite://{self.db_path}" if self.db_path.is_absolute() else f"sqlite:{self.db_path}",
             "keys": {"file": str(self.keys_path)},

@@ -28,7 +28,7 @@ def _home() -> Path:
 
 
 def _run(
-    args: Sequence[str], timeout: float, check: bool
+    args: Sequence[str], timeout: float, check: bool, hosts_file: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     home = _home()
     env = {
@@ -40,9 +40,12 @@ def _run(
         "TMPDIR": os.environ.get("TMPDIR", "/tmp"),
     }
     argv = [SKOPEO, "--policy", str(home / "policy.json"), *args]
-    return subprocess.run(
-        argv, env=env, capture_output=True, text=True, timeout=timeout, check=check
-    )
+    if hosts_file is not None:
+        # Names resolved from our own hosts file, in a private mount namespace:
+        # the machine's /etc/hosts is untouched.
+        script = 'mount --bind "$0" /etc/hosts && exec "$@"'
+        argv = ["unshare", "--mount", "sh", "-c", script, str(hosts_file), *argv]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=check)
 
 
 def copy(
@@ -54,6 +57,7 @@ def copy(
     timeout: float = 300,
     check: bool = False,
     extra_args: Sequence[str] = (),
+    hosts_file: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """`skopeo copy <src> dir:<dest_dir>`; `src` like `docker://127.0.0.1:5000/repo:tag`."""
     home = _home()
@@ -65,7 +69,7 @@ def copy(
         args += ["--src-no-creds"]
     if all:
         args.append("--all")
-    return _run([*args, *extra_args, src, f"dir:{dest_dir}"], timeout, check)
+    return _run([*args, *extra_args, src, f"dir:{dest_dir}"], timeout, check, hosts_file)
 
 
 def inspect_raw(
@@ -85,7 +89,10 @@ def inspect_raw(
 
 
 def list_tags(
-    ref: str, creds: str | None = None, tls_verify: bool = False, timeout: float = 60,
+    ref: str,
+    creds: str | None = None,
+    tls_verify: bool = False,
+    timeout: float = 60,
     check: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """`skopeo list-tags <docker://host/repo>`: JSON {"Repository", "Tags"} on stdout."""

@@ -22,6 +22,7 @@ from referencing.jsonschema import DRAFT202012
 from yarl import URL
 
 from proxy.vendor.openapi import document
+from tests.support.dns_server import LoopbackDNS
 from tests.support.faults import Sentinel
 from tests.support.pullgate import Pullgate
 from tests.support.registry import Registry
@@ -37,6 +38,7 @@ class VendorEnv:
     basic: Registry
     anon: Registry
     sentinel: Sentinel
+    dns: LoopbackDNS
     canaries: list[str] = field(default_factory=list)
     exercised: set[tuple[str, str, int]] = field(default_factory=set)  # (method, path template, status)
 
@@ -58,6 +60,7 @@ def vendor_env(
     tokens = {"alpha": "pgt_alpha_" + secrets.token_hex(16), "beta": "pgt_beta_" + secrets.token_hex(16)}
     licenses = {"beta-cust": "lic-beta-" + secrets.token_hex(16)}
     sentinel = Sentinel()
+    dns = LoopbackDNS()
     env = {"VT_ALPHA": tokens["alpha"], "VT_BETA": tokens["beta"], "VT_LIC_BETA": licenses["beta-cust"]}
     teams = [
         {"name": "alpha", "api_tokens": [{"token_env": "VT_ALPHA"}], "apps": [{"slug": "alpha-app"}]},
@@ -71,11 +74,12 @@ def vendor_env(
         },
     ]  # fmt: skip
     server = Pullgate(
-        tmp_path_factory.mktemp("vendor"), teams, env=env, settings={"pulllog": {"flush_seconds": 0.05}},
+        tmp_path_factory.mktemp("vendor"), teams, env=env, settings={"pulllog": {"flush_seconds": 0.05},
+                                                          "domains": {"resolver": [dns.nameserver]}},
         name="pullgate-vendor",
     ).start()
     ve = VendorEnv(
-        server, tokens, licenses, upstream_basic, upstream_anon, sentinel,
+        server, tokens, licenses, upstream_basic, upstream_anon, sentinel, dns,
         canaries=[p for p in (upstream_basic.password,) if p] + list(licenses.values()),
     )  # fmt: skip
     try:
@@ -83,6 +87,7 @@ def vendor_env(
     finally:
         server.stop()
         sentinel.stop()
+        dns.stop()
     ve.assert_clean(server.log_text(), "the vendor server's log")
 
 

@@ -1,0 +1,133 @@
+"""Which Host the proxy listener answers, and for which team.
+
+The configured `proxy.hosts` serve every team; a verified custom hostname
+serves only its own team's apps (the gate refuses other teams' licenses on it).
+Any other Host gets a 404 OCI error. The table is reloaded from the store every
+few seconds (and at once after a change on this replica), together with the
+certificates that TLS picks by SNI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from proxy import metrics
+from proxy.auth.origin import HOST_TEAM
+from proxy.domains.service import key_aad
+from proxy.domains.tls import SNIContexts, server_context
+from proxy.domains.verify import WELL_KNOWN
+from proxy.oci.errors import OCIError
+from proxy.secrets import Keyring
+from proxy.store.base import Store
+
+log = logging.getLogger("pullgate.domains")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def split_host(host: str) -> tuple[str, str | None]:
+    """("name", "port" or None), for names and [v6]:port alike."""
+    host = host.lower()
+    if host.startswith("["):
+        name, _, rest = host[1:].partition("]")
+        return name, rest[1:] if rest.startswith(":") else None
+    name, sep, port = host.rpartition(":")
+    return (name, port) if sep and port.isdigit() else (host, None)
+
+
+class HostTable:
+    def __init__(
+        self, store: Store, keyring: Keyring, configured: list[str], sni: SNIContexts | None, refresh: float
+    ) -> None:
+        self.store = store
+        self.keyring = keyring
+        self.configured = {h.lower() for h in configured}
+        self.sni = sni
+        self.refresh_seconds = refresh
+        self.verified: dict[str, str] = {}  # hostname -> team id
+        self.tokens: dict[str, str] = {}  # challenge token -> hostname (pending or failed)
+        self._wake = asyncio.Event()
+        self._certs: dict[str, str] = {}  # hostname -> cert PEM loaded into SNI
+
+    def changed(self) -> None:
+        self._wake.set()
+
+    def admits(self, host: str) -> tuple[bool, str | None]:
+        """(served here?, the team it is bound to or None for every team)."""
+        name, _port = split_host(host)
+        team = self.verified.get(name)
+        if team is not None:
+            return True, team
+        if not self.configured or host.lower() in self.configured or name in self.configured:
+            return True, None
+        return False, None
+
+    async def refresh(self) -> None:
+        rows = await self.store.hostnames()
+        self.verified = {h.hostname: h.team_id for h in rows if h.status == "verified"}
+        self.tokens = {h.token: h.hostname for h in rows if h.status != "verified"}
+        now = dt.datetime.now(dt.UTC)
+        for h in rows:
+            if h.cert_not_after:
+                expiry = dt.datetime.fromisoformat(h.cert_not_after)
+                metrics.CERT_EXPIRY.labels(h.hostname).set(expiry.timestamp())
+                if expiry - now < dt.timedelta(days=21):
+                    log.warning("certificate of %s expires %s", h.hostname, h.cert_not_after)
+        if self.sni is not None:
+            await self._load_certificates([h for h in rows if h.status == "verified" and h.cert_pem and h.key_sealed])
+
+    async def _load_certificates(self, rows: list) -> None:
+        wanted = {h.hostname: h.cert_pem for h in rows}
+        if wanted == self._certs:
+            return
+        contexts = {}
+        for h in rows:
+            try:
+                key = self.keyring.open(h.key_sealed, key_aad(h.hostname))
+                contexts[h.hostname] = await asyncio.to_thread(server_context, h.cert_pem, key)
+            except Exception as exc:  # one bad certificate must not take the others down
+                log.error("certificate of %s not loaded: %s", h.hostname, type(exc).__name__)
+        assert self.sni is not None
+        self.sni.replace(contexts)
+        self._certs = wanted
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception as exc:  # keep the last good table
+                log.error("host table refresh failed: %s", type(exc).__name__)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.refresh_seconds)
+            except TimeoutError:
+                pass
+
+    def middleware(self) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+        @web.middleware
+        async def hosts(request: web.Request, handler: Handler) -> web.StreamResponse:
+            host = request.headers.get("Host", "")
+            if request.path.startswith(WELL_KNOWN):
+                return self._challenge(request, host)
+            ok, team = self.admits(host)
+            if not ok:
+                return OCIError("NAME_UNKNOWN", "this host is not served here", status=404).response(
+                    request.method == "HEAD"
+                )
+            if team is not None:
+                request[HOST_TEAM] = team
+            return await handler(request)
+
+        return hosts
+
+    def _challenge(self, request: web.Request, host: str) -> web.Response:
+        token = request.path[len(WELL_KNOWN) :]
+        hostname = self.tokens.get(token)
+        if hostname is None or split_host(host)[0] != hostname:
+            return web.Response(status=404, text="unknown challenge")
+        return web.Response(text=token, content_type="text/plain")

@@ -1,0 +1,147 @@
+"""Team-scoped operations on custom hostnames, for the vendor API, CLI and portal.
+
+A hostname is added pending with a challenge token; `verify` tries the DNS TXT
+record, then the HTTP challenge; only a verified hostname is served. One
+verified hostname per team may be the default (the portal's pull references
+use it). A certificate for it can be uploaded; its key is sealed like the
+registry secrets, with "hostname:<name>" as associated data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from proxy.config import DomainsSection
+from proxy.domains.tls import CertificateError, inspect
+from proxy.domains.verify import CHALLENGE_LABEL, WELL_KNOWN, hostname_problem, verify_dns, verify_http
+from proxy.secrets import Keyring
+from proxy.store.base import Conflict as StoreConflict
+from proxy.store.base import Store
+from proxy.store.models import CustomHostname, Team
+from proxy.vendor.errors import Conflict, Invalid, NotFound
+
+EXPIRING_DAYS = 21
+
+
+def key_aad(hostname: str) -> str:
+    return f"hostname:{hostname}"
+
+
+def hostname_json(h: CustomHostname) -> dict[str, Any]:
+    cert = None
+    if h.cert_not_after:
+        not_after = dt.datetime.fromisoformat(h.cert_not_after)
+        days = (not_after - dt.datetime.now(dt.UTC)).total_seconds() / 86400
+        cert = {"notAfter": h.cert_not_after, "expiresInDays": int(days), "expiringSoon": days < EXPIRING_DAYS}
+    return {
+        "hostname": h.hostname,
+        "status": h.status,
+        "reason": h.reason,
+        "isDefault": h.is_default,
+        "verification": {
+            "dnsRecord": f"{CHALLENGE_LABEL}.{h.hostname}",
+            "dnsType": "TXT",
+            "dnsValue": h.token,
+            "httpUrl": f"http://{h.hostname}{WELL_KNOWN}{h.token}",
+        },
+        "certificate": cert,
+        "createdAt": h.created_at,
+    }
+
+
+@dataclass
+class HostnameService:
+    store: Store
+    keyring: Keyring
+    cfg: DomainsSection
+    session: Callable[[], aiohttp.ClientSession]
+    # Called after any change, so this replica's host table reloads at once.
+    changed: Callable[[], None] = lambda: None
+
+    async def list(self, team: Team) -> list[dict[str, Any]]:
+        return [hostname_json(h) for h in await self.store.hostnames(team.id)]
+
+    async def get(self, team: Team, hostname: str) -> CustomHostname:
+        h = await self.store.hostname(hostname.lower())
+        if h is None or h.team_id != team.id:
+            raise NotFound(f"no hostname {hostname!r}")
+        return h
+
+    async def add(self, team: Team, body: Mapping[str, Any]) -> dict[str, Any]:
+        unknown = [f"{k}: unknown field" for k in sorted(set(body) - {"hostname"})]
+        hostname = body.get("hostname")
+        problem = hostname_problem(hostname) if isinstance(hostname, str) else "hostname: required"
+        if problem or unknown:
+            raise Invalid([*unknown, *([problem] if problem else [])])
+        assert isinstance(hostname, str)
+        try:
+            h = await self.store.add_hostname(team.id, hostname, secrets.token_urlsafe(24))
+        except StoreConflict as exc:
+            raise Conflict(str(exc)) from None
+        self.changed()
+        return hostname_json(h)
+
+    async def remove(self, team: Team, hostname: str) -> None:
+        if not await self.store.delete_hostname(team.id, hostname.lower()):
+            raise NotFound(f"no hostname {hostname!r}")
+        self.changed()
+
+    async def verify(self, team: Team, hostname: str) -> dict[str, Any]:
+        h = await self.get(team, hostname)
+        verdict = await verify_dns(h.hostname, h.token, self.cfg.resolver)
+        if not verdict.ok:
+            via_http = await verify_http(
+                self.session(), h.hostname, h.token, self.cfg.resolver, self.cfg.http_verify_port
+            )
+            if via_http.ok:
+                verdict = via_http
+            else:
+                verdict = type(verdict)(False, f"{verdict.reason}; {via_http.reason}")
+        status = "verified" if verdict.ok else ("failed" if h.status != "verified" else "verified")
+        # A verified hostname stays verified when a later re-check fails: say so, do not cut it off.
+        await self.store.set_hostname_status(h.hostname, status, None if verdict.ok else verdict.reason)
+        self.changed()
+        return hostname_json(await self.get(team, hostname))
+
+    async def set_default(self, team: Team, hostname: str) -> dict[str, Any]:
+        h = await self.get(team, hostname)
+        if h.status != "verified":
+            raise Invalid([f"hostname: {h.hostname} is {h.status}; verify it first"])
+        await self.store.set_default_hostname(team.id, h.hostname)
+        self.changed()
+        return hostname_json(await self.get(team, hostname))
+
+    async def set_certificate(self, team: Team, hostname: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        h = await self.get(team, hostname)
+        problems = [f"{k}: unknown field" for k in sorted(set(body) - {"certificate", "key"})]
+        cert, key = body.get("certificate"), body.get("key")
+        if not isinstance(cert, str) or "BEGIN CERTIFICATE" not in cert:
+            problems.append("certificate: required, PEM")
+        if not isinstance(key, str) or "PRIVATE KEY" not in key:
+            problems.append("key: required, PEM (unencrypted)")
+        if problems:
+            raise Invalid(problems)
+        assert isinstance(cert, str) and isinstance(key, str)
+        try:
+            info = await asyncio.to_thread(inspect, cert, key, h.hostname)
+        except CertificateError as exc:
+            raise Invalid([str(exc)]) from None
+        if info.not_after <= dt.datetime.now(dt.UTC):
+            raise Invalid(["certificate: has expired"])
+        sealed = self.keyring.seal(key, key_aad(h.hostname))
+        await self.store.set_hostname_certificate(h.hostname, cert, sealed, info.not_after.isoformat())
+        self.changed()
+        return hostname_json(await self.get(team, hostname))
+
+    async def default_hostname(self, team: Team) -> str | None:
+        for h in await self.store.hostnames(team.id, status="verified"):
+            if h.is_default:
+                return h.hostname
+        return None

@@ -1,0 +1,213 @@
+"""A team's own hostname, end to end: add, verify (DNS or HTTP), its certificate
+by SNI, skopeo pulling over https on it, and everything else refused there."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+import trustme
+
+from tests.client import basic
+from tests.support import skopeo
+from tests.support.dns_server import LoopbackDNS
+from tests.support.pullgate import Pullgate
+from tests.support.registry import Registry
+
+ACME_HOST = "images.acme.test"
+GLOBEX_HOST = "images.globex.test"
+
+
+@dataclass
+class Env:
+    server: Pullgate
+    dns: LoopbackDNS
+    ca: trustme.CA
+    tokens: dict[str, str]
+    licenses: dict[str, str]
+    workdir: Path
+
+    async def api(self, team: str, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        async with aiohttp.ClientSession() as s:
+            async with s.request(method, f"{self.server.admin_url}/vendor/v3{path}", json=body,
+                                 headers={"Authorization": self.tokens[team]}) as r:  # fmt: skip
+                return r.status, (await r.json() if r.status != 204 else {})
+
+    def hosts_file(self) -> Path:
+        f = self.workdir / "hosts"
+        f.write_text(f"127.0.0.1 localhost {ACME_HOST} {GLOBEX_HOST} unverified.acme.test\n")
+        return f
+
+
+def _teams(upstream: Registry) -> list[dict]:
+    def team(name: str) -> dict:
+        return {"name": name, "api_tokens": [{"token_env": f"CD_TOKEN_{name.upper()}"}], "apps": [{"slug": name}],
+                "registries": [{"slug": "up", "provider": "other", "endpoint": "up.test", "url": upstream.url,
+                                "insecure": True}],
+                "customers": [{"name": "C", "app": name, "license_id_env": f"CD_LIC_{name.upper()}"}]}  # fmt: skip
+
+    return [team("acme"), team("globex")]
+
+
+def _start(tmp: Path, upstream: Registry, dns: LoopbackDNS, ca: trustme.CA | None, name: str) -> Env:
+    tokens = {t: f"pgt_{t}_{secrets.token_hex(12)}" for t in ("acme", "globex")}
+    licenses = {t: f"lic-{t}-{secrets.token_hex(12)}" for t in ("acme", "globex")}
+    env = {f"CD_TOKEN_{t.upper()}": v for t, v in tokens.items()} | {
+        f"CD_LIC_{t.upper()}": v for t, v in licenses.items()
+    }
+    settings: dict = {"domains": {"resolver": [dns.nameserver], "refresh_seconds": 1}}
+    if ca is not None:
+        default = ca.issue_cert("127.0.0.1", "localhost")
+        default.cert_chain_pems[0].write_to_path(tmp / "default.crt")
+        default.private_key_pem.write_to_path(tmp / "default.key")
+        settings["proxy"] = {"tls_cert_file": str(tmp / "default.crt"), "tls_key_file": str(tmp / "default.key")}
+    server = Pullgate(tmp / name, _teams(upstream), env=env, settings=settings, name=name)
+    if ca is None:
+        # The HTTP challenge is fetched from the hostname on the proxy's own port.
+        server.config_path.write_text(
+            server.config_path.read_text().replace(
+                "refresh_seconds: 1", f"refresh_seconds: 1\n  http_verify_port: {server.port}"
+            )
+        )
+    return Env(server.start(), dns, ca or trustme.CA(), tokens, licenses, tmp)
+
+
+@pytest.fixture(scope="module")
+def dns() -> Iterator[LoopbackDNS]:
+    server = LoopbackDNS()
+    server.a.update({ACME_HOST: "127.0.0.1", GLOBEX_HOST: "127.0.0.1", "unverified.acme.test": "127.0.0.1"})
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def tls_env(tmp_path_factory: pytest.TempPathFactory, upstream_anon: Registry, dns: LoopbackDNS) -> Iterator[Env]:
+    env = _start(tmp_path_factory.mktemp("domains-tls"), upstream_anon, dns, trustme.CA(), "pullgate-tls")
+    yield env
+    env.server.stop()
+    for secret in [*env.tokens.values(), *env.licenses.values()]:
+        assert secret not in env.server.log_text()
+
+
+def _peer_names(port: int, server_name: str, ca: trustme.CA) -> list[str]:
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname=server_name) as tls:
+            return [v for k, v in tls.getpeercert()["subjectAltName"] if k == "DNS"]
+
+
+async def _add_and_verify_by_dns(env: Env, team: str, hostname: str) -> None:
+    status, body = await env.api(team, "POST", "/custom_hostnames", {"hostname": hostname})
+    assert status == 201, body
+    env.dns.txt[f"_pullgate-challenge.{hostname}"] = [body["custom_hostname"]["verification"]["dnsValue"]]
+    status, body = await env.api(team, "POST", f"/custom_hostname/{hostname}/verify")
+    assert (status, body["custom_hostname"]["status"]) == (200, "verified"), body
+
+
+async def test_custom_domain_over_tls_end_to_end(tls_env: Env):
+    env = tls_env
+    await _add_and_verify_by_dns(env, "acme", ACME_HOST)
+    await _add_and_verify_by_dns(env, "globex", GLOBEX_HOST)
+    for team, host in (("acme", ACME_HOST), ("globex", GLOBEX_HOST)):
+        leaf = env.ca.issue_cert(host)
+        pems = {"certificate": leaf.cert_chain_pems[0].bytes().decode(), "key": leaf.private_key_pem.bytes().decode()}
+        status, body = await env.api(team, "PUT", f"/custom_hostname/{host}/certificate", pems)
+        assert status == 200, body
+    # SNI: two hostnames, two certificates, one listener; anything else gets the default.
+    deadline = time.monotonic() + 10
+    while _peer_names(env.server.port, ACME_HOST, env.ca) != [ACME_HOST]:
+        assert time.monotonic() < deadline, "the hostname's certificate was never served"
+        await asyncio.sleep(0.2)
+    assert _peer_names(env.server.port, GLOBEX_HOST, env.ca) == [GLOBEX_HOST]
+    assert _peer_names(env.server.port, "localhost", env.ca) == ["localhost"]  # the default certificate
+
+    # The challenge names the custom host, so the client never leaves it.
+    ctx = ssl.create_default_context()
+    env.ca.configure_trust(ctx)
+    conn = aiohttp.TCPConnector(ssl=ctx, resolver=_Loopback())
+    async with aiohttp.ClientSession(connector=conn) as s:
+        async with s.get(f"https://{ACME_HOST}:{env.server.port}/v2/") as r:
+            assert r.status == 401
+            assert r.headers["WWW-Authenticate"].startswith(
+                f'Bearer realm="https://{ACME_HOST}:{env.server.port}/v2/token",service="{ACME_HOST}:{env.server.port}"'
+            )
+        # Another team's license does not exist on acme's hostname.
+        url = f"https://{ACME_HOST}:{env.server.port}/v2/proxy/acme/up/vendor/oci/manifests/v1"
+        async with s.get(url, headers={"Authorization": basic(env.licenses["globex"])}) as r:
+            assert r.status == 401
+        async with s.get(f"https://{ACME_HOST}:{env.server.port}/v2/token?scope=repository:proxy/globex/up/vendor/oci:pull",
+                         headers={"Authorization": basic(env.licenses["globex"])}) as r:  # fmt: skip
+            assert r.status == 401
+        # An unverified hostname is not served at all.
+        async with s.get(f"https://unverified.acme.test:{env.server.port}/v2/", ssl=False) as r:
+            assert r.status == 404 and (await r.json())["errors"][0]["code"] == "NAME_UNKNOWN"
+
+    certs = env.workdir / "certs"
+    certs.mkdir(exist_ok=True)
+    env.ca.cert_pem.write_to_path(certs / "ca.crt")
+    img_ref = f"docker://{ACME_HOST}:{env.server.port}/proxy/acme/up/vendor/oci:v1"
+    res = await asyncio.to_thread(
+        skopeo.copy, img_ref, env.workdir / "out", creds=f"LICENSE_ID:{env.licenses['acme']}", tls_verify=True,
+        extra_args=["--src-cert-dir", str(certs)], hosts_file=env.hosts_file(),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert (env.workdir / "out" / "manifest.json").exists()
+    # globex's app is not served on acme's hostname, even with globex's own license.
+    res = await asyncio.to_thread(
+        skopeo.copy, f"docker://{ACME_HOST}:{env.server.port}/proxy/globex/up/vendor/oci:v1", env.workdir / "no",
+        creds=f"LICENSE_ID:{env.licenses['globex']}", tls_verify=True, extra_args=["--src-cert-dir", str(certs)],
+        hosts_file=env.hosts_file(),
+    )  # fmt: skip
+    assert res.returncode != 0
+
+
+async def test_metrics_show_certificate_expiry(tls_env: Env):
+    async with aiohttp.ClientSession() as s, s.get(tls_env.server.admin_url + "/metrics") as r:
+        text = await r.text()
+    assert f'pullgate_certificate_expiry_timestamp_seconds{{hostname="{ACME_HOST}"}}' in text
+
+
+async def test_http_challenge_verifies_through_the_hostname(tmp_path: Path, upstream_anon: Registry, dns: LoopbackDNS):
+    env = _start(tmp_path, upstream_anon, dns, None, "pullgate-http")
+    try:
+        host = "http-only.acme.test"
+        dns.a[host] = "127.0.0.1"
+        status, body = await env.api("acme", "POST", "/custom_hostnames", {"hostname": host})
+        assert status == 201
+        token = body["custom_hostname"]["verification"]["dnsValue"]
+        async with aiohttp.ClientSession() as s:
+            # The proxy answers the challenge only for that hostname.
+            url = f"{env.server.url}/.well-known/pullgate-challenge/{token}"
+            async with s.get(url, headers={"Host": f"{host}:{env.server.port}"}) as r:
+                assert (r.status, await r.text()) == (200, token)
+            async with s.get(url, headers={"Host": "other.acme.test"}) as r:
+                assert r.status == 404
+        await asyncio.sleep(1.2)  # the host table learns the pending token
+        status, body = await env.api("acme", "POST", f"/custom_hostname/{host}/verify")
+        assert body["custom_hostname"]["status"] == "verified", body
+        # Now served, bound to acme.
+        async with aiohttp.ClientSession() as s:
+            await asyncio.sleep(1.2)
+            async with s.get(f"{env.server.url}/v2/", headers={"Host": host}) as r:
+                assert r.status == 401
+                assert f'realm="http://{host}/v2/token"' in r.headers["WWW-Authenticate"]
+    finally:
+        env.server.stop()
+
+
+class _Loopback(aiohttp.abc.AbstractResolver):
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list:
+        return [{"hostname": host, "host": "127.0.0.1", "port": port, "family": socket.AF_INET, "proto": 0,
+                 "flags": socket.AI_NUMERICHOST}]  # fmt: skip
+
+    async def close(self) -> None:
+        pass
