@@ -16,6 +16,7 @@ declare -A want=(
   [go]=golang-go
   [curl]=curl
   [promtool]=prometheus
+  [unshare]=util-linux
 )
 missing=()
 for prog in "${!want[@]}"; do
