@@ -49,6 +49,8 @@ class Directory:
         self._customers: TTLCache[str, Customer | None] = TTLCache(ttl)
         self._apps: TTLCache[str, App | None] = TTLCache(ttl)
         self._registries: TTLCache[str, list[Registry]] = TTLCache(ttl)
+        self._anonymous: TTLCache[str, list[Registry]] = TTLCache(ttl)
+        self._pulled: TTLCache[str, list[tuple[str, str]]] = TTLCache(ttl)
 
     async def customer_by_license(self, license_id: str) -> Customer | None:
         return await self._licenses.get(license_hash(license_id), lambda: self.store.customer_by_license(license_id))
@@ -62,6 +64,13 @@ class Directory:
     async def registries_for(self, app: App) -> list[Registry]:
         return await self._registries.get(app.id, lambda: self.store.registries_for_app(app))
 
+    async def anonymous_registries(self, team_id: str | None) -> list[Registry]:
+        every = await self._anonymous.get("*", self.store.anonymous_registries)
+        return [r for r in every if team_id is None or r.team_id == team_id]
+
+    async def pulled(self, app: App) -> list[tuple[str, str]]:
+        return await self._pulled.get(app.id, lambda: self.store.pulled_repositories(app.team_id, app.slug))
+
     def invalidate(self) -> None:
-        for cache in (self._licenses, self._customers, self._apps, self._registries):
+        for cache in (self._licenses, self._customers, self._apps, self._registries, self._anonymous):
             cache.clear()

@@ -55,7 +55,7 @@ class AccessLogger(AbstractAccessLogger):
             "duration_ms": round(time * 1000, 2),
         }
         if c is not None:
-            fields.update(app=c.app, registry=c.registry, customer=c.customer_id)
+            fields.update(app=c.app, registry=c.registry, customer=c.customer_id, license=c.license_ref)
         record_metrics(fields["route"], request.method, response.status, time, c)
         self.logger.info("access", extra={"fields": fields})
 

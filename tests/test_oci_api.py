@@ -142,7 +142,6 @@ async def test_unconfigured_upstreams_are_404_without_any_connection(
         ("/v2/proxy/nope/vendor-basic/vendor/oci/manifests/v1", 403, "DENIED"),
         ("/v2/other/vendor/oci/manifests/v1", 404, "NAME_UNKNOWN"),
         ("/v2/proxy/acme/vendor-basic/vendor/oci/whatever", 404, "NAME_UNKNOWN"),
-        ("/v2/_catalog", 404, "NAME_UNKNOWN"),
         ("/metrics", 404, "NAME_UNKNOWN"),
         ("/vendor/v3/apps", 404, "NAME_UNKNOWN"),
         ("/v2/proxy/acme/vendor-basic/" + "a/" * 200 + "manifests/v1", 400, "NAME_INVALID"),

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from proxy.anonymous import SUBJECT, RateLimiter, is_anonymous
 from proxy.auth.credentials import BasicCredentials, parse_authorization
 from proxy.auth.gate import Gate
 from proxy.auth.origin import HOST_TEAM
@@ -22,6 +23,7 @@ from proxy.oci.grammar import check_name, split_proxy_name
 from proxy.store.models import Customer
 
 MAX_SCOPES = 16
+BASIC_CHALLENGE = 'Basic realm="pullgate"'
 
 
 def parse_scopes(raw: list[str]) -> list[tuple[str, str, set[str]]]:
@@ -39,12 +41,24 @@ def parse_scopes(raw: list[str]) -> list[tuple[str, str, set[str]]]:
     return out
 
 
-def grant(customer: Customer, scopes: list[tuple[str, str, set[str]]]) -> list[Access]:
+def grant(customer: Customer | None, scopes: list[tuple[str, str, set[str]]]) -> list[Access]:
+    """Only `pull`, only on the license's own app (and anonymous repositories);
+    with no license (customer None), only anonymous repositories."""
     granted: list[Access] = []
     for kind, name, actions in scopes:
+        if kind == "registry" and name == "catalog" and customer is not None:
+            granted.append(Access(name="catalog", actions=("*",), type="registry"))  # Harbor, Nexus
+            continue
         if kind != "repository":
-            continue  # e.g. registry:catalog:* is not offered to customers
+            continue
         check_name(name)
+        if is_anonymous(name):
+            # Whether its registry allows anonymous pulls is decided on the pull itself.
+            if "pull" in actions or "*" in actions:
+                granted.append(Access(name=name, actions=("pull",)))
+            continue
+        if customer is None:
+            raise OCIError("UNAUTHORIZED", "authentication required", headers={"WWW-Authenticate": BASIC_CHALLENGE})
         pname = split_proxy_name(name)
         if pname.app != customer.app_slug:
             raise OCIError("DENIED", "requested access to the resource is denied")
@@ -54,20 +68,28 @@ def grant(customer: Customer, scopes: list[tuple[str, str, set[str]]]) -> list[A
 
 
 class TokenEndpoint:
-    def __init__(self, gate: Gate) -> None:
+    def __init__(self, gate: Gate, limiter: RateLimiter | None = None) -> None:
         self.gate = gate
+        self.limiter = limiter
         # Told which customer a valid license belongs to (the pull log records token requests).
         self.on_customer: Callable[[web.Request, Customer], None] | None = None
 
     async def get(self, request: web.Request) -> web.Response:
         creds = parse_authorization(request.headers.get("Authorization"))
+        scopes = request.query.getall("scope", [])
+        if creds is None and scopes and self.limiter is not None:
+            parsed = parse_scopes(scopes)
+            if all(kind == "repository" and is_anonymous(name) for kind, name, _ in parsed):
+                # No license: a token for anonymous repositories only, rate-limited per address.
+                self.limiter.check(self.gate.origins.client_address(request))
+                return self._answer(request, SUBJECT, "", grant(None, parsed))
         if not isinstance(creds, BasicCredentials):
             raise OCIError(
                 "UNAUTHORIZED",
                 "send the license ID as the password of HTTP Basic authentication",
-                headers={"WWW-Authenticate": 'Basic realm="pullgate"'},
+                headers={"WWW-Authenticate": BASIC_CHALLENGE},
             )
-        return await self._issue(request, creds.password, request.query.getall("scope", []), oauth=False)
+        return await self._issue(request, creds.password, scopes, oauth=False)
 
     async def post(self, request: web.Request) -> web.Response:
         form = await request.post()
@@ -93,14 +115,14 @@ class TokenEndpoint:
                 return web.json_response(
                     {"error": "invalid_grant", "error_description": "invalid credentials"}, status=401
                 )
-            raise OCIError(
-                "UNAUTHORIZED", "invalid credentials", headers={"WWW-Authenticate": 'Basic realm="pullgate"'}
-            )
+            raise OCIError("UNAUTHORIZED", "invalid credentials", headers={"WWW-Authenticate": BASIC_CHALLENGE})
         if self.on_customer is not None:
             self.on_customer(request, customer)
-        access = grant(customer, parse_scopes(raw_scopes))
+        return self._answer(request, customer.id, customer.app_slug, grant(customer, parse_scopes(raw_scopes)))
+
+    def _answer(self, request: web.Request, subject: str, app: str, access: list[Access]) -> web.Response:
         _, host = self.gate.origins.of(request)
-        token, issued_at, expires_in = self.gate.issuer.issue(customer.id, customer.app_slug, host, access)
+        token, issued_at, expires_in = self.gate.issuer.issue(subject, app, host, access)
         body = {
             "token": token,
             "access_token": token,

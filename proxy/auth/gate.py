@@ -40,9 +40,11 @@ class Gate:
         return "Bearer " + ",".join(parts)
 
     def unauthorized(
-        self, request: web.Request, message: str, name: ProxyName | None, error: str | None = None
+        self, request: web.Request, message: str, name: ProxyName | str | None, error: str | None = None
     ) -> OCIError:
-        scope = f"repository:{name.full}:pull" if name else None
+        if isinstance(name, ProxyName):
+            name = name.full
+        scope = (name if name.startswith("registry:") else f"repository:{name}:pull") if name else None
         return OCIError(
             "UNAUTHORIZED",
             message,
@@ -105,3 +107,49 @@ def _usable(customer: Customer | None) -> bool:
     refusal = customer.refusal(dt.datetime.now(dt.UTC))
     metrics.LICENSE_CHECKS.labels(refusal or "ok").inc()
     return refusal is None
+
+
+async def authorize_anonymous(gate: Gate, request: web.Request, name: str) -> Customer | None:
+    """An anonymous repository: an anonymous token for it, or any valid license."""
+    creds = parse_authorization(request.headers.get("Authorization"))
+    if creds is None:
+        metrics.AUTH_FAILURES.labels("missing").inc()
+        raise gate.unauthorized(request, "authentication required (an anonymous token will do)", name)
+    if isinstance(creds, BasicCredentials):
+        customer = await gate.license_customer(creds.password, request.get(HOST_TEAM))
+        if customer is None:
+            metrics.AUTH_FAILURES.labels("bad_license").inc()
+            raise gate.unauthorized(request, "invalid credentials", name)
+        return customer
+    _, host = gate.origins.of(request)
+    try:
+        claims = gate.issuer.verify(creds.token, audience=host)
+    except InvalidToken:
+        metrics.AUTH_FAILURES.labels("bad_token").inc()
+        raise gate.unauthorized(request, "invalid or expired token", name, "invalid_token") from None
+    if not claims.allows(name):
+        metrics.AUTH_FAILURES.labels("scope").inc()
+        raise gate.unauthorized(request, "token does not grant this repository", name, "insufficient_scope")
+    return None
+
+
+async def authorize_catalog(gate: Gate, request: web.Request) -> Customer:
+    """The catalog lists one app's repositories: a license, or a token granting registry:catalog:*."""
+    scope = "registry:catalog:*"
+    creds = parse_authorization(request.headers.get("Authorization"))
+    if isinstance(creds, BasicCredentials):
+        return await gate.authorize(request, None)
+    if creds is None:
+        raise gate.unauthorized(request, "authentication required", scope)
+    _, host = gate.origins.of(request)
+    try:
+        claims = gate.issuer.verify(creds.token, audience=host)
+    except InvalidToken:
+        raise gate.unauthorized(request, "invalid or expired token", scope, "invalid_token") from None
+    if not claims.allows_catalog():
+        raise gate.unauthorized(request, "token does not grant the catalog", scope, "insufficient_scope")
+    customer = await gate.directory.customer_by_id(claims.subject)
+    if not _usable(customer) or (request.get(HOST_TEAM) not in (None, customer.team_id if customer else None)):
+        raise gate.unauthorized(request, "license is no longer valid", scope)
+    assert customer is not None
+    return customer

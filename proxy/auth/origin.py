@@ -36,6 +36,23 @@ class Origins:
             return False
         return any(ip in net for net in self.trusted)
 
+    def client_address(self, request: web.Request) -> str:
+        """The client's address: the peer, or what a trusted proxy says it forwarded for."""
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        address = str(peer[0]) if peer else "unknown"
+        if self._trusted_peer(request):
+            forwarded = [a.strip() for a in request.headers.get("X-Forwarded-For", "").split(",") if a.strip()]
+            # The rightmost address not added by one of our own proxies is the client.
+            for candidate in reversed(forwarded):
+                try:
+                    ip = ipaddress.ip_address(candidate)
+                except ValueError:
+                    break
+                address = candidate
+                if not any(ip in net for net in self.trusted):
+                    break
+        return address
+
     def of(self, request: web.Request) -> tuple[str, str]:
         scheme = "https" if request.secure else "http"
         host = request.headers.get("Host", "")

@@ -21,10 +21,11 @@ ALGORITHM = "HS256"
 
 @dataclass(frozen=True)
 class Access:
-    """One granted repository and its actions."""
+    """One granted resource and its actions: a repository, or the registry catalog."""
 
     name: str
     actions: tuple[str, ...]
+    type: str = "repository"
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,10 @@ class TokenClaims:
     expires_at: int
 
     def allows(self, name: str, action: str = "pull") -> bool:
-        return any(a.name == name and action in a.actions for a in self.access)
+        return any(a.type == "repository" and a.name == name and action in a.actions for a in self.access)
+
+    def allows_catalog(self) -> bool:
+        return any(a.type == "registry" and a.name == "catalog" for a in self.access)
 
 
 class InvalidToken(Exception):
@@ -61,7 +65,7 @@ class TokenIssuer:
             "exp": now + self.ttl,
             "jti": secrets.token_hex(12),
             "app": app,
-            "access": [{"type": "repository", "name": a.name, "actions": list(a.actions)} for a in access],
+            "access": [{"type": a.type, "name": a.name, "actions": list(a.actions)} for a in access],
         }
         token = jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid})
         return token, now, self.ttl
@@ -86,8 +90,9 @@ class TokenIssuer:
             raise InvalidToken(type(exc).__name__) from None
         access = []
         for item in claims.get("access") or []:
-            if isinstance(item, dict) and item.get("type") == "repository":
-                access.append(Access(name=str(item.get("name")), actions=tuple(item.get("actions") or ())))
+            if isinstance(item, dict) and item.get("type") in ("repository", "registry"):
+                actions = tuple(str(a) for a in item.get("actions") or ())
+                access.append(Access(name=str(item.get("name")), actions=actions, type=str(item["type"])))
         return TokenClaims(
             subject=str(claims["sub"]),
             app=str(claims.get("app", "")),

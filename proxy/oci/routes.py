@@ -16,14 +16,16 @@ import aiohttp
 from aiohttp import web
 
 from proxy import metrics
+from proxy.anonymous import RateLimiter, is_anonymous, resolve_anonymous
 from proxy.auth.endpoint import TokenEndpoint
-from proxy.auth.gate import Gate
+from proxy.auth.gate import Gate, authorize_anonymous, authorize_catalog
+from proxy.auth.origin import HOST_TEAM
 from proxy.directory import Directory
 from proxy.oci.allowlist import allowed
 from proxy.oci.errors import OCIError
-from proxy.oci.grammar import ProxyName, Route, decode_path, parse_route, split_proxy_name
+from proxy.oci.grammar import Route, decode_path, parse_route, split_proxy_name
 from proxy.oci.relay import StreamAborted, relay, upstream_error
-from proxy.store.models import Customer
+from proxy.store.models import Customer, Registry
 from proxy.upstream.client import UpstreamClient
 from proxy.upstream.errors import UpstreamError
 from proxy.upstream.resolve import resolve
@@ -59,6 +61,7 @@ class PullContext:
     action: str | None = None  # auth | manifest | HEAD | blob | tags | referrers
     image: str | None = None
     reference: str | None = None
+    license_ref: str | None = None  # a short hash of the license, never the license
 
 
 CTX_KEY = web.RequestKey("pull_ctx", PullContext)
@@ -66,19 +69,27 @@ CTX_KEY = web.RequestKey("pull_ctx", PullContext)
 
 class OCIRoutes:
     def __init__(
-        self, gate: Gate, directory: Directory, upstream: UpstreamClient, chunk_size: int, idle_timeout: float
+        self,
+        gate: Gate,
+        directory: Directory,
+        upstream: UpstreamClient,
+        chunk_size: int,
+        idle_timeout: float,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.idle_timeout = idle_timeout
+        self.limiter = limiter
         self.gate = gate
         self.directory = directory
         self.upstream = upstream
         self.chunk_size = chunk_size
-        self.tokens = TokenEndpoint(gate)
+        self.tokens = TokenEndpoint(gate, limiter)
         self.tokens.on_customer = _note_token_customer
 
     def install(self, app: web.Application) -> None:
         app.router.add_route("*", "/v2/", self.base)
         app.router.add_route("*", "/v2/token", self.token)
+        app.router.add_route("*", "/v2/_catalog", self.catalog)
         app.router.add_route("*", "/v2/{tail:.+}", self.pull)
 
     async def base(self, request: web.Request) -> web.Response:
@@ -103,17 +114,11 @@ class OCIRoutes:
         c.route = route.kind
         c.action = "HEAD" if request.method == "HEAD" else _ACTIONS.get(route.kind, route.kind)
         c.reference = route.reference
-        pname = split_proxy_name(route.name)
-        customer = await self.gate.authorize(request, pname)
-        c.app, c.customer_id, c.team_id = pname.app, customer.id, customer.team_id
-        app = await self.directory.app(pname.app)
-        if app is None or app.id != customer.app_id:
-            raise OCIError("NAME_UNKNOWN", "repository name not known to registry")
-        registry, repo = resolve(await self.directory.registries_for(app), pname)
+        if is_anonymous(route.name):
+            registry, repo = await self._anonymous(request, route)
+        else:
+            registry, repo = await self._licensed(request, route)
         c.registry, c.image = registry.slug, repo
-        # Before any upstream I/O; refused exactly like an unknown name (see allowlist.py).
-        if not allowed(app.image_allowlist, repo):
-            raise OCIError("NAME_UNKNOWN", "repository name not known to registry", detail={"name": pname.full})
         path = _upstream_path(route, repo, request)
         headers = _upstream_headers(request, route)
         try:
@@ -127,8 +132,8 @@ class OCIRoutes:
             if upstream.status not in (200, 206, 304):
                 raise await upstream_error(upstream, route.kind, registry.slug)
             if route.kind == "tags" and request.method == "GET":
-                return await self._tags(request, upstream, pname, repo)
-            extra = _rewrite_link(upstream, repo, pname) | API_VERSION
+                return await self._tags(request, upstream, route.name, repo)
+            extra = _rewrite_link(upstream, repo, route.name) | API_VERSION
             try:
                 resp, c.bytes_sent = await relay(request, upstream, self.chunk_size, extra, self.idle_timeout)
             except StreamAborted as exc:
@@ -139,8 +144,57 @@ class OCIRoutes:
         finally:
             upstream.release()
 
+    async def _licensed(self, request: web.Request, route: Route) -> tuple[Registry, str]:
+        """`proxy/<app>/<upstream>/<repo>`: the license's app, its registries, its allowlist."""
+        c = ctx(request)
+        pname = split_proxy_name(route.name)
+        customer = await self.gate.authorize(request, pname)
+        c.app, c.customer_id, c.team_id = pname.app, customer.id, customer.team_id
+        c.license_ref = customer.license_ref or None
+        app = await self.directory.app(pname.app)
+        if app is None or app.id != customer.app_id:
+            raise OCIError("NAME_UNKNOWN", "repository name not known to registry")
+        registry, repo = resolve(await self.directory.registries_for(app), pname)
+        # Before any upstream I/O; refused exactly like an unknown name (see allowlist.py).
+        if not allowed(app.image_allowlist, repo):
+            raise OCIError("NAME_UNKNOWN", "repository name not known to registry", detail={"name": pname.full})
+        return registry, repo
+
+    async def _anonymous(self, request: web.Request, route: Route) -> tuple[Registry, str]:
+        """`anonymous/<upstream>/<repo>`: only registries that allow it; rate-limited per address."""
+        if self.limiter is not None:
+            self.limiter.check(self.gate.origins.client_address(request))
+        customer = await authorize_anonymous(self.gate, request, route.name)
+        if customer is not None:
+            c = ctx(request)
+            c.customer_id, c.team_id, c.app = customer.id, customer.team_id, customer.app_slug
+        registries = await self.directory.anonymous_registries(request.get(HOST_TEAM))
+        return resolve_anonymous(registries, route.name)
+
+    async def catalog(self, request: web.Request) -> web.Response:
+        """Harbor and Nexus mirrors list repositories: the app's allowlisted names (when it
+        has one registry) and the repositories its customers have pulled."""
+        c = ctx(request)
+        c.route, c.action = "catalog", "catalog"
+        _reads_only(request)
+        customer = await authorize_catalog(self.gate, request)
+        c.customer_id, c.team_id, c.app = customer.id, customer.team_id, customer.app_slug
+        app = await self.directory.app(customer.app_slug)
+        if app is None:
+            raise OCIError("NAME_UNKNOWN", "no such app")
+        names = {f"proxy/{app.slug}/{slug}/{image}" for slug, image in await self.directory.pulled(app)}
+        registries = await self.directory.registries_for(app)
+        if len(registries) == 1:
+            literal = [p for p in app.image_allowlist if not any(ch in p for ch in "*?[")]
+            names |= {f"proxy/{app.slug}/{registries[0].slug}/{p}" for p in literal}
+        n = request.query.get("n")
+        if n is not None and (not n.isdigit() or len(n) > 6):
+            raise OCIError("PAGINATION_NUMBER_INVALID", "n must be a non-negative integer")
+        page, link = paginate(sorted(names), n, request.query.get("last"), "/v2/_catalog")
+        return web.json_response({"repositories": page}, headers=API_VERSION | ({"Link": link} if link else {}))
+
     async def _tags(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, pname: ProxyName, repo: str
+        self, request: web.Request, upstream: aiohttp.ClientResponse, client_name: str, repo: str
     ) -> web.Response:
         """Tag lists are small: rewrite `name` to the client's repository name, and
         paginate here when the upstream ignored `n`/`last` (docker-registry 2.8 does)."""
@@ -154,29 +208,30 @@ class OCIRoutes:
             raise OCIError("UPSTREAM_ERROR", "upstream tag list is not JSON", status=502) from None
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise OCIError("UPSTREAM_ERROR", "upstream tag list is malformed", status=502)
-        headers = _rewrite_link(upstream, repo, pname) | API_VERSION
+        headers = _rewrite_link(upstream, repo, client_name) | API_VERSION
         if "Link" not in headers:
-            tags, link = _paginate(tags, request.query.get("n"), request.query.get("last"), pname)
+            path = f"/v2/{client_name}/tags/list"
+            tags, link = paginate(tags, request.query.get("n"), request.query.get("last"), path)
             if link:
                 headers["Link"] = link
-        return web.json_response({"name": pname.full, "tags": tags}, headers=headers)
+        return web.json_response({"name": client_name, "tags": tags}, headers=headers)
 
 
-def _paginate(tags: list[str], n: str | None, last: str | None, pname: ProxyName) -> tuple[list[str], str | None]:
-    """The spec's tag pagination: lexical order, after `last`, at most `n`."""
+def paginate(items: list[str], n: str | None, last: str | None, path: str) -> tuple[list[str], str | None]:
+    """The spec's pagination (tags, catalog): lexical order, after `last`, at most `n`."""
     if n is None and last is None:
-        return tags, None
-    tags = sorted(tags)
+        return items, None
+    items = sorted(items)
     if last is not None:
-        tags = [t for t in tags if t > last]
+        items = [t for t in items if t > last]
     if n is None:
-        return tags, None
+        return items, None
     limit = int(n)
-    if len(tags) <= limit or limit == 0:
-        return tags[:limit], None
-    page = tags[:limit]
+    if len(items) <= limit or limit == 0:
+        return items[:limit], None
+    page = items[:limit]
     query = urlencode({"n": limit, "last": page[-1]})
-    return page, f'</v2/{pname.full}/tags/list?{query}>; rel="next"'
+    return page, f'<{path}?{query}>; rel="next"'
 
 
 _ACTIONS = {"manifests": "manifest", "blobs": "blob", "tags": "tags", "referrers": "referrers"}
@@ -220,8 +275,12 @@ def _upstream_path(route: Route, repo: str, request: web.Request) -> str:
 def _upstream_headers(request: web.Request, route: Route) -> dict[str, str]:
     headers: dict[str, str] = {}
     if route.kind == "manifests":
-        accept = ", ".join(request.headers.getall("Accept", []))
-        headers["Accept"] = accept[:4096] if accept else ", ".join(MANIFEST_TYPES)
+        accept = ", ".join(request.headers.getall("Accept", []))[:4096]
+        # A client that names no manifest type (none, or */*) gets every type we relay: some
+        # registries otherwise fall back to schema 1 conversions, or refuse.
+        if "application/vnd." not in accept:
+            accept = ", ".join([*MANIFEST_TYPES, *([accept] if accept else [])])
+        headers["Accept"] = accept
     elif route.kind in ("tags", "referrers"):
         headers["Accept"] = "application/json, application/vnd.oci.image.index.v1+json"
     rng = request.headers.get("Range")
@@ -235,7 +294,7 @@ def _upstream_headers(request: web.Request, route: Route) -> dict[str, str]:
     return headers
 
 
-def _rewrite_link(upstream: aiohttp.ClientResponse, repo: str, pname: ProxyName) -> dict[str, str]:
+def _rewrite_link(upstream: aiohttp.ClientResponse, repo: str, client_name: str) -> dict[str, str]:
     """Pagination links point at the upstream name; point them at ours."""
     link = upstream.headers.get("Link")
     if not link:
@@ -247,6 +306,6 @@ def _rewrite_link(upstream: aiohttp.ClientResponse, repo: str, pname: ProxyName)
         path_start = target.find(prefix)
         if path_start < 0:
             return m.group(0)
-        return f"</v2/{pname.full}/{target[path_start + len(prefix) :]}>"
+        return f"</v2/{client_name}/{target[path_start + len(prefix) :]}>"
 
     return {"Link": _LINK_RE.sub(fix, link)}

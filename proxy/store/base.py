@@ -170,6 +170,11 @@ class Store(abc.ABC):
             apps.setdefault(link["registry_id"], []).append(link["app_id"])
         return [_registry(row, tuple(sorted(apps.get(row["id"], ())))) for row in rows]
 
+    async def anonymous_registries(self) -> list[Registry]:
+        """Registries of every team that allow anonymous pulls (their app links do not matter)."""
+        rows = await self.fetchall("SELECT * FROM registries WHERE allow_anonymous = 1 ORDER BY team_id, slug")
+        return [_registry(row, ()) for row in rows]
+
     async def registries_for_app(self, app: App) -> list[Registry]:
         return [r for r in await self.registries_of_team(app.team_id) if r.serves(app.id)]
 
@@ -361,6 +366,15 @@ class Store(abc.ABC):
         )
         return {r["registry_slug"]: r["last"] for r in rows}
 
+    async def pulled_repositories(self, team_id: str, app_slug: str) -> list[tuple[str, str]]:
+        """(registry slug, upstream repository) pairs this app's customers pulled successfully."""
+        rows = await self.fetchall(
+            "SELECT DISTINCT registry_slug, image FROM pull_logs WHERE team_id = ? AND app_slug = ? AND success = 1"
+            " AND registry_slug IS NOT NULL AND image IS NOT NULL AND action IN ('manifest', 'HEAD', 'blob', 'tags')",
+            (team_id, app_slug),
+        )
+        return [(r["registry_slug"], r["image"]) for r in rows]
+
     async def purge_pull_logs(self, before: str) -> None:
         await self.execute("DELETE FROM pull_logs WHERE time < ?", (before,))
 
@@ -440,7 +454,8 @@ def _app(row: Row) -> App:
 
 _CUSTOMER_SELECT = (
     "SELECT c.id, c.team_id, c.app_id, a.slug AS app_slug, c.name, c.email, c.license_type,"
-    " c.expires_at, c.status, c.created_at FROM customers c JOIN apps a ON a.id = c.app_id"
+    " c.expires_at, c.status, c.created_at, substr(c.license_hash, 1, 12) AS license_ref"
+    " FROM customers c JOIN apps a ON a.id = c.app_id"
 )
 
 

@@ -58,6 +58,8 @@ class Customer:
     expires_at: dt.datetime | None
     status: str  # active | revoked | archived
     created_at: str | None = None
+    # The first hex digits of the license's SHA-256: names it in logs without revealing it.
+    license_ref: str = ""
 
     def refusal(self, now: dt.datetime) -> str | None:
         """Why this license may not pull now, or None when it may."""

@@ -115,6 +115,8 @@ SCHEMAS: dict[str, Any] = {
             "insecure": {"type": "boolean", "description": "Required for an http:// url"},
             "skipValidation": {"type": "boolean"},
             "image": {"type": "string", "description": "Image to validate the credentials with"},
+            "allowAnonymous": {"type": "boolean", "description": "Serve it on /v2/anonymous/... without a "
+                               "license (rate-limited per client address); default false"},
         },
         ["provider"],
     ),

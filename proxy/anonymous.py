@@ -1,0 +1,82 @@
+"""`/v2/anonymous/<upstream>/<repo>`: images a vendor chose to give away.
+
+Only registries marked `allowAnonymous` are reachable; the proxy still pulls
+from them with the vendor's stored credentials. Clients need no license, so
+each client address gets a token bucket (429 TOOMANYREQUESTS with Retry-After
+when it runs dry), and an anonymous token grants only anonymous repositories.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+from proxy.oci.errors import OCIError
+from proxy.store.models import Registry
+from proxy.upstream.providers import provider_of
+from proxy.upstream.resolve import canonical_endpoint
+
+PREFIX = "anonymous/"
+SUBJECT = "anonymous"  # the `sub` of anonymous tokens; no customer has this id
+
+
+def is_anonymous(name: str) -> bool:
+    return name.startswith(PREFIX)
+
+
+def resolve_anonymous(registries: Sequence[Registry], name: str) -> tuple[Registry, str]:
+    """(registry, repository there) for `anonymous/<upstream>/<rest>`; no I/O."""
+    parts = name.split("/")
+    if len(parts) < 3:
+        raise OCIError("NAME_UNKNOWN", "anonymous repositories are anonymous/<registry>/<repository>")
+    upstream, rest = parts[1], "/".join(parts[2:])
+    wanted = canonical_endpoint(upstream)
+    matches = [
+        r for r in registries if r.allow_anonymous and (r.slug == upstream or canonical_endpoint(r.endpoint) == wanted)
+    ]
+    # Two teams may share a slug: ambiguous names are refused rather than guessed.
+    if len(matches) != 1:
+        raise OCIError("NAME_UNKNOWN", "repository name not known to registry", detail={"name": name})
+    registry = matches[0]
+    return registry, provider_of(registry).upstream_repo(rest)
+
+
+class RateLimiter:
+    """A token bucket per key (client address), with bounded memory."""
+
+    def __init__(
+        self, per_minute: int, burst: int, max_keys: int = 100_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = per_minute / 60.0
+        self.burst = float(max(burst, 1))
+        self.max_keys = max_keys
+        self.clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, last time)
+
+    def take(self, key: str) -> float | None:
+        """None when allowed; else the seconds until the next request would be."""
+        now = self.clock()
+        tokens, last = self._buckets.pop(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        allowed = tokens >= 1
+        if allowed:
+            tokens -= 1
+        self._buckets[key] = (tokens, now)
+        if len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)  # the least recently seen address
+        if allowed:
+            return None
+        return math.inf if self.rate <= 0 else (1 - tokens) / self.rate
+
+    def check(self, key: str) -> None:
+        wait = self.take(key)
+        if wait is not None:
+            from proxy import metrics
+
+            metrics.ANONYMOUS_LIMITED.inc()
+            retry = "3600" if math.isinf(wait) else str(max(1, math.ceil(wait)))
+            raise OCIError(
+                "TOOMANYREQUESTS", "too many anonymous requests from this address", headers={"Retry-After": retry}
+            )
