@@ -124,6 +124,12 @@ def admin_app(services: Services) -> web.Application:
     from proxy.vendor.service import VendorService
 
     vendor_api.install(app, VendorService(services.store, services.keyring, services.directory, services.upstream))
+    # The web portal: the same team-scoped service layer, behind a browser session.
+    from proxy.vendor import portal
+
+    portal.install(
+        app, VendorService(services.store, services.keyring, services.directory, services.upstream), services.cfg
+    )
     return app
 
 

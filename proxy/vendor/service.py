@@ -71,6 +71,14 @@ class VendorService:
             return None
         return await self.store.team_by_token(token)
 
+    async def team_for_token_hash(self, token_hash: str) -> Team | None:
+        """The portal's sessions keep only the token's hash: deleting the token ends them."""
+        row = await self.store.fetchone(
+            "SELECT t.id, t.name FROM api_tokens k JOIN teams t ON t.id = k.team_id WHERE k.token_hash = ?",
+            (token_hash,),
+        )
+        return Team(**row) if row else None
+
     # --- apps -------------------------------------------------------------------
     async def list_apps(self, team: Team) -> list[dict[str, Any]]:
         return [app_json(a) for a in await self.store.apps_of_team(team.id)]

@@ -1,0 +1,13 @@
+"""The vendor web portal, `/portal/` on the admin listener (never the proxy listener).
+
+Server-rendered (aiohttp-jinja2), no JavaScript, one stylesheet. Log in with
+a team API token; every page then works on that team alone through
+VendorService, the layer the JSON API also calls. Sessions and CSRF:
+proxy.vendor.portal.session.
+"""
+
+from __future__ import annotations
+
+from proxy.vendor.portal.views import install
+
+__all__ = ["install"]

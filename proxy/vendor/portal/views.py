@@ -1,0 +1,508 @@
+"""Portal routes. Handlers translate forms to VendorService calls and render pages.
+
+Every POST carries the session's CSRF token (checked in `guard` before any
+handler runs). A successful POST redirects (303) to a page with a one-shot
+flash message; a refused one re-renders its form with the problems and the
+submitted values, secrets left out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+from multidict import MultiDict, MultiMapping
+
+from proxy.config import Config
+from proxy.store.models import Team
+from proxy.vendor.errors import Invalid, NotFound, VendorError
+from proxy.vendor.portal import forms
+from proxy.vendor.portal.session import (
+    FLASH_COOKIE,
+    LOGIN_COOKIE,
+    SESSION_COOKIE,
+    SESSION_TTL,
+    Session,
+    Sessions,
+    same_token,
+)
+from proxy.vendor.service import LICENSE_TYPES, VendorService
+
+log = logging.getLogger("pullgate.portal")
+
+PREFIX = "/portal"
+HERE = Path(__file__).parent
+SERVICE = web.AppKey("portal_service", VendorService)
+SESSIONS = web.AppKey("portal_sessions", Sessions)
+CONFIG = web.AppKey("portal_config", Config)
+TEAM = web.RequestKey("portal_team", Team)
+SESSION = web.RequestKey("portal_session", Session)
+FORM = web.RequestKey("portal_form", MultiDict)
+PUBLIC = {f"{PREFIX}/login", f"{PREFIX}/static/portal.css"}
+MAX_LICENSE_FILE = 256 * 1024
+
+# No script at all, styles only from here, no framing, forms post only here.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self';"
+    " frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _url(path: str = "/") -> str:
+    return PREFIX + path
+
+
+def _set_cookie(request: web.Request, resp: web.StreamResponse, name: str, value: str, max_age: int) -> None:
+    # Secure whenever the browser reached us over TLS (a TLS admin listener or a trusted front).
+    resp.set_cookie(name, value, max_age=max_age, path=PREFIX, httponly=True, samesite="Strict",
+                    secure=request.secure)  # fmt: skip
+
+
+def _see_other(path: str) -> web.Response:
+    # A plain response rather than a returned HTTPException, so cookies can ride on it.
+    return web.Response(status=303, headers={"Location": _url(path)})
+
+
+def _redirect(request: web.Request, path: str, flash: str | None = None, kind: str = "ok") -> web.Response:
+    resp = _see_other(path)
+    if flash:
+        _set_cookie(request, resp, FLASH_COOKIE, request.app[SESSIONS].flash(flash, kind), 120)
+    return resp
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Session, CSRF, error pages and security headers for every portal request."""
+    try:
+        resp = await _guarded(request, handler)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "text/html":
+            exc = _error_page(request, exc.status, exc.reason)
+        resp = exc
+        _headers(resp, request)
+        raise resp from None
+    _headers(resp, request)
+    return resp
+
+
+def _headers(resp: web.StreamResponse, request: web.Request) -> None:
+    for k, v in SECURITY_HEADERS.items():
+        resp.headers.setdefault(k, v)
+    if not request.path.startswith(f"{PREFIX}/static/"):
+        resp.headers["Cache-Control"] = "no-store"
+
+
+async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
+    sessions = request.app[SESSIONS]
+    if request.path in PUBLIC:
+        return await handler(request)
+    session = sessions.read(request.cookies.get(SESSION_COOKIE))
+    team = await request.app[SERVICE].team_for_token_hash(session.token_hash) if session else None
+    if session is None or team is None or team.id != session.team_id:
+        if request.method == "POST":
+            raise _error_page(request, 403, "Your session has ended; log in again.")
+        raise web.HTTPSeeOther(_url("/login"))
+    request[SESSION], request[TEAM] = session, team
+    if request.method == "POST":
+        form = await request.post()
+        if not same_token(form.get("csrf"), session.csrf):
+            log.warning("portal: POST %s refused, bad or missing CSRF token", request.path)
+            raise _error_page(request, 403, "The form's security token is missing or stale. Reload and try again.")
+        request[FORM] = MultiDict(form)
+    try:
+        return await handler(request)
+    except NotFound as exc:
+        raise _error_page(request, 404, exc.message) from None
+    except VendorError as exc:
+        raise _error_page(request, exc.status, exc.message) from None
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        # The type only: messages of lower layers may carry URLs or values.
+        log.error("portal internal error %s on %s %s", type(exc).__name__, request.method, request.path)
+        raise _error_page(request, 500, "Something went wrong on the server.") from None
+
+
+def _error_page(request: web.Request, status: int, message: str) -> web.HTTPException:
+    ctx = {"status": status, "message": message}
+    html = aiohttp_jinja2.render_string("error.html", request, _context(request, ctx))
+    cls = {403: web.HTTPForbidden, 404: web.HTTPNotFound, 409: web.HTTPConflict, 401: web.HTTPUnauthorized,
+           500: web.HTTPInternalServerError}  # fmt: skip
+    return cls.get(status, web.HTTPBadRequest)(text=html, content_type="text/html")
+
+
+def _context(request: web.Request, ctx: dict[str, Any]) -> dict[str, Any]:
+    session = request.get(SESSION)
+    team = request.get(TEAM)
+    return {"prefix": PREFIX, "team": team, "csrf": session.csrf if session else "", "nav": request.path, **ctx}
+
+
+def render(request: web.Request, template: str, ctx: dict[str, Any], status: int = 200) -> web.Response:
+    full = _context(request, ctx)
+    flash = request.app[SESSIONS].read_flash(request.cookies.get(FLASH_COOKIE))
+    full.setdefault("flash", flash)
+    resp = aiohttp_jinja2.render_template(template, request, full, status=status)
+    if flash:
+        resp.del_cookie(FLASH_COOKIE, path=PREFIX)
+    return resp
+
+
+def _form(request: web.Request) -> MultiDict[Any]:
+    return request[FORM]
+
+
+def _service(request: web.Request) -> VendorService:
+    return request.app[SERVICE]
+
+
+# --- login ------------------------------------------------------------------------
+
+
+async def login_page(request: web.Request, error: str | None = None, status: int = 200) -> web.Response:
+    csrf, cookie = request.app[SESSIONS].new_login()
+    resp = aiohttp_jinja2.render_template(
+        "login.html", request, {"prefix": PREFIX, "csrf": csrf, "error": error, "team": None}, status=status
+    )
+    _set_cookie(request, resp, LOGIN_COOKIE, cookie, 3600)
+    return resp
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    sessions = request.app[SESSIONS]
+    form = await request.post()
+    if not same_token(form.get("csrf"), sessions.login_csrf(request.cookies.get(LOGIN_COOKIE))):
+        return await login_page(request, "The login form expired. Try again.", 403)
+    token = form.get("token")
+    token = token.strip() if isinstance(token, str) else ""
+    team = await _service(request).team_for_token(token)
+    if team is None:
+        return await login_page(request, "That API token is not valid.", 401)
+    _, cookie = sessions.new(team.id, token)
+    resp = _see_other("/images")
+    _set_cookie(request, resp, SESSION_COOKIE, cookie, SESSION_TTL)
+    resp.del_cookie(LOGIN_COOKIE, path=PREFIX)
+    log.info("portal: team %s logged in", team.name)
+    return resp
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    request.app[SESSIONS].end(request[SESSION])
+    resp = _see_other("/login")
+    resp.del_cookie(SESSION_COOKIE, path=PREFIX)
+    return resp
+
+
+async def home(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPSeeOther(_url("/images"))
+
+
+# --- images (external registries) -------------------------------------------------
+
+
+def _tab(request: web.Request, form: MultiMapping[Any] | None = None) -> str:
+    tab = (form or {}).get("tab") or request.query.get("provider") or "dockerhub"
+    return tab if tab in forms.TABS else "dockerhub"
+
+
+async def images(request: web.Request, extra: dict[str, Any] | None = None, status: int = 200) -> web.Response:
+    svc, team = _service(request), request[TEAM]
+    registries = await svc.list_registries(team)
+    apps = await svc.list_apps(team)
+    hosts = request.app[CONFIG].proxy.hosts
+    proxy_host = hosts[0] if hosts else "<proxy host>"
+    references = []
+    for app in apps:
+        serving = [r for r in registries if not r["appIds"] or app["id"] in r["appIds"]]
+        refs = [f"{proxy_host}/proxy/{app['slug']}/{r['slug']}/<repo>:<tag>" for r in serving]
+        references.append({"app": app, "refs": refs})
+    tab = (extra or {}).get("tab") or _tab(request)
+    ctx = {
+        "registries": registries, "apps": apps, "references": references, "tabs": forms.TABS, "tab": tab,
+        "fields": forms.TABS[tab][1], "common": forms.COMMON, "values": {}, "errors": {}, "test": None,
+        "proxy_host": proxy_host, "test_choice": request.query.get("test", ""), **(extra or {}),
+    }  # fmt: skip
+    return render(request, "images.html", ctx, status)
+
+
+async def add_registry(request: web.Request) -> web.StreamResponse:
+    form = _form(request)
+    tab = _tab(request, form)
+    body = forms.registry_body(tab, form, forms.TABS[tab][1])
+    try:
+        reg = await _service(request).create_registry(request[TEAM], body)
+    except (Invalid, VendorError) as exc:
+        problems = exc.problems or [exc.message]
+        extra = {"tab": tab, "values": forms.echo(form), "errors": forms.problems_by_field(problems)}
+        return await images(request, extra, exc.status)
+    return _redirect(request, "/images", f"Added external registry {reg['slug']}.")
+
+
+async def test_registry(request: web.Request) -> web.StreamResponse:
+    form = _form(request)
+    slug, image = str(form.get("slug", "")), str(form.get("image", "")).strip()
+    try:
+        result = await _service(request).test_registry(request[TEAM], {"endpoint": slug, "image": image})
+        test = {"slug": slug, "image": image, "status": result.status, "ok": result.ok, "reason": result.reason}
+    except Invalid as exc:
+        test = {"slug": slug, "image": image, "status": None, "ok": False, "reason": "; ".join(exc.problems)}
+    return await images(request, {"test": test})
+
+
+async def remove_registry(request: web.Request) -> web.StreamResponse:
+    slug = request.match_info["slug"]
+    await _service(request).delete_registry(request[TEAM], slug)
+    return _redirect(request, "/images", f"Removed external registry {slug}.")
+
+
+async def edit_registry(request: web.Request, extra: dict[str, Any] | None = None, status: int = 200) -> web.Response:
+    svc, team = _service(request), request[TEAM]
+    reg = await svc.registry_json(team, request.match_info["slug"])
+    ctx = {"reg": reg, "apps": await svc.list_apps(team), "fields": forms.credential_fields(reg["provider"]),
+           "common": forms.COMMON, "values": {"username": reg.get("username") or "",
+                                              "accessKeyId": reg.get("username") or "", "apps": reg["appIds"]},
+           "errors": {}, **(extra or {})}  # fmt: skip
+    return render(request, "registry.html", ctx, status)
+
+
+async def update_registry(request: web.Request) -> web.StreamResponse:
+    form, slug = _form(request), request.match_info["slug"]
+    svc, team = _service(request), request[TEAM]
+    reg = await svc.registry(team, slug)
+    body = forms.registry_body("", form, forms.credential_fields(reg.provider))
+    try:
+        await svc.update_registry(team, slug, body)
+    except Invalid as exc:
+        extra = {"values": forms.echo(form), "errors": forms.problems_by_field(exc.problems)}
+        return await edit_registry(request, extra, 400)
+    return _redirect(request, "/images", f"Updated external registry {slug}.")
+
+
+# --- customers --------------------------------------------------------------------
+
+
+def _date_in(raw: Any) -> str | None:
+    """An <input type=date> value as the service's ISO time (midnight UTC), or None for empty."""
+    if not isinstance(raw, str) or not raw.strip():
+        return None
+    raw = raw.strip()
+    return f"{raw}T00:00:00Z" if len(raw) == 10 else raw
+
+
+async def customers(request: web.Request, extra: dict[str, Any] | None = None, status: int = 200) -> web.Response:
+    svc, team = _service(request), request[TEAM]
+    ctx = {"customers": await svc.list_customers(team), "apps": await svc.list_apps(team),
+           "license_types": LICENSE_TYPES, "values": {}, "errors": {}, "import_errors": [],
+           **(extra or {})}  # fmt: skip
+    return render(request, "customers.html", ctx, status)
+
+
+async def create_customer(request: web.Request) -> web.StreamResponse:
+    form = _form(request)
+    body = {k: str(form.get(k, "")).strip() for k in ("name", "email", "appSlug", "licenseType")}
+    body["expiresAt"] = _date_in(form.get("expiresAt"))
+    try:
+        c = await _service(request).create_customer(request[TEAM], body)
+    except Invalid as exc:
+        extra = {"values": forms.echo(form), "errors": forms.problems_by_field(exc.problems)}
+        return await customers(request, extra, 400)
+    return _redirect(request, f"/customers/{c['id']}", f"Created customer {c['name']}.")
+
+
+async def import_license(request: web.Request) -> web.StreamResponse:
+    upload = _form(request).get("license")
+    text = ""
+    if isinstance(upload, web.FileField):
+        data = upload.file.read(MAX_LICENSE_FILE + 1)
+        if len(data) <= MAX_LICENSE_FILE:
+            text = data.decode("utf-8", "replace")
+    if not text.strip():
+        return await customers(request, {"import_errors": ["license: choose a KOTS license file (YAML)"]}, 400)
+    try:
+        c, created = await _service(request).import_license(request[TEAM], text)
+    except VendorError as exc:
+        return await customers(request, {"import_errors": exc.problems or [exc.message]}, exc.status)
+    verb = "Imported" if created else "Updated"
+    return _redirect(request, f"/customers/{c['id']}", f"{verb} customer {c['name']} from the license file.")
+
+
+async def customer(request: web.Request, extra: dict[str, Any] | None = None, status: int = 200) -> web.Response:
+    svc, team = _service(request), request[TEAM]
+    # The vendor's own page: the one place the portal shows a license ID.
+    c = await svc.customer(team, request.match_info["id"], with_license=True)
+    hosts = request.app[CONFIG].proxy.hosts
+    ctx = {"c": c, "proxy_host": hosts[0] if hosts else "<proxy host>", "errors": {}, **(extra or {})}
+    return render(request, "customer.html", ctx, status)
+
+
+async def customer_expiry(request: web.Request) -> web.StreamResponse:
+    cid = request.match_info["id"]
+    try:
+        body = {"expiresAt": _date_in(_form(request).get("expiresAt"))}
+        await _service(request).update_customer(request[TEAM], cid, body)
+    except Invalid as exc:
+        return await customer(request, {"errors": forms.problems_by_field(exc.problems)}, 400)
+    return _redirect(request, f"/customers/{cid}", "Expiry saved.")
+
+
+async def customer_action(request: web.Request) -> web.StreamResponse:
+    cid, action = request.match_info["id"], request.match_info["action"]
+    c = await _service(request).set_customer_status(request[TEAM], cid, action)
+    return _redirect(request, f"/customers/{cid}", f"Customer {c['name']} is now {c['status']}.")
+
+
+# --- pull logs ----------------------------------------------------------------------
+
+
+def _time_in(raw: str) -> str:
+    """<input type=datetime-local> gives a zone-less time; the portal shows and takes UTC."""
+    raw = raw.strip()
+    return raw + "Z" if raw and len(raw) <= 19 and "+" not in raw and not raw.endswith("Z") else raw
+
+
+async def pull_logs(request: web.Request) -> web.Response:
+    svc, team = _service(request), request[TEAM]
+    q = {k: request.query.get(k, "").strip() for k in ("customer", "registry", "since", "until")}
+    query = {k: (_time_in(v) if k in ("since", "until") else v) for k, v in q.items() if v}
+    rows: list[dict[str, Any]] = []
+    problems: list[str] = []
+    try:
+        rows = await svc.pull_logs(team, query)
+    except Invalid as exc:
+        problems = exc.problems
+    except NotFound as exc:
+        problems = [exc.message]
+    ctx = {"rows": rows, "q": q, "log_problems": problems, "customers": await svc.list_customers(team),
+           "registries": await svc.list_registries(team)}  # fmt: skip
+    return render(request, "logs.html", ctx, 400 if problems else 200)
+
+
+# --- apps ----------------------------------------------------------------------------
+
+
+def _lines(raw: Any) -> list[str]:
+    return [line.strip() for line in str(raw or "").splitlines() if line.strip()]
+
+
+async def apps(request: web.Request, extra: dict[str, Any] | None = None, status: int = 200) -> web.Response:
+    ctx = {"apps": await _service(request).list_apps(request[TEAM]), "values": {}, "errors": {},
+           "edit_errors": {}, **(extra or {})}  # fmt: skip
+    return render(request, "apps.html", ctx, status)
+
+
+async def create_app(request: web.Request) -> web.StreamResponse:
+    form = _form(request)
+    body: dict[str, Any] = {"slug": str(form.get("slug", "")).strip(), "imageAllowlist": _lines(form.get("allowlist"))}
+    if str(form.get("name", "")).strip():
+        body["name"] = str(form["name"]).strip()
+    key = str(form.get("kotsPublicKey", "")).strip()
+    if key:
+        body["kotsPublicKey"] = key
+    try:
+        app = await _service(request).create_app(request[TEAM], body)
+    except VendorError as exc:
+        extra = {"values": forms.echo(form), "errors": forms.problems_by_field(exc.problems or [exc.message])}
+        return await apps(request, extra, exc.status)
+    return _redirect(request, "/apps", f"Created app {app['slug']}.")
+
+
+async def update_app(request: web.Request) -> web.StreamResponse:
+    slug, form = request.match_info["slug"], _form(request)
+    try:
+        await _service(request).update_app(request[TEAM], slug, {"imageAllowlist": _lines(form.get("allowlist"))})
+    except Invalid as exc:
+        return await apps(request, {"edit_errors": {slug: exc.problems}}, 400)
+    return _redirect(request, "/apps", f"Saved the image allowlist of {slug}.")
+
+
+# --- wiring --------------------------------------------------------------------------
+
+
+def _when(value: str | None, seconds: bool = False) -> str:
+    """Stored ISO times, shown in UTC to the minute (pull logs: to the second)."""
+    if not value:
+        return "—"
+    try:
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    if t.tzinfo:
+        t = t.astimezone(dt.UTC)
+    return t.strftime("%Y-%m-%d %H:%M:%S UTC" if seconds else "%Y-%m-%d %H:%M UTC")
+
+
+def _short(ref: str | None) -> str:
+    """A digest cut to what a person compares (the full one is in the cell's title)."""
+    if ref and ref.startswith("sha256:") and len(ref) > 19:
+        return ref[:19] + "…"
+    return ref or "—"
+
+
+def _size(n: int | None) -> str:
+    if not n:
+        return "0 B"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def portal_app(service: VendorService, sessions: Sessions, cfg: Config) -> web.Application:
+    app = web.Application(middlewares=[guard], client_max_size=MAX_LICENSE_FILE + 64 * 1024)
+    app[SERVICE], app[SESSIONS], app[CONFIG] = service, sessions, cfg
+    env = aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
+    env.filters["when"] = _when
+    env.filters["size"] = _size
+    env.filters["short"] = _short
+    r = app.router
+    r.add_get("/", home)
+    r.add_get("/login", login_page)
+    r.add_post("/login", login)
+    r.add_post("/logout", logout)
+    r.add_get("/images", images)
+    r.add_post("/images", add_registry)
+    r.add_post("/images/test", test_registry)
+    r.add_get("/images/{slug}", edit_registry)
+    r.add_post("/images/{slug}", update_registry)
+    r.add_post("/images/{slug}/remove", remove_registry)
+    r.add_get("/customers", customers)
+    r.add_post("/customers", create_customer)
+    r.add_post("/customers/import", import_license)
+    r.add_get("/customers/{id}", customer)
+    r.add_post("/customers/{id}/expiry", customer_expiry)
+    r.add_post("/customers/{id}/{action:revoke|archive|restore}", customer_action)
+    r.add_get("/logs", pull_logs)
+    r.add_get("/apps", apps)
+    r.add_post("/apps", create_app)
+    r.add_post("/apps/{slug}", update_app)
+    r.add_get("/static/portal.css", _stylesheet)
+    return app
+
+
+_CSS = HERE / "static" / "portal.css"
+
+
+async def _stylesheet(_: web.Request) -> web.FileResponse:
+    return web.FileResponse(_CSS, headers={"Cache-Control": "max-age=300", "Content-Type": "text/css"})
+
+
+def install(admin: web.Application, service: VendorService, cfg: Config) -> None:
+    """Mount at /portal/ on the admin app; `/` sends a browser there."""
+    sessions = Sessions(service.keyring)
+    admin.add_subapp(PREFIX, portal_app(service, sessions, cfg))
+
+    async def root(_: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(_url("/"))
+
+    admin.router.add_get("/", root)
