@@ -16,6 +16,7 @@ declare -A want=(
   [go]=golang-go
   [curl]=curl
   [promtool]=prometheus
+  [chromium]=chromium
   [unshare]=util-linux
 )
 missing=()
@@ -40,4 +41,6 @@ fi
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 
 .venv/bin/ruff check proxy tests bench
+# Portal screenshots (tests/test_portal.py) are kept here; .cache/ is gitignored.
+export PULLGATE_ARTIFACTS=${PULLGATE_ARTIFACTS:-$PWD/.cache/artifacts/portal}
 exec .venv/bin/pytest -p no:cacheprovider "$@"
