@@ -20,11 +20,15 @@ from pathlib import Path
 from aiohttp import web
 
 from proxy import bootstrap, logs, metrics, pulllog
+from proxy.anonymous import RateLimiter
 from proxy.auth.gate import Gate
 from proxy.auth.origin import Origins
 from proxy.auth.tokens import TokenIssuer
 from proxy.config import Config, parse_listen
 from proxy.directory import Directory
+from proxy.domains.routing import HostTable
+from proxy.domains.service import HostnameService
+from proxy.domains.tls import SNIContexts
 from proxy.oci.middleware import oci_errors
 from proxy.oci.routes import OCIRoutes
 from proxy.pulllog import PullLog
@@ -46,6 +50,8 @@ class Services:
     upstream: UpstreamClient
     gate: Gate
     pulllog: PullLog | None = None
+    hosts: HostTable | None = None
+    hostnames: HostnameService | None = None
 
     async def close(self) -> None:
         if self.pulllog is not None:
@@ -74,7 +80,11 @@ async def build_services(cfg: Config) -> Services:
     upstream = UpstreamClient(cfg.upstream, keyring)
     await upstream.start()
     gate = Gate(directory, TokenIssuer(keyring, cfg.auth.token_ttl_seconds), Origins(cfg.proxy.trusted_proxies))
-    return Services(cfg, store, keyring, directory, upstream, gate, PullLog(store, cfg.pulllog))
+    tls = _tls_context(cfg)
+    hosts = HostTable(store, keyring, cfg.proxy.hosts, SNIContexts(tls) if tls else None, cfg.domains.refresh_seconds)
+    hostnames = HostnameService(store, keyring, cfg.domains, lambda: upstream.session, hosts.changed)
+    await hosts.refresh()
+    return Services(cfg, store, keyring, directory, upstream, gate, PullLog(store, cfg.pulllog), hosts, hostnames)
 
 
 @web.middleware
@@ -91,13 +101,18 @@ async def _set_request_id(request: web.Request, response: web.StreamResponse) ->
 
 def proxy_app(services: Services) -> web.Application:
     middlewares = [request_id, oci_errors]
+    if services.hosts is not None:
+        middlewares.insert(1, services.hosts.middleware())
     if services.pulllog is not None:
         # Outside oci_errors: refusals are recorded with the status the client saw.
         middlewares.insert(1, pulllog.middleware(services.pulllog))
     app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
     app[SERVICES] = services
     up = services.cfg.upstream
-    OCIRoutes(services.gate, services.directory, services.upstream, up.chunk_size, up.idle_timeout).install(app)
+    limiter = RateLimiter(services.cfg.anonymous.rate_per_minute, services.cfg.anonymous.burst)
+    OCIRoutes(
+        services.gate, services.directory, services.upstream, up.chunk_size, up.idle_timeout, limiter
+    ).install(app)
     app.on_response_prepare.append(_set_request_id)
     return app
 
@@ -120,10 +135,16 @@ def admin_app(services: Services) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics.handler)
+    from proxy.domains import api as hostname_api
     from proxy.vendor import api as vendor_api
     from proxy.vendor.service import VendorService
 
-    vendor_api.install(app, VendorService(services.store, services.keyring, services.directory, services.upstream))
+    hostnames = services.hostnames
+    vendor_api.install(
+        app,
+        VendorService(services.store, services.keyring, services.directory, services.upstream),
+        extend=(lambda sub: hostname_api.install(sub, hostnames)) if hostnames else None,
+    )
     # The web portal: the same team-scoped service layer, behind a browser session.
     from proxy.vendor import portal
 
@@ -144,9 +165,11 @@ async def _watch_keyring(keyring: Keyring, every: float = 2.0) -> None:
 
 
 def _tls_context(cfg: Config) -> ssl.SSLContext | None:
+    """The default certificate; SNI swaps in a custom hostname's own (proxy.domains.tls)."""
     if not cfg.proxy.tls_cert_file:
         return None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cfg.proxy.tls_cert_file, cfg.proxy.tls_key_file)
     return ctx
 
@@ -169,7 +192,8 @@ async def serve(cfg: Config, ready: Callable[[], None] | None = None) -> None:
     await admin_runner.setup()
     phost, pport = parse_listen(cfg.proxy.listen, "proxy.listen")
     ahost, aport = parse_listen(cfg.admin.listen, "admin.listen")
-    await web.TCPSite(proxy_runner, phost, pport, ssl_context=_tls_context(cfg), backlog=1024).start()
+    sni = services.hosts.sni if services.hosts else None
+    await web.TCPSite(proxy_runner, phost, pport, ssl_context=sni.default if sni else None, backlog=1024).start()
     await web.TCPSite(admin_runner, ahost, aport).start()
     log.info("listening: proxy on %s, admin on %s", cfg.proxy.listen, cfg.admin.listen)
     stop = asyncio.Event()
@@ -177,12 +201,15 @@ async def serve(cfg: Config, ready: Callable[[], None] | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     watcher = asyncio.create_task(_watch_keyring(services.keyring))
+    host_refresher = asyncio.create_task(services.hosts.run()) if services.hosts else None
     if services.pulllog is not None:
         services.pulllog.start()
     if ready is not None:
         ready()
     await stop.wait()
     watcher.cancel()
+    if host_refresher is not None:
+        host_refresher.cancel()
     log.info("stopping: no new connections; running streams get up to %.0fs", grace)
     # Stop accepting, let in-flight requests finish (up to the grace), then close.
     await proxy_runner.cleanup()

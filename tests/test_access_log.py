@@ -17,6 +17,8 @@ async def test_access_log_is_json_lines_without_secrets(deployment: Deployment):
     )  # fmt: skip
     assert ans.status == 200
     rid = ans.headers["X-Request-Id"]
+    # The access line is written once the response is sent: it may trail the answer a little.
+    assert deployment.server.wait_until(lambda: rid in deployment.server.log_text(), timeout=5)
     text = deployment.server.log_text()
     lines = [json.loads(line) for line in text.splitlines() if line.strip()]  # every line parses
     access = [entry for entry in lines if entry["msg"] == "access"]

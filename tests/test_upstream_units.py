@@ -567,10 +567,17 @@ def test_grant() -> None:
         ["repository:proxy/myapp/r/a:pull repository:proxy/myapp/r/b:push registry:catalog:*",
          "repository:proxy/myapp/r/c:*"]
     )  # fmt: skip
-    assert [(a.name, a.actions) for a in grant(CUSTOMER, scopes)] == [
-        ("proxy/myapp/r/a", ("pull",)),
-        ("proxy/myapp/r/c", ("pull",)),
+    assert [(a.type, a.name, a.actions) for a in grant(CUSTOMER, scopes)] == [
+        ("repository", "proxy/myapp/r/a", ("pull",)),
+        ("registry", "catalog", ("*",)),  # Harbor and Nexus list the app's repositories
+        ("repository", "proxy/myapp/r/c", ("pull",)),
     ]
+    # Without a license only anonymous repositories are granted; the catalog is not.
+    anon = parse_scopes(["repository:anonymous/pub/x:pull registry:catalog:*"])
+    assert [(a.type, a.name) for a in grant(None, anon)] == [("repository", "anonymous/pub/x")]
+    with pytest.raises(OCIError) as exc:
+        grant(None, parse_scopes(["repository:proxy/myapp/r/a:pull"]))
+    assert exc.value.status == 401
     assert grant(CUSTOMER, parse_scopes(["repository:proxy/myapp/r/b:push,delete"])) == []
     with pytest.raises(OCIError) as exc:
         grant(CUSTOMER, parse_scopes(["repository:proxy/myapp/r/a:pull repository:proxy/otherapp/r/a:pull"]))

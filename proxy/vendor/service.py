@@ -488,6 +488,7 @@ class _RegistryInput:
 _REGISTRY_KEYS = {
     "provider", "endpoint", "slug", "authType", "username", "password", "appIds", "skipValidation", "url",
     "insecure", "image", "accessKeyId", "secretAccessKey", "region", "roleArn", "apiUrl", "serviceAccountKey",
+    "allowAnonymous",
 }  # fmt: skip
 
 
@@ -601,12 +602,17 @@ def _registry_input(body: Mapping[str, Any], apps: list[App], current: Registry 
             if unknown:
                 problems.append(f"appIds: unknown app(s) {', '.join(repr(u[:64]) for u in unknown)}")
             app_ids = tuple(sorted({by_key[a] for a in raw if a in by_key}))
+    # Off by default; an update without the field keeps the current setting.
+    anonymous = body.get("allowAnonymous", current.allow_anonymous if current else False)
+    if not isinstance(anonymous, bool):
+        problems.append("allowAnonymous: must be true or false")
+        anonymous = False
     if problems:
         raise Invalid(problems)
     return _RegistryInput(
         provider=provider, endpoint=endpoint, slug=slug, url=url.rstrip("/"), insecure=insecure,
         username=username, secret=secret, keep_sealed=current.secret_sealed if current else None,
-        options=options, app_ids=app_ids, allow_anonymous=current.allow_anonymous if current else False,
+        options=options, app_ids=app_ids, allow_anonymous=anonymous,
         skip_validation=skip, image=image,
     )  # fmt: skip
 
