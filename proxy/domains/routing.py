@@ -113,7 +113,7 @@ class HostTable:
         async def hosts(request: web.Request, handler: Handler) -> web.StreamResponse:
             host = request.headers.get("Host", "")
             if request.path.startswith(WELL_KNOWN):
-                return self._challenge(request, host)
+                return await self._challenge(request, host)
             ok, team = self.admits(host)
             if not ok:
                 return OCIError("NAME_UNKNOWN", "this host is not served here", status=404).response(
@@ -125,9 +125,13 @@ class HostTable:
 
         return hosts
 
-    def _challenge(self, request: web.Request, host: str) -> web.Response:
+    async def _challenge(self, request: web.Request, host: str) -> web.Response:
         token = request.path[len(WELL_KNOWN) :]
         hostname = self.tokens.get(token)
+        if hostname is None and 0 < len(token) <= 64:
+            # Added a moment ago (or on another replica): ask the store.
+            found = await self.store.hostname_by_token(token)
+            hostname = found.hostname if found is not None and found.status != "verified" else None
         if hostname is None or split_host(host)[0] != hostname:
             return web.Response(status=404, text="unknown challenge")
         return web.Response(text=token, content_type="text/plain")

@@ -396,6 +396,10 @@ class Store(abc.ABC):
         row = await self.fetchone("SELECT * FROM custom_hostnames WHERE hostname = ?", (hostname,))
         return _hostname(row) if row else None
 
+    async def hostname_by_token(self, token: str) -> CustomHostname | None:
+        row = await self.fetchone("SELECT * FROM custom_hostnames WHERE token = ?", (token,))
+        return _hostname(row) if row else None
+
     async def hostnames(self, team_id: str | None = None, status: str | None = None) -> list[CustomHostname]:
         sql, params = "SELECT * FROM custom_hostnames WHERE 1 = 1", []
         if team_id is not None:
