@@ -226,3 +226,50 @@ async def test_ecr_token_refreshed_early_after_a_401(client):
     finally:
         await api_runner.cleanup()
         await reg_runner.cleanup()
+
+
+async def test_ecr_assumes_the_role_first(client):
+    c, ring = client
+    sts_seen, api_seen, reg_seen = Seen(), Seen(), Seen()
+    forms: list[str] = []
+
+    async def sts(request: web.Request) -> web.StreamResponse:
+        forms.append(await request.text())
+        return web.Response(content_type="text/xml", text=(
+            '<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleResult>'
+            "<Credentials><AccessKeyId>ASIAASSUMED</AccessKeyId><SecretAccessKey>assumed-secret</SecretAccessKey>"
+            "<SessionToken>session-tok</SessionToken><Expiration>2030-01-01T00:00:00Z</Expiration></Credentials>"
+            "</AssumeRoleResult></AssumeRoleResponse>"))  # fmt: skip
+
+    async def ecr_api(request: web.Request) -> web.StreamResponse:
+        token = base64.b64encode(b"AWS:pw").decode()
+        return web.json_response({"authorizationData": [{"authorizationToken": token, "expiresAt": 4102444800}]})
+
+    async def registry(request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Authorization") == "Basic " + base64.b64encode(b"AWS:pw").decode():
+            return web.Response(body=b"m")
+        return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="ecr"'})
+
+    runners = []
+    try:
+        for handler, seen in ((sts, sts_seen), (ecr_api, api_seen), (registry, reg_seen)):
+            runners.append(await _serve(handler, seen))
+        (_, sts_url), (_, api_url), (_, reg_url) = runners
+        reg = Registry(
+            id="e2", team_id="t", slug="ecr-role", provider="ecr",
+            endpoint="123456789012.dkr.ecr.us-west-2.amazonaws.com", url=reg_url, insecure=True, username=None,
+            secret_sealed=ring.seal("base-secret", "e2"),
+            options={"access_key_id": "AKIABASE", "role_arn": "arn:aws:iam::123456789012:role/pull",
+                     "api_url": api_url + "/", "sts_url": sts_url + "/"},
+        )  # fmt: skip
+        r = await c.request(reg, "GET", "/v2/a/manifests/v1", {}, "repository:a:pull")
+        assert r.status == 200
+        r.release()
+        # STS was called with the stored key, for that role; ECR with the assumed credentials.
+        assert sts_seen.requests[0][2].startswith("AWS4-HMAC-SHA256 Credential=AKIABASE/")
+        assert "/us-west-2/sts/aws4_request" in sts_seen.requests[0][2]
+        assert "Action=AssumeRole" in forms[0] and "RoleArn=arn%3Aaws%3Aiam%3A%3A123456789012%3Arole%2Fpull" in forms[0]
+        assert api_seen.requests[0][2].startswith("AWS4-HMAC-SHA256 Credential=ASIAASSUMED/")
+    finally:
+        for runner, _ in runners:
+            await runner.cleanup()
