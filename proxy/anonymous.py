@@ -70,6 +70,15 @@ class RateLimiter:
             return None
         return math.inf if self.rate <= 0 else (1 - tokens) / self.rate
 
+    def wait(self, key: str) -> float | None:
+        """Like take(), without spending: None when a request would be allowed now."""
+        now = self.clock()
+        tokens, last = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens >= 1:
+            return None
+        return math.inf if self.rate <= 0 else (1 - tokens) / self.rate
+
     def check(self, key: str) -> None:
         wait = self.take(key)
         if wait is not None:

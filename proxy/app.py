@@ -79,7 +79,9 @@ async def build_services(cfg: Config) -> Services:
     directory = Directory(store, cfg.auth.license_cache_seconds)
     upstream = UpstreamClient(cfg.upstream, keyring)
     await upstream.start()
-    gate = Gate(directory, TokenIssuer(keyring, cfg.auth.token_ttl_seconds), Origins(cfg.proxy.trusted_proxies))
+    failures = RateLimiter(cfg.auth.failed_per_minute, cfg.auth.failed_burst)
+    issuer = TokenIssuer(keyring, cfg.auth.token_ttl_seconds)
+    gate = Gate(directory, issuer, Origins(cfg.proxy.trusted_proxies), failures)
     tls = _tls_context(cfg)
     hosts = HostTable(store, keyring, cfg.proxy.hosts, SNIContexts(tls) if tls else None, cfg.domains.refresh_seconds)
     hostnames = HostnameService(store, keyring, cfg.domains, lambda: upstream.session, hosts.changed)
@@ -149,7 +151,10 @@ def admin_app(services: Services) -> web.Application:
     from proxy.vendor import portal
 
     portal.install(
-        app, VendorService(services.store, services.keyring, services.directory, services.upstream), services.cfg
+        app,
+        VendorService(services.store, services.keyring, services.directory, services.upstream),
+        services.cfg,
+        hostnames,
     )
     return app
 

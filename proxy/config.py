@@ -51,6 +51,10 @@ class AuthSection:
     token_ttl_seconds: int = 300
     # A revoked license stops pulling within this long, even with a live token.
     license_cache_seconds: float = 5.0
+    # Refused credentials per client address: after `failed_burst` (refilled at
+    # `failed_per_minute`), that address gets 429 until it cools down.
+    failed_per_minute: int = 30
+    failed_burst: int = 50
 
 
 @dataclass

@@ -109,8 +109,10 @@ class TokenEndpoint:
         return await self._issue(request, password, scopes, oauth=True)
 
     async def _issue(self, request: web.Request, license_id: str, raw_scopes: list[str], oauth: bool) -> web.Response:
+        self.gate.guard(request)
         customer = await self.gate.license_customer(license_id, request.get(HOST_TEAM))
         if customer is None:
+            self.gate.failed(request, "bad_license")
             if oauth:
                 return web.json_response(
                     {"error": "invalid_grant", "error_description": "invalid credentials"}, status=401

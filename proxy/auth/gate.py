@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 
 from aiohttp import web
 
 from proxy import metrics
+from proxy.anonymous import RateLimiter
 from proxy.auth.credentials import BasicCredentials, parse_authorization
 from proxy.auth.origin import HOST_TEAM, Origins
 from proxy.auth.tokens import InvalidToken, TokenIssuer
@@ -25,10 +27,31 @@ log = logging.getLogger("pullgate.auth")
 
 
 class Gate:
-    def __init__(self, directory: Directory, issuer: TokenIssuer, origins: Origins) -> None:
+    def __init__(
+        self, directory: Directory, issuer: TokenIssuer, origins: Origins, failures: RateLimiter | None = None
+    ) -> None:
         self.directory = directory
         self.issuer = issuer
         self.origins = origins
+        # Guessing licenses is slowed per client address (see guard/failed).
+        self.failures = failures
+
+    def guard(self, request: web.Request) -> None:
+        """429 for an address that has been refused too often lately."""
+        if self.failures is None:
+            return
+        wait = self.failures.wait(self.origins.client_address(request))
+        if wait is not None:
+            metrics.AUTH_FAILURES.labels("throttled").inc()
+            retry = "3600" if math.isinf(wait) else str(max(1, math.ceil(wait)))
+            raise OCIError(
+                "TOOMANYREQUESTS", "too many failed authentications from this address", headers={"Retry-After": retry}
+            )
+
+    def failed(self, request: web.Request, reason: str) -> None:
+        metrics.AUTH_FAILURES.labels(reason).inc()
+        if self.failures is not None:
+            self.failures.take(self.origins.client_address(request))
 
     def challenge(self, request: web.Request, scope: str | None = None, error: str | None = None) -> str:
         scheme, host = self.origins.of(request)
@@ -63,23 +86,24 @@ class Gate:
         try:
             creds = parse_authorization(request.headers.get("Authorization"))
         except OCIError:
-            metrics.AUTH_FAILURES.labels("malformed").inc()
+            self.failed(request, "malformed")
             raise
         if creds is None:
             metrics.AUTH_FAILURES.labels("missing").inc()
             raise self.unauthorized(request, "authentication required", name)
+        self.guard(request)
         host_team = request.get(HOST_TEAM)
         if isinstance(creds, BasicCredentials):
             customer = await self.license_customer(creds.password, host_team)
             if customer is None:
-                metrics.AUTH_FAILURES.labels("bad_license").inc()
+                self.failed(request, "bad_license")
                 raise self.unauthorized(request, "invalid credentials", name)
         else:
             _, host = self.origins.of(request)
             try:
                 claims = self.issuer.verify(creds.token, audience=host)
             except InvalidToken:
-                metrics.AUTH_FAILURES.labels("bad_token").inc()
+                self.failed(request, "bad_token")
                 raise self.unauthorized(request, "invalid or expired token", name, "invalid_token") from None
             if name is not None and not claims.allows(name.full):
                 metrics.AUTH_FAILURES.labels("scope").inc()
@@ -115,17 +139,18 @@ async def authorize_anonymous(gate: Gate, request: web.Request, name: str) -> Cu
     if creds is None:
         metrics.AUTH_FAILURES.labels("missing").inc()
         raise gate.unauthorized(request, "authentication required (an anonymous token will do)", name)
+    gate.guard(request)
     if isinstance(creds, BasicCredentials):
         customer = await gate.license_customer(creds.password, request.get(HOST_TEAM))
         if customer is None:
-            metrics.AUTH_FAILURES.labels("bad_license").inc()
+            gate.failed(request, "bad_license")
             raise gate.unauthorized(request, "invalid credentials", name)
         return customer
     _, host = gate.origins.of(request)
     try:
         claims = gate.issuer.verify(creds.token, audience=host)
     except InvalidToken:
-        metrics.AUTH_FAILURES.labels("bad_token").inc()
+        gate.failed(request, "bad_token")
         raise gate.unauthorized(request, "invalid or expired token", name, "invalid_token") from None
     if not claims.allows(name):
         metrics.AUTH_FAILURES.labels("scope").inc()
