@@ -70,3 +70,26 @@ def test_ecr_region_and_token_lifetime():
     assert lifetime(now + 1200, now) == 600  # short-lived: half its remaining life
     assert lifetime(now - 10, now) == MIN_LIFETIME  # our clock is off; do not refetch in a loop
     assert lifetime("garbage", now) == MIN_LIFETIME
+
+
+def test_token_lifetime_honours_issued_at():
+    import json as _json
+
+    from proxy.upstream.auth import parse_token_response
+
+    now = 1_800_000_000.0
+
+    def answer(**fields: object) -> bytes:
+        return _json.dumps({"token": "t", **fields}).encode()
+
+    assert parse_token_response(answer(expires_in=300), "s", now) == ("t", 300.0)
+    assert parse_token_response(answer(), "s", now) == ("t", 60.0)  # the spec's default
+    import datetime as _dt
+
+    issued = _dt.datetime.fromtimestamp(now - 40, _dt.UTC).isoformat().replace("+00:00", "Z")
+    assert parse_token_response(answer(expires_in=300, issued_at=issued), "s", now) == ("t", 260.0)
+    skewed = _dt.datetime.fromtimestamp(now - 4000, _dt.UTC).isoformat()
+    assert parse_token_response(answer(expires_in=300, issued_at=skewed), "s", now) == ("t", 300.0)
+    future = _dt.datetime.fromtimestamp(now + 30, _dt.UTC).isoformat()
+    assert parse_token_response(answer(expires_in=300, issued_at=future), "s", now) == ("t", 300.0)
+    assert parse_token_response(answer(expires_in=300, issued_at="yesterday"), "s", now) == ("t", 300.0)

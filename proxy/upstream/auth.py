@@ -12,6 +12,7 @@ The realm must pass `realm_allowed` before any credential is sent to it.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import time
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from proxy.upstream.realm import realm_allowed
 from proxy.upstream.tokens import CachedToken, TokenCache, usable_until
 
 DEFAULT_TOKEN_SECONDS = 60
+MAX_CLOCK_SKEW = 300.0  # an issued_at further off than this is a clock problem, not an old token
 MAX_TOKEN_RESPONSE = 1024 * 1024
 BASIC_SCOPE = "*basic*"  # Basic needs no scope: one cache slot per registry
 
@@ -110,8 +112,11 @@ class Authenticator:
         return CachedToken(header=f"Bearer {token}", expires_at=usable_until(started, lifetime))
 
 
-def parse_token_response(body: bytes, slug: str) -> tuple[str, float]:
-    """(token, lifetime seconds) from a token service's JSON answer."""
+def parse_token_response(body: bytes, slug: str, now: float | None = None) -> tuple[str, float]:
+    """(token, lifetime seconds) from a token service's JSON answer.
+
+    `issued_at` (RFC 3339) shortens the lifetime by the time the token spent
+    getting here, when the two clocks roughly agree; a skewed clock is ignored."""
     if len(body) > MAX_TOKEN_RESPONSE:
         raise UpstreamError(slug, "token service answer is too large")
     try:
@@ -126,7 +131,18 @@ def parse_token_response(body: bytes, slug: str) -> tuple[str, float]:
     expires_in = data.get("expires_in", DEFAULT_TOKEN_SECONDS)
     if isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or expires_in <= 0:
         expires_in = DEFAULT_TOKEN_SECONDS
-    return token, float(expires_in)
+    lifetime = float(expires_in)
+    issued = data.get("issued_at")
+    if isinstance(issued, str):
+        try:
+            age = (time.time() if now is None else now) - dt.datetime.fromisoformat(
+                issued.replace("Z", "+00:00")
+            ).timestamp()
+        except ValueError:
+            age = 0.0
+        if 0 < age <= MAX_CLOCK_SKEW:
+            lifetime = max(lifetime - age, 1.0)
+    return token, lifetime
 
 
 def _const(tok: CachedToken):  # type: ignore[no-untyped-def]
