@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.canaries import assert_no_secrets
 from tests.support.faults import BreakingFront, Sentinel
 from tests.support.fixtures import *  # noqa: F403 - the upstream registry fixtures
 from tests.support.procs import free_port
@@ -43,10 +44,7 @@ class Deployment:
 
     def assert_clean(self, text: str | bytes, where: str) -> None:
         """No vendor password and no license ID may appear in `text`."""
-        if isinstance(text, bytes):
-            text = text.decode("latin-1")
-        for canary in self.canaries:
-            assert canary not in text, f"a secret leaked into {where}"
+        assert_no_secrets(text, self.canaries, where)
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ import pytest
 
 from tests.client import basic
 from tests.support import skopeo
+from tests.support.canaries import assert_no_secrets
 from tests.support.fronts import CDN, ECRApiFront, RateLimitedFront, RedirectingFront
 from tests.support.images import PushedImage, oci_image
 from tests.support.procs import ManagedProcess, free_port, wait_http
@@ -64,8 +65,7 @@ class Providers:
         return f"docker://{self.server.host}/proxy/vendorapp/{slug}/{img.repo}:{img.tag}"
 
     def assert_clean(self, text: str, where: str) -> None:
-        for canary in self.canaries:
-            assert canary not in text, f"a secret leaked into {where}"
+        assert_no_secrets(text, self.canaries, where)
 
 
 def _moto_token(url: str) -> str:

@@ -17,7 +17,7 @@ from proxy import metrics
 from proxy.anonymous import RateLimiter
 from proxy.auth.credentials import BasicCredentials, parse_authorization
 from proxy.auth.origin import HOST_TEAM, Origins
-from proxy.auth.tokens import InvalidToken, TokenIssuer
+from proxy.auth.tokens import InvalidToken, TokenClaims, TokenIssuer
 from proxy.directory import Directory
 from proxy.oci.errors import OCIError
 from proxy.oci.grammar import ProxyName
@@ -47,6 +47,19 @@ class Gate:
             raise OCIError(
                 "TOOMANYREQUESTS", "too many failed authentications from this address", headers={"Retry-After": retry}
             )
+
+    def bearer_claims(self, request: web.Request, token: str, name: str | None) -> TokenClaims:
+        """A valid token of ours for this host, granting `name` (when given)."""
+        _, host = self.origins.of(request)
+        try:
+            claims = self.issuer.verify(token, audience=host)
+        except InvalidToken:
+            self.failed(request, "bad_token")
+            raise self.unauthorized(request, "invalid or expired token", name, "invalid_token") from None
+        if name is not None and not claims.allows(name):
+            metrics.AUTH_FAILURES.labels("scope").inc()
+            raise self.unauthorized(request, "token does not grant this repository", name, "insufficient_scope")
+        return claims
 
     def failed(self, request: web.Request, reason: str) -> None:
         metrics.AUTH_FAILURES.labels(reason).inc()
@@ -99,15 +112,7 @@ class Gate:
                 self.failed(request, "bad_license")
                 raise self.unauthorized(request, "invalid credentials", name)
         else:
-            _, host = self.origins.of(request)
-            try:
-                claims = self.issuer.verify(creds.token, audience=host)
-            except InvalidToken:
-                self.failed(request, "bad_token")
-                raise self.unauthorized(request, "invalid or expired token", name, "invalid_token") from None
-            if name is not None and not claims.allows(name.full):
-                metrics.AUTH_FAILURES.labels("scope").inc()
-                raise self.unauthorized(request, "token does not grant this repository", name, "insufficient_scope")
+            claims = self.bearer_claims(request, creds.token, name.full if name else None)
             found = await self.directory.customer_by_id(claims.subject)
             if found is not None and host_team is not None and found.team_id != host_team:
                 found = None
@@ -146,15 +151,7 @@ async def authorize_anonymous(gate: Gate, request: web.Request, name: str) -> Cu
             gate.failed(request, "bad_license")
             raise gate.unauthorized(request, "invalid credentials", name)
         return customer
-    _, host = gate.origins.of(request)
-    try:
-        claims = gate.issuer.verify(creds.token, audience=host)
-    except InvalidToken:
-        gate.failed(request, "bad_token")
-        raise gate.unauthorized(request, "invalid or expired token", name, "invalid_token") from None
-    if not claims.allows(name):
-        metrics.AUTH_FAILURES.labels("scope").inc()
-        raise gate.unauthorized(request, "token does not grant this repository", name, "insufficient_scope")
+    gate.bearer_claims(request, creds.token, name)
     return None
 
 

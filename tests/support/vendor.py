@@ -22,6 +22,7 @@ from referencing.jsonschema import DRAFT202012
 from yarl import URL
 
 from proxy.vendor.openapi import document
+from tests.support.canaries import assert_no_secrets
 from tests.support.dns_server import LoopbackDNS
 from tests.support.faults import Sentinel
 from tests.support.pullgate import Pullgate
@@ -47,10 +48,7 @@ class VendorEnv:
         return self.server.admin_url
 
     def assert_clean(self, text: str | bytes, where: str) -> None:
-        if isinstance(text, bytes):
-            text = text.decode("latin-1")
-        for canary in self.canaries:
-            assert canary not in text, f"a secret leaked into {where}"
+        assert_no_secrets(text, self.canaries, where)
 
 
 @pytest.fixture(scope="session")

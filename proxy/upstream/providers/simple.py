@@ -14,47 +14,48 @@ class Other(Provider):
     name = "other"
 
 
-class DockerHub(Provider):
+class KnownHost(Provider):
+    """A provider that lives at fixed hostnames: the endpoint must be one of them."""
+
+    hosts: frozenset[str] = frozenset()
+    hint = ""
+
+    def validate(self, endpoint: str, username: str | None, secret: str | None, options: dict[str, Any]) -> list[str]:
+        problems = super().validate(endpoint, username, secret, options)
+        if endpoint.lower() not in self.hosts:
+            problems.append(f"endpoint: {self.hint}")
+        return problems
+
+
+class DockerHub(KnownHost):
     """`index.docker.io`, `docker.io` and `registry-1.docker.io` are one registry,
     reached at registry-1.docker.io; one-part names live under `library/`.
     The token realm (auth.docker.io) comes from the challenge."""
 
     name = "dockerhub"
     default_host = "registry-1.docker.io"
+    hosts = DOCKER_HUB_HOSTS
+    hint = "Docker Hub is docker.io (or index.docker.io, registry-1.docker.io)"
 
     def upstream_repo(self, rest: str) -> str:
         return rest if "/" in rest else f"library/{rest}"
 
-    def validate(self, endpoint: str, username: str | None, secret: str | None, options: dict[str, Any]) -> list[str]:
-        problems = super().validate(endpoint, username, secret, options)
-        if endpoint.lower() not in DOCKER_HUB_HOSTS:
-            problems.append("endpoint: Docker Hub is docker.io (or index.docker.io, registry-1.docker.io)")
-        return problems
 
-
-class GHCR(Provider):
+class GHCR(KnownHost):
     """Username and a personal access token; realm ghcr.io/token. Wrong
     credentials get DENIED without a challenge, which the client maps to
     'the vendor's credentials were rejected'."""
 
     name = "ghcr"
     default_host = "ghcr.io"
-
-    def validate(self, endpoint: str, username: str | None, secret: str | None, options: dict[str, Any]) -> list[str]:
-        problems = super().validate(endpoint, username, secret, options)
-        if endpoint.lower() != "ghcr.io":
-            problems.append("endpoint: GitHub Container Registry is ghcr.io")
-        return problems
+    hosts = frozenset({"ghcr.io"})
+    hint = "GitHub Container Registry is ghcr.io"
 
 
-class Quay(Provider):
+class Quay(KnownHost):
     """Username and password, or a robot account and its token; realm quay.io/v2/auth."""
 
     name = "quay"
     default_host = "quay.io"
-
-    def validate(self, endpoint: str, username: str | None, secret: str | None, options: dict[str, Any]) -> list[str]:
-        problems = super().validate(endpoint, username, secret, options)
-        if endpoint.lower() != "quay.io":
-            problems.append("endpoint: Quay is quay.io")
-        return problems
+    hosts = frozenset({"quay.io"})
+    hint = "Quay is quay.io"
