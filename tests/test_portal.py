@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import re
 import secrets
@@ -20,8 +21,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+import trustme
 
 from tests.support import skopeo
+from tests.support.dns_server import LoopbackDNS
 from tests.support.pullgate import Pullgate
 from tests.support.registry import Registry
 
@@ -53,6 +56,7 @@ class PortalEnv:
     tokens: dict[str, str]
     basic: Registry
     globex_license: str
+    dns: LoopbackDNS
     canaries: list[str] = field(default_factory=list)
 
     @property
@@ -76,14 +80,20 @@ def portal_env(tmp_path_factory: pytest.TempPathFactory, upstream_basic: Registr
                          "password_env": "PT_BASIC_PW"}],
          "customers": [{"name": "Globex Hidden Customer", "app": "globex-app", "license_id_env": "PT_LIC_GLOBEX"}]},
     ]  # fmt: skip
-    server = Pullgate(tmp_path_factory.mktemp("portal"), teams, env=env,
-                      settings={"pulllog": {"flush_seconds": 0.05}}, name="pullgate-portal").start()  # fmt: skip
+    # Hostname ownership checks ask a DNS server of the test's own, on loopback.
+    dns = LoopbackDNS()
+    settings = {"pulllog": {"flush_seconds": 0.05}, "domains": {"resolver": [dns.nameserver]}}
     try:
-        # The password, and globex's license (acme must never see it).
-        yield PortalEnv(server, tokens, upstream_basic, env["PT_LIC_GLOBEX"],
-                        canaries=[upstream_basic.password or "", env["PT_LIC_GLOBEX"]])
+        server = Pullgate(tmp_path_factory.mktemp("portal"), teams, env=env, settings=settings,
+                          name="pullgate-portal").start()  # fmt: skip
+        try:
+            # The password, and globex's license (acme must never see it).
+            yield PortalEnv(server, tokens, upstream_basic, env["PT_LIC_GLOBEX"], dns,
+                            canaries=[upstream_basic.password or "", env["PT_LIC_GLOBEX"]])
+        finally:
+            server.stop()
     finally:
-        server.stop()
+        dns.stop()
 
 
 @pytest.fixture(scope="module")
@@ -405,3 +415,162 @@ async def test_a_team_sees_only_its_own_data(
         globex.assert_clean(allow=(env.globex_license,))  # its own page shows its own license
     finally:
         await globex.context.close()
+
+
+# --- custom hostnames ------------------------------------------------------------------------
+
+PORTAL_HOST = "images.acme-portal.test"
+
+
+async def _click_and_load(portal: Portal, locator: Any, what: str) -> None:
+    async with portal.page.expect_navigation():
+        await locator.click()
+    await portal.record(what)
+
+
+def _pems(leaf: trustme.LeafCert) -> tuple[str, str]:
+    return leaf.cert_chain_pems[0].bytes().decode(), leaf.private_key_pem.bytes().decode()
+
+
+async def test_custom_hostnames(portal: Portal, portal_env: PortalEnv, browser: Any, artifacts: Path, tmp_path: Path):
+    page, env = portal.page, portal_env
+    ca = trustme.CA()
+    card = page.locator(f"section.hostname[data-hostname='{PORTAL_HOST}']")
+    # A registry serving acme-app, so the Images page has pull references to show.
+    api = aiohttp.ClientSession(env.admin + "/vendor/v3/", headers={"Authorization": env.tokens["acme"]})
+    reg = {"provider": "other", "endpoint": "hostnames-reg.test", "slug": "hostnames-reg", "skipValidation": True}
+    async with api, api.post("external_registry", json=reg) as r:
+        assert r.status == 201, await r.text()
+    await portal.login(env.tokens["acme"])
+
+    async with portal.step("add"):
+        await page.click("header nav >> text=Hostnames")
+        assert page.url.endswith("/portal/hostnames")
+        assert "No custom hostname yet" in await page.inner_text("main")
+        assert await page.inner_text("#pull-host") == env.server.host
+        await page.fill("#h-name", "not a hostname!")
+        await portal.submit("#add form")
+        assert "hostname" in await page.inner_text("#add .problems")
+        assert await page.input_value("#h-name") == "not a hostname!"
+        await page.fill("#h-name", PORTAL_HOST)
+        await portal.submit("#add form")
+        assert f"Added {PORTAL_HOST}" in await page.inner_text(".flash")
+        assert await card.locator("[data-role=status]").inner_text() == "pending"
+        assert await card.locator("[data-role=dns-record]").inner_text() == f"_pullgate-challenge.{PORTAL_HOST}"
+        token = (await card.locator("[data-role=dns-value]").inner_text()).strip()
+        assert len(token) >= 20
+        http_url = await card.locator("[data-role=http-url]").inner_text()
+        assert http_url == f"http://{PORTAL_HOST}/.well-known/pullgate-challenge/{token}"
+        assert "None uploaded" in await card.locator("[data-role=certificate]").inner_text()
+        await portal.shot("hostname-pending")
+
+    async with portal.step("verify-without-record"):
+        await _click_and_load(portal, card.locator("button:has-text('Verify')"), "verify (no record)")
+        assert f"Verification of {PORTAL_HOST} failed" in await page.inner_text(".flash.error")
+        assert await card.locator("[data-role=status]").inner_text() == "failed"
+        reason = await card.locator("[data-role=reason]").inner_text()
+        assert f"_pullgate-challenge.{PORTAL_HOST}" in reason and "TXT" in reason, reason
+        # Not verified: it cannot be the default yet.
+        assert await card.locator("button:has-text('Make default')").count() == 0
+        await portal.shot("hostname-failed")
+
+    async with portal.step("verify"):
+        env.dns.txt[f"_pullgate-challenge.{PORTAL_HOST}"] = [token]
+        await _click_and_load(portal, card.locator("button:has-text('Verify')"), "verify")
+        assert f"{PORTAL_HOST} is verified" in await page.inner_text(".flash")
+        assert await card.locator("[data-role=status]").inner_text() == "verified"
+        assert await card.locator("[data-role=reason]").count() == 0
+
+    async with portal.step("default"):
+        await _click_and_load(portal, card.locator("button:has-text('Make default')"), "make default")
+        assert "now the default" in await page.inner_text(".flash")
+        assert await card.locator("[data-role=default]").inner_text() == "default"
+        assert await page.inner_text("#pull-host") == PORTAL_HOST
+        await page.click("header nav >> text=Images")
+        await portal.record("images with the default hostname")
+        refs = await page.inner_text("ul.refs")
+        assert f"{PORTAL_HOST}/proxy/acme-app/hostnames-reg/<repo>:<tag>" in refs and env.server.host not in refs, refs
+        await portal.shot("images-default-hostname")
+
+    async with portal.step("certificate-refused"):
+        await page.click("header nav >> text=Hostnames")
+        other_cert, other_key = _pems(ca.issue_cert("elsewhere.acme-portal.test"))
+        env.canaries.append(other_key.splitlines()[1])
+        await card.locator("details.upload summary").click()
+        await card.locator("textarea[name=certificate]").fill(other_cert)
+        await card.locator("textarea[name=key]").fill(other_key)
+        await _click_and_load(portal, card.locator("button:has-text('Save certificate')"), "certificate refused")
+        assert f"does not name {PORTAL_HOST}" in await card.locator(".problems").inner_text()
+        # The (public) certificate comes back for correction; the key never does.
+        assert await card.locator("textarea[name=certificate]").input_value() == other_cert.strip()
+        assert await card.locator("textarea[name=key]").input_value() == ""
+        assert other_key.splitlines()[1] not in await page.content()
+        await portal.shot("certificate-refused")
+
+    async with portal.step("certificate"):
+        cert, key = _pems(ca.issue_cert(PORTAL_HOST))
+        env.canaries.append(key.splitlines()[1])
+        await card.locator("textarea[name=certificate]").fill(cert)
+        await card.locator("textarea[name=key]").fill(key)
+        await _click_and_load(portal, card.locator("button:has-text('Save certificate')"), "certificate")
+        assert f"Certificate for {PORTAL_HOST} saved" in await page.inner_text(".flash")
+        cell = await card.locator("[data-role=certificate]").inner_text()
+        assert "Valid until" in cell and await card.locator("[data-role=cert-flag]").count() == 0, cell
+
+    async with portal.step("certificate-expiring"):
+        # A certificate ending within 21 days, uploaded as files this time.
+        not_after = dt.datetime.now(dt.UTC) + dt.timedelta(days=10, hours=1)
+        soon_cert, soon_key = _pems(ca.issue_cert(PORTAL_HOST, not_after=not_after))
+        env.canaries.append(soon_key.splitlines()[1])
+        (tmp_path / "soon.crt").write_text(soon_cert)
+        (tmp_path / "soon.key").write_text(soon_key)
+        await card.locator("details.upload summary").click()
+        await card.locator("input[name=certificateFile]").set_input_files(str(tmp_path / "soon.crt"))
+        await card.locator("input[name=keyFile]").set_input_files(str(tmp_path / "soon.key"))
+        await _click_and_load(portal, card.locator("button:has-text('Save certificate')"), "certificate expiring")
+        assert f"Certificate for {PORTAL_HOST} saved" in await page.inner_text(".flash")
+        assert await card.locator("[data-role=cert-flag]").inner_text() == "Expires soon"
+        cell = await card.locator("[data-role=certificate]").inner_text()
+        assert not_after.strftime("%Y-%m-%d") in cell and "in 10 days" in cell, cell
+        await portal.shot("hostname-expiring")
+
+    async with portal.step("other-team"):
+        globex = await _second(browser, env, artifacts, "globex-hostnames")
+        try:
+            await globex.login(env.tokens["globex"])
+            await globex.goto("/hostnames")
+            assert PORTAL_HOST not in await globex.page.content()
+            assert await globex.page.inner_text("#pull-host") == env.server.host
+            await globex.goto("/images")
+            assert PORTAL_HOST not in await globex.page.content()
+            csrf = await globex.csrf()
+            for action in ("verify", "default", "certificate", "remove"):
+                resp = await globex.context.request.post(
+                    globex.url(f"/hostnames/{PORTAL_HOST}/{action}"), form={"csrf": csrf}, max_redirects=0
+                )
+                assert resp.status == 404, action
+            globex.assert_clean()
+        finally:
+            await globex.context.close()
+        await portal.goto("/hostnames")
+        assert await card.locator("[data-role=status]").inner_text() == "verified"  # globex changed nothing
+
+    async with portal.step("remove"):
+        await _click_and_load(portal, card.locator("button:has-text('Remove')"), "remove")
+        assert f"Removed {PORTAL_HOST}" in await page.inner_text(".flash")
+        assert await card.count() == 0
+        assert await page.inner_text("#pull-host") == env.server.host
+        await portal.goto("/images")
+        refs = await page.inner_text("ul.refs")
+        assert PORTAL_HOST not in refs and f"{env.server.host}/proxy/acme-app/hostnames-reg/" in refs, refs
+        await _click_and_load(portal, page.locator("tr[data-slug=hostnames-reg] button:has-text('Remove')"), "cleanup")
+
+
+def test_certificate_flags():
+    from proxy.vendor.portal.views import cert_state
+
+    now = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    assert cert_state(None, now) == "none"
+    assert cert_state({"notAfter": "2030-06-01T00:00:00+00:00", "expiringSoon": False}, now) == "ok"
+    assert cert_state({"notAfter": "2030-01-10T00:00:00+00:00", "expiringSoon": True}, now) == "expiring"
+    assert cert_state({"notAfter": "2029-12-31T00:00:00+00:00", "expiringSoon": True}, now) == "expired"

@@ -133,3 +133,17 @@ def problems_by_field(problems: list[str]) -> Mapping[str, list[str]]:
         field, sep, _ = p.partition(":")
         out.setdefault(field if sep else "", []).append(p)
     return out
+
+
+MAX_PEM = 64 * 1024
+
+
+def pem_field(form: MultiMapping[Any], name: str) -> str:
+    """A PEM from its file upload (`<name>File`) when a file was chosen, else its textarea."""
+    upload = form.get(f"{name}File")
+    if hasattr(upload, "file") and getattr(upload, "filename", ""):
+        data = upload.file.read(MAX_PEM + 1)
+        if data and len(data) <= MAX_PEM:
+            return data.decode("utf-8", "replace")
+    raw = form.get(name)
+    return raw.strip() + "\n" if isinstance(raw, str) and raw.strip() else ""

@@ -20,6 +20,7 @@ from aiohttp import web
 from multidict import MultiDict, MultiMapping
 
 from proxy.config import Config
+from proxy.domains.service import HostnameService
 from proxy.store.models import Team
 from proxy.vendor.errors import Invalid, NotFound, VendorError
 from proxy.vendor.portal import forms
@@ -41,6 +42,7 @@ HERE = Path(__file__).parent
 SERVICE = web.AppKey("portal_service", VendorService)
 SESSIONS = web.AppKey("portal_sessions", Sessions)
 CONFIG = web.AppKey("portal_config", Config)
+HOSTNAMES = web.AppKey("portal_hostnames", HostnameService)
 TEAM = web.RequestKey("portal_team", Team)
 SESSION = web.RequestKey("portal_session", Session)
 FORM = web.RequestKey("portal_form", MultiDict)
@@ -219,8 +221,7 @@ async def images(request: web.Request, extra: dict[str, Any] | None = None, stat
     svc, team = _service(request), request[TEAM]
     registries = await svc.list_registries(team)
     apps = await svc.list_apps(team)
-    hosts = request.app[CONFIG].proxy.hosts
-    proxy_host = hosts[0] if hosts else "<proxy host>"
+    proxy_host = await _proxy_host(request)
     references = []
     for app in apps:
         serving = [r for r in registries if not r["appIds"] or app["id"] in r["appIds"]]
@@ -425,6 +426,95 @@ async def update_app(request: web.Request) -> web.StreamResponse:
     return _redirect(request, "/apps", f"Saved the image allowlist of {slug}.")
 
 
+# --- custom hostnames ---------------------------------------------------------------
+
+
+def _hostnames(request: web.Request) -> HostnameService:
+    svc = request.app.get(HOSTNAMES)
+    if svc is None:
+        raise _error_page(request, 404, "Custom hostnames are not enabled on this server.")
+    return svc
+
+
+async def _proxy_host(request: web.Request) -> str:
+    """The host in pull references: the team's default verified hostname, else the first configured one."""
+    svc = request.app.get(HOSTNAMES)
+    default = await svc.default_hostname(request[TEAM]) if svc is not None else None
+    if default:
+        return default
+    hosts = request.app[CONFIG].proxy.hosts
+    return hosts[0] if hosts else "<proxy host>"
+
+
+def cert_state(cert: dict[str, Any] | None, now: dt.datetime | None = None) -> str:
+    """none | ok | expiring | expired, for a hostname_json certificate."""
+    if not cert:
+        return "none"
+    not_after = dt.datetime.fromisoformat(cert["notAfter"].replace("Z", "+00:00"))
+    if not_after.tzinfo is None:
+        not_after = not_after.replace(tzinfo=dt.UTC)
+    if not_after <= (now or dt.datetime.now(dt.UTC)):
+        return "expired"
+    return "expiring" if cert.get("expiringSoon") else "ok"
+
+
+async def hostnames_page(request: web.Request, extra: dict[str, Any] | None = None, status: int = 200) -> web.Response:
+    rows = await _hostnames(request).list(request[TEAM])
+    for h in rows:
+        h["certState"] = cert_state(h["certificate"])
+    hosts = request.app[CONFIG].proxy.hosts
+    ctx = {"hostnames": rows, "config_host": hosts[0] if hosts else "<proxy host>", "values": {}, "errors": [],
+           "cert_for": None, "cert_errors": [], "cert_value": "", "row_errors": {}, **(extra or {})}  # fmt: skip
+    return render(request, "hostnames.html", ctx, status)
+
+
+async def add_hostname(request: web.Request) -> web.StreamResponse:
+    form = _form(request)
+    name = str(form.get("hostname", "")).strip().lower()
+    try:
+        h = await _hostnames(request).add(request[TEAM], {"hostname": name})
+    except VendorError as exc:
+        extra = {"values": {"hostname": name}, "errors": exc.problems or [exc.message]}
+        return await hostnames_page(request, extra, exc.status)
+    return _redirect(request, "/hostnames", f"Added {h['hostname']}: create its TXT record, then verify.")
+
+
+async def verify_hostname(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["hostname"]
+    h = await _hostnames(request).verify(request[TEAM], name)
+    if h["status"] == "verified" and not h["reason"]:
+        return _redirect(request, "/hostnames", f"{h['hostname']} is verified.")
+    return _redirect(request, "/hostnames", f"Verification of {h['hostname']} failed: {h['reason']}", "error")
+
+
+async def default_hostname(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["hostname"]
+    try:
+        h = await _hostnames(request).set_default(request[TEAM], name)
+    except Invalid as exc:
+        return await hostnames_page(request, {"row_errors": {name.lower(): exc.problems}}, exc.status)
+    return _redirect(request, "/hostnames", f"{h['hostname']} is now the default for pull references.")
+
+
+async def hostname_certificate(request: web.Request) -> web.StreamResponse:
+    name, form = request.match_info["hostname"], _form(request)
+    body = {"certificate": forms.pem_field(form, "certificate"), "key": forms.pem_field(form, "key")}
+    try:
+        h = await _hostnames(request).set_certificate(request[TEAM], name, body)
+    except Invalid as exc:
+        # The certificate is public and comes back; the key never does.
+        extra = {"cert_for": name.lower(), "cert_errors": exc.problems, "cert_value": body["certificate"].strip()}
+        return await hostnames_page(request, extra, exc.status)
+    expiry = _when(h["certificate"]["notAfter"]) if h["certificate"] else "?"
+    return _redirect(request, "/hostnames", f"Certificate for {h['hostname']} saved; it expires {expiry}.")
+
+
+async def remove_hostname(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["hostname"]
+    await _hostnames(request).remove(request[TEAM], name)
+    return _redirect(request, "/hostnames", f"Removed {name.lower()}.")
+
+
 # --- wiring --------------------------------------------------------------------------
 
 
@@ -458,9 +548,13 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
-def portal_app(service: VendorService, sessions: Sessions, cfg: Config) -> web.Application:
+def portal_app(
+    service: VendorService, sessions: Sessions, cfg: Config, hostnames: HostnameService | None = None
+) -> web.Application:
     app = web.Application(middlewares=[guard], client_max_size=MAX_LICENSE_FILE + 64 * 1024)
     app[SERVICE], app[SESSIONS], app[CONFIG] = service, sessions, cfg
+    if hostnames is not None:
+        app[HOSTNAMES] = hostnames
     env = aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
     env.filters["when"] = _when
     env.filters["size"] = _size
@@ -486,6 +580,12 @@ def portal_app(service: VendorService, sessions: Sessions, cfg: Config) -> web.A
     r.add_get("/apps", apps)
     r.add_post("/apps", create_app)
     r.add_post("/apps/{slug}", update_app)
+    r.add_get("/hostnames", hostnames_page)
+    r.add_post("/hostnames", add_hostname)
+    r.add_post("/hostnames/{hostname}/verify", verify_hostname)
+    r.add_post("/hostnames/{hostname}/default", default_hostname)
+    r.add_post("/hostnames/{hostname}/certificate", hostname_certificate)
+    r.add_post("/hostnames/{hostname}/remove", remove_hostname)
     r.add_get("/static/portal.css", _stylesheet)
     return app
 
@@ -497,10 +597,12 @@ async def _stylesheet(_: web.Request) -> web.FileResponse:
     return web.FileResponse(_CSS, headers={"Cache-Control": "max-age=300", "Content-Type": "text/css"})
 
 
-def install(admin: web.Application, service: VendorService, cfg: Config) -> None:
+def install(
+    admin: web.Application, service: VendorService, cfg: Config, hostnames: HostnameService | None = None
+) -> None:
     """Mount at /portal/ on the admin app; `/` sends a browser there."""
     sessions = Sessions(service.keyring)
-    admin.add_subapp(PREFIX, portal_app(service, sessions, cfg))
+    admin.add_subapp(PREFIX, portal_app(service, sessions, cfg, hostnames))
 
     async def root(_: web.Request) -> web.StreamResponse:
         raise web.HTTPFound(_url("/"))
