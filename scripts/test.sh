@@ -18,6 +18,8 @@ declare -A want=(
   [promtool]=prometheus
   [chromium]=chromium
   [unshare]=util-linux
+  [containerd]=containerd
+  [ctr]=containerd
 )
 missing=()
 for prog in "${!want[@]}"; do
