@@ -210,3 +210,42 @@ class _Loopback(aiohttp.abc.AbstractResolver):
 
     async def close(self) -> None:
         pass
+
+
+def test_hostname_cli(tls_env: Env):
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.pullgate import REPO_ROOT
+
+    env = {**os.environ, "PULLGATE_API_ORIGIN": tls_env.server.admin_url, "PULLGATE_API_TOKEN": tls_env.tokens["acme"]}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "proxy", "hostname", *args], capture_output=True, text=True,
+                              timeout=60, env=env, cwd=REPO_ROOT)  # fmt: skip
+
+    host = "cli.acme.test"
+    added = cli("add", host)
+    assert added.returncode == 0, added.stderr
+    token = next(line.split('"')[1] for line in added.stdout.splitlines() if "TXT" in line)
+    assert f"_pullgate-challenge.{host}" in added.stdout
+    failed = cli("verify", host)
+    assert failed.returncode == 1 and "failed" in failed.stdout
+    tls_env.dns.txt[f"_pullgate-challenge.{host}"] = [token]
+    ok = cli("verify", host)
+    assert ok.returncode == 0 and "verified" in ok.stdout
+    assert cli("default", host).returncode == 0
+    listed = cli("ls", "-o", "json")
+    rows = {h["hostname"]: h for h in __import__("json").loads(listed.stdout)}
+    assert rows[host]["isDefault"] and rows[host]["status"] == "verified"
+    leaf = tls_env.ca.issue_cert(host)
+    cert, key = tls_env.workdir / "cli.crt", tls_env.workdir / "cli.key"
+    leaf.cert_chain_pems[0].write_to_path(cert)
+    leaf.private_key_pem.write_to_path(key)
+    up = cli("cert", host, "--cert", str(cert), "--key", str(key))
+    assert up.returncode == 0 and "expires" in up.stdout
+    assert leaf.private_key_pem.bytes().decode().splitlines()[1] not in up.stdout + up.stderr
+    assert cli("rm", host).returncode == 0
+    gone = cli("verify", host)
+    assert gone.returncode == 1 and "404" in gone.stderr

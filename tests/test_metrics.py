@@ -83,3 +83,14 @@ async def test_a_real_prometheus_scrapes_the_pull_counter(deployment: Deployment
         assert value is not None and value >= 1, prom.log_text()[-2000:]
     finally:
         prom.stop()
+
+
+async def test_health_and_readiness(deployment: Deployment):
+    async with aiohttp.ClientSession() as s:
+        async with s.get(deployment.server.admin_url + "/healthz") as r:
+            assert (r.status, await r.json()) == (200, {"status": "ok"})
+        async with s.get(deployment.server.admin_url + "/readyz") as r:
+            assert (r.status, await r.json()) == (200, {"store": True, "keyring": True})
+        # Not on the proxy listener.
+        async with s.get(deployment.url + "/readyz") as r:
+            assert r.status == 404

@@ -21,7 +21,7 @@ import pytest
 from tests.client import basic
 from tests.support import skopeo
 from tests.support.canaries import assert_no_secrets
-from tests.support.fronts import CDN, ECRApiFront, RateLimitedFront, RedirectingFront
+from tests.support.fronts import CDN, DenyingFront, ECRApiFront, RateLimitedFront, RedirectingFront
 from tests.support.images import PushedImage, oci_image
 from tests.support.procs import ManagedProcess, free_port, wait_http
 from tests.support.pullgate import Pullgate
@@ -129,6 +129,8 @@ def providers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Providers]:
             stack.append(fronts[slug])
             images[slug] = oci_image(anon, f"redirect/{slug}", "v1", layers=[(1_500_000, slug), (200_000, slug + "2")])
 
+        denying = DenyingFront()
+        stack.append(denying)
         limited = RateLimitedFront(anon.url, allowance=3)
         stack.append(limited)
         images["hub-limited"] = oci_image(anon, "vendor/limited", "v1", layers=[(1000, "limited")])
@@ -148,6 +150,10 @@ def providers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Providers]:
         regs_cfg.append({"slug": "rel", "provider": "gar", "endpoint": "europe-docker.pkg.dev",
                          "url": fronts["rel"].url, "insecure": True, "username": "oauth2accesstoken",
                          "password_env": "PW_REL"})  # fmt: skip
+        env["PW_GH_DENIED"] = f"canary-gh-denied-{secrets.token_hex(8)}"
+        passwords["gh-denied"] = env["PW_GH_DENIED"]
+        regs_cfg.append({"slug": "gh-denied", "provider": "ghcr", "endpoint": "ghcr.io", "url": denying.url,
+                         "insecure": True, "username": "vendor-bot", "password_env": "PW_GH_DENIED"})  # fmt: skip
         regs_cfg.append({"slug": "hub-limited", "provider": "dockerhub", "endpoint": "registry-1.docker.io",
                          "url": limited.url, "insecure": True})  # fmt: skip
         teams = [{"name": "vendor", "apps": [{"slug": "vendorapp"}], "registries": regs_cfg,
@@ -288,3 +294,14 @@ async def test_docker_hub_rate_limit_reaches_client_and_metrics(providers: Provi
         async with s.get(providers.server.admin_url + "/metrics") as r:
             text = await r.text()
     assert 'pullgate_upstream_ratelimit_remaining{registry="hub-limited"} 0.0' in text
+
+
+async def test_ghcr_denied_without_a_challenge_is_the_vendors_credentials(providers: Providers):
+    url = f"{providers.server.url}/v2/proxy/vendorapp/gh-denied/vendor-bot/app/manifests/v1"
+    async with aiohttp.ClientSession() as s:
+        async with s.get(url, headers={"Authorization": basic(LICENSE)}) as r:
+            status, body = r.status, await r.json()
+    assert status == 502
+    message = body["errors"][0]["message"]
+    assert "'gh-denied'" in message and "refused the proxy's credentials" in message
+    providers.assert_clean(json.dumps(body), "a 502 body")

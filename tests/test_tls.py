@@ -56,3 +56,36 @@ async def test_tls_listener_and_trusted_forwarding(tmp_path: Path, upstream_anon
         assert (tmp_path / "out" / "manifest.json").read_bytes() == img.manifest
     finally:
         server.stop()
+
+
+def test_keep_alive_over_tls(tmp_path: Path, upstream_anon: Registry):
+    import socket
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    leaf.cert_chain_pems[0].write_to_path(tmp_path / "c.crt")
+    leaf.private_key_pem.write_to_path(tmp_path / "c.key")
+    settings = {"proxy": {"tls_cert_file": str(tmp_path / "c.crt"), "tls_key_file": str(tmp_path / "c.key")}}
+    server = Pullgate(tmp_path / "srv", [], settings=settings).start()
+    try:
+        ctx = ssl.create_default_context()
+        ca.configure_trust(ctx)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                answers = []
+                for _ in range(3):  # three requests, one TLS connection
+                    tls.sendall(f"GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n".encode())
+                    head = b""
+                    while b"\r\n\r\n" not in head:
+                        head += tls.recv(4096)
+                    header, _, rest = head.partition(b"\r\n\r\n")
+                    length = int(
+                        next(h.split(b":")[1] for h in header.split(b"\r\n") if h.lower().startswith(b"content-length"))
+                    )
+                    while len(rest) < length:
+                        rest += tls.recv(4096)
+                    answers.append(header.split(b"\r\n")[0])
+                    assert b"connection: close" not in header.lower()
+        assert answers == [b"HTTP/1.1 401 Unauthorized"] * 3
+    finally:
+        server.stop()

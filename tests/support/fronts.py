@@ -209,3 +209,16 @@ class RateLimitedFront(_Server):
         self.remaining -= 1
         limits = {"RateLimit-Limit": f"{self.allowance};w=21600", "RateLimit-Remaining": f"{self.remaining};w=21600"}
         relay(req, self.upstream, req.path, response_headers=limits)
+
+
+class DenyingFront(_Server):
+    """GHCR with a wrong token: 403 DENIED on every request, and no challenge."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        super().__init__()
+
+    def handle(self, req: BaseHTTPRequestHandler) -> None:
+        self.requests += 1
+        body = b'{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}'
+        _answer(req, 403, body, {"Content-Type": "application/json"})
