@@ -11,7 +11,9 @@ from tests.conftest import Deployment
 
 async def test_access_log_is_json_lines_without_secrets(deployment: Deployment):
     lic = deployment.licenses["valid"]
-    ans = await ProxyClient(deployment).request(
+    client = ProxyClient(deployment)
+    await client.token(lic, "repository:proxy/acme/vendor-basic/vendor/oci:pull")
+    ans = await client.request(
         "GET", "/v2/proxy/acme/vendor-basic/vendor/oci/manifests/v1",
         headers={"Authorization": basic(lic), "Accept": "application/vnd.oci.image.manifest.v1+json"},
     )  # fmt: skip
@@ -26,4 +28,7 @@ async def test_access_log_is_json_lines_without_secrets(deployment: Deployment):
     assert mine["route"] == "manifests" and mine["status"] == 200 and mine["app"] == "acme"
     assert mine["registry"] == "vendor-basic" and mine["bytes"] > 0 and mine["duration_ms"] >= 0
     assert mine["license"] == hashlib.sha256(lic.encode()).hexdigest()[:12]
+    # The token endpoint's line names the license the same way.
+    tokens = [e for e in access if e["route"] == "token" and e["status"] == 200]
+    assert tokens and all(e["license"] and len(e["license"]) == 12 for e in tokens)
     deployment.assert_clean(text, "the proxy's log")

@@ -63,6 +63,11 @@ class PullContext:
     reference: str | None = None
     license_ref: str | None = None  # a short hash of the license, never the license
 
+    def note(self, customer: Customer) -> None:
+        """Whose request this is, for the access and pull logs."""
+        self.app, self.customer_id, self.team_id = customer.app_slug, customer.id, customer.team_id
+        self.license_ref = customer.license_ref or None
+
 
 CTX_KEY = web.RequestKey("pull_ctx", PullContext)
 
@@ -149,8 +154,7 @@ class OCIRoutes:
         c = ctx(request)
         pname = split_proxy_name(route.name)
         customer = await self.gate.authorize(request, pname)
-        c.app, c.customer_id, c.team_id = pname.app, customer.id, customer.team_id
-        c.license_ref = customer.license_ref or None
+        c.note(customer)
         app = await self.directory.app(pname.app)
         if app is None or app.id != customer.app_id:
             raise OCIError("NAME_UNKNOWN", "repository name not known to registry")
@@ -166,8 +170,7 @@ class OCIRoutes:
             self.limiter.check(self.gate.origins.client_address(request))
         customer = await authorize_anonymous(self.gate, request, route.name)
         if customer is not None:
-            c = ctx(request)
-            c.customer_id, c.team_id, c.app = customer.id, customer.team_id, customer.app_slug
+            ctx(request).note(customer)
         registries = await self.directory.anonymous_registries(request.get(HOST_TEAM))
         return resolve_anonymous(registries, route.name)
 
@@ -178,7 +181,7 @@ class OCIRoutes:
         c.route, c.action = "catalog", "catalog"
         _reads_only(request)
         customer = await authorize_catalog(self.gate, request)
-        c.customer_id, c.team_id, c.app = customer.id, customer.team_id, customer.app_slug
+        c.note(customer)
         app = await self.directory.app(customer.app_slug)
         if app is None:
             raise OCIError("NAME_UNKNOWN", "no such app")
@@ -239,8 +242,7 @@ _ACTIONS = {"manifests": "manifest", "blobs": "blob", "tags": "tags", "referrers
 
 def _note_token_customer(request: web.Request, customer: Customer) -> None:
     """The token endpoint found the license's customer: the pull log records the auth."""
-    c = ctx(request)
-    c.app, c.customer_id, c.team_id = customer.app_slug, customer.id, customer.team_id
+    ctx(request).note(customer)
 
 
 def ctx(request: web.Request) -> PullContext:
