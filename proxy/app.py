@@ -72,7 +72,8 @@ async def build_services(cfg: Config) -> Services:
     keyring = await asyncio.to_thread(Keyring.load_or_create, keys_path(cfg))
     store = await open_store(cfg.store, cfg.base_dir)
     try:
-        await bootstrap.apply(cfg, store, keyring)
+        async with store.exclusive():  # replicas starting together must not race their inserts
+            await bootstrap.apply(cfg, store, keyring)
     except BaseException:
         await store.close()  # its worker thread would keep the process alive
         raise
@@ -86,6 +87,13 @@ async def build_services(cfg: Config) -> Services:
     hosts = HostTable(store, keyring, cfg.proxy.hosts, SNIContexts(tls) if tls else None, cfg.domains.refresh_seconds)
     hostnames = HostnameService(store, keyring, cfg.domains, lambda: upstream.session, hosts.changed)
     await hosts.refresh()
+
+    def changed_elsewhere(kind: str) -> None:
+        # Another replica (or this one) changed something: drop caches, reload hostnames.
+        directory.invalidate()
+        hosts.changed()
+
+    await store.listen(changed_elsewhere)
     return Services(cfg, store, keyring, directory, upstream, gate, PullLog(store, cfg.pulllog), hosts, hostnames)
 
 

@@ -25,6 +25,8 @@ missing=()
 for prog in "${!want[@]}"; do
   command -v "$prog" >/dev/null 2>&1 || [[ -x /usr/sbin/$prog ]] || missing+=("${want[$prog]}")
 done
+# The PostgreSQL server (tests/test_postgres.py) is off PATH, in /usr/lib/postgresql/<version>/bin.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "missing Debian packages: ${missing[*]} (run as root, or apt-get install them)" >&2

@@ -65,6 +65,10 @@ class HostnameService:
     # Called after any change, so this replica's host table reloads at once.
     changed: Callable[[], None] = lambda: None
 
+    async def _changed(self) -> None:
+        self.changed()
+        await self.store.notify("hostname")  # the other replicas' host tables
+
     async def list(self, team: Team) -> list[dict[str, Any]]:
         return [hostname_json(h) for h in await self.store.hostnames(team.id)]
 
@@ -85,13 +89,13 @@ class HostnameService:
             h = await self.store.add_hostname(team.id, hostname, secrets.token_urlsafe(24))
         except StoreConflict as exc:
             raise Conflict(str(exc)) from None
-        self.changed()
+        await self._changed()
         return hostname_json(h)
 
     async def remove(self, team: Team, hostname: str) -> None:
         if not await self.store.delete_hostname(team.id, hostname.lower()):
             raise NotFound(f"no hostname {hostname!r}")
-        self.changed()
+        await self._changed()
 
     async def verify(self, team: Team, hostname: str) -> dict[str, Any]:
         h = await self.get(team, hostname)
@@ -107,7 +111,7 @@ class HostnameService:
         status = "verified" if verdict.ok else ("failed" if h.status != "verified" else "verified")
         # A verified hostname stays verified when a later re-check fails: say so, do not cut it off.
         await self.store.set_hostname_status(h.hostname, status, None if verdict.ok else verdict.reason)
-        self.changed()
+        await self._changed()
         return hostname_json(await self.get(team, hostname))
 
     async def set_default(self, team: Team, hostname: str) -> dict[str, Any]:
@@ -115,7 +119,7 @@ class HostnameService:
         if h.status != "verified":
             raise Invalid([f"hostname: {h.hostname} is {h.status}; verify it first"])
         await self.store.set_default_hostname(team.id, h.hostname)
-        self.changed()
+        await self._changed()
         return hostname_json(await self.get(team, hostname))
 
     async def set_certificate(self, team: Team, hostname: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -137,7 +141,7 @@ class HostnameService:
             raise Invalid(["certificate: has expired"])
         sealed = self.keyring.seal(key, key_aad(h.hostname))
         await self.store.set_hostname_certificate(h.hostname, cert, sealed, info.not_after.isoformat())
-        self.changed()
+        await self._changed()
         return hostname_json(await self.get(team, hostname))
 
     async def default_hostname(self, team: Team) -> str | None:

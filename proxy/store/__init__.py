@@ -1,4 +1,4 @@
-"""State: teams, apps, registries, customers. SQLite is the embedded default."""
+"""State: teams, apps, registries, customers. SQLite is the embedded default; PostgreSQL for several replicas."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ async def open_store(url: str, base_dir: Path) -> Store:
 
         store: Store = SQLiteStore(sqlite_path(url, base_dir))
     else:
-        raise NotImplementedError("PostgreSQL support is not built yet; use sqlite:")
+        from proxy.store.postgres import PostgresStore
+
+        store = PostgresStore(url)
     await store.open()
     return store
 

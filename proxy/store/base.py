@@ -7,11 +7,12 @@ query lives here, written with `?` placeholders that a driver may rewrite.
 from __future__ import annotations
 
 import abc
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from proxy.store.models import App, Customer, CustomHostname, Registry, Team
@@ -64,6 +65,19 @@ class Store(abc.ABC):
 
     async def ping(self) -> bool:
         return (await self.fetchone("SELECT 1 AS ok")) is not None
+
+    # --- changes other replicas cache (PostgreSQL; no-ops for one SQLite process) ---
+    async def notify(self, kind: str) -> None:
+        """Tell every replica that `kind` (customer, registry, app, hostname) changed."""
+        return None
+
+    async def listen(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(kind)` whenever any replica notifies a change."""
+        return None
+
+    def exclusive(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Held by one replica at a time (schema migrations, bootstrap)."""
+        return contextlib.nullcontext()
 
     # --- migrations -------------------------------------------------------
     async def migrate(self) -> None:

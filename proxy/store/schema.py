@@ -73,7 +73,7 @@ MIGRATIONS: list[str] = [
         reference TEXT,
         status INTEGER NOT NULL,
         success INTEGER NOT NULL,
-        bytes INTEGER NOT NULL DEFAULT 0
+        bytes BIGINT NOT NULL DEFAULT 0  -- BIGINT: blobs pass 2 GiB (SQLite reads it as INTEGER)
     );
     CREATE INDEX pull_logs_team_time ON pull_logs (team_id, time);
     CREATE INDEX pull_logs_time ON pull_logs (time)

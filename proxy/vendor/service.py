@@ -124,6 +124,7 @@ class VendorService:
         app = replace(app, name=name.strip(), image_allowlist=tuple(allowlist), kots_public_key=key or None)
         await self.store.update_app(app)
         self.directory.invalidate()
+        await self.store.notify("app")  # the other replicas' caches
         return app_json(app)
 
     # --- external registries ------------------------------------------------------
@@ -160,6 +161,7 @@ class VendorService:
             raise Conflict(f"an external registry with slug {spec.slug!r} already exists")
         await self.store.put_registry(reg)
         self.directory.invalidate()
+        await self.store.notify("registry")  # the other replicas' caches
         return registry_json(reg, {a.id: a.slug for a in apps}, None)
 
     async def update_registry(self, team: Team, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -177,6 +179,7 @@ class VendorService:
         await self.store.put_registry(reg)
         self.upstream.tokens.forget_registry(current.id)
         self.directory.invalidate()
+        await self.store.notify("registry")  # the other replicas' caches
         return registry_json(reg, {a.id: a.slug for a in apps}, None)
 
     async def delete_registry(self, team: Team, name: str) -> None:
@@ -184,6 +187,7 @@ class VendorService:
         await self.store.delete_registry(team.id, reg.slug)
         self.upstream.tokens.forget_registry(reg.id)
         self.directory.invalidate()
+        await self.store.notify("registry")  # the other replicas' caches
 
     async def test_registry(self, team: Team, body: Mapping[str, Any]) -> ProbeResult:
         problems = _unknown_keys(body, {"endpoint", "image"})
@@ -253,13 +257,15 @@ class VendorService:
             raise Invalid(problems)
         await self.store.update_customer(c.id, name=name, email=email, license_type=ltype, expires_at=expires)
         self.directory.invalidate()
+        await self.store.notify("customer")  # the other replicas' caches
         return customer_json(await self.customer_obj(team, c.id))
 
     async def set_customer_status(self, team: Team, customer_id: str, action: str) -> dict[str, Any]:
         status = {"revoke": "revoked", "archive": "archived", "restore": "active"}[action]
         c = await self.customer_obj(team, customer_id)
         await self.store.set_customer_status(c.id, status)
-        self.directory.invalidate()  # this process's caches; other replicas within the TTL
+        self.directory.invalidate()  # this process's caches; the others hear the NOTIFY below
+        await self.store.notify("customer")  # the other replicas' caches
         return customer_json(await self.customer_obj(team, c.id))
 
     async def import_license(self, team: Team, text: str) -> tuple[dict[str, Any], bool]:
@@ -294,6 +300,7 @@ class VendorService:
             license_type=lic.license_type, expires_at=lic.expires_at,
         )  # fmt: skip
         self.directory.invalidate()
+        await self.store.notify("customer")  # the other replicas' caches
         return customer_json(await self.customer_obj(team, cid)), existing is None
 
     # --- pull logs ----------------------------------------------------------------

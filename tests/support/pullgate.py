@@ -47,7 +47,10 @@ class Pullgate:
             "bootstrap": {"teams": teams},
         }
         for section, values in (settings or {}).items():
-            config.setdefault(section, {}).update(values)
+            if isinstance(values, dict):
+                config.setdefault(section, {}).update(values)
+            else:  # a top-level scalar, such as `store`
+                config[section] = values
         self.config_path = workdir / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.env = {**os.environ, **(env or {})}
