@@ -18,6 +18,13 @@ TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
 DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
 KNOWN_DIGESTS = {"sha256": 64, "sha512": 128}
 MAX_NAME = 255
+# The manifest types relayed, in the Accept order a pull sends them upstream.
+MANIFEST_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
 
 _ROUTE_RE = re.compile(
     r"^/v2/(?P<name>.+?)/(?:(?P<kind>manifests|blobs|referrers)/(?P<ref>[^/]+)|(?P<tags>tags/list))$"
@@ -66,6 +73,12 @@ def parse_route(path: str) -> Route:
 def check_name(name: str) -> None:
     if len(name) > MAX_NAME or not NAME_RE.match(name):
         raise OCIError("NAME_INVALID", "invalid repository name")
+
+
+def check_page_size(n: str | None) -> None:
+    """`n` of tags/list and _catalog: a small non-negative integer when given."""
+    if n is not None and (not n.isdigit() or len(n) > 6):
+        raise OCIError("PAGINATION_NUMBER_INVALID", "n must be a non-negative integer")
 
 
 def check_digest(digest: str) -> None:

@@ -23,7 +23,7 @@ from proxy.auth.origin import HOST_TEAM
 from proxy.directory import Directory
 from proxy.oci.allowlist import allowed
 from proxy.oci.errors import OCIError
-from proxy.oci.grammar import Route, decode_path, parse_route, split_proxy_name
+from proxy.oci.grammar import MANIFEST_TYPES, Route, check_page_size, decode_path, parse_route, split_proxy_name
 from proxy.oci.relay import StreamAborted, relay, upstream_error
 from proxy.store.models import Customer, Registry
 from proxy.upstream.client import UpstreamClient
@@ -33,12 +33,6 @@ from proxy.upstream.resolve import resolve
 log = logging.getLogger("pullgate.oci")
 
 READ_METHODS = ("GET", "HEAD")
-MANIFEST_TYPES = (
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-)
 MAX_TAGS_BODY = 8 * 1024 * 1024
 _RANGE_RE = re.compile(r"^bytes=(?:\d{1,19}-\d{0,19}|-\d{1,19})$")
 _LINK_RE = re.compile(r"<([^>]*)>")
@@ -191,8 +185,7 @@ class OCIRoutes:
             literal = [p for p in app.image_allowlist if not any(ch in p for ch in "*?[")]
             names |= {f"proxy/{app.slug}/{registries[0].slug}/{p}" for p in literal}
         n = request.query.get("n")
-        if n is not None and (not n.isdigit() or len(n) > 6):
-            raise OCIError("PAGINATION_NUMBER_INVALID", "n must be a non-negative integer")
+        check_page_size(n)
         page, link = paginate(sorted(names), n, request.query.get("last"), "/v2/_catalog")
         return web.json_response({"repositories": page}, headers=API_VERSION | ({"Link": link} if link else {}))
 
@@ -266,9 +259,7 @@ def _upstream_path(route: Route, repo: str, request: web.Request) -> str:
     keys = _QUERY_KEYS.get(route.kind, ())
     query = [(k, v) for k, v in request.query.items() if k in keys]
     if route.kind == "tags":
-        n = request.query.get("n")
-        if n is not None and (not n.isdigit() or len(n) > 6):
-            raise OCIError("PAGINATION_NUMBER_INVALID", "n must be a non-negative integer")
+        check_page_size(request.query.get("n"))
     if query:
         path += "?" + urlencode(query)
     return path

@@ -10,20 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from proxy.oci.errors import OCIError
-from proxy.oci.grammar import TAG_RE, check_digest, check_name
+from proxy.oci.grammar import MANIFEST_TYPES, TAG_RE, check_digest, check_name
 from proxy.store.models import Registry
 from proxy.upstream.client import UpstreamClient
 from proxy.upstream.errors import CredentialsRejected, UpstreamError, UpstreamTimeout
 from proxy.upstream.providers import provider_of
 
-MANIFEST_ACCEPT = ", ".join(
-    (
-        "application/vnd.oci.image.index.v1+json",
-        "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-        "application/vnd.docker.distribution.manifest.v2+json",
-    )
-)
+MANIFEST_ACCEPT = ", ".join(MANIFEST_TYPES)
 
 
 @dataclass(frozen=True)
