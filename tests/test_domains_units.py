@@ -149,6 +149,11 @@ async def test_a_reserved_name_stored_earlier_is_never_served_nor_verified(tmp_p
         assert table.admits("images.acme.example") == (True, team.id)
         cfg = DomainsSection(resolver=[dns_server.nameserver], http_challenge=True)
         service = HostnameService(store, keyring, cfg, lambda: None, table.changed, reserved)  # type: ignore[arg-type,return-value]
+        listed = {h["hostname"]: h for h in await service.list(team)}
+        assert (listed["legacy.corp.example"]["status"], listed["images.acme.example"]["status"]) == (
+            "failed",
+            "verified",
+        )
         checked = await service.verify(team, "legacy.corp.example")
         assert checked["status"] == "failed" and "reserved by the operator" in checked["reason"]
         assert checked["verification"]["httpUrl"] is None  # never advertised for a reserved name

@@ -15,7 +15,7 @@ import asyncio
 import datetime as dt
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -75,7 +75,11 @@ class HostnameService:
     reserved: Reserved = field(default_factory=Reserved)
 
     def _json(self, h: CustomHostname) -> dict[str, Any]:
-        return hostname_json(h, self.cfg.http_challenge and not self.reserved.covers(h.hostname))
+        if self.reserved.covers(h.hostname):
+            # Stored before the operator reserved it: shown as what it is, never served.
+            h = replace(h, status="failed", reason=self.reserved.reason(h.hostname), is_default=False)
+            return hostname_json(h, False)
+        return hostname_json(h, self.cfg.http_challenge)
 
     async def _changed(self) -> None:
         self.changed()
