@@ -26,6 +26,7 @@ from proxy.auth.origin import Origins
 from proxy.auth.tokens import TokenIssuer
 from proxy.config import Config, parse_listen
 from proxy.directory import Directory
+from proxy.domains.names import Reserved
 from proxy.domains.routing import HostTable
 from proxy.domains.service import HostnameService
 from proxy.domains.tls import SNIContexts
@@ -84,8 +85,10 @@ async def build_services(cfg: Config) -> Services:
     issuer = TokenIssuer(keyring, cfg.auth.token_ttl_seconds)
     gate = Gate(directory, issuer, Origins(cfg.proxy.trusted_proxies), failures)
     tls = _tls_context(cfg)
-    hosts = HostTable(store, keyring, cfg.proxy.hosts, SNIContexts(tls) if tls else None, cfg.domains.refresh_seconds)
-    hostnames = HostnameService(store, keyring, cfg.domains, lambda: upstream.session, hosts.changed)
+    reserved = Reserved(cfg.proxy.hosts, cfg.domains.reserved)
+    sni = SNIContexts(tls) if tls else None
+    hosts = HostTable(store, keyring, cfg.proxy.hosts, sni, cfg.domains.refresh_seconds, reserved)
+    hostnames = HostnameService(store, keyring, cfg.domains, lambda: upstream.session, hosts.changed, reserved)
     await hosts.refresh()
 
     def changed_elsewhere(kind: str) -> None:

@@ -45,8 +45,9 @@ def parser() -> argparse.ArgumentParser:
     _config_arg(rotate)
     ls = keys_sub.add_parser("ls", help="list master key ids (never the keys)")
     _config_arg(ls)
-    cli_vendor.install(p, sub)  # registry, app, customer, license, logs (vendor API); admin (store)
+    admin = cli_vendor.install(p, sub)  # registry, app, customer, license, logs (vendor API); admin (store)
     cli_hostnames.install(sub)
+    cli_hostnames.install_admin(admin, _config_arg)
     return p
 
 
@@ -65,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(cfg)
         if args.command == "keys":
             return asyncio.run(_keys(cfg, args.keys_command))
+        if args.command == "admin" and args.admin_command == "hostname":
+            return asyncio.run(cli_hostnames.admin(cfg, args))
         if args.command == "admin":
             return asyncio.run(cli_vendor.admin_token_create(cfg, args.team, args.name))
     except (ConfigError, SecretError) as exc:

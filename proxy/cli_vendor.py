@@ -105,7 +105,8 @@ def _secret_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", help="image to test the credentials with (repository[:tag])")
 
 
-def install(root: argparse.ArgumentParser, sub: Any) -> None:
+def install(root: argparse.ArgumentParser, sub: Any) -> Any:
+    """The vendor API commands, and `admin`; returns admin's subparsers for more operator commands."""
     root.add_argument("--token", dest="api_token", default=None,
                       help="vendor API token (default: $PULLGATE_API_TOKEN)")  # fmt: skip
     root.add_argument("--api-origin", default=None,
@@ -196,6 +197,7 @@ def install(root: argparse.ArgumentParser, sub: Any) -> None:
     tcreate.add_argument("--name", default="cli", help="a label for the token")
     tcreate.add_argument("--config", "-c", default=os.environ.get("PULLGATE_CONFIG"),
                          help="YAML config file (default: $PULLGATE_CONFIG)")  # fmt: skip
+    return ads
 
 
 def _app_flags(p: argparse.ArgumentParser) -> None:
@@ -333,12 +335,28 @@ def _registry_add(api: Api, args: argparse.Namespace) -> int:
 def _registry_update(api: Api, args: argparse.Namespace) -> int:
     current = api.call("GET", f"/external_registry/{_seg(args.name)}")["external_registry"]
     body = _registry_body(args, current["provider"], creating=False)
-    reg = api.call("PUT", f"/external_registry/{_seg(args.name)}", body)["external_registry"]
+    try:
+        reg = api.call("PUT", f"/external_registry/{_seg(args.name)}", body)["external_registry"]
+    except CLIError as exc:
+        if "requires giving the secret again" in str(exc):
+            hint = _SECRET_AGAIN.get(current["authType"], _SECRET_AGAIN["password"])
+            raise CLIError(f"{exc}\nhint: {hint}") from None
+        raise
     if args.output == "json":
         _print_json(reg)
     else:
         _table([_registry_row(reg)], REGISTRY_HEADERS)
     return 0
+
+
+# The stored secret goes only where it was given for: a new url/region/... needs it again.
+_SECRET_AGAIN = {
+    "password": "give the password again with --password-stdin (or --password, --token-stdin) in the same command",
+    "token": "give the token again with --token-stdin (or --password-stdin) in the same command",
+    "accesskey": "give the secret key again with --secretaccesskey-stdin (or --secretaccesskey) in the same command",
+    "serviceaccount": "give the key again with --serviceaccountkey FILE (or --serviceaccountkey-stdin) in the same "
+    "command",
+}
 
 
 def _registry_ls(api: Api, args: argparse.Namespace) -> int:

@@ -92,6 +92,12 @@ class DomainsSection:
     http_verify_port: int = 80
     # How often every replica reloads hostnames and certificates from the store.
     refresh_seconds: float = 5.0
+    # Also accept the HTTP challenge as proof of ownership. Off: the proxy answering
+    # for a name proves only that DNS points here, not who owns the name.
+    http_challenge: bool = False
+    # Names no team may claim, besides proxy.hosts: each entry reserves the name and
+    # every name under it (a leading "*." is accepted and means the same).
+    reserved: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -341,6 +347,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("pulllog.queue_size: queue_size and batch_size must be at least 1")
     if not 0.01 <= cfg.pulllog.flush_seconds <= 60:
         raise ConfigError("pulllog.flush_seconds: must be between 0.01 and 60")
+    _validate_domains(cfg.domains)
     if cfg.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("log.level: must be DEBUG, INFO, WARNING or ERROR")
     for t, team in enumerate(cfg.bootstrap.teams):
@@ -368,6 +375,15 @@ def _validate(cfg: Config) -> None:
         for k, tok in enumerate(team.api_tokens):
             if not (tok.token_env or tok.token_file):
                 raise ConfigError(f"{where}.api_tokens[{k}].token_env: token_env or token_file is required")
+
+
+def _validate_domains(domains: DomainsSection) -> None:
+    from proxy.domains.names import HOSTNAME_RE
+
+    for i, name in enumerate(domains.reserved):
+        bare = name.lower().rstrip(".").removeprefix("*.")
+        if not HOSTNAME_RE.match(bare):
+            raise ConfigError(f"domains.reserved[{i}]: not a DNS name (e.g. corp.example or *.corp.example): {name!r}")
 
 
 def read_secret(

@@ -89,6 +89,8 @@ def test_unknown_key_names_full_path(tmp_path: Path, data: dict[str, Any], key: 
         ({"bootstrap": {"teams": [_team(apps=[{"name": "no slug"}])]}}, "bootstrap.teams[0].apps[0].slug"),
         ({"proxy": {"listen": "nohostport"}}, "proxy.listen"),
         ({"store": "mysql://x"}, "store"),
+        ({"domains": {"reserved": ["corp.example", "not a name"]}}, "domains.reserved[1]"),
+        ({"domains": {"http_challenge": "maybe"}}, "domains.http_challenge"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, data: dict[str, Any], key: str) -> None:

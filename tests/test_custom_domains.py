@@ -4,22 +4,28 @@ by SNI, skopeo pulling over https on it, and everything else refused there."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import secrets
 import socket
 import ssl
+import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
 import trustme
+import yaml
 
+from proxy.domains.verify import WELL_KNOWN
 from tests.client import basic
 from tests.support import skopeo
 from tests.support.dns_server import LoopbackDNS
-from tests.support.pullgate import Pullgate
+from tests.support.pullgate import REPO_ROOT, Pullgate
 from tests.support.registry import Registry
 
 ACME_HOST = "images.acme.test"
@@ -57,7 +63,15 @@ def _teams(upstream: Registry) -> list[dict]:
     return [team("acme"), team("globex")]
 
 
-def _start(tmp: Path, upstream: Registry, dns: LoopbackDNS, ca: trustme.CA | None, name: str) -> Env:
+def _start(
+    tmp: Path,
+    upstream: Registry,
+    dns: LoopbackDNS,
+    ca: trustme.CA | None,
+    name: str,
+    domains: dict | None = None,
+    extra_hosts: tuple[str, ...] = (),
+) -> Env:
     tokens = {t: f"pgt_{t}_{secrets.token_hex(12)}" for t in ("acme", "globex")}
     licenses = {t: f"lic-{t}-{secrets.token_hex(12)}" for t in ("acme", "globex")}
     env = {f"CD_TOKEN_{t.upper()}": v for t, v in tokens.items()} | {
@@ -70,13 +84,13 @@ def _start(tmp: Path, upstream: Registry, dns: LoopbackDNS, ca: trustme.CA | Non
         default.private_key_pem.write_to_path(tmp / "default.key")
         settings["proxy"] = {"tls_cert_file": str(tmp / "default.crt"), "tls_key_file": str(tmp / "default.key")}
     server = Pullgate(tmp / name, _teams(upstream), env=env, settings=settings, name=name)
+    config = yaml.safe_load(server.config_path.read_text())
+    config["domains"].update(domains or {})
+    config["proxy"]["hosts"] += list(extra_hosts)
     if ca is None:
         # The HTTP challenge is fetched from the hostname on the proxy's own port.
-        server.config_path.write_text(
-            server.config_path.read_text().replace(
-                "refresh_seconds: 1", f"refresh_seconds: 1\n  http_verify_port: {server.port}"
-            )
-        )
+        config["domains"]["http_verify_port"] = server.port
+    server.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     return Env(server.start(), dns, ca or trustme.CA(), tokens, licenses, tmp)
 
 
@@ -177,13 +191,16 @@ async def test_metrics_show_certificate_expiry(tls_env: Env):
 
 
 async def test_http_challenge_verifies_through_the_hostname(tmp_path: Path, upstream_anon: Registry, dns: LoopbackDNS):
-    env = _start(tmp_path, upstream_anon, dns, None, "pullgate-http")
+    """Only when the operator turns it on (`domains.http_challenge`), and with no TXT record at all."""
+    env = _start(tmp_path, upstream_anon, dns, None, "pullgate-http", {"http_challenge": True})
     try:
         host = "http-only.acme.test"
         dns.a[host] = "127.0.0.1"
         status, body = await env.api("acme", "POST", "/custom_hostnames", {"hostname": host})
         assert status == 201
         token = body["custom_hostname"]["verification"]["dnsValue"]
+        assert body["custom_hostname"]["verification"]["httpUrl"] == f"http://{host}{WELL_KNOWN}{token}"
+        assert f"_pullgate-challenge.{host}" not in dns.txt
         async with aiohttp.ClientSession() as s:
             # The proxy answers the challenge only for that hostname.
             url = f"{env.server.url}/.well-known/pullgate-challenge/{token}"
@@ -249,3 +266,144 @@ def test_hostname_cli(tls_env: Env):
     assert cli("rm", host).returncode == 0
     gone = cli("verify", host)
     assert gone.returncode == 1 and "404" in gone.stderr
+
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+async def _get(env: Env, host: str, path: str = "/v2/", team: str | None = None) -> int:
+    headers = {"Host": host, "Accept": OCI_MANIFEST}
+    if team is not None:
+        headers["Authorization"] = basic(env.licenses[team])
+    async with aiohttp.ClientSession() as s, s.get(env.server.url + path, headers=headers) as r:
+        await r.read()
+        return r.status
+
+
+async def _until(check: Callable[[], Awaitable[int]], want: int, timeout: float = 10) -> int:
+    deadline = time.monotonic() + timeout
+    while (got := await check()) != want and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    return got
+
+
+def _manifest(team: str) -> str:
+    return f"/v2/proxy/{team}/up/vendor/oci/manifests/v1"
+
+
+async def test_http_challenge_is_off_by_default(tmp_path: Path, upstream_anon: Registry, dns: LoopbackDNS):
+    """The proxy answering for a name proves DNS points here, not who owns it: DNS TXT only."""
+    env = _start(tmp_path, upstream_anon, dns, None, "pullgate-http-off")
+    try:
+        host = "http-off.acme.test"
+        dns.a[host] = "127.0.0.1"
+        status, body = await env.api("acme", "POST", "/custom_hostnames", {"hostname": host})
+        assert status == 201
+        h = body["custom_hostname"]
+        assert h["verification"]["httpUrl"] is None  # not advertised as a way to verify
+        token = h["verification"]["dnsValue"]
+        # The challenge would succeed through the hostname...
+        async with aiohttp.ClientSession() as s:
+            url = f"{env.server.url}/.well-known/pullgate-challenge/{token}"
+            async with s.get(url, headers={"Host": host}) as r:
+                assert (r.status, await r.text()) == (200, token)
+        # ...and counts for nothing.
+        status, body = await env.api("acme", "POST", f"/custom_hostname/{host}/verify")
+        h = body["custom_hostname"]
+        assert (status, h["status"]) == (200, "failed"), body
+        assert "DNS TXT record only" in h["reason"] and "HTTP challenge is off" in h["reason"]
+        await asyncio.sleep(1.2)  # past a host-table refresh
+        assert await _get(env, host) == 404
+        # The TXT record is the way.
+        dns.txt[f"_pullgate-challenge.{host}"] = [token]
+        status, body = await env.api("acme", "POST", f"/custom_hostname/{host}/verify")
+        assert body["custom_hostname"]["status"] == "verified", body
+        assert await _until(lambda: _get(env, host), 401) == 401
+    finally:
+        env.server.stop()
+
+
+async def test_operator_hosts_cannot_be_taken_over(tmp_path: Path, upstream_anon: Registry, dns: LoopbackDNS):
+    """Hole 2: a team claimed the operator's proxy.hosts name, "verified" it through the HTTP check
+    (the proxy itself answers), and from then on every other team's licenses were refused on it."""
+    operator = "proxy.operator.test"
+    domains = {"http_challenge": True, "reserved": ["corp.operator.test"]}
+    env = _start(tmp_path, upstream_anon, dns, None, "pullgate-takeover", domains, extra_hosts=(operator,))
+    try:
+        names = [operator, f"eu.{operator}", "corp.operator.test", "images.corp.operator.test"]
+        for name in names:
+            dns.a[name] = "127.0.0.1"
+        assert await _get(env, operator, _manifest("globex"), "globex") == 200
+        answers = {}
+        for name in names:  # the attacker's whole path: add, then verify over HTTP
+            answers[name] = await env.api("acme", "POST", "/custom_hostnames", {"hostname": name})
+            if answers[name][0] == 201:
+                await env.api("acme", "POST", f"/custom_hostname/{name}/verify")
+        await asyncio.sleep(1.2)  # past a host-table refresh
+        # The other team still pulls on the operator's name; acme's name is not bound to acme.
+        assert await _get(env, operator, _manifest("globex"), "globex") == 200
+        assert await _get(env, operator, _manifest("acme"), "acme") == 200
+        for name in names:
+            status, body = answers[name]
+            assert status == 409, (name, body)
+            assert "reserved by the operator" in body["message"], body
+            assert await _get(env, name) == (401 if name == operator else 404)
+        status, body = await env.api("acme", "GET", "/custom_hostnames")
+        assert body["custom_hostnames"] == []
+        # An ordinary name still verifies over HTTP when the operator allows it.
+        free = "images.acme.test"
+        status, body = await env.api("acme", "POST", "/custom_hostnames", {"hostname": free})
+        assert status == 201 and body["custom_hostname"]["verification"]["httpUrl"]
+        status, body = await env.api("acme", "POST", f"/custom_hostname/{free}/verify")
+        assert body["custom_hostname"]["status"] == "verified", body
+    finally:
+        env.server.stop()
+
+
+def _admin(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PULLGATE_")}
+    argv = [sys.executable, "-m", "proxy", "admin", "hostname", *args, "--config", str(env.server.config_path)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=environ, cwd=REPO_ROOT)
+
+
+async def test_admin_hostname_ls_and_rm_on_the_store(tmp_path: Path, upstream_anon: Registry, dns: LoopbackDNS):
+    """The operator lists every team's hostnames and removes any; the running server stops serving it."""
+    env = _start(tmp_path, upstream_anon, dns, None, "pullgate-admin-hostnames")
+    try:
+        taken, pending = "taken.acme.test", "pending.globex.test"
+        dns.a[taken] = "127.0.0.1"
+        status, body = await env.api("acme", "POST", "/custom_hostnames", {"hostname": taken})
+        assert status == 201, body
+        dns.txt[f"_pullgate-challenge.{taken}"] = [body["custom_hostname"]["verification"]["dnsValue"]]
+        verified = (await env.api("acme", "POST", f"/custom_hostname/{taken}/verify"))[1]["custom_hostname"]
+        assert verified["status"] == "verified", verified
+        assert (await env.api("acme", "POST", f"/custom_hostname/{taken}/default"))[0] == 200
+        assert (await env.api("globex", "POST", "/custom_hostnames", {"hostname": pending}))[0] == 201
+        assert await _until(lambda: _get(env, taken, _manifest("acme"), "acme"), 200) == 200
+
+        listed = await asyncio.to_thread(_admin, env, "ls", "-o", "json")
+        assert listed.returncode == 0, listed.stderr
+        rows = {r["hostname"]: r for r in json.loads(listed.stdout)}
+        assert {h: (r["team"], r["status"], r["isDefault"]) for h, r in rows.items()} == {
+            taken: ("acme", "verified", True),
+            pending: ("globex", "pending", False),
+        }
+        table = (await asyncio.to_thread(_admin, env, "ls")).stdout.splitlines()
+        assert table[0].split() == ["TEAM", "HOSTNAME", "STATUS", "DEFAULT", "NOTE"]
+        assert ["acme", taken, "verified", "yes"] in [line.split() for line in table[1:]]
+        only = json.loads((await asyncio.to_thread(_admin, env, "ls", "--team", "globex", "-o", "json")).stdout)
+        assert [r["hostname"] for r in only] == [pending]
+
+        wrong_team = await asyncio.to_thread(_admin, env, "rm", taken, "--team", "globex")
+        assert wrong_team.returncode == 1 and "no hostname" in wrong_team.stderr
+        removed = await asyncio.to_thread(_admin, env, "rm", taken)
+        assert removed.returncode == 0 and f"removed {taken} (team acme)" in removed.stdout, removed.stderr
+        # The running server picks the removal up (SQLite: its next host-table refresh).
+        assert await _until(lambda: _get(env, taken, _manifest("acme"), "acme"), 404) == 404
+        assert (await env.api("acme", "GET", "/custom_hostnames"))[1]["custom_hostnames"] == []
+        gone = await asyncio.to_thread(_admin, env, "rm", taken)
+        assert gone.returncode == 1 and "no hostname" in gone.stderr
+        left = json.loads((await asyncio.to_thread(_admin, env, "ls", "-o", "json")).stdout)
+        assert [r["hostname"] for r in left] == [pending]
+    finally:
+        env.server.stop()

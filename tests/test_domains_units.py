@@ -10,8 +10,15 @@ import pytest
 import trustme
 from aiohttp import web
 
+from proxy.config import DomainsSection
+from proxy.domains.names import Reserved
+from proxy.domains.routing import HostTable
+from proxy.domains.service import HostnameService
 from proxy.domains.tls import CertificateError, SNIContexts, inspect, server_context
 from proxy.domains.verify import hostname_problem, verify_dns, verify_http
+from proxy.secrets import Keyring
+from proxy.store import open_store
+from proxy.vendor.errors import Conflict
 from tests.support.dns_server import LoopbackDNS
 
 
@@ -106,3 +113,54 @@ async def test_sni_picks_each_hostname_its_certificate():
             writer.close()
     finally:
         server.close()
+
+
+def test_reserved_names_cover_their_subdomains():
+    r = Reserved(["proxy.example.com:8443", "127.0.0.1:8080", "[::1]:8080", "localhost:8080"], ["*.corp.example"])
+    for name in (
+        "proxy.example.com",
+        "eu.proxy.example.com",
+        "a.b.proxy.example.com",
+        "corp.example",
+        "x.corp.example",
+        "x.localhost",
+        "PROXY.example.com.",
+    ):
+        assert r.covers(name), name
+    for name in ("example.com", "xproxy.example.com", "proxy.example.com.evil.example", "corpx.example"):
+        assert not r.covers(name), name
+    assert "reserved by the operator" in r.reason("eu.proxy.example.com")
+
+
+async def test_a_reserved_name_stored_earlier_is_never_served_nor_verified(tmp_path, dns_server: LoopbackDNS):
+    """An operator reserves a name a team already verified: it stops being served for that team at once."""
+    store = await open_store(f"sqlite:{tmp_path / 'pg.db'}", tmp_path)
+    keyring = Keyring.load_or_create(tmp_path / "keys.yaml")
+    try:
+        team = await store.ensure_team("acme")
+        for name in ("legacy.corp.example", "images.acme.example"):
+            await store.add_hostname(team.id, name, f"tok-{name}")
+            await store.set_hostname_status(name, "verified", None)
+            dns_server.txt[f"_pullgate-challenge.{name}"] = [f"tok-{name}"]  # ownership proven by DNS, even
+        reserved = Reserved(["proxy.example.com"], ["corp.example"])
+        table = HostTable(store, keyring, ["proxy.example.com"], None, 60, reserved)
+        await table.refresh()
+        assert table.admits("legacy.corp.example") == (False, None)
+        assert table.admits("images.acme.example") == (True, team.id)
+        cfg = DomainsSection(resolver=[dns_server.nameserver], http_challenge=True)
+        service = HostnameService(store, keyring, cfg, lambda: None, table.changed, reserved)  # type: ignore[arg-type,return-value]
+        listed = {h["hostname"]: h for h in await service.list(team)}
+        assert (listed["legacy.corp.example"]["status"], listed["images.acme.example"]["status"]) == (
+            "failed",
+            "verified",
+        )
+        checked = await service.verify(team, "legacy.corp.example")
+        assert checked["status"] == "failed" and "reserved by the operator" in checked["reason"]
+        assert checked["verification"]["httpUrl"] is None  # never advertised for a reserved name
+        assert (await service.verify(team, "images.acme.example"))["status"] == "verified"
+        with pytest.raises(Conflict, match="reserved by the operator"):
+            await service.add(team, {"hostname": "eu.proxy.example.com"})
+        with pytest.raises(Conflict, match="reserved by the operator"):
+            await service.set_default(team, "legacy.corp.example")
+    finally:
+        await store.close()

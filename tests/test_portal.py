@@ -24,6 +24,7 @@ import pytest
 import trustme
 
 from tests.support import skopeo
+from tests.support.capture import CaptureServer
 from tests.support.dns_server import LoopbackDNS
 from tests.support.pullgate import Pullgate
 from tests.support.registry import Registry
@@ -417,6 +418,51 @@ async def test_a_team_sees_only_its_own_data(
         await globex.context.close()
 
 
+async def test_edit_form_never_sends_the_stored_secret_to_a_new_url(portal: Portal, portal_env: PortalEnv):
+    """Hole 3 through the portal: a new URL on the edit form needs the password typed again."""
+    page, env, up = portal.page, portal_env, portal_env.basic
+    where = {"provider": "other", "endpoint": "replay.portal.test", "slug": "portal-replay", "url": up.url}
+    reg = {**where, "insecure": True, "username": up.username, "password": up.password, "image": "vendor/oci:v1"}
+    async with aiohttp.ClientSession(env.admin + "/vendor/v3/", headers={"Authorization": env.tokens["acme"]}) as api:
+        async with api.post("external_registry", json=reg) as r:
+            assert r.status == 201, await r.text()
+        await portal.login(env.tokens["acme"])
+        with CaptureServer() as trap:
+            async with portal.step("move-without-secret"):
+                await portal.goto("/images/portal-replay")
+                assert await page.input_value("#f-url") == up.url
+                assert await page.is_checked("input[name=insecure]")
+                await page.fill("#f-url", trap.url)
+                await page.fill("#f-image", "vendor/oci:v1")
+                async with page.expect_navigation():
+                    await page.click("form.grid button[type=submit]")
+                await portal.record("move refused")
+                assert trap.credentials == [], "the stored password was sent to the new url"
+                problems = await page.inner_text(".field.invalid .problems")
+                assert "url: changing where the registry is reached requires giving the secret again" in problems
+                # What was typed comes back, the secret never does.
+                assert await page.input_value("#f-url") == trap.url
+                assert await page.input_value("#f-image") == "vendor/oci:v1"
+                assert await page.input_value("#f-username") == up.username
+                assert await page.input_value("#f-password") == ""
+                await portal.shot("registry-move-refused")
+                await page.check("input[name=skipValidation]")
+                await portal.submit("form.grid")
+                assert "requires giving the secret again" in await page.inner_text(".problems")
+                assert trap.seen == []
+            async with api.get("external_registry/portal-replay") as r:
+                assert (await r.json())["external_registry"]["url"] == up.url
+            async with portal.step("move-with-secret"):
+                await page.fill("#f-password", "typed-for-the-trap")
+                await page.check("input[name=skipValidation]")
+                await portal.submit("form.grid")
+                assert "Updated external registry portal-replay" in await page.inner_text(".flash")
+            async with api.get("external_registry/portal-replay") as r:
+                assert (await r.json())["external_registry"]["url"] == trap.url
+        async with api.delete("external_registry/portal-replay") as r:
+            assert r.status == 204
+
+
 # --- custom hostnames ------------------------------------------------------------------------
 
 PORTAL_HOST = "images.acme-portal.test"
@@ -452,6 +498,11 @@ async def test_custom_hostnames(portal: Portal, portal_env: PortalEnv, browser: 
         await portal.submit("#add form")
         assert "hostname" in await page.inner_text("#add .problems")
         assert await page.input_value("#h-name") == "not a hostname!"
+        # A name under the operator's own proxy.hosts (localhost:<port>) is no team's to claim.
+        await page.fill("#h-name", "images.localhost")
+        await portal.submit("#add form")
+        assert "reserved by the operator" in await page.inner_text("#add .problems")
+        assert await page.input_value("#h-name") == "images.localhost"
         await page.fill("#h-name", PORTAL_HOST)
         await portal.submit("#add form")
         assert f"Added {PORTAL_HOST}" in await page.inner_text(".flash")
@@ -459,8 +510,9 @@ async def test_custom_hostnames(portal: Portal, portal_env: PortalEnv, browser: 
         assert await card.locator("[data-role=dns-record]").inner_text() == f"_pullgate-challenge.{PORTAL_HOST}"
         token = (await card.locator("[data-role=dns-value]").inner_text()).strip()
         assert len(token) >= 20
-        http_url = await card.locator("[data-role=http-url]").inner_text()
-        assert http_url == f"http://{PORTAL_HOST}/.well-known/pullgate-challenge/{token}"
+        # The HTTP challenge is off on this server (domains.http_challenge): not offered.
+        assert await card.locator("[data-role=http-url]").count() == 0
+        assert "HTTP challenge" not in await page.inner_text("main")
         assert "None uploaded" in await card.locator("[data-role=certificate]").inner_text()
         await portal.shot("hostname-pending")
 

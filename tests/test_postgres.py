@@ -10,6 +10,8 @@ import asyncio
 import base64
 import os
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +33,7 @@ from proxy.store.schema import MIGRATIONS
 from proxy.store.sqlite import SQLiteStore
 from tests.support.dns_server import LoopbackDNS
 from tests.support.postgres import PostgresCluster, unavailable_reason
-from tests.support.pullgate import Pullgate
+from tests.support.pullgate import REPO_ROOT, Pullgate
 from tests.support.registry import Registry
 
 OCI = "application/vnd.oci.image.manifest.v1+json"
@@ -351,6 +353,16 @@ async def test_replicas_share_changes_at_once(replicas: tuple[Pullgate, Pullgate
     status, body = await api.call("POST", f"/custom_hostname/{host}/verify")
     assert body["custom_hostname"]["status"] == "verified", body
     assert await until(b, path, lic, 200, host) < PROPAGATION
+
+    # The operator removes it on the store (`pullgate admin hostname rm`): both replicas stop serving it.
+    argv = [sys.executable, "-m", "proxy", "admin", "hostname", "rm", host, "--config", str(a.config_path)]
+    environ = {k: v for k, v in a.env.items() if not k.startswith("PULLGATE_")}
+    removed = await asyncio.to_thread(
+        subprocess.run, argv, capture_output=True, text=True, timeout=60, env=environ, cwd=REPO_ROOT
+    )
+    assert removed.returncode == 0, removed.stderr
+    assert await until(b, path, lic, 404, host) < PROPAGATION
+    assert await until(a, path, lic, 404, host) < PROPAGATION
 
 
 async def test_listener_recovers_from_a_dropped_connection(

@@ -21,6 +21,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from proxy.vendor.openapi import document
+from tests.support.capture import CaptureServer
 from tests.support.vendor import VendorClient, VendorEnv, kots_license, public_pem, rsa_key
 
 OCI = "application/vnd.oci.image.manifest.v1+json"
@@ -223,6 +224,32 @@ async def test_credential_rotation_takes_effect_at_once(api: VendorClient, vendo
     fixed = await api.call("PUT", "/external_registry/rot", {"provider": "ecr", "slug": "other"})
     assert fixed.status == 400 and len(fixed.body["errors"]) == 2
     assert (await api.call("PUT", "/external_registry/nope", {"password": "x"})).status == 404
+
+
+async def test_a_stored_secret_is_never_sent_to_a_new_url(api: VendorClient, vendor_env: VendorEnv):
+    """Hole 3: changing only `url` used to send the stored password to the new destination."""
+    assert (await api.call("POST", "/external_registry", _basic_registry(vendor_env, "replay"))).status == 201
+    with CaptureServer() as trap:
+        for extra in ({}, {"skipValidation": True}, {"image": "vendor/oci:v1"}):
+            moved = await api.call("PUT", "/external_registry/replay", {"url": trap.url, **extra})
+            assert trap.credentials == [], f"the stored password was sent to the new url ({extra})"
+            assert moved.status == 400, moved.body
+            assert [e.split(":")[0] for e in moved.body["errors"]] == ["url"]
+            assert "secret again (password)" in moved.body["message"]
+        assert trap.credentials == [] and trap.seen == []
+        # Unchanged, and still working where its owner gave it.
+        reg = (await api.call("GET", "/external_registry/replay")).body["external_registry"]
+        assert reg["url"] == vendor_env.basic.url
+        image = {"endpoint": "replay", "image": "vendor/oci:v1"}
+        assert (await api.call("PUT", "/external_registry/test", image)).body["ok"]
+        # Given again, the secret goes where its owner now sends it.
+        again = {"url": trap.url, "password": "typed-for-the-trap", "skipValidation": True}
+        assert (await api.call("PUT", "/external_registry/replay", again)).status == 200
+        assert (await api.call("PUT", "/external_registry/test", image)).body["status"] == 401
+        assert trap.credentials and vendor_env.basic.password not in " ".join(
+            base64.b64decode(c.split()[1]).decode() for c in trap.credentials
+        )
+    assert (await api.call("DELETE", "/external_registry/replay")).status == 204
 
 
 # --- apps -------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from proxy.cli import main
+from tests.support.capture import CaptureServer
 from tests.support.pullgate import REPO_ROOT
 from tests.support.vendor import VendorEnv, kots_license, public_pem, rsa_key
 
@@ -54,7 +55,7 @@ COMMANDS = [
     ["registry", "test"], ["registry", "logs"], ["app"], ["app", "create"], ["app", "update"], ["app", "ls"],
     ["customer"], ["customer", "create"], ["customer", "ls"], ["customer", "revoke"], ["customer", "archive"],
     ["customer", "restore"], ["license"], ["license", "import"], ["logs"], ["admin"], ["admin", "token"],
-    ["admin", "token", "create"],
+    ["admin", "token", "create"], ["admin", "hostname"], ["admin", "hostname", "ls"], ["admin", "hostname", "rm"],
 ]  # fmt: skip
 
 
@@ -104,6 +105,30 @@ def test_registry_add_test_rotate_remove(vendor_env: VendorEnv):
     assert again.stderr.strip().endswith(
         f"DELETE {vendor_env.admin}/vendor/v3/external_registry/cli-basic 404: no external registry 'cli-basic'"
     )
+
+
+def test_registry_update_to_a_new_url_needs_the_password_again(vendor_env: VendorEnv):
+    """Hole 3 through the CLI: `registry update --url` alone must not send the stored password there."""
+    up = vendor_env.basic
+    add = ["registry", "add", "other", "--endpoint", "cli-replay.example.test", "--name", "cli-replay"]
+    run(vendor_env, *add, "--url", up.url, "--insecure", "--username", "vendor", "--password-stdin", stdin=up.password)
+    refused = (
+        "400: invalid request: url: changing where the registry is reached requires giving the secret again (password)"
+    )
+    with CaptureServer() as trap:
+        for extra in ([], ["--skip-validation"]):
+            move = ["registry", "update", "cli-replay", "--url", trap.url, "--insecure", *extra]
+            moved = run(vendor_env, *move, check=False)
+            assert trap.credentials == [], "the stored password was sent to the new url"
+            assert moved.returncode == 1
+            assert refused in moved.stderr
+            assert "hint: give the password again with --password-stdin" in moved.stderr
+        assert trap.seen == []
+        listed = json.loads(run(vendor_env, "registry", "ls", "cli-replay", "-o", "json").stdout)
+        assert listed[0]["url"] == up.url
+        move = ["registry", "update", "cli-replay", "--url", trap.url, "--insecure", "--skip-validation"]
+        assert run(vendor_env, *move, "--password-stdin", stdin="typed-for-the-trap\n").returncode == 0
+    run(vendor_env, "registry", "rm", "cli-replay")
 
 
 def test_customers_pull_and_logs(vendor_env: VendorEnv):

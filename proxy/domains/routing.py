@@ -2,7 +2,9 @@
 
 The configured `proxy.hosts` serve every team; a verified custom hostname
 serves only its own team's apps (the gate refuses other teams' licenses on it).
-Any other Host gets a 404 OCI error. The table is reloaded from the store every
+Any other Host gets a 404 OCI error. A reserved name (`proxy.domains.names`) is
+never bound to a team, even when a row for it was verified before the operator
+reserved it. The table is reloaded from the store every
 few seconds (and at once after a change on this replica), together with the
 certificates that TLS picks by SNI.
 """
@@ -18,6 +20,7 @@ from aiohttp import web
 
 from proxy import metrics
 from proxy.auth.origin import HOST_TEAM
+from proxy.domains.names import Reserved
 from proxy.domains.service import key_aad
 from proxy.domains.tls import SNIContexts, server_context
 from proxy.domains.verify import WELL_KNOWN
@@ -42,9 +45,16 @@ def split_host(host: str) -> tuple[str, str | None]:
 
 class HostTable:
     def __init__(
-        self, store: Store, keyring: Keyring, configured: list[str], sni: SNIContexts | None, refresh: float
+        self,
+        store: Store,
+        keyring: Keyring,
+        configured: list[str],
+        sni: SNIContexts | None,
+        refresh: float,
+        reserved: Reserved | None = None,
     ) -> None:
         self.store = store
+        self.reserved = reserved if reserved is not None else Reserved(configured)
         self.keyring = keyring
         self.configured = {h.lower() for h in configured}
         self.sni = sni
@@ -68,7 +78,7 @@ class HostTable:
         return False, None
 
     async def refresh(self) -> None:
-        rows = await self.store.hostnames()
+        rows = [h for h in await self.store.hostnames() if not self.reserved.covers(h.hostname)]
         self.verified = {h.hostname: h.team_id for h in rows if h.status == "verified"}
         self.tokens = {h.token: h.hostname for h in rows if h.status != "verified"}
         now = dt.datetime.now(dt.UTC)
@@ -132,6 +142,6 @@ class HostTable:
             # Added a moment ago (or on another replica): ask the store.
             found = await self.store.hostname_by_token(token)
             hostname = found.hostname if found is not None and found.status != "verified" else None
-        if hostname is None or split_host(host)[0] != hostname:
+        if hostname is None or split_host(host)[0] != hostname or self.reserved.covers(hostname):
             return web.Response(status=404, text="unknown challenge")
         return web.Response(text=token, content_type="text/plain")

@@ -3,14 +3,16 @@
 Two ways, as ACME does it: a DNS TXT record `_pullgate-challenge.<hostname>`
 holding the token shown to the vendor, or the token served by this proxy at
 `/.well-known/pullgate-challenge/<token>` and fetched back through the
-hostname. The resolver is configurable (tests run their own DNS server).
+hostname. The HTTP way proves only that DNS points at the proxy, not who owns
+the name, so it counts only when the operator turns on `domains.http_challenge`
+(and never for a reserved name: `proxy.domains.names`). The resolver is
+configurable (tests run their own DNS server).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-import re
 from dataclasses import dataclass
 
 import aiohttp
@@ -18,9 +20,21 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
+from proxy.domains.names import HOSTNAME_RE, hostname_problem
+
+__all__ = [
+    "CHALLENGE_LABEL",
+    "HOSTNAME_RE",
+    "WELL_KNOWN",
+    "Verdict",
+    "hostname_problem",
+    "resolve_address",
+    "verify_dns",
+    "verify_http",
+]
+
 CHALLENGE_LABEL = "_pullgate-challenge"
 WELL_KNOWN = "/.well-known/pullgate-challenge/"
-HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 TIMEOUT = 5.0
 
 
@@ -28,12 +42,6 @@ TIMEOUT = 5.0
 class Verdict:
     ok: bool
     reason: str
-
-
-def hostname_problem(hostname: str) -> str | None:
-    if not HOSTNAME_RE.match(hostname):
-        return "hostname: must be a fully qualified DNS name in lower case (e.g. images.vendor.example)"
-    return None
 
 
 def _resolver(nameservers: list[str]) -> dns.asyncresolver.Resolver:

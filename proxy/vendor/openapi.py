@@ -210,7 +210,9 @@ PATHS: dict[str, Any] = {
         "parameters": [_path_param("slug", "Registry slug (or endpoint)")],
         "get": _op("Show an external registry", {"200": _json(_wrap("external_registry", _ref("ExternalRegistry")))},
                    errors=("401", "404")),
-        "put": _op("Rotate credentials or change apps/url (fields as at creation; provider, endpoint and slug fixed)",
+        "put": _op("Rotate credentials or change apps/url (fields as at creation; provider, endpoint and slug fixed)."
+                   " Changing url, insecure, apiUrl, region or roleArn requires the secret again (password,"
+                   " secretAccessKey or serviceAccountKey): 400 otherwise, naming the field",
                    {"200": _json(_wrap("external_registry", _ref("ExternalRegistry")))},
                    body="ExternalRegistryCreate"),
         "delete": _op("Remove an external registry", {"204": {"description": "Removed"}}, errors=("401", "404")),
@@ -264,7 +266,9 @@ SCHEMAS["CustomHostname"] = _obj(
      "reason": _nullable("string", description="Why the last ownership check failed"),
      "isDefault": {"type": "boolean", "description": "Used in the portal's pull references"},
      "verification": _obj({"dnsRecord": {"type": "string"}, "dnsType": {"const": "TXT"},
-                           "dnsValue": {"type": "string"}, "httpUrl": {"type": "string"}},
+                           "dnsValue": {"type": "string"},
+                           "httpUrl": _nullable("string", description="null unless the operator turned the"
+                                                " HTTP challenge on (domains.http_challenge)")},
                           ["dnsRecord", "dnsType", "dnsValue", "httpUrl"]),
      "certificate": {"oneOf": [{"type": "null"}, _obj({"notAfter": {"type": "string"},
                      "expiresInDays": {"type": "integer"}, "expiringSoon": {"type": "boolean"}},
@@ -283,7 +287,7 @@ _HOSTNAME = {"200": _json(_wrap("custom_hostname", _ref("CustomHostname")))}
 PATHS["/custom_hostnames"] = {
     "get": _op("List custom hostnames", {"200": _json(_wrap("custom_hostnames", {"type": "array",
                "items": _ref("CustomHostname")}))}, errors=("401",)),
-    "post": _op("Add a custom hostname (pending until verified)",
+    "post": _op("Add a custom hostname (pending until verified); 409 for a name the operator reserved",
                 {"201": _json(_wrap("custom_hostname", _ref("CustomHostname")), "Created"), **_CONFLICT},
                 body="CustomHostnameCreate", errors=("400", "401")),
 }
@@ -294,7 +298,8 @@ PATHS["/custom_hostname/{hostname}"] = {
 }
 PATHS["/custom_hostname/{hostname}/verify"] = {
     "parameters": _HOST_PARAM,
-    "post": _op("Check ownership: the DNS TXT record, else the HTTP challenge through the hostname", _HOSTNAME,
+    "post": _op("Check ownership: the DNS TXT record (the HTTP challenge through the hostname only when the"
+                " operator turned it on; never for a reserved name)", _HOSTNAME,
                 errors=("401", "404")),
 }
 PATHS["/custom_hostname/{hostname}/default"] = {

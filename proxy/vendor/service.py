@@ -585,6 +585,8 @@ def _registry_input(body: Mapping[str, Any], apps: list[App], current: Registry 
         has_secret = secret is not None or (current is not None and current.secret_sealed is not None)
         if (username is None) == has_secret:
             problems.append("username and password: give both, or neither for anonymous access")
+    if current is not None and secret is None and not problems:
+        problems += _destination_changes(current, url.rstrip("/"), insecure, options)
     if not problems:
         # The provider module's own rules (endpoint shapes, key formats), by field, never quoting a secret.
         kept = secret or ("(stored)" if current is not None and current.secret_sealed else None)
@@ -622,6 +624,39 @@ def _registry_input(body: Mapping[str, Any], apps: list[App], current: Registry 
         options=options, app_ids=app_ids, allow_anonymous=anonymous,
         skip_validation=skip, image=image,
     )  # fmt: skip
+
+
+# Where a stored secret is sent (beyond provider and endpoint, which never change):
+# the API's field name for each destination option.
+_DESTINATION_OPTIONS = (("api_url", "apiUrl"), ("region", "region"), ("role_arn", "roleArn"), ("sts_url", "stsUrl"))
+
+
+def _secret_field(reg: Registry) -> str:
+    if reg.provider == "ecr":
+        return "secretAccessKey"
+    return "serviceAccountKey" if reg.username == "_json_key" else "password"
+
+
+def _destination_changes(current: Registry, url: str, insecure: bool, options: Mapping[str, str]) -> list[str]:
+    """A stored secret is never sent to a destination its owner did not type it for.
+
+    An update that changes where the registry is reached without giving the secret
+    again is refused, one problem per changed field, naming the secret to give.
+    """
+    if current.secret_sealed is None:
+        return []  # anonymous: nothing stored to replay
+    changed = []
+    if url != current.url.rstrip("/"):
+        changed.append("url")
+    if insecure != current.insecure:
+        changed.append("insecure")
+    changed += [api for field, api in _DESTINATION_OPTIONS if options.get(field) != current.options.get(field)]
+    secret = _secret_field(current)
+    return [
+        f"{name}: changing where the registry is reached requires giving the secret again ({secret}); "
+        "the stored secret is only ever sent where it was given for"
+        for name in changed
+    ]
 
 
 _PROVIDER_FIELDS = {"access_key_id": "accessKeyId", "secret_access_key": "secretAccessKey", "role_arn": "roleArn",

@@ -90,6 +90,21 @@ def credential_fields(provider: str) -> tuple[Field, ...]:
     return (Field("username", "Username"), Field("password", "Password or token", "password"))
 
 
+def destination_fields(provider: str) -> tuple[Field, ...]:
+    """Where the registry is reached, on the edit form; changing any needs the secret again."""
+    again = "Changing it needs the secret again: the stored one is sent only where it was given for."
+    if provider == "ecr":
+        return (
+            Field("region", "Region", placeholder="from the endpoint", hint=again),
+            Field("roleArn", "Role ARN", placeholder="arn:aws:iam::123456789012:role/pull", hint=again),
+            Field("apiUrl", "ECR API URL", placeholder="https://api.ecr.<region>.amazonaws.com", hint=again),
+        )
+    return (
+        Field("url", "URL", placeholder="https://<endpoint>", hint=again),
+        Field("insecure", "Plain HTTP (insecure)", "checkbox"),
+    )
+
+
 def registry_body(tab: str, form: MultiMapping[Any], fields: tuple[Field, ...]) -> dict[str, Any]:
     """The service body for a create (tab set) or a rotation (tab "")."""
     body: dict[str, Any] = {}
@@ -98,9 +113,8 @@ def registry_body(tab: str, form: MultiMapping[Any], fields: tuple[Field, ...]) 
     for f in (*fields, *COMMON):
         if f.name == "kind":
             continue
-        if f.kind == "checkbox":
-            if tab or f.name == "skipValidation":
-                body[f.name] = f.name in form
+        if f.kind == "checkbox":  # every checkbox passed in is on the submitted form
+            body[f.name] = f.name in form
             continue
         raw = form.get(f.name)
         if not isinstance(raw, str):

@@ -269,18 +269,23 @@ async def remove_registry(request: web.Request) -> web.StreamResponse:
 async def edit_registry(request: web.Request, extra: dict[str, Any] | None = None, status: int = 200) -> web.Response:
     svc, team = _service(request), request[TEAM]
     reg = await svc.registry_json(team, request.match_info["slug"])
-    ctx = {"reg": reg, "apps": await svc.list_apps(team), "fields": forms.credential_fields(reg["provider"]),
-           "common": forms.COMMON, "values": {"username": reg.get("username") or "",
-                                              "accessKeyId": reg.get("username") or "", "apps": reg["appIds"]},
-           "errors": {}, **(extra or {})}  # fmt: skip
+    current: dict[str, Any] = {k: reg.get(k) or "" for k in ("url", "region", "roleArn", "apiUrl")}
+    user = reg.get("username") or ""
+    current |= {"username": user, "accessKeyId": user, "apps": reg["appIds"], "insecure": reg["insecure"]}
+    ctx = {"reg": reg, "apps": await svc.list_apps(team), "fields": _edit_fields(reg["provider"]),
+           "common": forms.COMMON, "values": current, "errors": {}, **(extra or {})}  # fmt: skip
     return render(request, "registry.html", ctx, status)
+
+
+def _edit_fields(provider: str) -> tuple[forms.Field, ...]:
+    return (*forms.credential_fields(provider), *forms.destination_fields(provider))
 
 
 async def update_registry(request: web.Request) -> web.StreamResponse:
     form, slug = _form(request), request.match_info["slug"]
     svc, team = _service(request), request[TEAM]
     reg = await svc.registry(team, slug)
-    body = forms.registry_body("", form, forms.credential_fields(reg.provider))
+    body = forms.registry_body("", form, _edit_fields(reg.provider))
     try:
         await svc.update_registry(team, slug, body)
     except Invalid as exc:
@@ -464,6 +469,7 @@ async def hostnames_page(request: web.Request, extra: dict[str, Any] | None = No
         h["certState"] = cert_state(h["certificate"])
     hosts = request.app[CONFIG].proxy.hosts
     ctx = {"hostnames": rows, "config_host": hosts[0] if hosts else "<proxy host>", "values": {}, "errors": [],
+           "http_challenge": request.app[CONFIG].domains.http_challenge,
            "cert_for": None, "cert_errors": [], "cert_value": "", "row_errors": {}, **(extra or {})}  # fmt: skip
     return render(request, "hostnames.html", ctx, status)
 
@@ -491,8 +497,8 @@ async def default_hostname(request: web.Request) -> web.StreamResponse:
     name = request.match_info["hostname"]
     try:
         h = await _hostnames(request).set_default(request[TEAM], name)
-    except Invalid as exc:
-        return await hostnames_page(request, {"row_errors": {name.lower(): exc.problems}}, exc.status)
+    except VendorError as exc:
+        return await hostnames_page(request, {"row_errors": {name.lower(): exc.problems or [exc.message]}}, exc.status)
     return _redirect(request, "/hostnames", f"{h['hostname']} is now the default for pull references.")
 
 
