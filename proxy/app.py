@@ -29,6 +29,8 @@ from proxy.directory import Directory
 from proxy.domains.routing import HostTable
 from proxy.domains.service import HostnameService
 from proxy.domains.tls import SNIContexts
+from proxy.limits import StreamSlots
+from proxy.listener import GuardedAppRunner
 from proxy.oci.middleware import oci_errors
 from proxy.oci.routes import OCIRoutes
 from proxy.pulllog import PullLog
@@ -120,9 +122,10 @@ def proxy_app(services: Services) -> web.Application:
     app[SERVICES] = services
     up = services.cfg.upstream
     limiter = RateLimiter(services.cfg.anonymous.rate_per_minute, services.cfg.anonymous.burst)
-    OCIRoutes(
-        services.gate, services.directory, services.upstream, up.chunk_size, up.idle_timeout, limiter
-    ).install(app)
+    routes = OCIRoutes(services.gate, services.directory, services.upstream, up.chunk_size, up.idle_timeout, limiter)
+    limits = services.cfg.limits
+    routes.slots = StreamSlots(limits.streams_per_license, limits.streams_per_address)
+    routes.install(app)
     app.on_response_prepare.append(_set_request_id)
     return app
 
@@ -192,8 +195,10 @@ async def serve(cfg: Config, ready: Callable[[], None] | None = None) -> None:
     services = await build_services(cfg)
     grace = cfg.proxy.shutdown_grace_seconds
     handler_args = {"max_field_size": MAX_HEADER, "max_line_size": MAX_HEADER}
-    proxy_runner = web.AppRunner(
+    proxy_runner = GuardedAppRunner(
         proxy_app(services),
+        header_timeout=cfg.limits.header_timeout,
+        max_connections=cfg.limits.max_connections,
         access_log_class=logs.AccessLogger,
         access_log=logging.getLogger("pullgate.access") if cfg.log.access_log else None,
         handler_cancellation=False,
