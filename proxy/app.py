@@ -153,9 +153,12 @@ def admin_app(services: Services) -> web.Application:
     from proxy.vendor.service import VendorService
 
     hostnames = services.hostnames
+    # One budget of KOTS license imports per team, for the API and the portal together.
+    per_minute = services.cfg.limits.license_imports_per_minute
+    imports = RateLimiter(per_minute, per_minute, max_keys=10_000, key=str)
     vendor_api.install(
         app,
-        VendorService(services.store, services.keyring, services.directory, services.upstream),
+        VendorService(services.store, services.keyring, services.directory, services.upstream, imports),
         extend=(lambda sub: hostname_api.install(sub, hostnames)) if hostnames else None,
     )
     # The web portal: the same team-scoped service layer, behind a browser session.
@@ -163,7 +166,7 @@ def admin_app(services: Services) -> web.Application:
 
     portal.install(
         app,
-        VendorService(services.store, services.keyring, services.directory, services.upstream),
+        VendorService(services.store, services.keyring, services.directory, services.upstream, imports),
         services.cfg,
         hostnames,
     )
