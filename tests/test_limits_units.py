@@ -13,6 +13,7 @@ from aiohttp.test_utils import make_mocked_request
 
 from proxy import metrics
 from proxy.anonymous import RateLimiter
+from proxy.auth.gate import Gate
 from proxy.auth.origin import Origins, address_key
 from proxy.config import ConfigError, load
 from proxy.directory import TTLCache
@@ -212,3 +213,25 @@ def test_bad_limits_name_the_key(tmp_path: Path, limits: dict[str, object], key:
 def test_limits_from_the_environment() -> None:
     cfg = load(None, environ={"PULLGATE_LIMITS_MAX_CONNECTIONS": "50", "PULLGATE_LIMITS_HEADER_TIMEOUT": "2.5"})
     assert (cfg.limits.max_connections, cfg.limits.header_timeout) == (50, 2.5)
+
+
+def _request_from(address: str):  # type: ignore[no-untyped-def]
+    transport = mock.Mock()
+    transport.get_extra_info.return_value = (address, 40000)
+    return make_mocked_request("GET", "/v2/", transport=transport)
+
+
+def test_failed_auth_throttling_keys_ipv6_by_64_and_ipv4_by_address() -> None:
+    gate = Gate(None, None, Origins([]), RateLimiter(per_minute=0, burst=2))  # type: ignore[arg-type]
+    for host in ("2001:db8:77:1::a", "2001:db8:77:1:ffff:ffff:ffff:fffe"):
+        gate.guard(_request_from(host))
+        gate.failed(_request_from(host), "bad_license")
+    with pytest.raises(OCIError) as exc:
+        gate.guard(_request_from("2001:db8:77:1:1234::1"))  # a fresh address of the same /64
+    assert exc.value.status == 429 and "Retry-After" in exc.value.headers
+    gate.guard(_request_from("2001:db8:77:2::a"))  # the neighbouring /64 is someone else
+    gate.failed(_request_from("192.0.2.50"), "bad_license")
+    gate.failed(_request_from("192.0.2.50"), "bad_license")
+    with pytest.raises(OCIError):
+        gate.guard(_request_from("192.0.2.50"))
+    gate.guard(_request_from("192.0.2.51"))  # IPv4: each address on its own
