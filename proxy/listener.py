@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -107,16 +106,12 @@ class GuardedHandler(RequestHandler):
             self._began = True
         super().data_received(data)
 
-    async def _handle_request(
-        self,
-        request: Any,
-        start_time: float | None,
-        request_handler: Callable[[Any], Awaitable[web.StreamResponse]],
-    ) -> tuple[web.StreamResponse, bool]:
+    async def _handle_request(self, *args: Any, **kwargs: Any) -> tuple[web.StreamResponse, bool]:
+        # Runs once per request whose headers are parsed (arguments passed through as they are).
         self._disarm()  # the headers are in; a request's own time is not limited here
         self._served += 1
         try:
-            return await super()._handle_request(request, start_time, request_handler)
+            return await super()._handle_request(*args, **kwargs)
         finally:
             if not self._messages:  # a pipelined request already parsed needs no timer
                 self._arm()
