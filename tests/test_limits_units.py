@@ -116,7 +116,7 @@ def test_origins_client_key_uses_the_forwarded_client() -> None:
     req = make_mocked_request(
         "GET", "/v2/", headers={"X-Forwarded-For": "2001:db8:9:9::77, 10.0.0.5"}, transport=transport
     )
-    assert origins.client_key(req) == "2001:db8:9:9::/64"
+    assert address_key(origins.client_address(req)) == "2001:db8:9:9::/64"
 
 
 # --- bounded tables --------------------------------------------------------------------

@@ -68,10 +68,6 @@ class Origins:
                     break
         return address
 
-    def client_key(self, request: web.Request) -> str:
-        """The client's address as throttles key it (IPv6 by /64)."""
-        return address_key(self.client_address(request))
-
     def of(self, request: web.Request) -> tuple[str, str]:
         scheme = "https" if request.secure else "http"
         host = request.headers.get("Host", "")
