@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
+from proxy.auth.origin import address_key
 from proxy.oci.errors import OCIError
 from proxy.store.models import Registry
 from proxy.upstream.providers import provider_of
@@ -44,19 +45,32 @@ def resolve_anonymous(registries: Sequence[Registry], name: str) -> tuple[Regist
 
 
 class RateLimiter:
-    """A token bucket per key (client address), with bounded memory."""
+    """A token bucket per key, with bounded memory: past `max_keys` the least
+    recently seen key is forgotten. Keys are client addresses by default, counted
+    by `address_key` (IPv6 by /64, so one client cannot rotate through its prefix);
+    pass `key=str` for keys that are not addresses."""
 
     def __init__(
-        self, per_minute: int, burst: int, max_keys: int = 100_000, clock: Callable[[], float] = time.monotonic
+        self,
+        per_minute: int,
+        burst: int,
+        max_keys: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+        key: Callable[[str], str] = address_key,
     ) -> None:
         self.rate = per_minute / 60.0
         self.burst = float(max(burst, 1))
         self.max_keys = max_keys
         self.clock = clock
+        self.key = key
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, last time)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     def take(self, key: str) -> float | None:
         """None when allowed; else the seconds until the next request would be."""
+        key = self.key(key)
         now = self.clock()
         tokens, last = self._buckets.pop(key, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)
@@ -72,6 +86,7 @@ class RateLimiter:
 
     def wait(self, key: str) -> float | None:
         """Like take(), without spending: None when a request would be allowed now."""
+        key = self.key(key)
         now = self.clock()
         tokens, last = self._buckets.get(key, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)

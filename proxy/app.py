@@ -30,6 +30,8 @@ from proxy.domains.names import Reserved
 from proxy.domains.routing import HostTable
 from proxy.domains.service import HostnameService
 from proxy.domains.tls import SNIContexts
+from proxy.limits import StreamSlots
+from proxy.listener import GuardedAppRunner
 from proxy.oci.middleware import oci_errors
 from proxy.oci.routes import OCIRoutes
 from proxy.pulllog import PullLog
@@ -123,9 +125,10 @@ def proxy_app(services: Services) -> web.Application:
     app[SERVICES] = services
     up = services.cfg.upstream
     limiter = RateLimiter(services.cfg.anonymous.rate_per_minute, services.cfg.anonymous.burst)
-    OCIRoutes(
-        services.gate, services.directory, services.upstream, up.chunk_size, up.idle_timeout, limiter
-    ).install(app)
+    routes = OCIRoutes(services.gate, services.directory, services.upstream, up.chunk_size, up.idle_timeout, limiter)
+    limits = services.cfg.limits
+    routes.slots = StreamSlots(limits.streams_per_license, limits.streams_per_address)
+    routes.install(app)
     app.on_response_prepare.append(_set_request_id)
     return app
 
@@ -153,9 +156,12 @@ def admin_app(services: Services) -> web.Application:
     from proxy.vendor.service import VendorService
 
     hostnames = services.hostnames
+    # One budget of KOTS license imports per team, for the API and the portal together.
+    per_minute = services.cfg.limits.license_imports_per_minute
+    imports = RateLimiter(per_minute, per_minute, max_keys=10_000, key=str)
     vendor_api.install(
         app,
-        VendorService(services.store, services.keyring, services.directory, services.upstream),
+        VendorService(services.store, services.keyring, services.directory, services.upstream, imports),
         extend=(lambda sub: hostname_api.install(sub, hostnames)) if hostnames else None,
     )
     # The web portal: the same team-scoped service layer, behind a browser session.
@@ -163,7 +169,7 @@ def admin_app(services: Services) -> web.Application:
 
     portal.install(
         app,
-        VendorService(services.store, services.keyring, services.directory, services.upstream),
+        VendorService(services.store, services.keyring, services.directory, services.upstream, imports),
         services.cfg,
         hostnames,
     )
@@ -195,8 +201,10 @@ async def serve(cfg: Config, ready: Callable[[], None] | None = None) -> None:
     services = await build_services(cfg)
     grace = cfg.proxy.shutdown_grace_seconds
     handler_args = {"max_field_size": MAX_HEADER, "max_line_size": MAX_HEADER}
-    proxy_runner = web.AppRunner(
+    proxy_runner = GuardedAppRunner(
         proxy_app(services),
+        header_timeout=cfg.limits.header_timeout,
+        max_connections=cfg.limits.max_connections,
         access_log_class=logs.AccessLogger,
         access_log=logging.getLogger("pullgate.access") if cfg.log.access_log else None,
         handler_cancellation=False,

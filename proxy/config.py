@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from proxy.domains.names import HOSTNAME_RE  # imports nothing of proxy: no cycle
+
 
 class ConfigError(ValueError):
     """A configuration problem, always naming the key at fault."""
@@ -108,6 +110,23 @@ class AnonymousSection:
 
 
 @dataclass
+class LimitsSection:
+    # Seconds a client has to send a request's headers, from connecting or from the
+    # previous response on a keep-alive connection (slowloris).
+    header_timeout: float = 10.0
+    # Open connections on the proxy listener; beyond it new ones are closed at once.
+    max_connections: int = 10000
+    # Concurrent manifest and blob bodies (GET) per license and per client address
+    # (IPv6 by /64); more get 429 TOOMANYREQUESTS with Retry-After.
+    streams_per_license: int = 64
+    streams_per_address: int = 128
+    # Bytes/s over a 30 s window; a client reading slower is dropped (the relay applies it).
+    min_stream_rate: int = 8192
+    # KOTS license imports per team and minute (vendor API and portal).
+    license_imports_per_minute: int = 30
+
+
+@dataclass
 class ApiTokenSpec:
     token_env: str | None = None
     token_file: str | None = None
@@ -179,6 +198,7 @@ class Config:
     pulllog: PullLogSection = field(default_factory=PullLogSection)
     domains: DomainsSection = field(default_factory=DomainsSection)
     anonymous: AnonymousSection = field(default_factory=AnonymousSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
     bootstrap: BootstrapSection = field(default_factory=BootstrapSection)
     # Where relative paths in the file are anchored.
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
@@ -348,6 +368,7 @@ def _validate(cfg: Config) -> None:
     if not 0.01 <= cfg.pulllog.flush_seconds <= 60:
         raise ConfigError("pulllog.flush_seconds: must be between 0.01 and 60")
     _validate_domains(cfg.domains)
+    _validate_limits(cfg.limits)
     if cfg.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("log.level: must be DEBUG, INFO, WARNING or ERROR")
     for t, team in enumerate(cfg.bootstrap.teams):
@@ -378,12 +399,20 @@ def _validate(cfg: Config) -> None:
 
 
 def _validate_domains(domains: DomainsSection) -> None:
-    from proxy.domains.names import HOSTNAME_RE
-
     for i, name in enumerate(domains.reserved):
         bare = name.lower().rstrip(".").removeprefix("*.")
         if not HOSTNAME_RE.match(bare):
             raise ConfigError(f"domains.reserved[{i}]: not a DNS name (e.g. corp.example or *.corp.example): {name!r}")
+
+
+def _validate_limits(limits: LimitsSection) -> None:
+    if not 0.5 <= limits.header_timeout <= 300:
+        raise ConfigError("limits.header_timeout: must be between 0.5 and 300 seconds")
+    for key in ("max_connections", "streams_per_license", "streams_per_address", "license_imports_per_minute"):
+        if getattr(limits, key) < 1:
+            raise ConfigError(f"limits.{key}: must be at least 1")
+    if limits.min_stream_rate < 0:
+        raise ConfigError("limits.min_stream_rate: must be 0 (off) or more")
 
 
 def read_secret(

@@ -8,6 +8,7 @@ so a revocation or a new registry takes effect quickly.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
@@ -21,21 +22,33 @@ MAX_ENTRIES = 100_000
 
 
 class TTLCache(Generic[K, V]):
-    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+    """Entries live `ttl` seconds; past `max_entries` the least recently used goes.
+
+    Keys can come from clients (every guessed license is a miss cached as None),
+    so the table is bounded, and evicting one entry at a time keeps a flood of
+    guesses from flushing the entries real customers are using."""
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic, max_entries: int = MAX_ENTRIES) -> None:
         self.ttl = ttl
-        self._data: dict[K, tuple[float, V]] = {}
+        self.max_entries = max_entries
+        self._data: OrderedDict[K, tuple[float, V]] = OrderedDict()
         self._clock = clock
+
+    def __len__(self) -> int:
+        return len(self._data)
 
     async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
         now = self._clock()
         hit = self._data.get(key)
         if hit is not None and hit[0] > now:
+            self._data.move_to_end(key)
             return hit[1]
         value = await load()
         if self.ttl > 0:
-            if len(self._data) >= MAX_ENTRIES:
-                self._data.clear()  # crude but bounded; entries are cheap to reload
             self._data[key] = (now + self.ttl, value)
+            self._data.move_to_end(key)
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
         return value
 
     def clear(self) -> None:

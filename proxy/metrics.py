@@ -59,6 +59,21 @@ ANONYMOUS_LIMITED = Counter(
     "pullgate_anonymous_rate_limited", "Anonymous requests refused by the per-address rate limit", registry=REGISTRY
 )
 
+# What the limits (DESIGN "Limits") refused.
+CONNECTIONS_OPEN = Gauge("pullgate_connections_open", "Open connections on the proxy listener", registry=REGISTRY)
+CONNECTIONS_REFUSED = Counter(
+    "pullgate_connections_refused", "Proxy connections closed by a limit", ["reason"], registry=REGISTRY
+)  # reason: max_connections | header_timeout
+STREAMS_REFUSED = Counter(
+    "pullgate_streams_refused",
+    "Manifest and blob GETs refused with 429: too many concurrent bodies",
+    ["reason"],  # license | address
+    registry=REGISTRY,
+)
+LICENSE_IMPORTS_THROTTLED = Counter(
+    "pullgate_license_imports_throttled", "KOTS license imports refused with 429 (per-team rate)", registry=REGISTRY
+)
+
 
 def observe_ratelimit(slug: str, remaining: str | None) -> None:
     """Docker Hub sends `RateLimit-Remaining: 76;w=21600`."""

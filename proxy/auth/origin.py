@@ -20,6 +20,21 @@ HOST_TEAM = web.RequestKey("host_team", str)
 _HOST_RE = re.compile(r"^(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$")
 
 
+def address_key(address: str) -> str:
+    """The key throttles count a client under: an IPv4 address as it is, an IPv6
+    address by its /64 (one subscriber's whole prefix, which it can rotate through
+    freely), an IPv4-mapped IPv6 address as the IPv4 one. Anything else unchanged."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 class Origins:
     def __init__(self, trusted_proxies: Sequence[str]) -> None:
         self.trusted = [ipaddress.ip_network(c, strict=False) for c in trusted_proxies]

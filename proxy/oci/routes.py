@@ -21,6 +21,7 @@ from proxy.auth.endpoint import TokenEndpoint
 from proxy.auth.gate import Gate, authorize_anonymous, authorize_catalog
 from proxy.auth.origin import HOST_TEAM
 from proxy.directory import Directory
+from proxy.limits import Slot, StreamSlots
 from proxy.oci.allowlist import allowed
 from proxy.oci.errors import OCIError
 from proxy.oci.grammar import MANIFEST_TYPES, Route, check_page_size, decode_path, parse_route, split_proxy_name
@@ -64,9 +65,12 @@ class PullContext:
 
 
 CTX_KEY = web.RequestKey("pull_ctx", PullContext)
+SLOT_KEY = web.RequestKey("stream_slot", Slot)
 
 
 class OCIRoutes:
+    slots: StreamSlots | None = None  # concurrent bodies per license and address (proxy.limits)
+
     def __init__(
         self,
         gate: Gate,
@@ -107,6 +111,21 @@ class OCIRoutes:
         raise OCIError("UNSUPPORTED", "the token endpoint takes GET or POST")
 
     async def pull(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._pull(request)
+        finally:
+            slot = request.pop(SLOT_KEY, None)
+            if slot is not None:
+                slot.release()  # the body is done: sent, aborted, or the client left
+
+    def _hold_stream_slot(self, request: web.Request, route: Route) -> None:
+        """Manifest and blob bodies hold a slot of their license and address (429 when full),
+        taken before the upstream request so a refused one costs the upstream nothing."""
+        if self.slots is None or request.method != "GET" or route.kind not in ("manifests", "blobs"):
+            return
+        request[SLOT_KEY] = self.slots.acquire(ctx(request).customer_id, self.gate.origins.client_address(request))
+
+    async def _pull(self, request: web.Request) -> web.StreamResponse:
         c = ctx(request)
         _reads_only(request)
         route = parse_route(decode_path(request.raw_path))
@@ -118,6 +137,7 @@ class OCIRoutes:
         else:
             registry, repo = await self._licensed(request, route)
         c.registry, c.image = registry.slug, repo
+        self._hold_stream_slot(request, route)
         path = _upstream_path(route, repo, request)
         headers = _upstream_headers(request, route)
         try:

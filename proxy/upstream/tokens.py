@@ -4,12 +4,17 @@ A token is used until shortly before it expires. When many requests need the
 same missing token at once, one fetch runs and the rest await its result.
 After an upstream 401 the caller passes the token that failed as `stale`, so
 a token somebody already refreshed is not fetched a second time.
+
+The scope comes from the repository names clients ask for, so the table is
+bounded: past `max_entries` the least recently used token is dropped (a miss
+costs one token fetch, never a wrong answer).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -29,19 +34,30 @@ def usable_until(issued: float, lifetime: float) -> float:
     return issued + max(lifetime - margin, 1.0)
 
 
+MAX_ENTRIES = 10_000
+
+
 class TokenCache:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._tokens: dict[tuple[str, str], CachedToken] = {}
+    def __init__(self, clock: Callable[[], float] = time.monotonic, max_entries: int = MAX_ENTRIES) -> None:
+        self._tokens: OrderedDict[tuple[str, str], CachedToken] = OrderedDict()
+        self.max_entries = max_entries
         self._inflight: dict[tuple[str, str], asyncio.Future[CachedToken]] = {}
         self._clock = clock
         self.fetches = 0
         self.hits = 0
 
+    def __len__(self) -> int:
+        return len(self._tokens)
+
     def peek(self, key: tuple[str, str]) -> CachedToken | None:
         tok = self._tokens.get(key)
-        if tok is not None and tok.fresh(self._clock()):
-            return tok
-        return None
+        if tok is None:
+            return None
+        if not tok.fresh(self._clock()):
+            del self._tokens[key]  # expired tokens do not linger
+            return None
+        self._tokens.move_to_end(key)
+        return tok
 
     async def get(
         self,
@@ -66,6 +82,9 @@ class TokenCache:
         try:
             tok = await fetch()
             self._tokens[key] = tok
+            self._tokens.move_to_end(key)
+            while len(self._tokens) > self.max_entries:
+                self._tokens.popitem(last=False)
             return tok
         finally:
             del self._inflight[key]

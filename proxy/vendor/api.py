@@ -41,7 +41,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except VendorError as exc:
         headers = {"WWW-Authenticate": 'Bearer realm="pullgate vendor API"'} if exc.status == 401 else {}
-        return web.json_response(exc.body(), status=exc.status, headers=headers)
+        return web.json_response(exc.body(), status=exc.status, headers=headers | exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -1,4 +1,4 @@
-"""Vendor API errors: `{"message": ...}` with 400, 401, 404 or 409.
+"""Vendor API errors: `{"message": ...}` with 400, 401, 404, 409 or 429.
 
 Messages are written here, never built from a secret: a validation problem
 names the field, not its value.
@@ -14,6 +14,7 @@ class VendorError(Exception):
         super().__init__(message)
         self.message = message
         self.problems = problems or []
+        self.headers: dict[str, str] = {}
 
     def body(self) -> dict[str, object]:
         out: dict[str, object] = {"message": self.message}
@@ -43,3 +44,13 @@ class NotFound(VendorError):
 
 class Conflict(VendorError):
     status = 409
+
+
+class TooManyRequests(VendorError):
+    """429, with Retry-After (seconds)."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(max(1, retry_after))}

@@ -251,7 +251,7 @@ PATHS: dict[str, Any] = {
                                ["customer", "created"]), "Created"),
              "200": _json(_obj({"customer": _ref("Customer"), "created": {"type": "boolean"}},
                                ["customer", "created"]), "Updated (already imported)"),
-             "409": _json(_ref("Error"), "The license is held by another team")},
+             "429": _json(_ref("Error"), "Too many imports by this team lately; Retry-After says when to retry")},
             body="LicenseImport", errors=("400", "401"),
         ),
     },

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import re
 import secrets
 import string
@@ -20,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from proxy import metrics
+from proxy.anonymous import RateLimiter
 from proxy.config import PROVIDERS
 from proxy.directory import Directory
 from proxy.licenses import kots
@@ -33,7 +36,7 @@ from proxy.upstream.client import UpstreamClient
 from proxy.upstream.probe import ProbeResult, probe
 from proxy.upstream.providers import provider_of
 from proxy.upstream.resolve import canonical_endpoint
-from proxy.vendor.errors import Conflict, Invalid, NotFound
+from proxy.vendor.errors import Conflict, Invalid, NotFound, TooManyRequests
 
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 HOST_RE = re.compile(r"^[A-Za-z0-9.-]+(?::\d{1,5})?$")
@@ -48,6 +51,12 @@ LICENSE_ALPHABET = string.ascii_letters + string.digits
 LICENSE_LENGTH = 32  # 32 characters of 62: about 190 bits
 MAX_LOGS = 1000
 RESERVED_SLUGS = frozenset({"test", "logs"})  # /external_registry/test and /logs
+# A license that verifies but whose licenseID another team holds gets the very answer a
+# wrong signature gets: the import is no oracle of other teams' licenses.
+LICENSE_NOT_ACCEPTED = (
+    "license: not accepted: the signature does not verify under this app's public key,"
+    " or this licenseID cannot be imported here"
+)
 
 
 def new_license_id() -> str:
@@ -64,6 +73,8 @@ class VendorService:
     keyring: Keyring
     directory: Directory
     upstream: UpstreamClient
+    # KOTS license imports per team (limits.license_imports_per_minute); shared by the API and portal.
+    license_imports: RateLimiter | None = None
 
     # --- auth -------------------------------------------------------------------
     async def team_for_token(self, token: str) -> Team | None:
@@ -270,6 +281,12 @@ class VendorService:
 
     async def import_license(self, team: Team, text: str) -> tuple[dict[str, Any], bool]:
         """A signed KOTS license becomes (or updates) a customer. Returns (customer, created)."""
+        if self.license_imports is not None:
+            wait = self.license_imports.take(team.id)
+            if wait is not None:
+                metrics.LICENSE_IMPORTS_THROTTLED.inc()
+                retry = 3600 if math.isinf(wait) else math.ceil(wait)
+                raise TooManyRequests("too many license imports by this team; retry later", retry)
         try:
             doc = kots.read(text)
             slug = kots.app_slug(doc)
@@ -283,6 +300,8 @@ class VendorService:
         try:
             lic = kots.verify(doc, app.kots_public_key)
         except kots.LicenseError as exc:
+            if str(exc).startswith("the license signature does not verify"):
+                raise Invalid([LICENSE_NOT_ACCEPTED]) from None
             raise Invalid([f"license: {exc}"]) from None
         if len(lic.license_id) < 16:
             raise Invalid(["license: licenseID is shorter than 16 characters"])
@@ -293,7 +312,7 @@ class VendorService:
             raise Invalid(problems)
         existing = await self.store.customer_by_license(lic.license_id)
         if existing is not None and existing.team_id != team.id:
-            raise Conflict("this license is already held by another customer")
+            raise Invalid([LICENSE_NOT_ACCEPTED])
         cid = await self.store.put_customer(
             team_id=team.id, app_id=app.id, name=lic.customer_name, email=lic.customer_email,
             license_id=lic.license_id, seal=lambda value, cid: self.keyring.seal(value, f"customer:{cid}"),

@@ -1,0 +1,88 @@
+"""Concurrent body streams per license and per client address.
+
+A few licenses (or one address) reading many blobs at once, or reading them
+slowly, must not take every stream the proxy can run. Each manifest or blob
+body (GET) holds one slot of its license and one of its client address (IPv6
+by /64) until the body is done, however it ends; past the limit the request
+gets 429 TOOMANYREQUESTS with Retry-After before any upstream request is made.
+
+The tables hold only keys with a stream open, so they are bounded by the open
+connections (`limits.max_connections`).
+"""
+
+from __future__ import annotations
+
+from proxy import metrics
+from proxy.auth.origin import address_key
+from proxy.oci.errors import OCIError
+
+RETRY_AFTER = "2"  # seconds: streams end all the time; a client may try again soon
+
+
+class StreamSlots:
+    def __init__(self, per_license: int, per_address: int) -> None:
+        self.per_license = per_license
+        self.per_address = per_address
+        self._licenses: dict[str, int] = {}
+        self._addresses: dict[str, int] = {}
+
+    def acquire(self, license_key: str | None, address: str) -> Slot:
+        """A slot for one body; OCIError 429 (counted by reason) when either share is used up.
+
+        `license_key` is the customer's id (None for anonymous tokens: only the
+        address counts then); `address` the client address as the gate sees it."""
+        addr = address_key(address)
+        if license_key is not None and self._licenses.get(license_key, 0) >= self.per_license:
+            raise self._refuse("license", "too many concurrent downloads for this license")
+        if self._addresses.get(addr, 0) >= self.per_address:
+            raise self._refuse("address", "too many concurrent downloads from this address")
+        if license_key is not None:
+            self._licenses[license_key] = self._licenses.get(license_key, 0) + 1
+        self._addresses[addr] = self._addresses.get(addr, 0) + 1
+        return Slot(self, license_key, addr)
+
+    def in_use(self) -> int:
+        """Slots held right now (each body holds one per address)."""
+        return sum(self._addresses.values())
+
+    def keys(self) -> int:
+        """Entries in the tables (licenses and addresses with a stream open)."""
+        return len(self._licenses) + len(self._addresses)
+
+    def _release(self, license_key: str | None, addr: str) -> None:
+        if license_key is not None:
+            _decrement(self._licenses, license_key)
+        _decrement(self._addresses, addr)
+
+    @staticmethod
+    def _refuse(reason: str, message: str) -> OCIError:
+        metrics.STREAMS_REFUSED.labels(reason).inc()
+        return OCIError("TOOMANYREQUESTS", message, headers={"Retry-After": RETRY_AFTER})
+
+
+class Slot:
+    """One held slot; release() is idempotent, and the slot is a context manager."""
+
+    def __init__(self, slots: StreamSlots, license_key: str | None, addr: str) -> None:
+        self._slots: StreamSlots | None = slots
+        self._license = license_key
+        self._addr = addr
+
+    def release(self) -> None:
+        if self._slots is not None:
+            self._slots._release(self._license, self._addr)
+            self._slots = None
+
+    def __enter__(self) -> Slot:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
+
+
+def _decrement(table: dict[str, int], key: str) -> None:
+    left = table.get(key, 0) - 1
+    if left > 0:
+        table[key] = left
+    else:
+        table.pop(key, None)  # no stream left: the key goes, so the table stays small
