@@ -69,6 +69,14 @@ class UpstreamSection:
 
 
 @dataclass
+class LimitsSection:
+    # A client reading a body slower than this many bytes/s over `min_stream_window`
+    # seconds is dropped; 0 turns the check off.
+    min_stream_rate: int = 8192
+    min_stream_window: float = 30.0
+
+
+@dataclass
 class LogSection:
     level: str = "INFO"
     access_log: bool = True
@@ -169,6 +177,7 @@ class Config:
     keys: KeysSection = field(default_factory=KeysSection)
     auth: AuthSection = field(default_factory=AuthSection)
     upstream: UpstreamSection = field(default_factory=UpstreamSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
     log: LogSection = field(default_factory=LogSection)
     pulllog: PullLogSection = field(default_factory=PullLogSection)
     domains: DomainsSection = field(default_factory=DomainsSection)
@@ -335,6 +344,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("auth.token_ttl_seconds: must be between 10 and 3600")
     if cfg.upstream.chunk_size < 64 * 1024:
         raise ConfigError("upstream.chunk_size: must be at least 65536")
+    if cfg.limits.min_stream_rate < 0:
+        raise ConfigError("limits.min_stream_rate: must be 0 (off) or more bytes per second")
+    if not 0.5 <= cfg.limits.min_stream_window <= 3600:
+        raise ConfigError("limits.min_stream_window: must be between 0.5 and 3600 seconds")
     if cfg.pulllog.retention_days < 0:
         raise ConfigError("pulllog.retention_days: must be 0 (keep forever) or more")
     if cfg.pulllog.queue_size < 1 or cfg.pulllog.batch_size < 1:

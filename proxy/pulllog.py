@@ -21,6 +21,7 @@ from prometheus_client import Counter
 
 from proxy import metrics
 from proxy.config import PullLogSection
+from proxy.logs import client_gone, reported_status
 from proxy.store.base import Store
 
 log = logging.getLogger("pullgate.pulllog")
@@ -167,6 +168,9 @@ def middleware(pulllog: PullLog) -> Callable[[web.Request, Handler], Awaitable[w
         finally:
             c = request.get(CTX_KEY)
             if c is not None and c.customer_id and c.team_id and c.action:
+                # A client that hung up before its answer went out is recorded as 499.
+                finished = resp is not None and getattr(resp, "_eof_sent", False)
+                status = reported_status(status, c, not finished and client_gone(request))
                 sent = c.bytes_sent
                 # Small JSON answers (tags, token) are not relayed: count their body.
                 if not sent and isinstance(resp, web.Response) and request.method != "HEAD":
