@@ -38,7 +38,7 @@ class StreamPace:
         self._loop = asyncio.get_running_loop()
 
     def start(self) -> None:
-        if self.min_rate <= 0 or self.window <= 0 or not isinstance(self.transport, asyncio.WriteTransport):
+        if self.min_rate <= 0 or self.window <= 0 or self.transport is None:
             return
         self._samples.append((self._loop.time(), 0))
         self._schedule()
@@ -51,9 +51,10 @@ class StreamPace:
     def taken(self) -> int:
         """Bytes the client has read (or the kernel holds for it)."""
         transport = self.transport
-        if not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
+        # asyncio's and uvloop's transports both have these (uvloop's are no WriteTransport).
+        if transport is None or transport.is_closing():
             return self.pushed
-        return self.pushed - transport.get_write_buffer_size()
+        return self.pushed - transport.get_write_buffer_size()  # type: ignore[attr-defined]
 
     def _schedule(self) -> None:
         self._timer = self._loop.call_later(self.window / SAMPLES_PER_WINDOW, self._tick)

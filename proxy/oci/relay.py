@@ -11,8 +11,11 @@ bytes hash to something else, and for a client reading slower than
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import socket
+import struct
 from dataclasses import dataclass
 
 import aiohttp
@@ -215,8 +218,16 @@ async def _hash(verifier: Verifier, chunk: bytes) -> None:
 
 
 def _abort(request: web.Request) -> None:
-    if request.transport is not None:
-        request.transport.abort()
+    """Cut the client off now: a reset, so bytes still queued in the kernel are dropped
+    too and even a slow reader sees the failure at once."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 async def upstream_error(upstream: aiohttp.ClientResponse, kind: str, slug: str) -> OCIError:
