@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from proxy.oci.allowlist import check_patterns
+
 
 class ConfigError(ValueError):
     """A configuration problem, always naming the key at fault."""
@@ -134,6 +136,8 @@ class RegistrySpec:
     password_env: str | None = None
     apps: list[str] = field(default_factory=list)
     allow_anonymous: bool = False
+    # Repository patterns served on /v2/anonymous/... (empty: all its apps' allowlists allow).
+    anonymous_repositories: list[str] = field(default_factory=list)
     # Amazon ECR
     access_key_id: str | None = None
     secret_access_key_file: str | None = None
@@ -367,6 +371,8 @@ def _validate(cfg: Config) -> None:
                 raise ConfigError(f"{rk}.url: an http:// url needs insecure: true")
             if reg.url and not reg.url.startswith(("http://", "https://")):
                 raise ConfigError(f"{rk}.url: must start with https:// (or http:// with insecure)")
+            for problem in check_patterns(reg.anonymous_repositories, "anonymous_repositories"):
+                raise ConfigError(f"{rk}.{problem}")
             if reg.password_file and reg.password_env:
                 raise ConfigError(f"{rk}.password_file: give password_file or password_env, not both")
             for a in reg.apps:

@@ -19,14 +19,14 @@ def allowed(patterns: Sequence[str], repository: str) -> bool:
     return not patterns or any(fnmatchcase(repository, p) for p in patterns)
 
 
-def check_patterns(patterns: object) -> list[str]:
-    """Problems with a proposed allowlist (empty when it is fine)."""
+def check_patterns(patterns: object, key: str = "imageAllowlist") -> list[str]:
+    """Problems with a proposed list of patterns named `key` (empty when it is fine)."""
     if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
-        return ["imageAllowlist: must be a list of repository patterns (strings)"]
+        return [f"{key}: must be a list of repository patterns (strings)"]
     problems = []
     if len(patterns) > MAX_PATTERNS:
-        problems.append(f"imageAllowlist: at most {MAX_PATTERNS} patterns")
+        problems.append(f"{key}: at most {MAX_PATTERNS} patterns")
     for i, p in enumerate(patterns):
         if not p or len(p) > 255 or p != p.strip() or p.startswith("/"):
-            problems.append(f"imageAllowlist[{i}]: must be a repository pattern like vendor/* (no leading /)")
+            problems.append(f"{key}[{i}]: must be a repository pattern like vendor/* (no leading /)")
     return problems

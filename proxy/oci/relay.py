@@ -172,7 +172,9 @@ class _Copier:
             if verifier is None:
                 await self._write(chunk)
                 continue
-            await _hash(verifier, chunk)
+            # Inline: measured on a 512 MiB blob, a thread per chunk was no faster, and it
+            # would queue behind the store's calls in the shared default executor.
+            verifier.update(chunk)
             if held is not None:
                 await self._write(held)
             held = chunk
@@ -203,18 +205,6 @@ class _Copier:
         metrics.STREAMS_ABORTED.labels(reason).inc()
         _abort(self.request)
         return StreamAborted(self.resp, self.sent, reason)
-
-
-# Below this, hashing on the event loop is cheaper than the hop to a thread.
-THREAD_HASH_MIN = 256 * 1024
-
-
-async def _hash(verifier: Verifier, chunk: bytes) -> None:
-    """hashlib releases the GIL on large buffers: big chunks hash beside the loop."""
-    if len(chunk) >= THREAD_HASH_MIN:
-        await asyncio.to_thread(verifier.update, chunk)
-    else:
-        verifier.update(chunk)
 
 
 def _abort(request: web.Request) -> None:

@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from proxy import metrics
-from proxy.anonymous import RateLimiter, is_anonymous, resolve_anonymous
+from proxy.anonymous import RateLimiter, anonymous_allows, is_anonymous, resolve_anonymous
 from proxy.auth.endpoint import TokenEndpoint
 from proxy.auth.gate import Gate, authorize_anonymous, authorize_catalog
 from proxy.auth.origin import HOST_TEAM
@@ -211,7 +211,11 @@ class OCIRoutes:
         if customer is not None:
             ctx(request).note(customer)
         registries = await self.directory.anonymous_registries(request.get(HOST_TEAM))
-        return resolve_anonymous(registries, route.name)
+        registry, repo = resolve_anonymous(registries, route.name)
+        # Before any upstream I/O; refused exactly like an unknown name (see proxy.anonymous).
+        if not anonymous_allows(registry, await self.directory.team_apps(registry.team_id), repo):
+            raise OCIError("NAME_UNKNOWN", "repository name not known to registry", detail={"name": route.name})
+        return registry, repo
 
     async def catalog(self, request: web.Request) -> web.Response:
         """Harbor and Nexus mirrors list repositories: the app's allowlisted names (when it
