@@ -4,7 +4,9 @@ Patterns are fnmatch-style on the repository name at the upstream registry
 (`vendor/*`, `vendor/api`, `library/redis`); `*` also crosses `/`. An empty
 list allows every repository of the app's registries. A refused name answers
 404 NAME_UNKNOWN, exactly like a repository that does not exist, so a customer
-learns nothing about what else the vendor's registry holds.
+learns nothing about what else the vendor's registry holds. The same patterns
+bound what a registry serves anonymously (proxy.anonymous.anonymous_allows), and
+a registry's `anonymous_repositories` use this grammar too.
 """
 
 from __future__ import annotations
