@@ -55,7 +55,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, hostile: HostileRegistry) -
             "customers": [{"name": "C", "app": "dig", "license_id_env": "DIG_LICENSE"}],
         }
     ]
-    srv = Pullgate(tmp_path_factory.mktemp("digests"), teams, env={"DIG_LICENSE": LICENSE}).start()
+    settings = {"upstream": {"idle_timeout": 3}}  # also the bound on reading a whole manifest
+    srv = Pullgate(tmp_path_factory.mktemp("digests"), teams, env={"DIG_LICENSE": LICENSE}, settings=settings).start()
     yield srv
     srv.stop()
 
@@ -224,3 +225,13 @@ async def test_head_is_relayed_unverified(server: Pullgate, hostile: HostileRegi
         async with s.head(_url(server, img.repo, "manifests", "v1"), headers={**AUTH, "Accept": OCI_MANIFEST}) as r:
             assert r.status == 200 and r.headers["Docker-Content-Digest"] == img.digest
             assert r.content_length == len(img.manifest)
+
+
+async def test_a_trickled_manifest_is_cut_off(server: Pullgate, hostile: HostileRegistry):
+    # 10 bytes every half second: never idle long enough for the socket timeout, yet never done.
+    hostile.serve("/v2/vendor/trickle/manifests/v1", Body(stream=repeated(b"x" * 10, 400, pause=0.5), length=400))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    status, _, body, _ = await _get(_url(server, "vendor/trickle", "manifests", "v1"), {"Accept": OCI_MANIFEST})
+    assert status == 504 and json.loads(body)["errors"][0]["code"] == "UPSTREAM_TIMEOUT"
+    assert loop.time() - start < 10

@@ -6,6 +6,7 @@ resolution (no I/O) -> upstream request (its own auth) -> relay.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -175,7 +176,12 @@ class OCIRoutes:
     ) -> web.Response:
         """Manifests are small: read whole, checked against the digest asked for (or the one
         the upstream announced for a tag) before the first byte goes out."""
-        body = await _read_manifest(upstream, slug)
+        try:
+            # A few MiB at most: a registry that trickles it is cut off, not waited on for ever.
+            async with asyncio.timeout(self.idle_timeout):
+                body = await _read_manifest(upstream, slug)
+        except TimeoutError:
+            raise OCIError("UPSTREAM_TIMEOUT", f"registry {slug!r} sends its manifest too slowly", status=504) from None
         requested = route.reference if is_digest(route.reference) else None
         announced = upstream.headers.get("Docker-Content-Digest")
         problem = manifest_digest_problem(body, requested, announced)
@@ -291,7 +297,7 @@ async def _read_manifest(upstream: aiohttp.ClientResponse, slug: str) -> bytes:
             body += chunk
             if len(body) > MAX_MANIFEST:
                 raise too_large
-    except (aiohttp.ClientError, TimeoutError):
+    except aiohttp.ClientError:
         raise OCIError("UPSTREAM_ERROR", f"registry {slug!r} broke off while sending a manifest", status=502) from None
     if upstream.content_length is not None and len(body) != upstream.content_length:
         raise OCIError("UPSTREAM_ERROR", f"registry {slug!r} sent a short manifest", status=502)
