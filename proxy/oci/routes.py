@@ -181,7 +181,11 @@ class OCIRoutes:
             async with asyncio.timeout(self.idle_timeout):
                 body = await _read_manifest(upstream, slug)
         except TimeoutError:
+            upstream.close()
             raise OCIError("UPSTREAM_TIMEOUT", f"registry {slug!r} sends its manifest too slowly", status=504) from None
+        except OCIError:
+            upstream.close()  # the rest of an oversize or broken body is not worth reading
+            raise
         requested = route.reference if is_digest(route.reference) else None
         announced = upstream.headers.get("Docker-Content-Digest")
         problem = manifest_digest_problem(body, requested, announced)
