@@ -41,7 +41,7 @@ async def oci_errors(request: web.Request, handler: Handler) -> web.StreamRespon
         return OCIError(code, message, status=exc.status).response(head)
     except Exception as exc:
         if isinstance(exc, ConnectionError) and client_gone(request):
-            log.info("client closed the connection (%s)", type(exc).__name__)
+            log.debug("client closed the connection (%s)", type(exc).__name__)  # the access line says 499
             return client_closed_response()
         tb = exc.__traceback__
         while tb is not None and tb.tb_next is not None:
