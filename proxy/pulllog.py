@@ -57,10 +57,14 @@ class PullEvent:
     reference: str | None
     status: int
     bytes: int
+    # False when the body was cut (the upstream broke, or its bytes missed the digest):
+    # the status line said 200, but the pull did not succeed.
+    complete: bool = True
 
     def row(self) -> tuple[object, ...]:
+        success = int(self.status < 400 and self.complete)
         return (self.time, self.team_id, self.customer_id, self.app_slug, self.registry_slug, self.action,
-                self.image, self.reference, self.status, int(self.status < 400), self.bytes)  # fmt: skip
+                self.image, self.reference, self.status, success, self.bytes)  # fmt: skip
 
 
 class PullLog:
@@ -176,7 +180,7 @@ def middleware(pulllog: PullLog) -> Callable[[web.Request, Handler], Awaitable[w
                 if not sent and isinstance(resp, web.Response) and request.method != "HEAD":
                     sent = len(resp.body) if isinstance(resp.body, bytes) else 0
                 event = PullEvent(now_iso(), c.team_id, c.customer_id, c.app, c.registry, c.action, c.image,
-                                  c.reference, status, sent)  # fmt: skip
+                                  c.reference, status, sent, complete=c.aborted is None)  # fmt: skip
                 pulllog.record(event)
 
     return record_pull

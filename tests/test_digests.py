@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,6 +110,14 @@ async def test_a_blob_with_the_wrong_bytes_is_never_a_clean_200(server: Pullgate
     hostile.serve(f"/v2/{img.repo}/blobs/{img.layer_digest}", Body(good, content_length=not chunked))
     status, _, body, failure = await _get(_url(server, img.repo, "blobs", img.layer_digest))
     assert (status, failure, body) == (200, None, good)
+    # The pull log tells the two apart: the cut one did not succeed.
+    assert server.wait_until(lambda: _pull_log_successes(server, img.repo) == [0, 1], timeout=10)
+
+
+def _pull_log_successes(server: Pullgate, image: str) -> list[int]:
+    with sqlite3.connect(server.db_path, timeout=10) as db:
+        rows = db.execute("SELECT success FROM pull_logs WHERE image = ? AND action = 'blob' ORDER BY time", (image,))
+        return [r[0] for r in rows]
 
 
 async def test_sha512_blobs_are_verified_too(server: Pullgate, hostile: HostileRegistry):
