@@ -125,8 +125,10 @@ def proxy_app(services: Services) -> web.Application:
     app[SERVICES] = services
     up = services.cfg.upstream
     limiter = RateLimiter(services.cfg.anonymous.rate_per_minute, services.cfg.anonymous.burst)
-    routes = OCIRoutes(services.gate, services.directory, services.upstream, up.chunk_size, up.idle_timeout, limiter)
     limits = services.cfg.limits
+    routes = OCIRoutes(
+        services.gate, services.directory, services.upstream, up.chunk_size, up.idle_timeout, limiter, limits
+    )
     routes.slots = StreamSlots(limits.streams_per_license, limits.streams_per_address)
     routes.install(app)
     app.on_response_prepare.append(_set_request_id)

@@ -84,6 +84,7 @@ async def _registry(
         username=spec.username,
         secret_sealed=keyring.seal(secret, rid) if secret else None,
         allow_anonymous=spec.allow_anonymous,
+        anonymous_repositories=tuple(spec.anonymous_repositories),
         options=options,
         app_ids=tuple(sorted(apps[a].id for a in spec.apps)),
     )

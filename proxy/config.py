@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from proxy.domains.names import HOSTNAME_RE  # imports nothing of proxy: no cycle
+from proxy.oci.allowlist import check_patterns
 
 
 class ConfigError(ValueError):
@@ -120,8 +121,10 @@ class LimitsSection:
     # (IPv6 by /64); more get 429 TOOMANYREQUESTS with Retry-After.
     streams_per_license: int = 64
     streams_per_address: int = 128
-    # Bytes/s over a 30 s window; a client reading slower is dropped (the relay applies it).
+    # A client reading a body slower than this many bytes/s over `min_stream_window`
+    # seconds is dropped; 0 turns the check off.
     min_stream_rate: int = 8192
+    min_stream_window: float = 30.0
     # KOTS license imports per team and minute (vendor API and portal).
     license_imports_per_minute: int = 30
 
@@ -151,6 +154,8 @@ class RegistrySpec:
     password_env: str | None = None
     apps: list[str] = field(default_factory=list)
     allow_anonymous: bool = False
+    # Repository patterns served on /v2/anonymous/... (empty: all its apps' allowlists allow).
+    anonymous_repositories: list[str] = field(default_factory=list)
     # Amazon ECR
     access_key_id: str | None = None
     secret_access_key_file: str | None = None
@@ -194,6 +199,7 @@ class Config:
     keys: KeysSection = field(default_factory=KeysSection)
     auth: AuthSection = field(default_factory=AuthSection)
     upstream: UpstreamSection = field(default_factory=UpstreamSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
     log: LogSection = field(default_factory=LogSection)
     pulllog: PullLogSection = field(default_factory=PullLogSection)
     domains: DomainsSection = field(default_factory=DomainsSection)
@@ -382,6 +388,8 @@ def _validate(cfg: Config) -> None:
                 raise ConfigError(f"{rk}.url: an http:// url needs insecure: true")
             if reg.url and not reg.url.startswith(("http://", "https://")):
                 raise ConfigError(f"{rk}.url: must start with https:// (or http:// with insecure)")
+            for problem in check_patterns(reg.anonymous_repositories, "anonymous_repositories"):
+                raise ConfigError(f"{rk}.{problem}")
             if reg.password_file and reg.password_env:
                 raise ConfigError(f"{rk}.password_file: give password_file or password_env, not both")
             for a in reg.apps:
@@ -412,7 +420,9 @@ def _validate_limits(limits: LimitsSection) -> None:
         if getattr(limits, key) < 1:
             raise ConfigError(f"limits.{key}: must be at least 1")
     if limits.min_stream_rate < 0:
-        raise ConfigError("limits.min_stream_rate: must be 0 (off) or more")
+        raise ConfigError("limits.min_stream_rate: must be 0 (off) or more bytes per second")
+    if not 0.5 <= limits.min_stream_window <= 3600:
+        raise ConfigError("limits.min_stream_window: must be between 0.5 and 3600 seconds")
 
 
 def read_secret(

@@ -63,6 +63,7 @@ class Directory:
         self._apps: TTLCache[str, App | None] = TTLCache(ttl)
         self._registries: TTLCache[str, list[Registry]] = TTLCache(ttl)
         self._anonymous: TTLCache[str, list[Registry]] = TTLCache(ttl)
+        self._team_apps: TTLCache[str, list[App]] = TTLCache(ttl)
         self._pulled: TTLCache[str, list[tuple[str, str]]] = TTLCache(ttl)
 
     async def customer_by_license(self, license_id: str) -> Customer | None:
@@ -81,9 +82,12 @@ class Directory:
         every = await self._anonymous.get("*", self.store.anonymous_registries)
         return [r for r in every if team_id is None or r.team_id == team_id]
 
+    async def team_apps(self, team_id: str) -> list[App]:
+        return await self._team_apps.get(team_id, lambda: self.store.apps_of_team(team_id))
+
     async def pulled(self, app: App) -> list[tuple[str, str]]:
         return await self._pulled.get(app.id, lambda: self.store.pulled_repositories(app.team_id, app.slug))
 
     def invalidate(self) -> None:
-        for cache in (self._licenses, self._customers, self._apps, self._registries, self._anonymous):
+        for cache in (self._licenses, self._customers, self._apps, self._registries, self._anonymous, self._team_apps):
             cache.clear()

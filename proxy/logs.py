@@ -3,6 +3,11 @@
 The access line carries a request id (also sent as X-Request-Id), the route,
 app, registry slug, status, bytes and duration; never a license ID, token,
 Authorization header or query string of the token endpoint.
+
+A request whose client hung up before its answer was complete is logged and
+counted as 499 (nginx's "client closed request"), never as a server error; a
+stream the proxy cut for the client's sake (too slow) too. A stream cut because
+the upstream broke keeps its status, with `aborted` saying why.
 """
 
 from __future__ import annotations
@@ -41,22 +46,45 @@ def setup(level: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+CLIENT_CLOSED = 499
+# PullContext.aborted reasons that are the client's doing.
+CLIENT_ABORTS = ("client", "slow")
+
+
+def client_gone(request: web.BaseRequest) -> bool:
+    """The client's connection is closed or closing: nothing more can reach it."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def reported_status(status: int, c: Any, client_left: bool) -> int:
+    """The status to log and count: 499 when the client left before its answer was complete."""
+    aborted = getattr(c, "aborted", None)
+    if aborted is not None:
+        return CLIENT_CLOSED if aborted in CLIENT_ABORTS else status
+    return CLIENT_CLOSED if client_left else status
+
+
 class AccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         from proxy.oci.routes import CTX_KEY  # local: keep logs importable alone
 
         c = request.get(CTX_KEY)
+        # aiohttp logs an answer it could not finish sending too: the client had gone.
+        unfinished = not getattr(response, "_eof_sent", True)
         fields: dict[str, Any] = {
             "request_id": request.get("request_id"),
             "method": request.method,
             "route": c.route if c else "other",
-            "status": response.status,
+            "status": reported_status(response.status, c, unfinished),
             "bytes": c.bytes_sent if c and c.bytes_sent else response.body_length,
             "duration_ms": round(time * 1000, 2),
         }
         if c is not None:
             fields.update(app=c.app, registry=c.registry, customer=c.customer_id, license=c.license_ref)
-        record_metrics(fields["route"], request.method, response.status, time, c)
+            if c.aborted:
+                fields["aborted"] = c.aborted
+        record_metrics(fields["route"], request.method, fields["status"], time, c)
         self.logger.info("access", extra={"fields": fields})
 
 

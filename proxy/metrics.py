@@ -19,7 +19,17 @@ DURATION = Histogram(
 BYTES_SENT = Counter("pullgate_bytes_sent", "Body bytes streamed to clients", ["kind"], registry=REGISTRY)
 STREAMS_IN_FLIGHT = Gauge("pullgate_streams_in_flight", "Bodies being streamed right now", registry=REGISTRY)
 STREAMS_ABORTED = Counter(
-    "pullgate_streams_aborted", "Streams cut mid-body (upstream broke or client left)", ["reason"], registry=REGISTRY
+    "pullgate_streams_aborted",
+    "Streams cut mid-body, by reason: upstream | client | slow | digest",
+    ["reason"],
+    registry=REGISTRY,
+)
+
+DIGEST_MISMATCH = Counter(
+    "pullgate_digest_mismatch",
+    "Upstream bodies that did not hash to the digest asked for (the client was cut off)",
+    ["registry", "kind"],  # kind: manifest | blob
+    registry=REGISTRY,
 )
 
 LICENSE_CHECKS = Counter(

@@ -21,6 +21,7 @@ from prometheus_client import Counter
 
 from proxy import metrics
 from proxy.config import PullLogSection
+from proxy.logs import client_gone, reported_status
 from proxy.store.base import Store
 
 log = logging.getLogger("pullgate.pulllog")
@@ -56,10 +57,14 @@ class PullEvent:
     reference: str | None
     status: int
     bytes: int
+    # False when the body was cut (the upstream broke, or its bytes missed the digest):
+    # the status line said 200, but the pull did not succeed.
+    complete: bool = True
 
     def row(self) -> tuple[object, ...]:
+        success = int(self.status < 400 and self.complete)
         return (self.time, self.team_id, self.customer_id, self.app_slug, self.registry_slug, self.action,
-                self.image, self.reference, self.status, int(self.status < 400), self.bytes)  # fmt: skip
+                self.image, self.reference, self.status, success, self.bytes)  # fmt: skip
 
 
 class PullLog:
@@ -167,12 +172,15 @@ def middleware(pulllog: PullLog) -> Callable[[web.Request, Handler], Awaitable[w
         finally:
             c = request.get(CTX_KEY)
             if c is not None and c.customer_id and c.team_id and c.action:
+                # A client that hung up before its answer went out is recorded as 499.
+                finished = resp is not None and getattr(resp, "_eof_sent", False)
+                status = reported_status(status, c, not finished and client_gone(request))
                 sent = c.bytes_sent
                 # Small JSON answers (tags, token) are not relayed: count their body.
                 if not sent and isinstance(resp, web.Response) and request.method != "HEAD":
                     sent = len(resp.body) if isinstance(resp.body, bytes) else 0
                 event = PullEvent(now_iso(), c.team_id, c.customer_id, c.app, c.registry, c.action, c.image,
-                                  c.reference, status, sent)  # fmt: skip
+                                  c.reference, status, sent, complete=c.aborted is None)  # fmt: skip
                 pulllog.record(event)
 
     return record_pull

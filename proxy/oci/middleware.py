@@ -2,6 +2,8 @@
 
 Unexpected exceptions are logged by type and location only (their messages may
 carry upstream URLs) and become a bare 500; a traceback never reaches a client.
+A client that hung up mid-request is not a server error: it is answered (and so
+logged and counted) as 499, as nginx does, at info level.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from proxy.logs import CLIENT_CLOSED, client_gone
 from proxy.oci.errors import OCIError
 
 log = logging.getLogger("pullgate.oci")
@@ -37,9 +40,17 @@ async def oci_errors(request: web.Request, handler: Handler) -> web.StreamRespon
         code, message = _HTTP_CODES.get(exc.status, ("UNSUPPORTED" if exc.status == 405 else "BAD_REQUEST", exc.reason))
         return OCIError(code, message, status=exc.status).response(head)
     except Exception as exc:
+        if isinstance(exc, ConnectionError) and client_gone(request):
+            log.debug("client closed the connection (%s)", type(exc).__name__)  # the access line says 499
+            return client_closed_response()
         tb = exc.__traceback__
         while tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
         where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb else "?"
         log.error("internal error %s at %s", type(exc).__name__, where)
         return OCIError("INTERNAL_ERROR", "internal error", status=500).response(head)
+
+
+def client_closed_response() -> web.Response:
+    """Never sent (there is no one to send it to); it makes the access log and metrics say 499."""
+    return web.Response(status=CLIENT_CLOSED, reason="Client Closed Request")

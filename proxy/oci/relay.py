@@ -3,20 +3,28 @@
 Large chunks with backpressure (each write waits for the socket to drain), so
 memory stays flat whatever the blob size. If the upstream breaks after the
 first byte, the client connection is aborted: the client must see a failure,
-never a clean short body.
+never a clean short body. The same goes for a body requested by digest whose
+bytes hash to something else, and for a client reading slower than
+`limits.min_stream_rate` (proxy.oci.pace).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import socket
+import struct
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 
 from proxy import metrics
+from proxy.oci.digest import Verifier
 from proxy.oci.errors import OCIError
+from proxy.oci.pace import StreamPace
 
 log = logging.getLogger("pullgate.relay")
 
@@ -37,12 +45,26 @@ MAX_ERROR_BODY = 64 * 1024
 
 
 class StreamAborted(Exception):
-    """The stream broke mid-body (either side); the client connection is aborted."""
+    """The stream broke mid-body; the client connection is aborted.
 
-    def __init__(self, response: web.StreamResponse, sent: int) -> None:
-        super().__init__(f"stream aborted after {sent} bytes")
+    `reason` says which side: `upstream` (it broke or sent too little), `client`
+    (it went away or stopped reading), `slow` (below `limits.min_stream_rate`) or
+    `digest` (the bytes do not hash to the digest asked for).
+    """
+
+    def __init__(self, response: web.StreamResponse, sent: int, reason: str) -> None:
+        super().__init__(f"stream aborted ({reason}) after {sent} bytes")
         self.response = response
         self.sent = sent
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Pace:
+    """`limits.min_stream_rate` over `limits.min_stream_window` seconds; 0 turns it off."""
+
+    min_rate: int = 0
+    window: float = 30.0
 
 
 def passed_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
@@ -55,8 +77,15 @@ async def relay(
     chunk_size: int,
     extra_headers: dict[str, str] | None = None,
     idle_timeout: float = 60.0,
+    verify: str | None = None,
+    pace: Pace = Pace(),
 ) -> tuple[web.StreamResponse, int]:
-    """Stream `upstream` to the client; returns the response and bytes sent."""
+    """Stream `upstream` to the client; returns the response and bytes sent.
+
+    With `verify` (a digest), the body is hashed as it passes and its last chunk
+    is held back until the hash is known: on a mismatch the client never gets a
+    complete body, whatever the framing.
+    """
     headers = passed_headers(upstream)
     if extra_headers:
         headers.update(extra_headers)
@@ -72,14 +101,20 @@ async def relay(
     if request.transport is not None:
         # Fewer, larger socket writes: let the kernel-side buffer hold a few chunks.
         request.transport.set_write_buffer_limits(high=2 * chunk_size)
+    guard = StreamPace(request.transport, pace.min_rate, pace.window, lambda: _abort(request))
+    copier = _Copier(request, upstream, resp, chunk_size, expected, idle_timeout, guard)
     with metrics.STREAMS_IN_FLIGHT.track_inprogress():
-        sent = await _copy(request, upstream, resp, chunk_size, expected, idle_timeout)
+        guard.start()
         try:
-            async with asyncio.timeout(idle_timeout):
-                await _flush(request)
-        except TimeoutError:
-            _abort(request)
-            raise StreamAborted(resp, sent) from None
+            sent = await copier.run(Verifier(verify) if verify else None)
+            try:
+                async with asyncio.timeout(idle_timeout):
+                    guard.waiting_on_client = True
+                    await _flush(request)
+            except (ConnectionError, TimeoutError):
+                raise copier.client_failed() from None
+        finally:
+            guard.stop()
     await resp.write_eof()
     return resp, sent
 
@@ -102,42 +137,88 @@ async def _flush(request: web.Request) -> None:
         transport.set_write_buffer_limits()
 
 
-async def _copy(
-    request: web.Request,
-    upstream: aiohttp.ClientResponse,
-    resp: web.StreamResponse,
-    chunk_size: int,
-    expected: int | None,
-    idle_timeout: float,
-) -> int:
-    sent = 0
-    while True:
-        try:
-            chunk, _ = await upstream.content.readchunk()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("upstream failed mid-body after %d bytes: %s", sent, type(exc).__name__)
-            chunk = None
-        if not chunk:
-            if chunk is None or (expected is not None and sent != expected):
-                metrics.STREAMS_ABORTED.labels("upstream").inc()
-                _abort(request)
-                raise StreamAborted(resp, sent)
-            return sent
+class _Copier:
+    """One body copy: upstream chunks to the client, with backpressure."""
+
+    def __init__(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        resp: web.StreamResponse,
+        chunk_size: int,
+        expected: int | None,
+        idle_timeout: float,
+        guard: StreamPace,
+    ) -> None:
+        self.request, self.upstream, self.resp = request, upstream, resp
+        self.chunk_size, self.expected, self.idle_timeout = chunk_size, expected, idle_timeout
+        self.guard = guard
+        self.sent = 0
+
+    async def run(self, verifier: Verifier | None) -> int:
+        held: bytes | None = None  # with a verifier, the last chunk waits for the hash
+        received = 0
+        while True:
+            try:
+                chunk, _ = await self.upstream.content.readchunk()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("upstream failed mid-body after %d bytes: %s", self.sent, type(exc).__name__)
+                chunk = None
+            if not chunk:
+                if chunk is None or (self.expected is not None and received != self.expected):
+                    raise self._failed("upstream")
+                break
+            received += len(chunk)
+            if verifier is None:
+                await self._write(chunk)
+                continue
+            # Inline: measured on a 512 MiB blob (sha256 about 0.6 ms/MiB here), hashing in a
+            # thread, even overlapped with the socket write, was no faster; and in the shared
+            # default executor it would queue behind the store's calls.
+            verifier.update(chunk)
+            if held is not None:
+                await self._write(held)
+            held = chunk
+        if verifier is not None and not verifier.matches():
+            raise self._failed("digest")
+        if held is not None:
+            await self._write(held)
+        return self.sent
+
+    async def _write(self, chunk: bytes) -> None:
+        self.guard.pushed += len(chunk)
+        self.guard.waiting_on_client = True
         try:
             # A client that stops reading for the idle timeout is dropped.
-            async with asyncio.timeout(idle_timeout):
-                await resp.write(chunk)
+            async with asyncio.timeout(self.idle_timeout):
+                await self.resp.write(chunk)
         except (ConnectionError, TimeoutError):
-            # The client went away: stop reading upstream at once.
-            metrics.STREAMS_ABORTED.labels("client").inc()
-            _abort(request)
-            raise StreamAborted(resp, sent) from None
-        sent += len(chunk)
+            # The client went away (or was dropped): stop reading upstream at once.
+            raise self.client_failed() from None
+        finally:
+            self.guard.waiting_on_client = False
+        self.sent += len(chunk)
+
+    def client_failed(self) -> StreamAborted:
+        return self._failed("slow" if self.guard.dropped else "client")
+
+    def _failed(self, reason: str) -> StreamAborted:
+        metrics.STREAMS_ABORTED.labels(reason).inc()
+        _abort(self.request)
+        return StreamAborted(self.resp, self.sent, reason)
 
 
 def _abort(request: web.Request) -> None:
-    if request.transport is not None:
-        request.transport.abort()
+    """Cut the client off now: a reset, so bytes still queued in the kernel are dropped
+    too and even a slow reader sees the failure at once."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 async def upstream_error(upstream: aiohttp.ClientResponse, kind: str, slug: str) -> OCIError:

@@ -6,6 +6,7 @@ resolution (no I/O) -> upstream request (its own auth) -> relay.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -16,16 +17,18 @@ import aiohttp
 from aiohttp import web
 
 from proxy import metrics
-from proxy.anonymous import RateLimiter, is_anonymous, resolve_anonymous
+from proxy.anonymous import RateLimiter, anonymous_allows, is_anonymous, resolve_anonymous
 from proxy.auth.endpoint import TokenEndpoint
 from proxy.auth.gate import Gate, authorize_anonymous, authorize_catalog
 from proxy.auth.origin import HOST_TEAM
+from proxy.config import LimitsSection
 from proxy.directory import Directory
 from proxy.limits import Slot, StreamSlots
 from proxy.oci.allowlist import allowed
+from proxy.oci.digest import MAX_MANIFEST, digest_of, is_digest, manifest_digest_problem
 from proxy.oci.errors import OCIError
 from proxy.oci.grammar import MANIFEST_TYPES, Route, check_page_size, decode_path, parse_route, split_proxy_name
-from proxy.oci.relay import StreamAborted, relay, upstream_error
+from proxy.oci.relay import Pace, StreamAborted, passed_headers, relay, upstream_error
 from proxy.store.models import Customer, Registry
 from proxy.upstream.client import UpstreamClient
 from proxy.upstream.errors import UpstreamError
@@ -51,6 +54,9 @@ class PullContext:
     registry: str | None = None
     customer_id: str | None = None
     bytes_sent: int = 0
+    # Why a body stream was cut (proxy.oci.relay.StreamAborted.reason); client-side
+    # reasons are logged and counted as 499, like nginx does.
+    aborted: str | None = None
     # For the pull log: the customer's team, what was asked, of which image.
     team_id: str | None = None
     action: str | None = None  # auth | manifest | HEAD | blob | tags | referrers
@@ -79,7 +85,9 @@ class OCIRoutes:
         chunk_size: int,
         idle_timeout: float,
         limiter: RateLimiter | None = None,
+        limits: LimitsSection | None = None,
     ) -> None:
+        self.limits = limits
         self.idle_timeout = idle_timeout
         self.limiter = limiter
         self.gate = gate
@@ -88,6 +96,11 @@ class OCIRoutes:
         self.chunk_size = chunk_size
         self.tokens = TokenEndpoint(gate, limiter)
         self.tokens.on_customer = _note_token_customer
+
+    @property
+    def pace(self) -> Pace:
+        limits = self.limits or LimitsSection()
+        return Pace(limits.min_stream_rate, limits.min_stream_window)
 
     def install(self, app: web.Application) -> None:
         app.router.add_route("*", "/v2/", self.base)
@@ -153,15 +166,52 @@ class OCIRoutes:
             if route.kind == "tags" and request.method == "GET":
                 return await self._tags(request, upstream, route.name, repo)
             extra = _rewrite_link(upstream, repo, route.name) | API_VERSION
+            if route.kind == "manifests" and request.method == "GET" and upstream.status == 200:
+                return await self._manifest(request, upstream, route, registry.slug, extra)
+            # Only a whole blob can be checked against its digest; a 206 range is relayed as is.
+            verify = route.reference if route.kind == "blobs" and upstream.status == 200 else None
             try:
-                resp, c.bytes_sent = await relay(request, upstream, self.chunk_size, extra, self.idle_timeout)
+                resp, c.bytes_sent = await relay(
+                    request, upstream, self.chunk_size, extra, self.idle_timeout, verify, self.pace
+                )
             except StreamAborted as exc:
-                c.bytes_sent = exc.sent
+                c.bytes_sent, c.aborted = exc.sent, exc.reason
                 upstream.close()  # drop the connection: the body is not fully read
+                if exc.reason == "digest":
+                    _digest_mismatch(registry.slug, "blob", route.reference, repo)
+                elif exc.reason == "slow":
+                    log.info("client dropped: read slower than limits.min_stream_rate (%s)", registry.slug)
                 return exc.response
             return resp
         finally:
             upstream.release()
+
+    async def _manifest(
+        self, request: web.Request, upstream: aiohttp.ClientResponse, route: Route, slug: str, extra: dict[str, str]
+    ) -> web.Response:
+        """Manifests are small: read whole, checked against the digest asked for (or the one
+        the upstream announced for a tag) before the first byte goes out."""
+        try:
+            # A few MiB at most: a registry that trickles it is cut off, not waited on for ever.
+            async with asyncio.timeout(self.idle_timeout):
+                body = await _read_manifest(upstream, slug)
+        except TimeoutError:
+            upstream.close()
+            raise OCIError("UPSTREAM_TIMEOUT", f"registry {slug!r} sends its manifest too slowly", status=504) from None
+        except OCIError:
+            upstream.close()  # the rest of an oversize or broken body is not worth reading
+            raise
+        requested = route.reference if is_digest(route.reference) else None
+        announced = upstream.headers.get("Docker-Content-Digest")
+        problem = manifest_digest_problem(body, requested, announced)
+        if problem is not None:
+            _digest_mismatch(slug, "manifest", requested or announced or "-", ctx(request).image)
+            raise OCIError("UPSTREAM_ERROR", f"registry {slug!r} sent a bad manifest: {problem}", status=502)
+        headers = passed_headers(upstream) | extra
+        headers.pop("Content-Length", None)  # ours: the length of the bytes we hold
+        headers["Docker-Content-Digest"] = requested or announced or digest_of(body)
+        ctx(request).bytes_sent = len(body)
+        return web.Response(status=200, body=body, headers=headers)
 
     async def _licensed(self, request: web.Request, route: Route) -> tuple[Registry, str]:
         """`proxy/<app>/<upstream>/<repo>`: the license's app, its registries, its allowlist."""
@@ -186,7 +236,11 @@ class OCIRoutes:
         if customer is not None:
             ctx(request).note(customer)
         registries = await self.directory.anonymous_registries(request.get(HOST_TEAM))
-        return resolve_anonymous(registries, route.name)
+        registry, repo = resolve_anonymous(registries, route.name)
+        # Before any upstream I/O; refused exactly like an unknown name (see proxy.anonymous).
+        if not anonymous_allows(registry, await self.directory.team_apps(registry.team_id), repo):
+            raise OCIError("NAME_UNKNOWN", "repository name not known to registry", detail={"name": route.name})
+        return registry, repo
 
     async def catalog(self, request: web.Request) -> web.Response:
         """Harbor and Nexus mirrors list repositories: the app's allowlisted names (when it
@@ -248,6 +302,31 @@ def paginate(items: list[str], n: str | None, last: str | None, path: str) -> tu
     page = items[:limit]
     query = urlencode({"n": limit, "last": page[-1]})
     return page, f'<{path}?{query}>; rel="next"'
+
+
+async def _read_manifest(upstream: aiohttp.ClientResponse, slug: str) -> bytes:
+    too_large = OCIError(
+        "UPSTREAM_ERROR", f"registry {slug!r} sent a manifest too large (over {MAX_MANIFEST} bytes)", status=502
+    )
+    if (upstream.content_length or 0) > MAX_MANIFEST:
+        raise too_large
+    body = bytearray()
+    try:
+        while chunk := await upstream.content.readany():
+            body += chunk
+            if len(body) > MAX_MANIFEST:
+                raise too_large
+    except aiohttp.ClientError:
+        raise OCIError("UPSTREAM_ERROR", f"registry {slug!r} broke off while sending a manifest", status=502) from None
+    if upstream.content_length is not None and len(body) != upstream.content_length:
+        raise OCIError("UPSTREAM_ERROR", f"registry {slug!r} sent a short manifest", status=502)
+    return bytes(body)
+
+
+def _digest_mismatch(slug: str, kind: str, digest: str | None, image: str | None) -> None:
+    metrics.DIGEST_MISMATCH.labels(slug, kind).inc()
+    fields = {"registry": slug, "kind": kind, "digest": digest, "image": image}
+    log.warning("digest mismatch: registry %s sent a %s that is not %s", slug, kind, digest, extra={"fields": fields})
 
 
 _ACTIONS = {"manifests": "manifest", "blobs": "blob", "tags": "tags", "referrers": "referrers"}

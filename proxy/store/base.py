@@ -145,13 +145,14 @@ class Store(abc.ABC):
         fields = (
             reg.provider, reg.endpoint, reg.url, int(reg.insecure), reg.username, reg.secret_sealed,
             int(reg.allow_anonymous), json.dumps(reg.options, sort_keys=True),
+            json.dumps(list(reg.anonymous_repositories)),
         )  # fmt: skip
         if existing is None:
             stmts.append(
                 (
                     "INSERT INTO registries (id, team_id, slug, provider, endpoint, url, insecure, username,"
-                    " secret_sealed, allow_anonymous, options, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " secret_sealed, allow_anonymous, options, anonymous_repositories, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (reg.id, reg.team_id, reg.slug, *fields, now, now),
                 )
             )
@@ -161,7 +162,8 @@ class Store(abc.ABC):
             stmts.append(
                 (
                     "UPDATE registries SET provider = ?, endpoint = ?, url = ?, insecure = ?, username = ?,"
-                    " secret_sealed = ?, allow_anonymous = ?, options = ?, updated_at = ? WHERE id = ?",
+                    " secret_sealed = ?, allow_anonymous = ?, options = ?, anonymous_repositories = ?,"
+                    " updated_at = ? WHERE id = ?",
                     (*fields, now, reg.id),
                 )
             )
@@ -185,9 +187,17 @@ class Store(abc.ABC):
         return [_registry(row, tuple(sorted(apps.get(row["id"], ())))) for row in rows]
 
     async def anonymous_registries(self) -> list[Registry]:
-        """Registries of every team that allow anonymous pulls (their app links do not matter)."""
+        """Registries of every team that allow anonymous pulls, with their app links (whose
+        allowlists bound what they serve anonymously)."""
         rows = await self.fetchall("SELECT * FROM registries WHERE allow_anonymous = 1 ORDER BY team_id, slug")
-        return [_registry(row, ()) for row in rows]
+        links = await self.fetchall(
+            "SELECT ra.registry_id, ra.app_id FROM registry_apps ra"
+            " JOIN registries r ON r.id = ra.registry_id WHERE r.allow_anonymous = 1"
+        )
+        apps: dict[str, list[str]] = {}
+        for link in links:
+            apps.setdefault(link["registry_id"], []).append(link["app_id"])
+        return [_registry(row, tuple(sorted(apps.get(row["id"], ())))) for row in rows]
 
     async def registries_for_app(self, app: App) -> list[Registry]:
         return [r for r in await self.registries_of_team(app.team_id) if r.serves(app.id)]
@@ -491,6 +501,7 @@ def _registry(row: Row, app_ids: tuple[str, ...]) -> Registry:
         allow_anonymous=bool(row["allow_anonymous"]),
         options=json.loads(row["options"] or "{}"),
         app_ids=app_ids,
+        anonymous_repositories=tuple(json.loads(row["anonymous_repositories"] or "[]")),
     )
 
 

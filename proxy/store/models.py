@@ -37,6 +37,9 @@ class Registry:
     # Sealed secret (password, token, secret access key, service-account JSON).
     secret_sealed: str | None
     allow_anonymous: bool = False
+    # Upstream repository patterns (fnmatch) served on /v2/anonymous/...; empty: every
+    # repository the apps it serves allow (see proxy.anonymous.anonymous_allows).
+    anonymous_repositories: tuple[str, ...] = ()
     # Provider-specific, non-secret settings (ECR region, role ARN, API URL...).
     options: dict[str, str] = field(default_factory=dict)
     # App ids this registry serves; empty means every app of the team.

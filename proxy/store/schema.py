@@ -95,4 +95,8 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX custom_hostnames_team ON custom_hostnames (team_id)
     """,
+    # 4: a registry's anonymous access limited to listed repository patterns ('[]': every one)
+    """
+    ALTER TABLE registries ADD COLUMN anonymous_repositories TEXT NOT NULL DEFAULT '[]'
+    """,
 ]

@@ -85,13 +85,14 @@ SCHEMAS: dict[str, Any] = {
             "appIds": {"type": "array", "items": {"type": "string"}},
             "appSlugs": {"type": "array", "items": {"type": "string"}},
             "allowAnonymous": {"type": "boolean"},
+            "anonymousRepositories": {"type": "array", "items": {"type": "string"}},
             "lastUsedAt": _nullable("string", format="date-time"),
             "region": {"type": "string"},
             "roleArn": {"type": "string"},
             "apiUrl": {"type": "string"},
         },
         ["slug", "provider", "endpoint", "url", "insecure", "authType", "username", "appIds", "appSlugs",
-         "allowAnonymous", "lastUsedAt"],
+         "allowAnonymous", "anonymousRepositories", "lastUsedAt"],
     ),
     "ExternalRegistryCreate": _obj(
         {
@@ -117,6 +118,9 @@ SCHEMAS: dict[str, Any] = {
             "image": {"type": "string", "description": "Image to validate the credentials with"},
             "allowAnonymous": {"type": "boolean", "description": "Serve it on /v2/anonymous/... without a "
                                "license (rate-limited per client address); default false"},
+            "anonymousRepositories": {"type": "array", "items": {"type": "string"}, "description": "Repository "
+                                      "patterns (fnmatch, e.g. vendor/*) served anonymously; empty: every "
+                                      "repository its apps' image allowlists allow"},
         },
         ["provider"],
     ),

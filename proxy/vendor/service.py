@@ -380,6 +380,7 @@ def registry_json(reg: Registry, app_slugs: Mapping[str, str], last_used: str | 
         "appIds": sorted(reg.app_ids),
         "appSlugs": sorted(app_slugs.get(a, a) for a in reg.app_ids),
         "allowAnonymous": reg.allow_anonymous,
+        "anonymousRepositories": list(reg.anonymous_repositories),
         "lastUsedAt": last_used,
     }
     for key, field in (("region", "region"), ("roleArn", "role_arn"), ("apiUrl", "api_url")):
@@ -499,6 +500,7 @@ class _RegistryInput:
     options: dict[str, str]
     app_ids: tuple[str, ...]
     allow_anonymous: bool
+    anonymous_repositories: tuple[str, ...]
     skip_validation: bool
     image: str | None
 
@@ -508,13 +510,14 @@ class _RegistryInput:
             id=rid, team_id=team_id, slug=self.slug, provider=self.provider, endpoint=self.endpoint,
             url=self.url, insecure=self.insecure, username=self.username, secret_sealed=sealed,
             allow_anonymous=self.allow_anonymous, options=self.options, app_ids=self.app_ids,
+            anonymous_repositories=self.anonymous_repositories,
         )  # fmt: skip
 
 
 _REGISTRY_KEYS = {
     "provider", "endpoint", "slug", "authType", "username", "password", "appIds", "skipValidation", "url",
     "insecure", "image", "accessKeyId", "secretAccessKey", "region", "roleArn", "apiUrl", "serviceAccountKey",
-    "allowAnonymous",
+    "allowAnonymous", "anonymousRepositories",
 }  # fmt: skip
 
 
@@ -635,12 +638,15 @@ def _registry_input(body: Mapping[str, Any], apps: list[App], current: Registry 
     if not isinstance(anonymous, bool):
         problems.append("allowAnonymous: must be true or false")
         anonymous = False
+    anonymous_repos = body.get("anonymousRepositories", list(current.anonymous_repositories) if current else [])
+    problems += check_patterns(anonymous_repos, "anonymousRepositories")
     if problems:
         raise Invalid(problems)
     return _RegistryInput(
         provider=provider, endpoint=endpoint, slug=slug, url=url.rstrip("/"), insecure=insecure,
         username=username, secret=secret, keep_sealed=current.secret_sealed if current else None,
         options=options, app_ids=app_ids, allow_anonymous=anonymous,
+        anonymous_repositories=tuple(anonymous_repos) if isinstance(anonymous_repos, list) else (),
         skip_validation=skip, image=image,
     )  # fmt: skip
 
