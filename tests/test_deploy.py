@@ -45,6 +45,10 @@ FUTURE_SECTIONS = {"cache"}
 SECRET_KEYS = {"password", "token", "secret", "secret_access_key", "license_id", "private_key", "api_token"}
 CANARY = "canary-s3cr3t-7f3a9c"
 
+# The first test to ask for helm builds it from source (about 6 minutes on two busy
+# cores, once per version): above the suite's 300 s, within gotools' 900 s build bound.
+pytestmark = pytest.mark.timeout(1000)
+
 
 def _unavailable(reason: str) -> None:
     if IN_CI:
