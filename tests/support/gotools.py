@@ -1,4 +1,4 @@
-"""Go command-line clients (crane, regctl) built from the Go module proxy, cached.
+"""Go command-line tools (crane, regctl, helm, kustomize) built from the Go module proxy, cached.
 
 `go install <package>@<version>` with GOBIN=.cache/gotools/<tool>-<version>/, so a
 version is built once and later runs start at once. GOTOOLCHAIN=local: the
@@ -40,6 +40,9 @@ class GoTool:
 
 CRANE = GoTool("crane", "github.com/google/go-containerregistry/cmd/crane", "v0.22.1")
 REGCTL = GoTool("regctl", "github.com/regclient/regclient/cmd/regctl", "v0.11.7")
+# helm v3.20 needs Go >= 1.25, kustomize v5.8.1 Go >= 1.24 (v5.8.3 needs 1.27).
+HELM = GoTool("helm", "helm.sh/helm/v3/cmd/helm", "v3.20.2")
+KUSTOMIZE = GoTool("kustomize", "sigs.k8s.io/kustomize/kustomize/v5", "v5.8.1")
 
 
 def find_go() -> str | None:

@@ -1,0 +1,85 @@
+"""Prometheus alerting rules (deploy/prometheus): `promtool check rules` and the
+rules' unit tests with `promtool test rules` (each alert fires on the trouble it
+names, with its labels and annotations, and stays quiet on healthy traffic).
+promtool comes from Debian's `prometheus` package: missing, the tests skip
+locally and fail under CI=true."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+RULES_DIR = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
+RULES = RULES_DIR / "pullgate-alerts.yaml"
+RULE_TESTS = RULES_DIR / "pullgate-alerts.test.yaml"
+# What the rules must cover (issue 13).
+ALERTS = {
+    "PullgateUpstreamErrors",
+    "PullgateGatewayErrors",
+    "PullgateUpstreamCredentialsRefused",
+    "PullgateClientCredentialsRefused",
+    "PullgateCertificateExpiringSoon",
+    "PullgateCertificateExpired",
+    "PullgateCacheVerificationFailures",
+    "PullgatePullLogDrops",
+    "PullgateDockerHubAllowanceLow",
+}
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    found = shutil.which("promtool")
+    if found is None:
+        reason = "promtool missing (Debian package prometheus)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return found
+
+
+def _run(promtool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([promtool, *args], capture_output=True, text=True, timeout=120, cwd=RULES_DIR)
+
+
+def test_promtool_check_rules_passes(promtool: str) -> None:
+    res = _run(promtool, "check", "rules", RULES.name)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"SUCCESS: {len(ALERTS)} rules found" in res.stdout, res.stdout
+
+
+def test_promtool_unit_tests_pass(promtool: str) -> None:
+    res = _run(promtool, "test", "rules", RULE_TESTS.name)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "SUCCESS" in res.stdout
+
+
+def test_every_alert_is_unit_tested_firing_and_documented() -> None:
+    groups = yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+    rules = [r for g in groups for r in g["rules"]]
+    assert {r["alert"] for r in rules} == ALERTS
+    for r in rules:
+        assert r["labels"]["severity"] in ("warning", "critical"), r["alert"]
+        assert r["annotations"]["summary"] and r["annotations"]["description"], r["alert"]
+    fired = set()
+    for t in yaml.safe_load(RULE_TESTS.read_text(encoding="utf-8"))["tests"]:
+        for case in t.get("alert_rule_test", []):
+            if case.get("exp_alerts"):
+                fired.add(case["alertname"])
+    assert fired == ALERTS, f"alerts never shown firing in a unit test: {ALERTS - fired}"
+
+
+def test_a_broken_threshold_fails_the_unit_tests(promtool: str, tmp_path: Path) -> None:
+    """The unit tests bite: the 14-day certificate window moved to 7 days fails them."""
+    text = RULES.read_text(encoding="utf-8")
+    assert "< 14 * 86400" in text
+    (tmp_path / RULES.name).write_text(text.replace("< 14 * 86400", "< 7 * 86400"), encoding="utf-8")
+    shutil.copy(RULE_TESTS, tmp_path / RULE_TESTS.name)
+    res = subprocess.run(
+        [promtool, "test", "rules", RULE_TESTS.name], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert res.returncode != 0 and "PullgateCertificateExpiringSoon" in res.stdout + res.stderr
