@@ -18,6 +18,8 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
+from proxy.upstream.egress import EgressDenied, record_refusal
+
 CHALLENGE_LABEL = "_pullgate-challenge"
 WELL_KNOWN = "/.well-known/pullgate-challenge/"
 HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
@@ -90,6 +92,10 @@ async def verify_http(
             async with session.get(url, headers={"Host": hostname}, allow_redirects=False) as resp:
                 body = (await resp.content.read(1024)).decode(errors="replace").strip()
                 status = resp.status
+    except EgressDenied as exc:
+        # The session is the upstream one: its egress policy applies to this check too.
+        record_refusal("", exc, f"the HTTP check of {hostname}")
+        return Verdict(False, f"{hostname} points at {exc.refusal.reason}, where the proxy may not connect")
     except (TimeoutError, aiohttp.ClientError) as exc:
         return Verdict(False, f"fetching the challenge through {hostname} failed ({type(exc).__name__})")
     if status == 200 and body == token:
