@@ -395,9 +395,9 @@ def _validate_upstream(cfg: Config) -> None:
 
 
 def _check_bootstrap_destinations(cfg: Config, allow: list[Any]) -> None:
-    """Bootstrap registries are the operator's own, but a literal address (or localhost)
-    the egress policy refuses would only fail at the first pull: say so at start.
-    Names are judged when the proxy connects, as for every registry."""
+    """Bootstrap registries are the operator's own, but a literal address the egress
+    policy refuses would only fail at the first pull: say so at start. Names
+    (localhost too) are judged when the proxy connects, as for every registry."""
     from proxy.upstream.egress import EgressPolicy, listener_of, url_target
 
     listeners = [
@@ -413,7 +413,6 @@ def _check_bootstrap_destinations(cfg: Config, allow: list[Any]) -> None:
                 if target is None:
                     continue
                 host, port = target
-                host = "127.0.0.1" if host.lower().rstrip(".") == "localhost" else host
                 try:
                     ipaddress.ip_address(host)
                 except ValueError:

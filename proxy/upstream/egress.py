@@ -214,6 +214,7 @@ class EgressPolicy:
                 inner = _blocked(v4)
                 if inner is not None:
                     return Refusal(inner.rule, f"the {form} form of {inner.reason}")
+                return None  # a public IPv4 address behind a translator
             if ip not in GLOBAL_UNICAST_V6:
                 return Refusal("reserved", "an IPv6 address outside global unicast (2000::/3)")
         return None
