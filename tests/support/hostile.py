@@ -68,3 +68,52 @@ def _answer(req: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict
     req.end_headers()
     if req.command != "HEAD":
         req.wfile.write(body)
+
+
+class TricklingRegistry:
+    """A registry whose blobs never finish: 200 with a large Content-Length, then one
+    byte every `interval` seconds until the reader goes away. Holds upstream connections."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.interval = interval
+        self.streams = 0
+        self._stop = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if "/blobs/" not in self.path:
+                    return _answer(self, 200, b"{}", {"Content-Type": "application/json"})
+                outer.streams += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(1 << 30))
+                self.end_headers()
+                try:
+                    while not outer._stop.wait(outer.interval):
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                except OSError:
+                    pass
+                self.close_connection = True
+
+            do_HEAD = do_GET
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.server.shutdown()
+        self.server.server_close()
