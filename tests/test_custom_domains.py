@@ -21,6 +21,7 @@ from tests.support import skopeo
 from tests.support.dns_server import LoopbackDNS
 from tests.support.pullgate import Pullgate
 from tests.support.registry import Registry
+from tests.support.tcp_front import TcpFront
 
 ACME_HOST = "images.acme.test"
 GLOBEX_HOST = "images.globex.test"
@@ -71,10 +72,12 @@ def _start(tmp: Path, upstream: Registry, dns: LoopbackDNS, ca: trustme.CA | Non
         settings["proxy"] = {"tls_cert_file": str(tmp / "default.crt"), "tls_key_file": str(tmp / "default.key")}
     server = Pullgate(tmp / name, _teams(upstream), env=env, settings=settings, name=name)
     if ca is None:
-        # The HTTP challenge is fetched from the hostname on the proxy's own port.
+        # The HTTP challenge is fetched from the hostname through a front (the egress
+        # policy never lets the proxy connect to its own listener directly).
+        front = TcpFront(server.port)
         server.config_path.write_text(
             server.config_path.read_text().replace(
-                "refresh_seconds: 1", f"refresh_seconds: 1\n  http_verify_port: {server.port}"
+                "refresh_seconds: 1", f"refresh_seconds: 1\n  http_verify_port: {front.port}"
             )
         )
     return Env(server.start(), dns, ca or trustme.CA(), tokens, licenses, tmp)
