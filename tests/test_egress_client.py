@@ -14,7 +14,7 @@ from proxy.config import UpstreamSection
 from proxy.secrets import Keyring
 from proxy.store.models import Registry
 from proxy.upstream.client import UpstreamClient
-from proxy.upstream.egress import EgressDenied
+from proxy.upstream.connector import EgressDenied
 from proxy.upstream.errors import EgressRefused, UpstreamBusy
 
 

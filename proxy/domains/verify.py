@@ -18,7 +18,7 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
-from proxy.upstream.egress import EgressDenied, record_refusal
+from proxy.upstream.connector import EgressDenied, record_refusal
 
 CHALLENGE_LABEL = "_pullgate-challenge"
 WELL_KNOWN = "/.well-known/pullgate-challenge/"

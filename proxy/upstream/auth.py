@@ -22,7 +22,7 @@ from yarl import URL
 
 from proxy import metrics
 from proxy.upstream.challenge import Challenge, parse_www_authenticate, pick
-from proxy.upstream.egress import EgressDenied, record_refusal
+from proxy.upstream.connector import EgressDenied, record_refusal
 from proxy.upstream.errors import CredentialsRejected, EgressRefused, RealmRefused, UpstreamError, UpstreamTimeout
 from proxy.upstream.providers.base import RegistryCredentials
 from proxy.upstream.realm import realm_allowed

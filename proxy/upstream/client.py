@@ -27,7 +27,8 @@ from proxy.secrets import Keyring
 from proxy.store.models import Registry
 from proxy.upstream import egress
 from proxy.upstream.auth import Authenticator, AuthTarget
-from proxy.upstream.egress import EgressDenied, EgressPolicy, GuardedConnector, Refusal, record_refusal
+from proxy.upstream.connector import EgressDenied, GuardedConnector, record_refusal
+from proxy.upstream.egress import EgressPolicy, Refusal
 from proxy.upstream.errors import (
     CredentialsRejected,
     EgressRefused,
@@ -197,7 +198,7 @@ class UpstreamClient:
         self, registry: Registry, method: str, url: URL, headers: Mapping[str, str], auth: str | None
     ) -> aiohttp.ClientResponse:
         base = URL(registry.url)
-        for _hop in range(self.cfg.max_redirects + 1):
+        for hop in range(self.cfg.max_redirects + 1):
             send_headers = dict(headers)
             if auth and same_origin(url, base):
                 send_headers["Authorization"] = auth
@@ -206,7 +207,7 @@ class UpstreamClient:
                 async with asyncio.timeout(self.cfg.first_byte_timeout):
                     resp = await self.session.request(method, url, headers=send_headers, allow_redirects=False)
             except EgressDenied as exc:
-                record_refusal(registry.slug, exc, "the registry" if _hop == 0 else "a redirect to")
+                record_refusal(registry.slug, exc, "the registry" if hop == 0 else "a redirect to")
                 raise EgressRefused(registry.slug, exc.refusal) from None
             metrics.UPSTREAM_LATENCY.labels(registry.slug).observe(time.monotonic() - started)
             metrics.UPSTREAM_REQUESTS.labels(registry.slug, str(resp.status)).inc()

@@ -29,7 +29,7 @@ from defusedxml import ElementTree
 
 from proxy import metrics
 from proxy.store.models import Registry
-from proxy.upstream.egress import EgressDenied, record_refusal
+from proxy.upstream.connector import EgressDenied, record_refusal
 from proxy.upstream.errors import CredentialsRejected, EgressRefused, UpstreamError, UpstreamTimeout
 from proxy.upstream.providers.base import CredentialContext, Provider, RegistryCredentials
 from proxy.upstream.tokens import CachedToken
