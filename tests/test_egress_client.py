@@ -104,6 +104,11 @@ async def test_literal_addresses_and_names_are_judged_by_what_they_reach(servers
             denied = await c.refusal_for(url)
             assert denied is not None and denied.refusal.rule == "loopback"
         assert by_seen == []
+        for legacy in (f"http://127.1:{by_port}", f"http://2130706433:{by_port}", f"http://127.0.0.1.:{by_port}"):
+            denied = await c.refusal_for(legacy)
+            assert denied is not None and denied.refusal.rule == "non-canonical"
+            with pytest.raises(EgressRefused):
+                await c.request(_reg(legacy), "GET", "/v2/", {}, "x")
         assert await c.refusal_for(f"http://127.0.0.1:{reg_port}/") is None
         assert (await c.refusal_for("http://127.0.0.1:2/")).refusal.rule == "own-listener"  # type: ignore[union-attr]
         resp = await c.request(_reg(f"http://localhost:{reg_port}"), "GET", "/v2/", {}, "x")

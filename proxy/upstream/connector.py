@@ -16,6 +16,8 @@ from proxy.upstream.egress import EgressPolicy, Refusal
 
 log = logging.getLogger("pullgate.egress")
 
+NON_CANONICAL = Refusal("non-canonical", "a non-canonical form of an IPv4 address", overridable=False)
+
 
 class EgressDenied(aiohttp.ClientConnectionError):
     """Raised instead of connecting; callers turn it into their own refusal."""
@@ -51,7 +53,11 @@ class GuardedConnector(aiohttp.TCPConnector):
             self._cleanup_handle = self._loop.call_later(self._sweep_every, self._cleanup)
 
     async def _resolve_host(self, host: str, port: int, traces: Any = None) -> list[Any]:
-        hosts = await super()._resolve_host(host, port, traces=traces)
+        try:
+            hosts = await super()._resolve_host(host, port, traces=traces)
+        except aiohttp.InvalidURL:
+            # 127.1, 2130706433: legacy numeric forms aiohttp will not dial; a refusal, said so.
+            raise EgressDenied(NON_CANONICAL, host, port) from None
         for h in hosts:
             refusal = self.policy.check(h["host"], h["port"])
             if refusal is not None:

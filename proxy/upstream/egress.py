@@ -235,7 +235,7 @@ def _blocked(ip: IPAddress) -> Refusal | None:
 def refused_destination(field: str, host: str, refusal: Refusal, literal: bool) -> str:
     """The vendor's message: the field, the rule and what an operator can do; for a name,
     never the address it resolved to."""
-    where = f"{host} is" if literal else f"{host} resolves to"
+    where = f"{host} is" if literal or not refusal.overridable else f"{host} resolves to"
     return f"{field}: refused by the egress policy (rule {refusal.rule}): {where} {refusal.reason}; {refusal.advice()}"
 
 
