@@ -81,7 +81,7 @@ async def build_services(cfg: Config) -> Services:
         await store.close()  # its worker thread would keep the process alive
         raise
     directory = Directory(store, cfg.auth.license_cache_seconds)
-    upstream = UpstreamClient(cfg.upstream, keyring)
+    upstream = UpstreamClient(cfg.upstream, keyring, listens=(cfg.proxy.listen, cfg.admin.listen))
     await upstream.start()
     failures = RateLimiter(cfg.auth.failed_per_minute, cfg.auth.failed_burst)
     issuer = TokenIssuer(keyring, cfg.auth.token_ttl_seconds)

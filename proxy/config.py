@@ -18,8 +18,10 @@ from typing import Any
 
 import yaml
 
-from proxy.domains.names import HOSTNAME_RE  # imports nothing of proxy: no cycle
+# Both import nothing of proxy: no cycle.
+from proxy.domains.names import HOSTNAME_RE
 from proxy.oci.allowlist import check_patterns
+from proxy.upstream.egress import EgressPolicy, listener_of, parse_allow, url_target
 
 
 class ConfigError(ValueError):
@@ -68,7 +70,13 @@ class UpstreamSection:
     max_redirects: int = 5
     retries: int = 2
     chunk_size: int = 1024 * 1024
+    # Upstream connections in all; one registry may hold at most pool_per_registry of them.
     pool_size: int = 200
+    pool_per_registry: int = 50
+    # An idle upstream connection is closed this long after its last use.
+    keepalive_seconds: float = 30.0
+    # Exceptions to the egress policy's private-address block: CIDR, ADDRESS:PORT or [IPV6]:PORT.
+    egress_allow: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -365,8 +373,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("auth.license_cache_seconds: must be between 0 and 5")
     if not 10 <= cfg.auth.token_ttl_seconds <= 3600:
         raise ConfigError("auth.token_ttl_seconds: must be between 10 and 3600")
-    if cfg.upstream.chunk_size < 64 * 1024:
-        raise ConfigError("upstream.chunk_size: must be at least 65536")
+    _validate_upstream(cfg)
     if cfg.pulllog.retention_days < 0:
         raise ConfigError("pulllog.retention_days: must be 0 (keep forever) or more")
     if cfg.pulllog.queue_size < 1 or cfg.pulllog.batch_size < 1:
@@ -423,6 +430,53 @@ def _validate_limits(limits: LimitsSection) -> None:
         raise ConfigError("limits.min_stream_rate: must be 0 (off) or more bytes per second")
     if not 0.5 <= limits.min_stream_window <= 3600:
         raise ConfigError("limits.min_stream_window: must be between 0.5 and 3600 seconds")
+
+
+def _validate_upstream(cfg: Config) -> None:
+    up = cfg.upstream
+    if up.chunk_size < 64 * 1024:
+        raise ConfigError("upstream.chunk_size: must be at least 65536")
+    if up.pool_size < 1:
+        raise ConfigError("upstream.pool_size: must be at least 1")
+    if not 1 <= up.pool_per_registry <= up.pool_size:
+        raise ConfigError(f"upstream.pool_per_registry: must be between 1 and upstream.pool_size ({up.pool_size})")
+    if not 0.5 <= up.keepalive_seconds <= 3600:
+        raise ConfigError("upstream.keepalive_seconds: must be between 0.5 and 3600")
+    try:
+        allow = parse_allow(up.egress_allow)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    _check_bootstrap_destinations(cfg, allow)
+
+
+def _check_bootstrap_destinations(cfg: Config, allow: list[Any]) -> None:
+    """Bootstrap registries are the operator's own, but a literal address the egress
+    policy refuses would only fail at the first pull: say so at start. Names
+    (localhost too) are judged when the proxy connects, as for every registry."""
+    listeners = [
+        listener_of(*parse_listen(v, k))
+        for v, k in ((cfg.proxy.listen, "proxy.listen"), (cfg.admin.listen, "admin.listen"))
+    ]
+    policy = EgressPolicy(allow, listeners)
+    for t, team in enumerate(cfg.bootstrap.teams):
+        for r, reg in enumerate(team.registries):
+            for name in ("url", "api_url", "sts_url"):
+                value = getattr(reg, name)
+                target = url_target(value) if value else None
+                if target is None:
+                    continue
+                host, port = target
+                try:
+                    ipaddress.ip_address(host)
+                except ValueError:
+                    continue  # a name: judged at connect time
+                refusal = policy.check(host, port)
+                if refusal is not None:
+                    raise ConfigError(
+                        f"bootstrap.teams[{t}].registries[{r}].{name}: {host}:{port} is {refusal.reason}, "
+                        f"refused by the egress policy; {refusal.advice()}"
+                        + (f" (e.g. {host}:{port})" if refusal.overridable else "")
+                    )
 
 
 def read_secret(

@@ -68,6 +68,25 @@ CERT_EXPIRY = Gauge(
 ANONYMOUS_LIMITED = Counter(
     "pullgate_anonymous_rate_limited", "Anonymous requests refused by the per-address rate limit", registry=REGISTRY
 )
+# Egress policy and upstream pool (proxy.upstream.egress, proxy.upstream.pool).
+EGRESS_REFUSED = Counter(
+    "pullgate_egress_refused",
+    "Outbound connections refused by the egress policy, before connecting",
+    ["registry", "rule"],
+    registry=REGISTRY,
+)
+UPSTREAM_POOL_IN_USE = Gauge(
+    "pullgate_upstream_pool_in_use",
+    "Upstream connections held per registry (upstream.pool_per_registry)",
+    ["registry"],
+    registry=REGISTRY,
+)
+UPSTREAM_POOL_REFUSED = Counter(
+    "pullgate_upstream_pool_refused",
+    "Requests refused because their registry had no free upstream connection",
+    ["registry"],
+    registry=REGISTRY,
+)
 
 # What the limits (DESIGN "Limits") refused.
 CONNECTIONS_OPEN = Gauge("pullgate_connections_open", "Open connections on the proxy listener", registry=REGISTRY)

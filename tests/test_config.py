@@ -141,7 +141,8 @@ def test_environment_bad_type_names_the_key(tmp_path: Path) -> None:
 def test_http_registry_needs_insecure(tmp_path: Path) -> None:
     reg = {"provider": "other", "endpoint": "r.example", "url": "http://127.0.0.1:5000"}
     _fails(tmp_path, {"bootstrap": {"teams": [_team(registries=[reg])]}}, "bootstrap.teams[0].registries[0].url")
-    cfg = _load(tmp_path, {"bootstrap": {"teams": [_team(registries=[{**reg, "insecure": True}])]}})
+    allow = {"upstream": {"egress_allow": ["127.0.0.1:5000"]}}  # a loopback registry needs an exception
+    cfg = _load(tmp_path, {"bootstrap": {"teams": [_team(registries=[{**reg, "insecure": True}])]}, **allow})
     assert cfg.bootstrap.teams[0].registries[0].insecure is True
     bad = {**reg, "url": "ftp://r.example"}
     _fails(tmp_path, {"bootstrap": {"teams": [_team(registries=[bad])]}}, "bootstrap.teams[0].registries[0].url")

@@ -27,6 +27,7 @@ from tests.support import skopeo
 from tests.support.dns_server import LoopbackDNS
 from tests.support.pullgate import REPO_ROOT, Pullgate
 from tests.support.registry import Registry
+from tests.support.tcp_front import TcpFront
 
 ACME_HOST = "images.acme.test"
 GLOBEX_HOST = "images.globex.test"
@@ -88,8 +89,10 @@ def _start(
     config["domains"].update(domains or {})
     config["proxy"]["hosts"] += list(extra_hosts)
     if ca is None:
-        # The HTTP challenge is fetched from the hostname on the proxy's own port.
-        config["domains"]["http_verify_port"] = server.port
+        # The HTTP challenge is fetched from the hostname through a front (the egress
+        # policy never lets the proxy connect to its own listener directly).
+        front = TcpFront(server.port)
+        config["domains"]["http_verify_port"] = front.port
     server.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     return Env(server.start(), dns, ca or trustme.CA(), tokens, licenses, tmp)
 

@@ -42,7 +42,9 @@ async def _serve(handler: Callable[[web.Request], object], seen: Seen) -> tuple[
 @pytest.fixture
 async def client() -> AsyncIterator[tuple[UpstreamClient, Keyring]]:
     ring = Keyring.generate()
-    cfg = UpstreamSection(connect_timeout=2, first_byte_timeout=1, idle_timeout=2, retries=2)
+    cfg = UpstreamSection(
+        connect_timeout=2, first_byte_timeout=1, idle_timeout=2, retries=2, egress_allow=["127.0.0.0/8"]
+    )
     c = UpstreamClient(cfg, ring)
     await c.start()
     yield c, ring

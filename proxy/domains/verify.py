@@ -21,6 +21,7 @@ import dns.exception
 import dns.resolver
 
 from proxy.domains.names import HOSTNAME_RE, hostname_problem
+from proxy.upstream.connector import EgressDenied, record_refusal
 
 __all__ = [
     "CHALLENGE_LABEL",
@@ -98,6 +99,10 @@ async def verify_http(
             async with session.get(url, headers={"Host": hostname}, allow_redirects=False) as resp:
                 body = (await resp.content.read(1024)).decode(errors="replace").strip()
                 status = resp.status
+    except EgressDenied as exc:
+        # The session is the upstream one: its egress policy applies to this check too.
+        record_refusal("", exc, f"the HTTP check of {hostname}")
+        return Verdict(False, f"{hostname} points at {exc.refusal.reason}, where the proxy may not connect")
     except (TimeoutError, aiohttp.ClientError) as exc:
         return Verdict(False, f"fetching the challenge through {hostname} failed ({type(exc).__name__})")
     if status == 200 and body == token:

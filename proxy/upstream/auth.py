@@ -22,7 +22,8 @@ from yarl import URL
 
 from proxy import metrics
 from proxy.upstream.challenge import Challenge, parse_www_authenticate, pick
-from proxy.upstream.errors import CredentialsRejected, RealmRefused, UpstreamError, UpstreamTimeout
+from proxy.upstream.connector import EgressDenied, record_refusal
+from proxy.upstream.errors import CredentialsRejected, EgressRefused, RealmRefused, UpstreamError, UpstreamTimeout
 from proxy.upstream.providers.base import RegistryCredentials
 from proxy.upstream.realm import realm_allowed
 from proxy.upstream.tokens import CachedToken, TokenCache, usable_until
@@ -106,6 +107,9 @@ class Authenticator:
                     body = await resp.content.read(MAX_TOKEN_RESPONSE + 1)
         except TimeoutError:
             raise UpstreamTimeout(target.slug, "token service timed out") from None
+        except EgressDenied as exc:
+            record_refusal(target.slug, exc, "the token realm")
+            raise EgressRefused(target.slug, exc.refusal) from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(target.slug, f"token service unreachable ({type(exc).__name__})") from None
         token, lifetime = parse_token_response(body, target.slug)

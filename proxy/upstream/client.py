@@ -4,6 +4,11 @@ Returns the upstream response with its body unread, so the caller streams it.
 Redirects (ECR -> S3, Docker Hub -> CDN, relative Locations) are followed here,
 inside the proxy; the Authorization header goes only to the registry's own
 origin, never to the host a redirect points at.
+
+Every connection the one session makes passes the egress policy
+(proxy.upstream.egress) at connect time: registry URLs, each redirect hop,
+token realms, the ECR and STS APIs, the custom-hostname HTTP check. Each
+registry holds at most `pool_per_registry` of the `pool_size` connections.
 """
 
 from __future__ import annotations
@@ -11,17 +16,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import aiohttp
 from yarl import URL
 
 from proxy import metrics
-from proxy.config import UpstreamSection
+from proxy.config import UpstreamSection, parse_listen
 from proxy.secrets import Keyring
 from proxy.store.models import Registry
+from proxy.upstream import egress
 from proxy.upstream.auth import Authenticator, AuthTarget
-from proxy.upstream.errors import CredentialsRejected, UpstreamTimeout, UpstreamUnavailable
+from proxy.upstream.connector import EgressDenied, GuardedConnector, record_refusal
+from proxy.upstream.egress import EgressPolicy, Refusal
+from proxy.upstream.errors import (
+    CredentialsRejected,
+    EgressRefused,
+    UpstreamBusy,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from proxy.upstream.pool import PoolExhausted, RegistrySlots
 from proxy.upstream.providers import CredentialContext, RegistryCredentials, provider_of
 from proxy.upstream.realm import same_origin
 from proxy.upstream.tokens import TokenCache
@@ -30,22 +45,43 @@ REDIRECTS = {301, 302, 303, 307, 308}
 RETRY_STATUSES = {500, 502, 503, 504}
 
 
+def policy_for(cfg: UpstreamSection, listens: Sequence[str] = ()) -> EgressPolicy:
+    """The egress policy of this process: `upstream.egress_allow`, and its own listeners
+    (`proxy.listen`, `admin.listen`), which no entry can open."""
+    listeners = [egress.listener_of(*parse_listen(listen, "listen")) for listen in listens]
+    return EgressPolicy(egress.parse_allow(cfg.egress_allow), listeners)
+
+
+DOWNGRADE = Refusal("https-to-http", "a redirect from https to http", overridable=False)
+
+
 class UpstreamClient:
-    def __init__(self, cfg: UpstreamSection, keyring: Keyring) -> None:
+    def __init__(self, cfg: UpstreamSection, keyring: Keyring, listens: Sequence[str] = ()) -> None:
         self.cfg = cfg
         self.keyring = keyring
         self.tokens = TokenCache()
+        self.policy = policy_for(cfg, listens)
+        self.slots = RegistrySlots(cfg.pool_per_registry, cfg.connect_timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._connector: GuardedConnector | None = None
         self._auth: Authenticator | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self.cfg.pool_size, limit_per_host=0, keepalive_timeout=30, enable_cleanup_closed=True
+        self._connector = GuardedConnector(
+            self.policy,
+            limit=self.cfg.pool_size,
+            limit_per_host=0,
+            keepalive_timeout=self.cfg.keepalive_seconds,
+            enable_cleanup_closed=True,
         )
         self._session = aiohttp.ClientSession(
-            connector=connector,
+            connector=self._connector,
             timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=self.cfg.connect_timeout, sock_read=self.cfg.idle_timeout
+                total=None,
+                # Waiting for a free connection of the shared pool counts as connecting: bounded.
+                connect=self.cfg.connect_timeout,
+                sock_connect=self.cfg.connect_timeout,
+                sock_read=self.cfg.idle_timeout,
             ),
             # Bytes pass through untouched: a gzip blob must not be "helpfully" inflated.
             auto_decompress=False,
@@ -60,6 +96,14 @@ class UpstreamClient:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+    async def refusal_for(self, url: str) -> EgressDenied | None:
+        """Would the policy refuse `url`'s destination (its name resolved now)? No connection is made."""
+        assert self._connector is not None, "UpstreamClient.start() not called"
+        target = egress.url_target(url)
+        if target is None:
+            return None
+        return await self._connector.vet(*target)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -79,7 +123,32 @@ class UpstreamClient:
         headers: Mapping[str, str],
         scope: str,
     ) -> aiohttp.ClientResponse:
-        """Send with auth; the caller owns (and must release) the response."""
+        """Send with auth; the caller owns (and must release) the response.
+
+        The registry's pool slot is held until that response is released or closed."""
+        try:
+            release_slot = await self.slots.acquire(registry.id, registry.slug)
+        except PoolExhausted:
+            raise UpstreamBusy(registry.slug) from None
+        try:
+            resp = await self._request(registry, method, path_and_query, headers, scope)
+        except BaseException:
+            release_slot()
+            raise
+        if resp.connection is None:  # body already complete: the connection is back in the pool
+            release_slot()
+        else:
+            resp.connection.add_callback(release_slot)
+        return resp
+
+    async def _request(
+        self,
+        registry: Registry,
+        method: str,
+        path_and_query: str,
+        headers: Mapping[str, str],
+        scope: str,
+    ) -> aiohttp.ClientResponse:
         assert self._auth is not None
         base = URL(registry.url)
         url = base.join(URL(path_and_query, encoded=True))
@@ -129,13 +198,17 @@ class UpstreamClient:
         self, registry: Registry, method: str, url: URL, headers: Mapping[str, str], auth: str | None
     ) -> aiohttp.ClientResponse:
         base = URL(registry.url)
-        for _hop in range(self.cfg.max_redirects + 1):
+        for hop in range(self.cfg.max_redirects + 1):
             send_headers = dict(headers)
             if auth and same_origin(url, base):
                 send_headers["Authorization"] = auth
             started = time.monotonic()
-            async with asyncio.timeout(self.cfg.first_byte_timeout):
-                resp = await self.session.request(method, url, headers=send_headers, allow_redirects=False)
+            try:
+                async with asyncio.timeout(self.cfg.first_byte_timeout):
+                    resp = await self.session.request(method, url, headers=send_headers, allow_redirects=False)
+            except EgressDenied as exc:
+                record_refusal(registry.slug, exc, "the registry" if hop == 0 else "a redirect to")
+                raise EgressRefused(registry.slug, exc.refusal) from None
             metrics.UPSTREAM_LATENCY.labels(registry.slug).observe(time.monotonic() - started)
             metrics.UPSTREAM_REQUESTS.labels(registry.slug, str(resp.status)).inc()
             location = resp.headers.get("Location")
@@ -144,6 +217,10 @@ class UpstreamClient:
             resp.release()
             with contextlib.suppress(ValueError):
                 nxt = url.join(URL(location, encoded=True))  # keep presigned URLs byte-exact
+                if url.scheme == "https" and nxt.scheme == "http":
+                    # Never downgrade, even for an insecure registry: a plain hop can be read and steered.
+                    record_refusal(registry.slug, DOWNGRADE, "a redirect")
+                    raise EgressRefused(registry.slug, DOWNGRADE)
                 if nxt.scheme == "https" or (nxt.scheme == "http" and registry.insecure):
                     url = nxt
                     if resp.status == 303:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from proxy.upstream.egress import Refusal
+
 
 class UpstreamError(Exception):
     """Base: `slug` names the registry; messages never carry credentials."""
@@ -38,3 +43,24 @@ class UpstreamUnavailable(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "UPSTREAM_TIMEOUT"
+
+
+class EgressRefused(UpstreamError):
+    """The registry (its url, a redirect, a token realm) pointed at a destination the
+    egress policy refuses. The client's message names the registry, never the address."""
+
+    status = 502
+
+    def __init__(self, slug: str, refusal: Refusal) -> None:
+        super().__init__(slug, f"registry {slug!r} pointed the proxy at a destination it may not connect to")
+        self.refusal = refusal
+
+
+class UpstreamBusy(UpstreamError):
+    """Every upstream connection this registry may hold is in use (upstream.pool_per_registry)."""
+
+    status = 503
+    code = "UPSTREAM_UNAVAILABLE"
+
+    def __init__(self, slug: str) -> None:
+        super().__init__(slug, f"registry {slug!r} has no free upstream connection right now; try again shortly")

@@ -13,7 +13,7 @@ from proxy.oci.errors import OCIError
 from proxy.oci.grammar import MANIFEST_TYPES, TAG_RE, check_digest, check_name
 from proxy.store.models import Registry
 from proxy.upstream.client import UpstreamClient
-from proxy.upstream.errors import CredentialsRejected, UpstreamError, UpstreamTimeout
+from proxy.upstream.errors import CredentialsRejected, EgressRefused, UpstreamError, UpstreamTimeout
 from proxy.upstream.providers import provider_of
 
 MANIFEST_ACCEPT = ", ".join(MANIFEST_TYPES)
@@ -55,6 +55,8 @@ async def probe(client: UpstreamClient, registry: Registry, image: str) -> Probe
         return ProbeResult(exc.upstream_status, False, "the registry refused the stored credentials")
     except UpstreamTimeout:
         return ProbeResult(0, False, "the registry did not answer in time")
+    except EgressRefused:
+        raise  # a refusal, not a result: the caller says which rule (and no timing or status leaks)
     except UpstreamError as exc:
         return ProbeResult(0, False, exc.message)
     status = resp.status

@@ -33,6 +33,8 @@ from proxy.store.base import Conflict as StoreConflict
 from proxy.store.base import Store, new_id, parse_time
 from proxy.store.models import App, Customer, Registry, Team
 from proxy.upstream.client import UpstreamClient
+from proxy.upstream.egress import is_ip_address, refused_destination, refused_hop, url_target
+from proxy.upstream.errors import EgressRefused
 from proxy.upstream.probe import ProbeResult, probe
 from proxy.upstream.providers import provider_of
 from proxy.upstream.resolve import canonical_endpoint
@@ -166,6 +168,7 @@ class VendorService:
         if await self.store.registry_id(team.id, spec.slug) is not None:
             raise Conflict(f"an external registry with slug {spec.slug!r} already exists")
         reg = spec.build(new_id(), team.id, self.keyring)
+        await self._check_egress(reg)
         if not spec.skip_validation:
             await self._validate(reg, spec.image)
         if await self.store.registry_id(team.id, spec.slug) is not None:  # raced with another create
@@ -181,6 +184,7 @@ class VendorService:
         apps = await self.store.apps_of_team(team.id)
         spec = _registry_input(body, apps, current)
         reg = spec.build(current.id, team.id, self.keyring)
+        await self._check_egress(reg)
         # The old credentials' upstream tokens must not make a bad new secret look valid.
         self.upstream.tokens.forget_registry(current.id)
         reaches_differently = (reg.secret_sealed, reg.username, reg.url, reg.options) != (
@@ -209,10 +213,32 @@ class VendorService:
             problems.append("image: required, as repository[:tag|@digest]")
         if problems:
             raise Invalid(problems)
-        return await probe(self.upstream, await self.registry(team, endpoint), image)
+        reg = await self.registry(team, endpoint)
+        await self._check_egress(reg)
+        return await self._probe(reg, image)
+
+    async def _check_egress(self, reg: Registry) -> None:
+        """Every destination the registry's credentials would go to must pass the egress
+        policy: judged on what the names resolve to now, before any connection."""
+        problems = []
+        options = reg.options
+        for key, url in (("url", reg.url), ("apiUrl", options.get("api_url")), ("stsUrl", options.get("sts_url"))):
+            target = url_target(url) if url else None
+            denied = await self.upstream.refusal_for(url) if url and target else None
+            if target is not None and denied is not None:
+                problems.append(refused_destination(key, target[0], denied.refusal, is_ip_address(target[0])))
+        if problems:
+            raise Invalid(problems)
+
+    async def _probe(self, reg: Registry, image: str) -> ProbeResult:
+        try:
+            return await probe(self.upstream, reg, image)
+        except EgressRefused as exc:  # a redirect or token realm the policy refused
+            self.upstream.tokens.forget_registry(reg.id)
+            raise Invalid([refused_hop(exc.refusal)]) from None
 
     async def _validate(self, reg: Registry, image: str | None) -> None:
-        result = await probe(self.upstream, reg, image or VALIDATION_IMAGE)
+        result = await self._probe(reg, image or VALIDATION_IMAGE)
         self.upstream.tokens.forget_registry(reg.id)
         if result.ok or (image is None and result.status == 404):
             return

@@ -43,7 +43,14 @@ class Pullgate:
             "admin": {"listen": f"127.0.0.1:{self.admin_port}"},
             "store": f"sqlite://{self.db_path}" if self.db_path.is_absolute() else f"sqlite:{self.db_path}",
             "keys": {"file": str(self.keys_path)},
-            "upstream": {"connect_timeout": 5, "first_byte_timeout": 20, "idle_timeout": 10, "retries": 1},
+            "upstream": {
+                "connect_timeout": 5,
+                "first_byte_timeout": 20,
+                "idle_timeout": 10,
+                "retries": 1,
+                # The test registries listen on loopback, which the egress policy refuses by default.
+                "egress_allow": ["127.0.0.0/8"],
+            },
             "bootstrap": {"teams": teams},
         }
         for section, values in (settings or {}).items():

@@ -29,7 +29,8 @@ from defusedxml import ElementTree
 
 from proxy import metrics
 from proxy.store.models import Registry
-from proxy.upstream.errors import CredentialsRejected, UpstreamError, UpstreamTimeout
+from proxy.upstream.connector import EgressDenied, record_refusal
+from proxy.upstream.errors import CredentialsRejected, EgressRefused, UpstreamError, UpstreamTimeout
 from proxy.upstream.providers.base import CredentialContext, Provider, RegistryCredentials
 from proxy.upstream.tokens import CachedToken
 
@@ -164,6 +165,9 @@ async def _post(
                 status = resp.status
     except TimeoutError:
         raise UpstreamTimeout(registry.slug, f"{what} timed out") from None
+    except EgressDenied as exc:
+        record_refusal(registry.slug, exc, f"the {what} endpoint")
+        raise EgressRefused(registry.slug, exc.refusal) from None
     except aiohttp.ClientError as exc:
         raise UpstreamError(registry.slug, f"{what} unreachable ({type(exc).__name__})") from None
     if status in (400, 401, 403):
