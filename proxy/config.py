@@ -224,6 +224,25 @@ PROVIDERS = ("dockerhub", "ecr", "gcr", "gar", "ghcr", "quay", "other")
 _NOT_SETTINGS = {"PULLGATE_API_ORIGIN", "PULLGATE_API_TOKEN", "PULLGATE_CONFIG"}
 
 
+class DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML keeps the last of two equal keys without a word; a config file where a
+    section appears twice would run on half of what its operator wrote."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise DuplicateKey(f"line {line}: key {key!r} appears twice in the same mapping")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load(path: str | os.PathLike[str] | None, environ: typing.Mapping[str, str] | None = None) -> Config:
     """Read, override from the environment, and validate."""
     environ = os.environ if environ is None else environ
@@ -236,7 +255,9 @@ def load(path: str | os.PathLike[str] | None, environ: typing.Mapping[str, str] 
         except OSError as exc:
             raise ConfigError(f"config file {p}: {exc.strerror}") from None
         try:
-            raw = yaml.safe_load(text) or {}
+            raw = yaml.load(text, Loader=_UniqueKeyLoader) or {}  # noqa: S506 - a SafeLoader
+        except DuplicateKey as exc:
+            raise ConfigError(f"config file {p}: {exc}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {p}: not valid YAML: {exc}") from None
         if not isinstance(raw, dict):

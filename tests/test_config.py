@@ -208,3 +208,18 @@ def test_not_yaml_and_not_a_mapping(tmp_path: Path) -> None:
         _load(tmp_path, "- a\n- b\n")
     with pytest.raises(ConfigError, match="config file"):
         load(tmp_path / "absent.yaml", environ={})
+
+
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        ("limits:\n  header_timeout: 5\nlimits:\n  max_connections: 10\n", "line 3: key 'limits'"),
+        ("upstream:\n  retries: 1\n  retries: 3\n", "line 3: key 'retries'"),
+    ],
+)
+def test_a_key_written_twice_stops_the_start(tmp_path: Path, text: str, where: str) -> None:
+    """YAML would keep the last one silently; half of what the operator wrote would be lost."""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(where) + ".*appears twice"):
+        load(path, environ={})

@@ -101,6 +101,7 @@ async def test_one_slow_registry_cannot_take_every_upstream_connection(tmp_path:
             started = time.monotonic()
             async with s.get(blob, headers=auth) as r:
                 assert r.status == 503
+                assert r.headers["Retry-After"] == "1"
                 error = (await r.json())["errors"][0]
             assert error["code"] == "UPSTREAM_UNAVAILABLE" and "'slow'" in error["message"]
             assert time.monotonic() - started < 5, "a bounded wait, not a hang"

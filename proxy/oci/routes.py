@@ -158,7 +158,8 @@ class OCIRoutes:
                 registry, request.method, path, headers, scope=f"repository:{repo}:pull"
             )
         except UpstreamError as exc:
-            raise OCIError(exc.code, exc.message, status=exc.status) from None
+            retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+            raise OCIError(exc.code, exc.message, status=exc.status, headers=retry) from None
         metrics.observe_ratelimit(registry.slug, upstream.headers.get("RateLimit-Remaining"))
         try:
             if upstream.status not in (200, 206, 304):

@@ -13,6 +13,8 @@ class UpstreamError(Exception):
 
     status = 502
     code = "UPSTREAM_ERROR"
+    # Seconds a client should wait before trying again, when waiting helps.
+    retry_after: int | None = None
 
     def __init__(self, slug: str, message: str) -> None:
         super().__init__(message)
@@ -61,6 +63,7 @@ class UpstreamBusy(UpstreamError):
 
     status = 503
     code = "UPSTREAM_UNAVAILABLE"
+    retry_after = 1
 
     def __init__(self, slug: str) -> None:
         super().__init__(slug, f"registry {slug!r} has no free upstream connection right now; try again shortly")
