@@ -15,28 +15,31 @@ import signal
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from aiohttp import web
 
-from proxy import bootstrap, logs, metrics, pulllog
-from proxy.anonymous import RateLimiter
+from proxy import accesslog, bootstrap, metrics, pulllog
+from proxy.admin import api as vendor_api
+from proxy.admin import hostnames as hostname_api
+from proxy.admin import portal
+from proxy.admin.service import VendorService
 from proxy.auth.gate import Gate
-from proxy.auth.origin import Origins
+from proxy.auth.proxies import TrustedProxies
 from proxy.auth.tokens import TokenIssuer
-from proxy.config import Config, parse_listen
-from proxy.directory import Directory
+from proxy.config import Config, keys_path, parse_listen
 from proxy.domains.names import Reserved
 from proxy.domains.routing import HostTable
 from proxy.domains.service import HostnameService
 from proxy.domains.tls import SNIContexts
-from proxy.limits import StreamSlots
 from proxy.listener import GuardedAppRunner
-from proxy.oci.middleware import oci_errors
-from proxy.oci.routes import OCIRoutes
+from proxy.pull.limits import StreamSlots
+from proxy.pull.middleware import oci_errors
+from proxy.pull.routes import OCIRoutes
 from proxy.pulllog import PullLog
+from proxy.ratelimit import RateLimiter
 from proxy.secrets import Keyring
 from proxy.store import Store, open_store
+from proxy.store.readcache import StoreReadCache
 from proxy.upstream.client import UpstreamClient
 
 log = logging.getLogger("pullgate")
@@ -49,7 +52,7 @@ class Services:
     cfg: Config
     store: Store
     keyring: Keyring
-    directory: Directory
+    read_cache: StoreReadCache
     upstream: UpstreamClient
     gate: Gate
     pulllog: PullLog | None = None
@@ -66,11 +69,6 @@ class Services:
 SERVICES = web.AppKey("services", Services)
 
 
-def keys_path(cfg: Config) -> Path:
-    p = Path(cfg.keys.file)
-    return p if p.is_absolute() else cfg.base_dir / p
-
-
 async def build_services(cfg: Config) -> Services:
     keyring = await asyncio.to_thread(Keyring.load_or_create, keys_path(cfg))
     store = await open_store(cfg.store, cfg.base_dir)
@@ -80,12 +78,12 @@ async def build_services(cfg: Config) -> Services:
     except BaseException:
         await store.close()  # its worker thread would keep the process alive
         raise
-    directory = Directory(store, cfg.auth.license_cache_seconds)
+    read_cache = StoreReadCache(store, cfg.auth.license_cache_seconds)
     upstream = UpstreamClient(cfg.upstream, keyring, listens=(cfg.proxy.listen, cfg.admin.listen))
     await upstream.start()
     failures = RateLimiter(cfg.auth.failed_per_minute, cfg.auth.failed_burst)
     issuer = TokenIssuer(keyring, cfg.auth.token_ttl_seconds)
-    gate = Gate(directory, issuer, Origins(cfg.proxy.trusted_proxies), failures)
+    gate = Gate(read_cache, issuer, TrustedProxies(cfg.proxy.trusted_proxies), failures)
     tls = _tls_context(cfg)
     reserved = Reserved(cfg.proxy.hosts, cfg.domains.reserved)
     sni = SNIContexts(tls) if tls else None
@@ -95,11 +93,11 @@ async def build_services(cfg: Config) -> Services:
 
     def changed_elsewhere(kind: str) -> None:
         # Another replica (or this one) changed something: drop caches, reload hostnames.
-        directory.invalidate()
+        read_cache.invalidate()
         hosts.changed()
 
     await store.listen(changed_elsewhere)
-    return Services(cfg, store, keyring, directory, upstream, gate, PullLog(store, cfg.pulllog), hosts, hostnames)
+    return Services(cfg, store, keyring, read_cache, upstream, gate, PullLog(store, cfg.pulllog), hosts, hostnames)
 
 
 @web.middleware
@@ -127,7 +125,7 @@ def proxy_app(services: Services) -> web.Application:
     limiter = RateLimiter(services.cfg.anonymous.rate_per_minute, services.cfg.anonymous.burst)
     limits = services.cfg.limits
     routes = OCIRoutes(
-        services.gate, services.directory, services.upstream, up.chunk_size, up.idle_timeout, limiter, limits
+        services.gate, services.read_cache, services.upstream, up.chunk_size, up.idle_timeout, limiter, limits
     )
     routes.slots = StreamSlots(limits.streams_per_license, limits.streams_per_address)
     routes.install(app)
@@ -153,25 +151,19 @@ def admin_app(services: Services) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics.handler)
-    from proxy.domains import api as hostname_api
-    from proxy.vendor import api as vendor_api
-    from proxy.vendor.service import VendorService
-
     hostnames = services.hostnames
     # One budget of KOTS license imports per team, for the API and the portal together.
     per_minute = services.cfg.limits.license_imports_per_minute
     imports = RateLimiter(per_minute, per_minute, max_keys=10_000, key=str)
     vendor_api.install(
         app,
-        VendorService(services.store, services.keyring, services.directory, services.upstream, imports),
+        VendorService(services.store, services.keyring, services.read_cache, services.upstream, imports),
         extend=(lambda sub: hostname_api.install(sub, hostnames)) if hostnames else None,
     )
     # The web portal: the same team-scoped service layer, behind a browser session.
-    from proxy.vendor import portal
-
     portal.install(
         app,
-        VendorService(services.store, services.keyring, services.directory, services.upstream, imports),
+        VendorService(services.store, services.keyring, services.read_cache, services.upstream, imports),
         services.cfg,
         hostnames,
     )
@@ -207,7 +199,7 @@ async def serve(cfg: Config, ready: Callable[[], None] | None = None) -> None:
         proxy_app(services),
         header_timeout=cfg.limits.header_timeout,
         max_connections=cfg.limits.max_connections,
-        access_log_class=logs.AccessLogger,
+        access_log_class=accesslog.AccessLogger,
         access_log=logging.getLogger("pullgate.access") if cfg.log.access_log else None,
         handler_cancellation=False,
         shutdown_timeout=grace,

@@ -18,10 +18,9 @@ from typing import Any
 
 import yaml
 
-# Both import nothing of proxy: no cycle.
-from proxy.domains.names import HOSTNAME_RE
+from proxy.dnsname import HOSTNAME_RE
+from proxy.egress import EgressPolicy, listener_of, parse_allow, url_target
 from proxy.oci.allowlist import check_patterns
-from proxy.upstream.egress import EgressPolicy, listener_of, parse_allow, url_target
 
 
 class ConfigError(ValueError):
@@ -522,6 +521,12 @@ def read_secret(
             raise ConfigError(f"{key}_env: environment variable {env_ref} is not set")
         return environ[env_ref]
     return None
+
+
+def keys_path(cfg: Config) -> Path:
+    """The master keyring's file (`keys.file`, relative to the config file's directory)."""
+    p = Path(cfg.keys.file)
+    return p if p.is_absolute() else cfg.base_dir / p
 
 
 def sqlite_path(store: str, base_dir: Path) -> Path:

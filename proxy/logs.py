@@ -1,13 +1,10 @@
-"""Logging: JSON lines, one access line per request. Never a secret.
+"""Logging: JSON lines on stderr. Never a secret.
 
-The access line carries a request id (also sent as X-Request-Id), the route,
-app, registry slug, status, bytes and duration; never a license ID, token,
-Authorization header or query string of the token endpoint.
-
-A request whose client hung up before its answer was complete is logged and
-counted as 499 (nginx's "client closed request"), never as a server error; a
-stream the proxy cut for the client's sake (too slow) too. A stream cut because
-the upstream broke keeps its status, with `aborted` saying why.
+The access line of each request is written by proxy.accesslog. A request whose
+client hung up before its answer was complete is logged and counted as 499
+(nginx's "client closed request"), never as a server error; a stream the proxy
+cut for the client's sake (too slow) too. A stream cut because the upstream
+broke keeps its status, with `aborted` saying why.
 """
 
 from __future__ import annotations
@@ -19,7 +16,6 @@ import sys
 from typing import Any
 
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 
 
 class JSONFormatter(logging.Formatter):
@@ -63,35 +59,3 @@ def reported_status(status: int, c: Any, client_left: bool) -> int:
     if aborted is not None:
         return CLIENT_CLOSED if aborted in CLIENT_ABORTS else status
     return CLIENT_CLOSED if client_left else status
-
-
-class AccessLogger(AbstractAccessLogger):
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        from proxy.oci.routes import CTX_KEY  # local: keep logs importable alone
-
-        c = request.get(CTX_KEY)
-        # aiohttp logs an answer it could not finish sending too: the client had gone.
-        unfinished = not getattr(response, "_eof_sent", True)
-        fields: dict[str, Any] = {
-            "request_id": request.get("request_id"),
-            "method": request.method,
-            "route": c.route if c else "other",
-            "status": reported_status(response.status, c, unfinished),
-            "bytes": c.bytes_sent if c and c.bytes_sent else response.body_length,
-            "duration_ms": round(time * 1000, 2),
-        }
-        if c is not None:
-            fields.update(app=c.app, registry=c.registry, customer=c.customer_id, license=c.license_ref)
-            if c.aborted:
-                fields["aborted"] = c.aborted
-        record_metrics(fields["route"], request.method, fields["status"], time, c)
-        self.logger.info("access", extra={"fields": fields})
-
-
-def record_metrics(route: str, method: str, status: int, seconds: float, c: Any) -> None:
-    from proxy import metrics
-
-    metrics.REQUESTS.labels(route, method, str(status)).inc()
-    metrics.DURATION.labels(route).observe(seconds)
-    if c is not None and c.bytes_sent and route in ("manifests", "blobs"):
-        metrics.BYTES_SENT.labels(route.rstrip("s")).inc(c.bytes_sent)

@@ -68,7 +68,7 @@ CERT_EXPIRY = Gauge(
 ANONYMOUS_LIMITED = Counter(
     "pullgate_anonymous_rate_limited", "Anonymous requests refused by the per-address rate limit", registry=REGISTRY
 )
-# Egress policy and upstream pool (proxy.upstream.egress, proxy.upstream.pool).
+# Egress policy and upstream pool (proxy.egress, proxy.upstream.pool).
 EGRESS_REFUSED = Counter(
     "pullgate_egress_refused",
     "Outbound connections refused by the egress policy, before connecting",

@@ -21,8 +21,9 @@ from prometheus_client import Counter
 
 from proxy import metrics
 from proxy.config import PullLogSection
+from proxy.context import CTX_KEY
 from proxy.logs import client_gone, reported_status
-from proxy.store.base import Store
+from proxy.store.base import Store, to_stored_time
 
 log = logging.getLogger("pullgate.pulllog")
 
@@ -37,12 +38,6 @@ PURGE_EVERY = 3600.0
 def now_iso() -> str:
     """Millisecond UTC times: they sort as text, so time-range queries are string compares."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
-
-
-def to_stored_time(value: dt.datetime) -> str:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True)
@@ -153,8 +148,6 @@ def middleware(pulllog: PullLog) -> Callable[[web.Request, Handler], Awaitable[w
 
     Sits outside the OCI error middleware, so refusals are logged with their status.
     """
-    from proxy.oci.routes import CTX_KEY  # local: routes imports much of the proxy
-
     @web.middleware
     async def record_pull(request: web.Request, handler: Handler) -> web.StreamResponse:
         status = 500

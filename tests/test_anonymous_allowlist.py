@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.anonymous import anonymous_allows
+from proxy.pull.anonymous import anonymous_allows
 from proxy.store.models import App, Registry
 from tests.client import basic
 from tests.support.hostile import OCI_MANIFEST, HostileRegistry, image

@@ -10,15 +10,16 @@ import pytest
 import trustme
 from aiohttp import web
 
+from proxy.apierrors import Conflict
 from proxy.config import DomainsSection
+from proxy.dnsname import hostname_problem
 from proxy.domains.names import Reserved
 from proxy.domains.routing import HostTable
 from proxy.domains.service import HostnameService
 from proxy.domains.tls import CertificateError, SNIContexts, inspect, server_context
-from proxy.domains.verify import hostname_problem, verify_dns, verify_http
+from proxy.domains.verify import verify_dns, verify_http
 from proxy.secrets import Keyring
 from proxy.store import open_store
-from proxy.vendor.errors import Conflict
 from tests.support.dns_server import LoopbackDNS
 
 

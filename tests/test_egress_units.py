@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from proxy.config import ConfigError, UpstreamSection, load
-from proxy.upstream.egress import (
+from proxy.egress import (
     EgressPolicy,
     Listener,
     listener_of,

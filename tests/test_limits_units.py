@@ -12,13 +12,13 @@ import yaml
 from aiohttp.test_utils import make_mocked_request
 
 from proxy import metrics
-from proxy.anonymous import RateLimiter
 from proxy.auth.gate import Gate
-from proxy.auth.origin import Origins, address_key
+from proxy.auth.proxies import TrustedProxies
 from proxy.config import ConfigError, load
-from proxy.directory import TTLCache
-from proxy.limits import StreamSlots
 from proxy.oci.errors import OCIError
+from proxy.pull.limits import StreamSlots
+from proxy.ratelimit import RateLimiter, address_key
+from proxy.ttlcache import TTLCache
 from proxy.upstream.tokens import CachedToken, TokenCache
 
 # --- stream slots ---------------------------------------------------------------------
@@ -110,13 +110,13 @@ def test_rate_limiter_keys_ipv6_clients_by_64() -> None:
 
 
 def test_origins_client_key_uses_the_forwarded_client() -> None:
-    origins = Origins(["10.0.0.0/8"])
+    proxies = TrustedProxies(["10.0.0.0/8"])
     transport = mock.Mock()
     transport.get_extra_info.return_value = ("10.1.2.3", 1234)
     req = make_mocked_request(
         "GET", "/v2/", headers={"X-Forwarded-For": "2001:db8:9:9::77, 10.0.0.5"}, transport=transport
     )
-    assert address_key(origins.client_address(req)) == "2001:db8:9:9::/64"
+    assert address_key(proxies.client_address(req)) == "2001:db8:9:9::/64"
 
 
 # --- bounded tables --------------------------------------------------------------------
@@ -222,7 +222,7 @@ def _request_from(address: str):  # type: ignore[no-untyped-def]
 
 
 def test_failed_auth_throttling_keys_ipv6_by_64_and_ipv4_by_address() -> None:
-    gate = Gate(None, None, Origins([]), RateLimiter(per_minute=0, burst=2))  # type: ignore[arg-type]
+    gate = Gate(None, None, TrustedProxies([]), RateLimiter(per_minute=0, burst=2))  # type: ignore[arg-type]
     for host in ("2001:db8:77:1::a", "2001:db8:77:1:ffff:ffff:ffff:fffe"):
         gate.guard(_request_from(host))
         gate.failed(_request_from(host), "bad_license")

@@ -619,7 +619,7 @@ async def test_custom_hostnames(portal: Portal, portal_env: PortalEnv, browser: 
 
 
 def test_certificate_flags():
-    from proxy.vendor.portal.views import cert_state
+    from proxy.admin.portal.views import cert_state
 
     now = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
     assert cert_state(None, now) == "none"

@@ -9,9 +9,9 @@ import time
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
+from proxy.admin.portal.session import Sessions, same_token, token_hash
+from proxy.admin.portal.views import _set_cookie
 from proxy.secrets import Keyring
-from proxy.vendor.portal.session import Sessions, same_token, token_hash
-from proxy.vendor.portal.views import _set_cookie
 
 
 def test_session_round_trip_and_refusals():

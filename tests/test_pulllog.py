@@ -12,7 +12,8 @@ from typing import Any
 import pytest_asyncio
 
 from proxy.config import PullLogSection
-from proxy.pulllog import PullEvent, PullLog, now_iso, to_stored_time
+from proxy.pulllog import PullEvent, PullLog, now_iso
+from proxy.store.base import to_stored_time
 from proxy.store.sqlite import SQLiteStore
 
 

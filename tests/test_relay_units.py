@@ -15,7 +15,7 @@ import yaml
 from proxy.config import ConfigError, load
 from proxy.logs import reported_status
 from proxy.oci.digest import MAX_MANIFEST, Verifier, digest_of, is_digest, manifest_digest_problem
-from proxy.oci.pace import StreamPace
+from proxy.pull.pace import StreamPace
 
 BODY = b'{"schemaVersion": 2}'
 SHA256 = "sha256:" + hashlib.sha256(BODY).hexdigest()

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from proxy.admin.service import _registry_input
+from proxy.apierrors import Invalid
 from proxy.store.models import Registry
-from proxy.vendor.errors import Invalid
-from proxy.vendor.service import _registry_input
 
 ECR_ENDPOINT = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
 

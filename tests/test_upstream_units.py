@@ -18,12 +18,12 @@ from yarl import URL
 from proxy.auth.endpoint import grant, parse_scopes
 from proxy.oci.errors import OCIError
 from proxy.oci.grammar import ProxyName, check_digest, check_name, decode_path, parse_route, split_proxy_name
+from proxy.pull.resolve import resolve
 from proxy.store.models import Customer, Registry
 from proxy.upstream.auth import Authenticator, AuthTarget, RegistryCredentials, parse_token_response
 from proxy.upstream.challenge import Challenge, parse_www_authenticate, pick
 from proxy.upstream.errors import CredentialsRejected, RealmRefused, UpstreamError
 from proxy.upstream.realm import realm_allowed
-from proxy.upstream.resolve import resolve
 from proxy.upstream.tokens import CachedToken, TokenCache, usable_until
 
 SHA256 = "sha256:" + "a" * 64

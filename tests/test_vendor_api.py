@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 from openapi_spec_validator import validate
 
-from proxy.vendor.openapi import document
+from proxy.admin.openapi import document
 from tests.support.capture import CaptureServer
 from tests.support.vendor import VendorClient, VendorEnv, kots_license, public_pem, rsa_key
 

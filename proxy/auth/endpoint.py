@@ -13,13 +13,15 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from proxy.anonymous import SUBJECT, RateLimiter, is_anonymous
+from proxy.auth.anonymous import SUBJECT, throttle
 from proxy.auth.credentials import BasicCredentials, parse_authorization
 from proxy.auth.gate import Gate
-from proxy.auth.origin import HOST_TEAM
 from proxy.auth.tokens import Access
+from proxy.context import HOST_TEAM
 from proxy.oci.errors import OCIError
 from proxy.oci.grammar import check_name, split_proxy_name
+from proxy.oci.names import is_anonymous
+from proxy.ratelimit import RateLimiter
 from proxy.store.models import Customer
 
 MAX_SCOPES = 16
@@ -81,7 +83,7 @@ class TokenEndpoint:
             parsed = parse_scopes(scopes)
             if all(kind == "repository" and is_anonymous(name) for kind, name, _ in parsed):
                 # No license: a token for anonymous repositories only, rate-limited per address.
-                self.limiter.check(self.gate.origins.client_address(request))
+                throttle(self.limiter, self.gate.proxies.client_address(request))
                 return self._answer(request, SUBJECT, "", grant(None, parsed))
         if not isinstance(creds, BasicCredentials):
             raise OCIError(
@@ -123,7 +125,7 @@ class TokenEndpoint:
         return self._answer(request, customer.id, customer.app_slug, grant(customer, parse_scopes(raw_scopes)))
 
     def _answer(self, request: web.Request, subject: str, app: str, access: list[Access]) -> web.Response:
-        _, host = self.gate.origins.of(request)
+        _, host = self.gate.proxies.origin(request)
         token, issued_at, expires_in = self.gate.issuer.issue(subject, app, host, access)
         body = {
             "token": token,

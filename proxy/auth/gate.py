@@ -14,25 +14,30 @@ import math
 from aiohttp import web
 
 from proxy import metrics
-from proxy.anonymous import RateLimiter
 from proxy.auth.credentials import BasicCredentials, parse_authorization
-from proxy.auth.origin import HOST_TEAM, Origins
+from proxy.auth.proxies import TrustedProxies
 from proxy.auth.tokens import InvalidToken, TokenClaims, TokenIssuer
-from proxy.directory import Directory
+from proxy.context import HOST_TEAM
 from proxy.oci.errors import OCIError
 from proxy.oci.grammar import ProxyName
+from proxy.ratelimit import RateLimiter
 from proxy.store.models import Customer
+from proxy.store.readcache import StoreReadCache
 
 log = logging.getLogger("pullgate.auth")
 
 
 class Gate:
     def __init__(
-        self, directory: Directory, issuer: TokenIssuer, origins: Origins, failures: RateLimiter | None = None
+        self,
+        read_cache: StoreReadCache,
+        issuer: TokenIssuer,
+        proxies: TrustedProxies,
+        failures: RateLimiter | None = None,
     ) -> None:
-        self.directory = directory
+        self.read_cache = read_cache
         self.issuer = issuer
-        self.origins = origins
+        self.proxies = proxies
         # Guessing licenses is slowed per client address (see guard/failed).
         self.failures = failures
 
@@ -40,7 +45,7 @@ class Gate:
         """429 for an address that has been refused too often lately."""
         if self.failures is None:
             return
-        wait = self.failures.wait(self.origins.client_address(request))
+        wait = self.failures.wait(self.proxies.client_address(request))
         if wait is not None:
             metrics.AUTH_FAILURES.labels("throttled").inc()
             retry = "3600" if math.isinf(wait) else str(max(1, math.ceil(wait)))
@@ -50,7 +55,7 @@ class Gate:
 
     def bearer_claims(self, request: web.Request, token: str, name: str | None) -> TokenClaims:
         """A valid token of ours for this host, granting `name` (when given)."""
-        _, host = self.origins.of(request)
+        _, host = self.proxies.origin(request)
         try:
             claims = self.issuer.verify(token, audience=host)
         except InvalidToken:
@@ -64,10 +69,10 @@ class Gate:
     def failed(self, request: web.Request, reason: str) -> None:
         metrics.AUTH_FAILURES.labels(reason).inc()
         if self.failures is not None:
-            self.failures.take(self.origins.client_address(request))
+            self.failures.take(self.proxies.client_address(request))
 
     def challenge(self, request: web.Request, scope: str | None = None, error: str | None = None) -> str:
-        scheme, host = self.origins.of(request)
+        scheme, host = self.proxies.origin(request)
         parts = [f'realm="{scheme}://{host}/v2/token"', f'service="{host}"']
         if scope:
             parts.append(f'scope="{scope}"')
@@ -89,7 +94,7 @@ class Gate:
 
     async def license_customer(self, license_id: str, host_team: str | None = None) -> Customer | None:
         """The customer for a license that may pull now (on this host), or None."""
-        customer = await self.directory.customer_by_license(license_id)
+        customer = await self.read_cache.customer_by_license(license_id)
         if customer is not None and host_team is not None and customer.team_id != host_team:
             customer = None  # another team's hostname: this license does not exist here
         return customer if _usable(customer) else None
@@ -113,7 +118,7 @@ class Gate:
                 raise self.unauthorized(request, "invalid credentials", name)
         else:
             claims = self.bearer_claims(request, creds.token, name.full if name else None)
-            found = await self.directory.customer_by_id(claims.subject)
+            found = await self.read_cache.customer_by_id(claims.subject)
             if found is not None and host_team is not None and found.team_id != host_team:
                 found = None
             if not _usable(found):
@@ -163,14 +168,14 @@ async def authorize_catalog(gate: Gate, request: web.Request) -> Customer:
         return await gate.authorize(request, None)
     if creds is None:
         raise gate.unauthorized(request, "authentication required", scope)
-    _, host = gate.origins.of(request)
+    _, host = gate.proxies.origin(request)
     try:
         claims = gate.issuer.verify(creds.token, audience=host)
     except InvalidToken:
         raise gate.unauthorized(request, "invalid or expired token", scope, "invalid_token") from None
     if not claims.allows_catalog():
         raise gate.unauthorized(request, "token does not grant the catalog", scope, "insufficient_scope")
-    customer = await gate.directory.customer_by_id(claims.subject)
+    customer = await gate.read_cache.customer_by_id(claims.subject)
     if not _usable(customer) or (request.get(HOST_TEAM) not in (None, customer.team_id if customer else None)):
         raise gate.unauthorized(request, "license is no longer valid", scope)
     assert customer is not None

@@ -1,4 +1,4 @@
-"""Which names a team may claim: the shape of a hostname, and the operator's reserved names.
+"""Which names a team may claim: a DNS name (proxy.dnsname) not reserved by the operator.
 
 Reserved, for every team: the names in `proxy.hosts` (port stripped) and
 `domains.reserved`, each with every name under it. A reserved name is never
@@ -8,16 +8,7 @@ challenge, even when it was stored before the operator reserved it.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
-
-HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
-
-
-def hostname_problem(hostname: str) -> str | None:
-    if not HOSTNAME_RE.match(hostname):
-        return "hostname: must be a fully qualified DNS name in lower case (e.g. images.vendor.example)"
-    return None
 
 
 def _bare(name: str) -> str:

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from proxy import metrics
-from proxy.auth.origin import HOST_TEAM
+from proxy.context import HOST_TEAM
 from proxy.domains.names import Reserved
 from proxy.domains.service import key_aad
 from proxy.domains.tls import SNIContexts, server_context

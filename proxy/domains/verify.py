@@ -20,7 +20,7 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
-from proxy.domains.names import HOSTNAME_RE, hostname_problem
+from proxy.dnsname import HOSTNAME_RE, hostname_problem
 from proxy.upstream.connector import EgressDenied, record_refusal
 
 __all__ = [

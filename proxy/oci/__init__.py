@@ -1,1 +1,2 @@
-"""The client-facing OCI Distribution pull API."""
+"""Leaf: the OCI Distribution vocabulary: name/reference/digest grammar, name predicates, media types,
+error codes and the error body, allowlist patterns. Imports nothing of pullgate."""

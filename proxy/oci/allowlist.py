@@ -5,7 +5,7 @@ Patterns are fnmatch-style on the repository name at the upstream registry
 list allows every repository of the app's registries. A refused name answers
 404 NAME_UNKNOWN, exactly like a repository that does not exist, so a customer
 learns nothing about what else the vendor's registry holds. The same patterns
-bound what a registry serves anonymously (proxy.anonymous.anonymous_allows), and
+bound what a registry serves anonymously (proxy.pull.anonymous.anonymous_allows), and
 a registry's `anonymous_repositories` use this grammar too.
 """
 

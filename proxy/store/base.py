@@ -41,6 +41,13 @@ def parse_time(value: str | None) -> dt.datetime | None:
     return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
+def to_stored_time(value: dt.datetime) -> str:
+    """The stored form of a time (parse_time reads it back): millisecond UTC, which sorts as text."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds")
+
+
 class Store(abc.ABC):
     # --- driver -----------------------------------------------------------
     @abc.abstractmethod

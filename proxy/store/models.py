@@ -38,7 +38,7 @@ class Registry:
     secret_sealed: str | None
     allow_anonymous: bool = False
     # Upstream repository patterns (fnmatch) served on /v2/anonymous/...; empty: every
-    # repository the apps it serves allow (see proxy.anonymous.anonymous_allows).
+    # repository the apps it serves allow (see proxy.pull.anonymous.anonymous_allows).
     anonymous_repositories: tuple[str, ...] = ()
     # Provider-specific, non-secret settings (ECR region, role ARN, API URL...).
     options: dict[str, str] = field(default_factory=dict)

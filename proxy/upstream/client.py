@@ -6,7 +6,7 @@ inside the proxy; the Authorization header goes only to the registry's own
 origin, never to the host a redirect points at.
 
 Every connection the one session makes passes the egress policy
-(proxy.upstream.egress) at connect time: registry URLs, each redirect hop,
+(proxy.egress) at connect time: registry URLs, each redirect hop,
 token realms, the ECR and STS APIs, the custom-hostname HTTP check. Each
 registry holds at most `pool_per_registry` of the `pool_size` connections.
 """
@@ -21,14 +21,13 @@ from collections.abc import Mapping, Sequence
 import aiohttp
 from yarl import URL
 
-from proxy import metrics
+from proxy import egress, metrics
 from proxy.config import UpstreamSection, parse_listen
+from proxy.egress import EgressPolicy, Refusal
 from proxy.secrets import Keyring
 from proxy.store.models import Registry
-from proxy.upstream import egress
 from proxy.upstream.auth import Authenticator, AuthTarget
 from proxy.upstream.connector import EgressDenied, GuardedConnector, record_refusal
-from proxy.upstream.egress import EgressPolicy, Refusal
 from proxy.upstream.errors import (
     CredentialsRejected,
     EgressRefused,

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 
 from proxy import metrics
-from proxy.upstream.egress import EgressPolicy, Refusal
+from proxy.egress import EgressPolicy, Refusal
 
 log = logging.getLogger("pullgate.egress")
 

@@ -27,25 +27,31 @@ class ProbeResult:
 
 
 def split_image(image: str) -> tuple[str, str]:
-    """`repo[:tag|@digest]` -> (repo, reference); the tag defaults to latest."""
-    if "@" in image:
-        repo, ref = image.split("@", 1)
-        check_digest(ref)
-    else:
-        repo, sep, ref = image.rpartition(":")
-        if not sep or "/" in ref:
-            repo, ref = image, "latest"
-        elif not TAG_RE.match(ref):
-            raise OCIError("TAG_INVALID", "invalid tag")
-    check_name(repo)
+    """`repo[:tag|@digest]` -> (repo, reference); the tag defaults to latest.
+
+    ValueError("<OCI code>: <message>") when the image is not well formed: a
+    result for the vendor who asked, not an error answered to a client."""
+    try:
+        if "@" in image:
+            repo, ref = image.split("@", 1)
+            check_digest(ref)
+        else:
+            repo, sep, ref = image.rpartition(":")
+            if not sep or "/" in ref:
+                repo, ref = image, "latest"
+            elif not TAG_RE.match(ref):
+                raise ValueError("TAG_INVALID: invalid tag")
+        check_name(repo)
+    except OCIError as exc:
+        raise ValueError(f"{exc.code}: {exc.message}") from None
     return repo, ref
 
 
 async def probe(client: UpstreamClient, registry: Registry, image: str) -> ProbeResult:
     try:
         repo, ref = split_image(image)
-    except OCIError as exc:
-        return ProbeResult(0, False, f"{exc.code}: {exc.message}")
+    except ValueError as exc:
+        return ProbeResult(0, False, str(exc))
     repo = provider_of(registry).upstream_repo(repo)
     try:
         resp = await client.request(

@@ -21,7 +21,7 @@ from referencing import Registry as SchemaRegistry
 from referencing.jsonschema import DRAFT202012
 from yarl import URL
 
-from proxy.vendor.openapi import document
+from proxy.admin.openapi import document
 from tests.support.canaries import assert_no_secrets
 from tests.support.dns_server import LoopbackDNS
 from tests.support.faults import Sentinel

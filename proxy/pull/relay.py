@@ -5,7 +5,7 @@ memory stays flat whatever the blob size. If the upstream breaks after the
 first byte, the client connection is aborted: the client must see a failure,
 never a clean short body. The same goes for a body requested by digest whose
 bytes hash to something else, and for a client reading slower than
-`limits.min_stream_rate` (proxy.oci.pace).
+`limits.min_stream_rate` (proxy.pull.pace).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from aiohttp import web
 from proxy import metrics
 from proxy.oci.digest import Verifier
 from proxy.oci.errors import OCIError
-from proxy.oci.pace import StreamPace
+from proxy.pull.pace import StreamPace
 
 log = logging.getLogger("pullgate.relay")
 

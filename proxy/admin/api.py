@@ -16,10 +16,10 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.admin.openapi import document
+from proxy.admin.service import VendorService, app_json
+from proxy.apierrors import Invalid, Unauthorized, VendorError
 from proxy.store.models import Team
-from proxy.vendor.errors import Invalid, Unauthorized, VendorError
-from proxy.vendor.openapi import document
-from proxy.vendor.service import VendorService
 
 log = logging.getLogger("pullgate.vendor")
 
@@ -31,7 +31,8 @@ PUBLIC = {f"{PREFIX}/openapi.json"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
+def json_answer(data: Any, status: int = 200) -> web.Response:
+    """A JSON answer of the vendor API (never cached: it may describe credentials)."""
     return web.json_response(data, status=status, headers={"Cache-Control": "no-store"})
 
 
@@ -65,7 +66,8 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     return await handler(request)
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object; 400 Invalid when it is not one."""
     try:
         data = json.loads(await request.read() or b"{}")
     except (ValueError, UnicodeDecodeError):
@@ -89,27 +91,29 @@ def api_app(service: VendorService) -> web.Application:
 
     # -- external registries: the fixed paths come before {slug}
     async def registries(request: web.Request) -> web.Response:
-        return _json({"external_registries": await svc.list_registries(team(request))})
+        return json_answer({"external_registries": await svc.list_registries(team(request))})
 
     async def create_registry(request: web.Request) -> web.Response:
-        return _json({"external_registry": await svc.create_registry(team(request), await _body(request))}, 201)
+        body = await json_body(request)
+        return json_answer({"external_registry": await svc.create_registry(team(request), body)}, 201)
 
     async def test_registry(request: web.Request) -> web.Response:
-        result = await svc.test_registry(team(request), await _body(request))
-        return _json({"status": result.status, "ok": result.ok, "reason": result.reason})
+        result = await svc.test_registry(team(request), await json_body(request))
+        return json_answer({"status": result.status, "ok": result.ok, "reason": result.reason})
 
     async def registry_logs(request: web.Request) -> web.Response:
         query = dict(request.query)
         if not query.get("endpoint"):
             raise Invalid(["endpoint: required (the registry's endpoint host or slug)"])
-        return _json({"logs": await svc.pull_logs(team(request), query)})
+        return json_answer({"logs": await svc.pull_logs(team(request), query)})
 
     async def get_registry(request: web.Request) -> web.Response:
-        return _json({"external_registry": await svc.registry_json(team(request), request.match_info["slug"])})
+        return json_answer({"external_registry": await svc.registry_json(team(request), request.match_info["slug"])})
 
     async def update_registry(request: web.Request) -> web.Response:
-        body = await _body(request)
-        return _json({"external_registry": await svc.update_registry(team(request), request.match_info["slug"], body)})
+        body = await json_body(request)
+        registry = await svc.update_registry(team(request), request.match_info["slug"], body)
+        return json_answer({"external_registry": registry})
 
     async def delete_registry(request: web.Request) -> web.Response:
         await svc.delete_registry(team(request), request.match_info["slug"])
@@ -117,44 +121,42 @@ def api_app(service: VendorService) -> web.Application:
 
     # -- apps
     async def apps(request: web.Request) -> web.Response:
-        return _json({"apps": await svc.list_apps(team(request))})
+        return json_answer({"apps": await svc.list_apps(team(request))})
 
     async def create_app(request: web.Request) -> web.Response:
-        return _json({"app": await svc.create_app(team(request), await _body(request))}, 201)
+        return json_answer({"app": await svc.create_app(team(request), await json_body(request))}, 201)
 
     async def get_app(request: web.Request) -> web.Response:
-        from proxy.vendor.service import app_json
-
-        return _json({"app": app_json(await svc.app(team(request), request.match_info["slug"]))})
+        return json_answer({"app": app_json(await svc.app(team(request), request.match_info["slug"]))})
 
     async def update_app(request: web.Request) -> web.Response:
-        body = await _body(request)
-        return _json({"app": await svc.update_app(team(request), request.match_info["slug"], body)})
+        body = await json_body(request)
+        return json_answer({"app": await svc.update_app(team(request), request.match_info["slug"], body)})
 
     # -- customers
     async def customers(request: web.Request) -> web.Response:
         unknown = sorted(set(request.query) - {"appSlug"})
         if unknown:
             raise Invalid([f"{k}: unknown query parameter" for k in unknown])
-        return _json({"customers": await svc.list_customers(team(request), request.query.get("appSlug"))})
+        return json_answer({"customers": await svc.list_customers(team(request), request.query.get("appSlug"))})
 
     async def create_customer(request: web.Request) -> web.Response:
-        return _json({"customer": await svc.create_customer(team(request), await _body(request))}, 201)
+        return json_answer({"customer": await svc.create_customer(team(request), await json_body(request))}, 201)
 
     async def get_customer(request: web.Request) -> web.Response:
         # The vendor's own view: it may see the license ID it hands to its customer.
-        return _json({"customer": await svc.customer(team(request), request.match_info["id"], with_license=True)})
+        return json_answer({"customer": await svc.customer(team(request), request.match_info["id"], with_license=True)})
 
     async def update_customer(request: web.Request) -> web.Response:
-        body = await _body(request)
-        return _json({"customer": await svc.update_customer(team(request), request.match_info["id"], body)})
+        body = await json_body(request)
+        return json_answer({"customer": await svc.update_customer(team(request), request.match_info["id"], body)})
 
     async def customer_action(request: web.Request) -> web.Response:
         cid, action = request.match_info["id"], request.match_info["action"]
-        return _json({"customer": await svc.set_customer_status(team(request), cid, action)})
+        return json_answer({"customer": await svc.set_customer_status(team(request), cid, action)})
 
     async def import_license(request: web.Request) -> web.Response:
-        body = await _body(request)
+        body = await json_body(request)
         text = body.get("license")
         problems = [f"{k}: unknown field" for k in sorted(set(body) - {"license"})]
         if not isinstance(text, str) or not text.strip():
@@ -162,11 +164,11 @@ def api_app(service: VendorService) -> web.Application:
         if problems:
             raise Invalid(problems)
         customer, created = await svc.import_license(team(request), text)
-        return _json({"customer": customer, "created": created}, 201 if created else 200)
+        return json_answer({"customer": customer, "created": created}, 201 if created else 200)
 
     # -- pull logs
     async def pull_logs(request: web.Request) -> web.Response:
-        return _json({"logs": await svc.pull_logs(team(request), dict(request.query))})
+        return json_answer({"logs": await svc.pull_logs(team(request), dict(request.query))})
 
     r.add_get("/openapi.json", openapi)
     r.add_get("/external_registries", registries)

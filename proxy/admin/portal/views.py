@@ -19,12 +19,8 @@ import jinja2
 from aiohttp import web
 from multidict import MultiDict, MultiMapping
 
-from proxy.config import Config
-from proxy.domains.service import HostnameService
-from proxy.store.models import Team
-from proxy.vendor.errors import Invalid, NotFound, VendorError
-from proxy.vendor.portal import forms
-from proxy.vendor.portal.session import (
+from proxy.admin.portal import forms
+from proxy.admin.portal.session import (
     FLASH_COOKIE,
     LOGIN_COOKIE,
     SESSION_COOKIE,
@@ -33,7 +29,11 @@ from proxy.vendor.portal.session import (
     Sessions,
     same_token,
 )
-from proxy.vendor.service import LICENSE_TYPES, VendorService
+from proxy.admin.service import LICENSE_TYPES, VendorService
+from proxy.apierrors import Invalid, NotFound, VendorError
+from proxy.config import Config
+from proxy.domains.service import HostnameService
+from proxy.store.models import Team
 
 log = logging.getLogger("pullgate.portal")
 

@@ -1,4 +1,8 @@
-"""Vendor API errors: `{"message": ...}` with 400, 401, 404, 409 or 429.
+"""Errors of the admin face's services: `{"message": ...}` with 400, 401, 404, 409 or 429.
+
+Raised by the vendor service (proxy.admin.service) and the custom hostname
+service (proxy.domains.service), answered by the vendor API and the portal; a
+leaf, so the domain services need nothing of the admin face.
 
 Messages are written here, never built from a secret: a validation problem
 names the field, not its value.

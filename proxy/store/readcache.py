@@ -1,4 +1,4 @@
-"""Short-lived read caches over the store for the hot path.
+"""The short-lived read-through cache over the store that the hot path reads.
 
 A pull looks up its license, app and registries on every request; these
 caches keep that off the database while bounding staleness to a few seconds,
@@ -7,55 +7,14 @@ so a revocation or a new registry takes effect quickly.
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
-
 from proxy.store.base import Store, license_hash
 from proxy.store.models import App, Customer, Registry
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-MAX_ENTRIES = 100_000
+from proxy.ttlcache import TTLCache
 
 
-class TTLCache(Generic[K, V]):
-    """Entries live `ttl` seconds; past `max_entries` the least recently used goes.
+class StoreReadCache:
+    """The store's reads a pull makes, each cached for `ttl` seconds (invalidate() drops them all)."""
 
-    Keys can come from clients (every guessed license is a miss cached as None),
-    so the table is bounded, and evicting one entry at a time keeps a flood of
-    guesses from flushing the entries real customers are using."""
-
-    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic, max_entries: int = MAX_ENTRIES) -> None:
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self._data: OrderedDict[K, tuple[float, V]] = OrderedDict()
-        self._clock = clock
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
-        now = self._clock()
-        hit = self._data.get(key)
-        if hit is not None and hit[0] > now:
-            self._data.move_to_end(key)
-            return hit[1]
-        value = await load()
-        if self.ttl > 0:
-            self._data[key] = (now + self.ttl, value)
-            self._data.move_to_end(key)
-            while len(self._data) > self.max_entries:
-                self._data.popitem(last=False)
-        return value
-
-    def clear(self) -> None:
-        self._data.clear()
-
-
-class Directory:
     def __init__(self, store: Store, ttl: float) -> None:
         self.store = store
         self._licenses: TTLCache[str, Customer | None] = TTLCache(ttl)

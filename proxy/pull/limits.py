@@ -13,8 +13,8 @@ connections (`limits.max_connections`).
 from __future__ import annotations
 
 from proxy import metrics
-from proxy.auth.origin import address_key
 from proxy.oci.errors import OCIError
+from proxy.ratelimit import address_key
 
 RETRY_AFTER = "2"  # seconds: streams end all the time; a client may try again soon
 

@@ -22,23 +22,22 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from proxy import metrics
-from proxy.anonymous import RateLimiter
+from proxy.apierrors import Conflict, Invalid, NotFound, TooManyRequests
 from proxy.config import PROVIDERS
-from proxy.directory import Directory
+from proxy.egress import is_ip_address, refused_destination, refused_hop, url_target
 from proxy.licenses import kots
 from proxy.oci.allowlist import check_patterns
-from proxy.pulllog import to_stored_time
+from proxy.ratelimit import RateLimiter
 from proxy.secrets import Keyring
 from proxy.store.base import Conflict as StoreConflict
-from proxy.store.base import Store, new_id, parse_time
+from proxy.store.base import Store, new_id, parse_time, to_stored_time
 from proxy.store.models import App, Customer, Registry, Team
+from proxy.store.readcache import StoreReadCache
 from proxy.upstream.client import UpstreamClient
-from proxy.upstream.egress import is_ip_address, refused_destination, refused_hop, url_target
+from proxy.upstream.endpoints import canonical_endpoint
 from proxy.upstream.errors import EgressRefused
 from proxy.upstream.probe import ProbeResult, probe
 from proxy.upstream.providers import provider_of
-from proxy.upstream.resolve import canonical_endpoint
-from proxy.vendor.errors import Conflict, Invalid, NotFound, TooManyRequests
 
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 HOST_RE = re.compile(r"^[A-Za-z0-9.-]+(?::\d{1,5})?$")
@@ -73,7 +72,7 @@ def new_api_token() -> str:
 class VendorService:
     store: Store
     keyring: Keyring
-    directory: Directory
+    read_cache: StoreReadCache
     upstream: UpstreamClient
     # KOTS license imports per team (limits.license_imports_per_minute); shared by the API and portal.
     license_imports: RateLimiter | None = None
@@ -136,7 +135,7 @@ class VendorService:
             raise Invalid(problems)
         app = replace(app, name=name.strip(), image_allowlist=tuple(allowlist), kots_public_key=key or None)
         await self.store.update_app(app)
-        self.directory.invalidate()
+        self.read_cache.invalidate()
         await self.store.notify("app")  # the other replicas' caches
         return app_json(app)
 
@@ -174,7 +173,7 @@ class VendorService:
         if await self.store.registry_id(team.id, spec.slug) is not None:  # raced with another create
             raise Conflict(f"an external registry with slug {spec.slug!r} already exists")
         await self.store.put_registry(reg)
-        self.directory.invalidate()
+        self.read_cache.invalidate()
         await self.store.notify("registry")  # the other replicas' caches
         return registry_json(reg, {a.id: a.slug for a in apps}, None)
 
@@ -193,7 +192,7 @@ class VendorService:
             await self._validate(reg, spec.image)
         await self.store.put_registry(reg)
         self.upstream.tokens.forget_registry(current.id)
-        self.directory.invalidate()
+        self.read_cache.invalidate()
         await self.store.notify("registry")  # the other replicas' caches
         return registry_json(reg, {a.id: a.slug for a in apps}, None)
 
@@ -201,7 +200,7 @@ class VendorService:
         reg = await self.registry(team, name)
         await self.store.delete_registry(team.id, reg.slug)
         self.upstream.tokens.forget_registry(reg.id)
-        self.directory.invalidate()
+        self.read_cache.invalidate()
         await self.store.notify("registry")  # the other replicas' caches
 
     async def test_registry(self, team: Team, body: Mapping[str, Any]) -> ProbeResult:
@@ -293,7 +292,7 @@ class VendorService:
         if problems:
             raise Invalid(problems)
         await self.store.update_customer(c.id, name=name, email=email, license_type=ltype, expires_at=expires)
-        self.directory.invalidate()
+        self.read_cache.invalidate()
         await self.store.notify("customer")  # the other replicas' caches
         return customer_json(await self.customer_obj(team, c.id))
 
@@ -301,7 +300,7 @@ class VendorService:
         status = {"revoke": "revoked", "archive": "archived", "restore": "active"}[action]
         c = await self.customer_obj(team, customer_id)
         await self.store.set_customer_status(c.id, status)
-        self.directory.invalidate()  # this process's caches; the others hear the NOTIFY below
+        self.read_cache.invalidate()  # this process's caches; the others hear the NOTIFY below
         await self.store.notify("customer")  # the other replicas' caches
         return customer_json(await self.customer_obj(team, c.id))
 
@@ -344,7 +343,7 @@ class VendorService:
             license_id=lic.license_id, seal=lambda value, cid: self.keyring.seal(value, f"customer:{cid}"),
             license_type=lic.license_type, expires_at=lic.expires_at,
         )  # fmt: skip
-        self.directory.invalidate()
+        self.read_cache.invalidate()
         await self.store.notify("customer")  # the other replicas' caches
         return customer_json(await self.customer_obj(team, cid)), existing is None
 

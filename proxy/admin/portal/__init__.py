@@ -3,11 +3,11 @@
 Server-rendered (aiohttp-jinja2), no JavaScript, one stylesheet. Log in with
 a team API token; every page then works on that team alone through
 VendorService, the layer the JSON API also calls. Sessions and CSRF:
-proxy.vendor.portal.session.
+proxy.admin.portal.session.
 """
 
 from __future__ import annotations
 
-from proxy.vendor.portal.views import install
+from proxy.admin.portal.views import install
 
 __all__ = ["install"]

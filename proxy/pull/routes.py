@@ -10,29 +10,31 @@ import asyncio
 import json
 import logging
 import re
-from dataclasses import dataclass
 from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
 
 from proxy import metrics
-from proxy.anonymous import RateLimiter, anonymous_allows, is_anonymous, resolve_anonymous
+from proxy.auth.anonymous import throttle
 from proxy.auth.endpoint import TokenEndpoint
 from proxy.auth.gate import Gate, authorize_anonymous, authorize_catalog
-from proxy.auth.origin import HOST_TEAM
 from proxy.config import LimitsSection
-from proxy.directory import Directory
-from proxy.limits import Slot, StreamSlots
+from proxy.context import HOST_TEAM, ctx
 from proxy.oci.allowlist import allowed
 from proxy.oci.digest import MAX_MANIFEST, digest_of, is_digest, manifest_digest_problem
 from proxy.oci.errors import OCIError
 from proxy.oci.grammar import MANIFEST_TYPES, Route, check_page_size, decode_path, parse_route, split_proxy_name
-from proxy.oci.relay import Pace, StreamAborted, passed_headers, relay, upstream_error
+from proxy.oci.names import is_anonymous
+from proxy.pull.anonymous import anonymous_allows, resolve_anonymous
+from proxy.pull.limits import Slot, StreamSlots
+from proxy.pull.relay import Pace, StreamAborted, passed_headers, relay, upstream_error
+from proxy.pull.resolve import resolve
+from proxy.ratelimit import RateLimiter
 from proxy.store.models import Customer, Registry
+from proxy.store.readcache import StoreReadCache
 from proxy.upstream.client import UpstreamClient
 from proxy.upstream.errors import UpstreamError
-from proxy.upstream.resolve import resolve
 
 log = logging.getLogger("pullgate.oci")
 
@@ -45,42 +47,16 @@ _QUERY_KEYS = {"tags": ("n", "last"), "referrers": ("artifactType",)}
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 
 
-@dataclass
-class PullContext:
-    """What the access log and pull log want to know about one request."""
-
-    route: str = "other"
-    app: str | None = None
-    registry: str | None = None
-    customer_id: str | None = None
-    bytes_sent: int = 0
-    # Why a body stream was cut (proxy.oci.relay.StreamAborted.reason); client-side
-    # reasons are logged and counted as 499, like nginx does.
-    aborted: str | None = None
-    # For the pull log: the customer's team, what was asked, of which image.
-    team_id: str | None = None
-    action: str | None = None  # auth | manifest | HEAD | blob | tags | referrers
-    image: str | None = None
-    reference: str | None = None
-    license_ref: str | None = None  # a short hash of the license, never the license
-
-    def note(self, customer: Customer) -> None:
-        """Whose request this is, for the access and pull logs."""
-        self.app, self.customer_id, self.team_id = customer.app_slug, customer.id, customer.team_id
-        self.license_ref = customer.license_ref or None
-
-
-CTX_KEY = web.RequestKey("pull_ctx", PullContext)
 SLOT_KEY = web.RequestKey("stream_slot", Slot)
 
 
 class OCIRoutes:
-    slots: StreamSlots | None = None  # concurrent bodies per license and address (proxy.limits)
+    slots: StreamSlots | None = None  # concurrent bodies per license and address (proxy.pull.limits)
 
     def __init__(
         self,
         gate: Gate,
-        directory: Directory,
+        read_cache: StoreReadCache,
         upstream: UpstreamClient,
         chunk_size: int,
         idle_timeout: float,
@@ -91,7 +67,7 @@ class OCIRoutes:
         self.idle_timeout = idle_timeout
         self.limiter = limiter
         self.gate = gate
-        self.directory = directory
+        self.read_cache = read_cache
         self.upstream = upstream
         self.chunk_size = chunk_size
         self.tokens = TokenEndpoint(gate, limiter)
@@ -136,7 +112,7 @@ class OCIRoutes:
         taken before the upstream request so a refused one costs the upstream nothing."""
         if self.slots is None or request.method != "GET" or route.kind not in ("manifests", "blobs"):
             return
-        request[SLOT_KEY] = self.slots.acquire(ctx(request).customer_id, self.gate.origins.client_address(request))
+        request[SLOT_KEY] = self.slots.acquire(ctx(request).customer_id, self.gate.proxies.client_address(request))
 
     async def _pull(self, request: web.Request) -> web.StreamResponse:
         c = ctx(request)
@@ -220,10 +196,10 @@ class OCIRoutes:
         pname = split_proxy_name(route.name)
         customer = await self.gate.authorize(request, pname)
         c.note(customer)
-        app = await self.directory.app(pname.app)
+        app = await self.read_cache.app(pname.app)
         if app is None or app.id != customer.app_id:
             raise OCIError("NAME_UNKNOWN", "repository name not known to registry")
-        registry, repo = resolve(await self.directory.registries_for(app), pname)
+        registry, repo = resolve(await self.read_cache.registries_for(app), pname)
         # Before any upstream I/O; refused exactly like an unknown name (see allowlist.py).
         if not allowed(app.image_allowlist, repo):
             raise OCIError("NAME_UNKNOWN", "repository name not known to registry", detail={"name": pname.full})
@@ -232,14 +208,14 @@ class OCIRoutes:
     async def _anonymous(self, request: web.Request, route: Route) -> tuple[Registry, str]:
         """`anonymous/<upstream>/<repo>`: only registries that allow it; rate-limited per address."""
         if self.limiter is not None:
-            self.limiter.check(self.gate.origins.client_address(request))
+            throttle(self.limiter, self.gate.proxies.client_address(request))
         customer = await authorize_anonymous(self.gate, request, route.name)
         if customer is not None:
             ctx(request).note(customer)
-        registries = await self.directory.anonymous_registries(request.get(HOST_TEAM))
+        registries = await self.read_cache.anonymous_registries(request.get(HOST_TEAM))
         registry, repo = resolve_anonymous(registries, route.name)
-        # Before any upstream I/O; refused exactly like an unknown name (see proxy.anonymous).
-        if not anonymous_allows(registry, await self.directory.team_apps(registry.team_id), repo):
+        # Before any upstream I/O; refused exactly like an unknown name (see proxy.pull.anonymous).
+        if not anonymous_allows(registry, await self.read_cache.team_apps(registry.team_id), repo):
             raise OCIError("NAME_UNKNOWN", "repository name not known to registry", detail={"name": route.name})
         return registry, repo
 
@@ -251,11 +227,11 @@ class OCIRoutes:
         _reads_only(request)
         customer = await authorize_catalog(self.gate, request)
         c.note(customer)
-        app = await self.directory.app(customer.app_slug)
+        app = await self.read_cache.app(customer.app_slug)
         if app is None:
             raise OCIError("NAME_UNKNOWN", "no such app")
-        names = {f"proxy/{app.slug}/{slug}/{image}" for slug, image in await self.directory.pulled(app)}
-        registries = await self.directory.registries_for(app)
+        names = {f"proxy/{app.slug}/{slug}/{image}" for slug, image in await self.read_cache.pulled(app)}
+        registries = await self.read_cache.registries_for(app)
         if len(registries) == 1:
             literal = [p for p in app.image_allowlist if not any(ch in p for ch in "*?[")]
             names |= {f"proxy/{app.slug}/{registries[0].slug}/{p}" for p in literal}
@@ -336,14 +312,6 @@ _ACTIONS = {"manifests": "manifest", "blobs": "blob", "tags": "tags", "referrers
 def _note_token_customer(request: web.Request, customer: Customer) -> None:
     """The token endpoint found the license's customer: the pull log records the auth."""
     ctx(request).note(customer)
-
-
-def ctx(request: web.Request) -> PullContext:
-    c = request.get(CTX_KEY)
-    if c is None:
-        c = PullContext()
-        request[CTX_KEY] = c
-    return c
 
 
 def _reads_only(request: web.Request) -> None:

@@ -11,8 +11,8 @@ from functools import cache
 from typing import Any
 
 from proxy import __version__
+from proxy.admin.service import LICENSE_TYPES
 from proxy.config import PROVIDERS
-from proxy.vendor.service import LICENSE_TYPES
 
 
 def _ref(name: str) -> dict[str, str]:

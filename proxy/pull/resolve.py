@@ -12,13 +12,8 @@ from collections.abc import Sequence
 from proxy.oci.errors import OCIError
 from proxy.oci.grammar import ProxyName
 from proxy.store.models import Registry
+from proxy.upstream.endpoints import canonical_endpoint
 from proxy.upstream.providers import provider_of
-from proxy.upstream.providers.simple import DOCKER_HUB_HOSTS
-
-
-def canonical_endpoint(host: str) -> str:
-    host = host.lower().rstrip("/")
-    return "docker.io" if host in DOCKER_HUB_HOSTS else host
 
 
 def resolve(registries: Sequence[Registry], name: ProxyName) -> tuple[Registry, str]:

@@ -1,7 +1,9 @@
-"""The scheme and host the client used, for the token realm and `service`.
+"""Which peers are trusted proxies: whose X-Forwarded-* headers are believed.
 
-X-Forwarded-Proto/-Host are believed only from peers the config trusts, so a
-client cannot point the realm (and the license it sends there) elsewhere.
+The scheme and host the client used (for the token realm and `service`) and the
+client's address (for throttles) come from the peer itself unless the peer is
+in `proxy.trusted_proxies`, so a client cannot point the realm (and the license
+it sends there) elsewhere, nor pick the address it is counted under.
 """
 
 from __future__ import annotations
@@ -14,28 +16,12 @@ from aiohttp import web
 
 from proxy.oci.errors import OCIError
 
-# Set by the host table on a verified custom hostname: the only team served there.
-HOST_TEAM = web.RequestKey("host_team", str)
-
 _HOST_RE = re.compile(r"^(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$")
 
 
-def address_key(address: str) -> str:
-    """The key throttles count a client under: an IPv4 address as it is, an IPv6
-    address by its /64 (one subscriber's whole prefix, which it can rotate through
-    freely), an IPv4-mapped IPv6 address as the IPv4 one. Anything else unchanged."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
+class TrustedProxies:
+    """The peers (CIDRs) whose forwarded headers are believed; every other peer speaks for itself."""
 
-
-class Origins:
     def __init__(self, trusted_proxies: Sequence[str]) -> None:
         self.trusted = [ipaddress.ip_network(c, strict=False) for c in trusted_proxies]
 
@@ -68,7 +54,8 @@ class Origins:
                     break
         return address
 
-    def of(self, request: web.Request) -> tuple[str, str]:
+    def origin(self, request: web.Request) -> tuple[str, str]:
+        """The scheme and host the client used: its own, or what a trusted proxy forwarded."""
         scheme = "https" if request.secure else "http"
         host = request.headers.get("Host", "")
         if self._trusted_peer(request):

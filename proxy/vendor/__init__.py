@@ -1,1 +1,0 @@
-"""The vendor side on the admin listener: JSON API (api.py) over team-scoped operations (service.py)."""
