@@ -17,6 +17,7 @@ from typing import Any
 from proxy.cli.configfile import config_arg
 from proxy.cli.output import output_flag, print_json, table
 from proxy.config import Config
+from proxy.domains.names import Reserved
 
 
 def install(sub: Any) -> None:
@@ -72,7 +73,6 @@ async def admin_token_create(cfg: Config, team_name: str, label: str) -> int:
 
 
 async def hostname_admin(cfg: Config, args: argparse.Namespace) -> int:
-    from proxy.domains.names import Reserved
     from proxy.store import open_store
 
     store = await open_store(cfg.store, cfg.base_dir)

@@ -9,6 +9,7 @@ from proxy.store.base import Store
 
 
 async def open_store(url: str, base_dir: Path) -> Store:
+    # Lazy: only the driver in use is loaded (aiosqlite or asyncpg).
     if url.startswith("sqlite:"):
         from proxy.store.sqlite import SQLiteStore
 

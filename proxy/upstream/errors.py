@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from proxy.egress import Refusal
+from proxy.egress import Refusal
 
 
 class UpstreamError(Exception):
