@@ -54,7 +54,7 @@ def _hostname_admin(cfg: Config, args: argparse.Namespace) -> int:
 
 
 async def admin_token_create(cfg: Config, team_name: str, label: str) -> int:
-    # Lazy, here and below: the API commands start without loading the store and its drivers.
+    # Lazy: the API commands start without loading the store and its drivers.
     from proxy.admin.service import new_api_token
     from proxy.store import open_store
 
@@ -73,7 +73,7 @@ async def admin_token_create(cfg: Config, team_name: str, label: str) -> int:
 
 
 async def hostname_admin(cfg: Config, args: argparse.Namespace) -> int:
-    from proxy.store import open_store
+    from proxy.store import open_store  # lazy, as above
 
     store = await open_store(cfg.store, cfg.base_dir)
     try:

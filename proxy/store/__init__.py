@@ -9,13 +9,12 @@ from proxy.store.base import Store
 
 
 async def open_store(url: str, base_dir: Path) -> Store:
-    # Lazy: only the driver in use is loaded (aiosqlite or asyncpg).
     if url.startswith("sqlite:"):
-        from proxy.store.sqlite import SQLiteStore
+        from proxy.store.sqlite import SQLiteStore  # lazy: only the driver in use is loaded
 
         store: Store = SQLiteStore(sqlite_path(url, base_dir))
     else:
-        from proxy.store.postgres import PostgresStore
+        from proxy.store.postgres import PostgresStore  # lazy: asyncpg only for PostgreSQL
 
         store = PostgresStore(url)
     await store.open()
