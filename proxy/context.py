@@ -15,10 +15,14 @@ from aiohttp import web
 class Customer(Protocol):
     """What the context keeps of a customer (proxy.store.models.Customer has it)."""
 
-    id: str
-    team_id: str
-    app_slug: str
-    license_ref: str
+    @property
+    def id(self) -> str: ...
+    @property
+    def team_id(self) -> str: ...
+    @property
+    def app_slug(self) -> str: ...
+    @property
+    def license_ref(self) -> str: ...
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
 Only registries marked `allowAnonymous` are reachable; the proxy still pulls
 from them with the vendor's stored credentials. Clients need no license, so
-each client address gets a token bucket (429 TOOMANYREQUESTS with Retry-After
-when it runs dry), and an anonymous token grants only anonymous repositories.
+each client address gets a token bucket (proxy.auth.anonymous.throttle: 429
+TOOMANYREQUESTS with Retry-After when it runs dry), and an anonymous token
+grants only anonymous repositories (the name predicate is proxy.oci.names).
 
 Which repositories (`anonymous_allows`): anonymous access never reaches more
 than a license would. A repository is served only when
