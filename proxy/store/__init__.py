@@ -1,4 +1,6 @@
-"""State: teams, apps, registries, customers. SQLite is the embedded default; PostgreSQL for several replicas."""
+"""State: teams, apps, registries, customers. SQLite is the embedded default; PostgreSQL for several replicas.
+
+The hot path reads through proxy.store.readcache, a cache of a few seconds over the store."""
 
 from __future__ import annotations
 
