@@ -118,6 +118,7 @@ def proxy_app(services: Services) -> web.Application:
         middlewares.insert(1, pulllog.middleware(services.pulllog))
     app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
     app[SERVICES] = services
+    logs.quiet_parser_refusals()  # a malformed request is the client's error, not ours
     up = services.cfg.upstream
     limiter = RateLimiter(services.cfg.anonymous.rate_per_minute, services.cfg.anonymous.burst)
     OCIRoutes(
