@@ -709,7 +709,8 @@ def test_proxy_app_survives_generated_requests(fuzz_app: AppUnderFuzz, error_log
     ],
 )
 def test_found_by_fuzzing_are_client_errors(fuzz_app: AppUnderFuzz, error_log: ErrorRecords, target: str):
-    """What the fuzzer found answering 500 on the old code: now a 4xx with an OCI body."""
+    """Found by the fuzzers: `n=²` passed the page-size check and int() then raised (500);
+    a tag with a trailing newline passed the `$`-anchored check and went upstream."""
     auth = _basic("user", LICENSES["valid"])
     (a,) = fuzz_app.send_batch([_raw("GET", target, [("Host", HOST), ("Authorization", auth)], b"")])
     assert 400 <= a.status < 500, (a.status, a.body)
