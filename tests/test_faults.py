@@ -190,7 +190,8 @@ async def test_upstream_killed_mid_blob(origin: Registry, workdir: Path):
 
 async def test_upstream_trickling_one_byte_a_second(origin: Registry, workdir: Path):
     trickle = TrickleRegistry(max_seconds=40)
-    upstream = {"connect_timeout": 2, "first_byte_timeout": 3, "idle_timeout": 2, "retries": 0}
+    # idle 4 s against a byte every second: margin for a loaded machine's scheduling.
+    upstream = {"connect_timeout": 2, "first_byte_timeout": 3, "idle_timeout": 4, "retries": 0}
     server = _proxy(workdir, [_registry("trickle", trickle.url), _registry("origin", origin.url)], upstream=upstream)
     try:
         ports = {trickle.port, origin.port}
@@ -202,7 +203,7 @@ async def test_upstream_trickling_one_byte_a_second(origin: Registry, workdir: P
         async with aiohttp.ClientSession() as s:
             async with asyncio.timeout(30):
                 whole, stalled, headers = await asyncio.gather(
-                    # One byte a second, never idle for 2 s: slow, but whole and correct.
+                    # One byte a second, never idle for 4 s: slow, but whole and correct.
                     pull_blob(s, f"{base}/slow/x/blobs/{digest}", digest, len(body)),
                     # Three bytes, then silence: cut after the idle timeout, never a clean end.
                     pull_blob(s, f"{base}/stall/x/blobs/{digest}", digest, len(body)),
@@ -300,7 +301,9 @@ async def test_postgres_restarted_during_pulls(origin: Registry, cluster: Postgr
             async with asyncio.timeout(90):
                 outcomes = await asyncio.gather(*in_flight)
         assert all(o.kind == "ok" for o in outcomes), outcomes  # streams do not need the database
-        assert not [o for o in during if o.kind == "short-200"], during
+        # A database that is down is a 503 with Retry-After, not a 500 "internal error".
+        assert all(o.kind == "ok" or o.detail == "status 503" for o in during), during
+        assert "internal error" not in server.log_text(), server.log_text()[-3000:]
         # Back: new pulls succeed (the pool reconnects), within seconds.
         deadline = time.monotonic() + 30
         while True:
