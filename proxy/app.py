@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from proxy import accesslog, bootstrap, metrics, pulllog
+from proxy import accesslog, bootstrap, logs, metrics, pulllog
 from proxy.admin import api as vendor_api
 from proxy.admin import hostnames as hostname_api
 from proxy.admin import portal
@@ -121,6 +121,7 @@ def proxy_app(services: Services) -> web.Application:
         middlewares.insert(1, pulllog.middleware(services.pulllog))
     app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
     app[SERVICES] = services
+    logs.quiet_parser_refusals()  # a malformed request is the client's error, not ours
     up = services.cfg.upstream
     limiter = RateLimiter(services.cfg.anonymous.rate_per_minute, services.cfg.anonymous.burst)
     limits = services.cfg.limits

@@ -257,7 +257,7 @@ def load(path: str | os.PathLike[str] | None, environ: typing.Mapping[str, str] 
             raw = yaml.load(text, Loader=_UniqueKeyLoader) or {}  # noqa: S506 - a SafeLoader
         except DuplicateKey as exc:
             raise ConfigError(f"config file {p}: {exc}") from None
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, ValueError) as exc:  # ValueError: an impossible date such as 2001-13-01
             raise ConfigError(f"config file {p}: not valid YAML: {exc}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {p}: the top level must be a mapping")
@@ -300,7 +300,7 @@ def _env_value(tp: Any, value: str) -> Any:
         return value
     try:
         return yaml.safe_load(value)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # ValueError: an impossible date; the type check names the key
         return value
 
 

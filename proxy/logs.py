@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 
 class JSONFormatter(logging.Formatter):
@@ -40,6 +41,26 @@ def setup(level: str) -> None:
     root.setLevel(level.upper())
     # aiohttp's own access logger is replaced by ours.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class ParserRefusals(logging.Filter):
+    """aiohttp logs each request its HTTP parser refuses (a line too long, a bad header) at
+    ERROR with a traceback and the offending bytes, which may hold a credential. That is
+    the client's error, answered 400: one INFO line naming the kind, nothing of the bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "refused a malformed request: %s", (type(exc).__name__,)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_parser_refusals() -> None:
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ParserRefusals) for f in server.filters):
+        server.addFilter(ParserRefusals())
 
 
 CLIENT_CLOSED = 499

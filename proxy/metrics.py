@@ -3,6 +3,8 @@ registry and app slugs) and status codes: never a license, customer or IP."""
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -104,6 +106,11 @@ LICENSE_IMPORTS_THROTTLED = Counter(
 )
 
 
+ASYNCIO_TASKS = Gauge(
+    "pullgate_asyncio_tasks", "asyncio tasks alive in the process when scraped (leak detection)", registry=REGISTRY
+)
+
+
 def observe_ratelimit(slug: str, remaining: str | None) -> None:
     """Docker Hub sends `RateLimit-Remaining: 76;w=21600`."""
     if remaining:
@@ -113,6 +120,7 @@ def observe_ratelimit(slug: str, remaining: str | None) -> None:
 
 
 async def handler(_: web.Request) -> web.Response:
+    ASYNCIO_TASKS.set(len(asyncio.all_tasks()))
     resp = web.Response(body=generate_latest(REGISTRY))
     resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     resp.charset = "utf-8"

@@ -135,7 +135,7 @@ class Keyring:
             raise SecretError("sealed value is malformed") from None
         if prefix != _PREFIX:
             raise SecretError(f"sealed value has unknown format {prefix!r}")
-        key = self.keys.get(kid)
+        key = self._key(kid)
         if key is None:
             raise SecretError(f"master key {kid!r} is not in the keyring")
         try:
@@ -144,6 +144,16 @@ class Keyring:
         except (InvalidTag, ValueError):
             raise SecretError(f"sealed value does not open under key {kid!r}") from None
 
+    def _key(self, kid: str) -> bytes | None:
+        key = self.keys.get(kid)
+        if key is None and self.path is not None:
+            # `pullgate keys rotate` saves the new key before it reseals any row, so a row
+            # sealed under a key we do not know means the file changed: read it now rather
+            # than at the next poll (a small file, read once per rotation).
+            self.reload_if_changed()
+            key = self.keys.get(kid)
+        return key
+
     def key_id_of(self, sealed: str) -> str:
         return sealed.split(":", 2)[1]
 
@@ -151,7 +161,7 @@ class Keyring:
         """An HMAC key for the proxy's JWTs, derived per master key (HKDF)."""
         kid = kid or self.current
         if kid not in self._derived:
-            master = self.keys.get(kid)
+            master = self._key(kid)
             if master is None:
                 raise SecretError(f"master key {kid!r} is not in the keyring")
             hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"pullgate jwt v1")

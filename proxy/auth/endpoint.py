@@ -94,7 +94,12 @@ class TokenEndpoint:
         return await self._issue(request, creds.password, scopes, oauth=False)
 
     async def post(self, request: web.Request) -> web.Response:
-        form = await request.post()
+        try:
+            form = await request.post()
+        except (ValueError, LookupError):  # a multipart body without boundary, an unknown charset
+            return web.json_response(
+                {"error": "invalid_request", "error_description": "the body is not a readable form"}, status=400
+            )
         grant_type = form.get("grant_type")
         if grant_type != "password":
             # containerd falls back to GET with Basic when the form is refused.

@@ -25,6 +25,7 @@ STATUS = {
     "UPSTREAM_ERROR": 502,
     "UPSTREAM_UNAVAILABLE": 503,
     "UPSTREAM_TIMEOUT": 504,
+    "UNAVAILABLE": 503,  # the proxy's own database cannot be reached right now
 }
 
 

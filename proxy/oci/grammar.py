@@ -11,11 +11,13 @@ from urllib.parse import unquote
 
 from proxy.oci.errors import OCIError
 
-# distribution-spec: <name> components and the whole name.
+# distribution-spec: <name> components and the whole name. Anchored with \Z, not `$`:
+# `$` also matches before a trailing newline, which would let "v1\n" through.
 COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
-NAME_RE = re.compile(rf"^{COMPONENT}(?:/{COMPONENT})*$")
-TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
-DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+NAME_RE = re.compile(rf"^{COMPONENT}(?:/{COMPONENT})*\Z")
+TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}\Z")
+DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+\Z")
+PAGE_SIZE_RE = re.compile(r"[0-9]{1,6}")
 KNOWN_DIGESTS = {"sha256": 64, "sha512": 128}
 MAX_NAME = 255
 # The manifest types relayed, in the Accept order a pull sends them upstream.
@@ -77,7 +79,8 @@ def check_name(name: str) -> None:
 
 def check_page_size(n: str | None) -> None:
     """`n` of tags/list and _catalog: a small non-negative integer when given."""
-    if n is not None and (not n.isdigit() or len(n) > 6):
+    # Not str.isdigit(): it accepts "²", which int() then refuses.
+    if n is not None and not PAGE_SIZE_RE.fullmatch(n):
         raise OCIError("PAGINATION_NUMBER_INVALID", "n must be a non-negative integer")
 
 

@@ -40,7 +40,7 @@ log = logging.getLogger("pullgate.oci")
 
 READ_METHODS = ("GET", "HEAD")
 MAX_TAGS_BODY = 8 * 1024 * 1024
-_RANGE_RE = re.compile(r"^bytes=(?:\d{1,19}-\d{0,19}|-\d{1,19})$")
+_RANGE_RE = re.compile(r"^bytes=(?:[0-9]{1,19}-[0-9]{0,19}|-[0-9]{1,19})\Z")  # ASCII digits only
 _LINK_RE = re.compile(r"<([^>]*)>")
 _QUERY_KEYS = {"tags": ("n", "last"), "referrers": ("artifactType",)}
 

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from proxy.oci.errors import OCIError
 from proxy.store.models import App, Customer, CustomHostname, Registry, Team
 from proxy.store.schema import MIGRATIONS
 
@@ -467,6 +468,16 @@ class Store(abc.ABC):
             return False
         await self.execute("DELETE FROM custom_hostnames WHERE hostname = ?", (hostname,))
         return True
+
+
+class StoreUnavailable(OCIError):
+    """The database cannot be reached right now (down, restarting): a 503 with
+    Retry-After for the client, not an internal error."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "UNAVAILABLE", "the service is briefly unavailable; try again", status=503, headers={"Retry-After": "5"}
+        )
 
 
 class Conflict(Exception):

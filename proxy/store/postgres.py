@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from proxy.store.base import Row, Store
+from proxy.store.base import Row, Store, StoreUnavailable
 
 log = logging.getLogger("pullgate.store")
 
@@ -27,6 +27,18 @@ LISTENER_NAME = "pullgate-listen"
 LOCK_KEY = 0x70756C6C67617465  # "pullgate"
 BACKOFF_MAX = 5.0
 PING_SECONDS = 10.0
+# What a database that is down or restarting raises (OSError: refused, reset, timed out).
+UNAVAILABLE = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InternalClientError,
+)
+
+
+def _unavailable(exc: BaseException) -> StoreUnavailable:
+    log.warning("database unavailable: %s", type(exc).__name__)
+    return StoreUnavailable()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -84,9 +96,18 @@ class PostgresStore(Store):
         return self._pool
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        return [dict(r) for r in await self.pool.fetch(to_dollar(sql), *params)]
+        try:
+            return [dict(r) for r in await self.pool.fetch(to_dollar(sql), *params)]
+        except UNAVAILABLE as exc:
+            raise _unavailable(exc) from None
 
     async def execute_many(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
+        try:
+            await self._execute_many(statements)
+        except UNAVAILABLE as exc:
+            raise _unavailable(exc) from None
+
+    async def _execute_many(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
             for sql, params in statements:
                 await conn.execute(to_dollar(sql), *params)
