@@ -269,3 +269,30 @@ async def test_ecr_assumes_the_role_first(client):
     finally:
         for runner, _ in runners:
             await runner.cleanup()
+
+
+async def test_token_answer_arriving_in_pieces_is_read_whole(client):
+    """A read returns what has arrived: the token answer is read to its end (bounded), not cut
+    at the first packet (which used to fail as 'not JSON')."""
+    c, ring = client
+    seen = Seen()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path == "/token":
+            resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await resp.prepare(request)
+            await resp.write(b'{"token": "piece')
+            await asyncio.sleep(0.2)
+            await resp.write(b'wise", "expires_in": 300}')
+            return resp
+        if request.headers.get("Authorization") == "Bearer piecewise":
+            return web.Response(body=b"manifest")
+        realm = f"http://{request.host}/token"
+        return web.Response(status=401, headers={"WWW-Authenticate": f'Bearer realm="{realm}"'})
+
+    runner, url = await _serve(handler, seen)
+    try:
+        async with c.request(_registry(ring, url), "GET", "/v2/a/manifests/v1", {}, "repository:a:pull") as r:
+            assert (r.status, await r.read()) == (200, b"manifest")
+    finally:
+        await runner.cleanup()
