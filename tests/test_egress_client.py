@@ -83,7 +83,8 @@ async def test_ecr_and_sts_endpoints_pass_the_policy(servers):
         ):  # fmt: skip
             reg = _reg(f"http://127.0.0.1:{reg_port}", "ecr", **options)
             with pytest.raises(EgressRefused) as info:
-                await c.request(reg, "GET", "/v2/ecr/manifests/v1", {}, "repository:ecr:pull")
+                async with c.request(reg, "GET", "/v2/ecr/manifests/v1", {}, "repository:ecr:pull"):
+                    pass
             assert info.value.refusal.rule == "loopback" and "127.0.0.1" not in info.value.message
         assert by_seen == []
     finally:
@@ -100,7 +101,8 @@ async def test_literal_addresses_and_names_are_judged_by_what_they_reach(servers
             f"http://[::ffff:127.0.0.1]:{by_port}",
         ):
             with pytest.raises(EgressRefused):
-                await c.request(_reg(url), "GET", "/v2/", {}, "x")
+                async with c.request(_reg(url), "GET", "/v2/", {}, "x"):
+                    pass
             denied = await c.refusal_for(url)
             assert denied is not None and denied.refusal.rule == "loopback"
         assert by_seen == []
@@ -108,12 +110,12 @@ async def test_literal_addresses_and_names_are_judged_by_what_they_reach(servers
             denied = await c.refusal_for(legacy)
             assert denied is not None and denied.refusal.rule == "non-canonical"
             with pytest.raises(EgressRefused):
-                await c.request(_reg(legacy), "GET", "/v2/", {}, "x")
+                async with c.request(_reg(legacy), "GET", "/v2/", {}, "x"):
+                    pass
         assert await c.refusal_for(f"http://127.0.0.1:{reg_port}/") is None
         assert (await c.refusal_for("http://127.0.0.1:2/")).refusal.rule == "own-listener"  # type: ignore[union-attr]
-        resp = await c.request(_reg(f"http://localhost:{reg_port}"), "GET", "/v2/", {}, "x")
-        assert resp.status == 200
-        resp.release()
+        async with c.request(_reg(f"http://localhost:{reg_port}"), "GET", "/v2/", {}, "x") as resp:
+            assert resp.status == 200
     finally:
         await c.close()
 
@@ -139,16 +141,24 @@ async def test_pool_slot_is_held_until_the_response_is_released(servers):
     c = await _client([f"127.0.0.1:{reg_port}"], pool_size=4, pool_per_registry=1)
     reg = _reg(f"http://127.0.0.1:{reg_port}")
     try:
-        held = await c.request(reg, "GET", "/v2/big", {}, "x")
-        assert held.connection is not None  # the body is still coming: the slot stays taken
-        with pytest.raises(UpstreamBusy) as info:
-            await c.request(reg, "GET", "/v2/", {}, "x")
-        assert info.value.status == 503 and "'unit'" in info.value.message
-        assert await held.read() == b"abcd"  # read to the end: the connection goes back, the slot too
-        held.release()
-        for _ in range(3):  # released: the slot comes back each time
-            resp = await asyncio.wait_for(c.request(reg, "GET", "/v2/", {}, "x"), 2)
-            await resp.read()
-            resp.release()
+        async with c.request(reg, "GET", "/v2/big", {}, "x") as held:
+            assert held.connection is not None  # the body is still coming: the slot stays taken
+            with pytest.raises(UpstreamBusy) as info:
+                async with c.request(reg, "GET", "/v2/", {}, "x"):
+                    pass
+            assert info.value.status == 503 and "'unit'" in info.value.message
+            assert await held.read() == b"abcd"  # read to the end: the connection can go back to the pool
+        for _ in range(3):  # released on leaving the block: the slot comes back each time
+            async with asyncio.timeout(2), c.request(reg, "GET", "/v2/", {}, "x") as resp:
+                await resp.read()
+        # Left with the body unread, or by an exception: the connection is closed, the slot freed.
+        async with c.request(reg, "GET", "/v2/big", {}, "x") as unread:
+            assert unread.connection is not None
+        assert unread.closed
+        with pytest.raises(RuntimeError):
+            async with c.request(reg, "GET", "/v2/big", {}, "x"):
+                raise RuntimeError("the caller failed")
+        async with asyncio.timeout(2), c.request(reg, "GET", "/v2/", {}, "x") as resp:
+            assert resp.status == 200
     finally:
         await c.close()

@@ -267,7 +267,13 @@ async def test_a_client_that_leaves_mid_stream_frees_its_slots(server: Pullgate,
         while not await both_open() and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
         trickle.release()
-        assert await both_open()
+        # The two streams both_open just left free their slots when the proxy next writes
+        # to them (now, the trickle being released): wait for that too, with a deadline.
+        # (Asking once more after a success would race with that success's own streams.)
+        deadline = time.monotonic() + 10
+        while not (opened := await both_open()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert opened
     finally:
         trickle.release()
 

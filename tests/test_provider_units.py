@@ -75,7 +75,7 @@ def test_ecr_region_and_token_lifetime():
 def test_token_lifetime_honours_issued_at():
     import json as _json
 
-    from proxy.upstream.auth import parse_token_response
+    from proxy.upstream.bearer import parse_token_response
 
     now = 1_800_000_000.0
 

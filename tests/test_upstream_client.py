@@ -83,20 +83,19 @@ async def test_bearer_token_is_refetched_once_after_a_401(client):
     try:
         reg = _registry(ring, url)
         state["accept"] = {"t1"}
-        r = await c.request(reg, "GET", "/v2/a/manifests/v1", {}, "repository:a:pull")
-        assert r.status == 200 and await r.read() == b"manifest"
-        r.release()
+        async with c.request(reg, "GET", "/v2/a/manifests/v1", {}, "repository:a:pull") as r:
+            assert r.status == 200 and await r.read() == b"manifest"
         assert state["issued"] == 1
         # The registry now refuses t1 (revoked early): one refetch, then success.
         state["accept"] = {"t2"}
-        r = await c.request(reg, "GET", "/v2/a/manifests/v1", {}, "repository:a:pull")
-        assert r.status == 200
-        r.release()
+        async with c.request(reg, "GET", "/v2/a/manifests/v1", {}, "repository:a:pull") as r:
+            assert r.status == 200
         assert state["issued"] == 2
         # It refuses every token: the vendor's credentials are reported as rejected.
         state["accept"] = set()
         with pytest.raises(CredentialsRejected) as info:
-            await c.request(reg, "GET", "/v2/a/manifests/v1", {}, "repository:a:pull")
+            async with c.request(reg, "GET", "/v2/a/manifests/v1", {}, "repository:a:pull"):
+                pass
         assert "unit" in str(info.value) and PASSWORD not in str(info.value)
         # The token went to the registry and its realm only; the password only to the realm.
         assert all(auth is None or PASSWORD not in auth for _, p, auth in seen.requests if p != "/token")
@@ -127,13 +126,11 @@ async def test_redirects_are_followed_without_credentials_off_origin(client):
     reg_runner, reg_url = await _serve(registry, reg_seen)
     try:
         reg = _registry(ring, reg_url)
-        r = await c.request(reg, "GET", "/v2/a/blobs/x", {}, "repository:a:pull")
-        assert (r.status, await r.read()) == (200, b"blob-bytes")
-        r.release()
+        async with c.request(reg, "GET", "/v2/a/blobs/x", {}, "repository:a:pull") as r:
+            assert (r.status, await r.read()) == (200, b"blob-bytes")
         assert cdn_seen.requests == [(cdn_url.split("//")[1], "/cdn/blob?X-Amz-Signature=a%2Fb", None)]
-        r = await c.request(reg, "GET", "/v2/a/blobs/relative", {}, "repository:a:pull")
-        assert (r.status, await r.read()) == (200, b"same-origin-bytes")
-        r.release()
+        async with c.request(reg, "GET", "/v2/a/blobs/relative", {}, "repository:a:pull") as r:
+            assert (r.status, await r.read()) == (200, b"same-origin-bytes")
         assert reg_seen.requests[-1][1] == "/storage/blob?sig=a%2Fb"
     finally:
         await reg_runner.cleanup()
@@ -151,12 +148,10 @@ async def test_5xx_is_retried_then_passed(client):
     runner, url = await _serve(handler, seen)
     try:
         reg = _registry(ring, url, username=None)
-        r = await c.request(reg, "GET", "/v2/a/manifests/v1", {}, "repository:a:pull")
-        assert r.status == 200
-        r.release()
-        r = await c.request(reg, "GET", "/v2/a/manifests/v1", {}, "repository:a:pull")
-        assert r.status == 500  # after retries the failure is the caller's to map
-        r.release()
+        async with c.request(reg, "GET", "/v2/a/manifests/v1", {}, "repository:a:pull") as r:
+            assert r.status == 200
+        async with c.request(reg, "GET", "/v2/a/manifests/v1", {}, "repository:a:pull") as r:
+            assert r.status == 500  # after retries the failure is the caller's to map
         assert len(seen.requests) == 3 + 3
     finally:
         await runner.cleanup()
@@ -165,7 +160,8 @@ async def test_5xx_is_retried_then_passed(client):
 async def test_unreachable_and_silent_registries(client):
     c, ring = client
     with pytest.raises(UpstreamUnavailable):
-        await c.request(_registry(ring, "http://127.0.0.1:9", None), "GET", "/v2/", {}, "x")
+        async with c.request(_registry(ring, "http://127.0.0.1:9", None), "GET", "/v2/", {}, "x"):
+            pass
 
     accepted = 0
 
@@ -179,7 +175,8 @@ async def test_unreachable_and_silent_registries(client):
     port = server.sockets[0].getsockname()[1]
     try:
         with pytest.raises(UpstreamTimeout):
-            await c.request(_registry(ring, f"http://127.0.0.1:{port}", None), "GET", "/v2/", {}, "x")
+            async with c.request(_registry(ring, f"http://127.0.0.1:{port}", None), "GET", "/v2/", {}, "x"):
+                pass
         assert accepted == 3  # one try and two retries, each cut at the first-byte timeout
     finally:
         server.close()
@@ -214,14 +211,12 @@ async def test_ecr_token_refreshed_early_after_a_401(client):
             options={"access_key_id": "AKIAUNIT", "api_url": api_url + "/"},
         )  # fmt: skip
         for _ in range(3):
-            r = await c.request(reg, "GET", "/v2/a/manifests/v1", {}, "repository:a:pull")
-            assert r.status == 200
-            r.release()
+            async with c.request(reg, "GET", "/v2/a/manifests/v1", {}, "repository:a:pull") as r:
+                assert r.status == 200
         assert issued == ["pw1"]  # 12 h token: fetched once
         accept = {"pw2"}  # the registry stops accepting the cached token
-        r = await c.request(reg, "GET", "/v2/a/manifests/v1", {}, "repository:a:pull")
-        assert r.status == 200
-        r.release()
+        async with c.request(reg, "GET", "/v2/a/manifests/v1", {}, "repository:a:pull") as r:
+            assert r.status == 200
         assert issued == ["pw1", "pw2"]  # one early refresh
         assert all("eu-west-1/ecr/aws4_request" in (auth or "") for _, _, auth in api_seen.requests)
         assert all("unit-secret-key" not in (auth or "") for _, _, auth in api_seen.requests + reg_seen.requests)
@@ -264,9 +259,8 @@ async def test_ecr_assumes_the_role_first(client):
             options={"access_key_id": "AKIABASE", "role_arn": "arn:aws:iam::123456789012:role/pull",
                      "api_url": api_url + "/", "sts_url": sts_url + "/"},
         )  # fmt: skip
-        r = await c.request(reg, "GET", "/v2/a/manifests/v1", {}, "repository:a:pull")
-        assert r.status == 200
-        r.release()
+        async with c.request(reg, "GET", "/v2/a/manifests/v1", {}, "repository:a:pull") as r:
+            assert r.status == 200
         # STS was called with the stored key, for that role; ECR with the assumed credentials.
         assert sts_seen.requests[0][2].startswith("AWS4-HMAC-SHA256 Credential=AKIABASE/")
         assert "/us-west-2/sts/aws4_request" in sts_seen.requests[0][2]
@@ -275,3 +269,30 @@ async def test_ecr_assumes_the_role_first(client):
     finally:
         for runner, _ in runners:
             await runner.cleanup()
+
+
+async def test_token_answer_arriving_in_pieces_is_read_whole(client):
+    """A read returns what has arrived: the token answer is read to its end (bounded), not cut
+    at the first packet (which used to fail as 'not JSON')."""
+    c, ring = client
+    seen = Seen()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path == "/token":
+            resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await resp.prepare(request)
+            await resp.write(b'{"token": "piece')
+            await asyncio.sleep(0.2)
+            await resp.write(b'wise", "expires_in": 300}')
+            return resp
+        if request.headers.get("Authorization") == "Bearer piecewise":
+            return web.Response(body=b"manifest")
+        realm = f"http://{request.host}/token"
+        return web.Response(status=401, headers={"WWW-Authenticate": f'Bearer realm="{realm}"'})
+
+    runner, url = await _serve(handler, seen)
+    try:
+        async with c.request(_registry(ring, url), "GET", "/v2/a/manifests/v1", {}, "repository:a:pull") as r:
+            assert (r.status, await r.read()) == (200, b"manifest")
+    finally:
+        await runner.cleanup()

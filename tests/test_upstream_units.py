@@ -1,18 +1,12 @@
-"""Units with no registry behind them: challenge parsing, realm trust, token answers and cache,
-the Authenticator against a tiny token server on loopback, name grammar, resolution and scopes."""
+"""Units with no registry behind them: challenge parsing, realm trust, the token cache,
+name grammar, resolution and scopes. The auth flows themselves: test_auth_flows.py."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as dt
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
-import aiohttp
 import pytest
-import pytest_asyncio
-from aiohttp import web
 from yarl import URL
 
 from proxy.auth.endpoint import grant, parse_scopes
@@ -20,9 +14,9 @@ from proxy.oci.errors import OCIError
 from proxy.oci.grammar import ProxyName, check_digest, check_name, decode_path, parse_route, split_proxy_name
 from proxy.pull.resolve import resolve
 from proxy.store.models import Customer, Registry
-from proxy.upstream.auth import Authenticator, AuthTarget, RegistryCredentials, parse_token_response
 from proxy.upstream.challenge import Challenge, parse_www_authenticate, pick
-from proxy.upstream.errors import CredentialsRejected, RealmRefused, UpstreamError
+from proxy.upstream.errors import UpstreamError
+from proxy.upstream.providers.base import RegistryCredentials
 from proxy.upstream.realm import realm_allowed
 from proxy.upstream.tokens import CachedToken, TokenCache, usable_until
 
@@ -128,38 +122,6 @@ def test_realm_allowed(registry: str, realm: str, insecure: bool, allowed: bool)
     assert realm_allowed(URL(registry), URL(realm), insecure) is allowed
 
 
-# --- token service answers ------------------------------------------------------------------------
-
-
-def test_parse_token_response_forms() -> None:
-    assert parse_token_response(b'{"token":"abc","expires_in":300}', "r") == ("abc", 300.0)
-    assert parse_token_response(b'{"access_token":"xyz"}', "r") == ("xyz", 60.0)
-    assert parse_token_response(b'{"token":"abc","access_token":"xyz"}', "r")[0] == "abc"
-    assert parse_token_response(b'{"token":"abc","expires_in":"300"}', "r") == ("abc", 60.0)
-    assert parse_token_response(b'{"token":"abc","expires_in":-5}', "r") == ("abc", 60.0)
-    assert parse_token_response(b'{"token":"abc","expires_in":true}', "r") == ("abc", 60.0)
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        b'{"token": "SECRETBODY-1"',
-        b'["SECRETBODY-2"]',
-        b'"SECRETBODY-3"',
-        b'{"tok": "SECRETBODY-4"}',
-        b'{"token": "SECRETBODY 5"}',
-        b'{"token": "SECRETBODY-6\\n"}',
-        b'{"token": 12345, "note": "SECRETBODY-7"}',
-        b'{"token": "SECRETBODY-8", "pad": "' + b"x" * (1024 * 1024) + b'"}',
-        b"\xff\xfeSECRETBODY-9",
-    ],
-)
-def test_parse_token_response_refusals_hide_the_body(body: bytes) -> None:
-    with pytest.raises(UpstreamError) as exc:
-        parse_token_response(body, "vendor")
-    assert "SECRETBODY" not in str(exc.value) and exc.value.slug == "vendor"
-
-
 # --- token cache ------------------------------------------------------------------------------------
 
 
@@ -257,136 +219,6 @@ async def test_cache_expiry_with_injected_clock() -> None:
 )
 def test_usable_until_margins(lifetime: float, until: float) -> None:
     assert usable_until(100.0, lifetime) == pytest.approx(100.0 + until)
-
-
-# --- the Authenticator against a token server on loopback ------------------------------------------------
-
-
-@dataclass
-class TokenServer:
-    base: URL
-    requests: list[web.Request] = field(default_factory=list)
-    status: int = 200
-    body: dict[str, object] = field(default_factory=lambda: {"token": "tok-1", "expires_in": 300})
-
-
-@pytest_asyncio.fixture(scope="module")
-async def token_server() -> AsyncIterator[TokenServer]:
-    state = TokenServer(base=URL("http://127.0.0.1"))
-
-    async def token(request: web.Request) -> web.Response:
-        state.requests.append(request)
-        return web.json_response(state.body, status=state.status)
-
-    app = web.Application()
-    app.router.add_get("/token", token)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    state.base = URL(f"http://127.0.0.1:{port}")
-    try:
-        yield state
-    finally:
-        await runner.cleanup()
-
-
-@pytest_asyncio.fixture
-async def authenticator(token_server: TokenServer) -> AsyncIterator[Authenticator]:
-    token_server.requests.clear()
-    token_server.status = 200
-    token_server.body = {"token": "tok-1", "expires_in": 300}
-    async with aiohttp.ClientSession() as session:
-        yield Authenticator(session, TokenCache(), timeout=5)
-
-
-CREDS = RegistryCredentials("vendor", "pw-canary-123")
-
-
-def _target(server: TokenServer) -> AuthTarget:
-    return AuthTarget(registry_id="reg-1", slug="vendor", base_url=server.base, insecure=True)
-
-
-async def test_basic_challenge_gives_basic_header(authenticator: Authenticator, token_server: TokenServer) -> None:
-    target = _target(token_server)
-    header = await authenticator.answer(target, ['Basic realm="registry"'], "repository:a:pull", CREDS, None, 401)
-    assert header == "Basic " + base64.b64encode(b"vendor:pw-canary-123").decode()
-    assert authenticator.cached(target, "repository:other:pull") == header
-    with pytest.raises(CredentialsRejected):  # the same header failed again: the credentials are bad
-        await authenticator.answer(target, ['Basic realm="registry"'], "repository:a:pull", CREDS, header, 401)
-    with pytest.raises(CredentialsRejected):
-        await authenticator.answer(
-            target, ['Basic realm="r"'], "repository:a:pull", RegistryCredentials(None, None), None, 401
-        )
-    assert token_server.requests == []
-
-
-async def test_bearer_challenge_fetches_token(authenticator: Authenticator, token_server: TokenServer) -> None:
-    target = _target(token_server)
-    challenge = f'Bearer realm="{token_server.base}/token",service="registry.test"'
-    scope = "repository:vendor/app:pull"
-    assert await authenticator.answer(target, [challenge], scope, CREDS, None, 401) == "Bearer tok-1"
-    (req,) = token_server.requests
-    assert req.query["service"] == "registry.test" and req.query["scope"] == scope
-    assert req.headers["Authorization"] == CREDS.basic_header()
-    # Cached per scope: no second request; a stale token forces one.
-    assert await authenticator.answer(target, [challenge], scope, CREDS, None, 401) == "Bearer tok-1"
-    assert len(token_server.requests) == 1 and authenticator.cached(target, scope) == "Bearer tok-1"
-    token_server.body = {"access_token": "tok-2"}
-    assert await authenticator.answer(target, [challenge], scope, CREDS, "Bearer tok-1", 401) == "Bearer tok-2"
-    assert len(token_server.requests) == 2
-
-
-async def test_bearer_anonymous_sends_no_authorization(authenticator: Authenticator, token_server: TokenServer) -> None:
-    challenge = f'Bearer realm="{token_server.base}/token"'
-    got = await authenticator.answer(
-        _target(token_server), [challenge], "repository:x:pull", RegistryCredentials(None, None), None, 401
-    )
-    assert got == "Bearer tok-1"
-    (req,) = token_server.requests
-    assert "Authorization" not in req.headers and "service" not in req.query
-
-
-async def test_foreign_realm_is_refused_before_any_request(
-    authenticator: Authenticator, token_server: TokenServer
-) -> None:
-    # localhost reaches the same socket, so a request sent by mistake would be seen.
-    port = token_server.base.port
-    for realm in (f"http://localhost:{port}/token", "https://evil.example/token", f"http://u:p@127.0.0.1:{port}/t"):
-        with pytest.raises(RealmRefused) as exc:
-            await authenticator.answer(
-                _target(token_server), [f'Bearer realm="{realm}"'], "repository:x:pull", CREDS, None, 401
-            )
-        assert "pw-canary" not in str(exc.value)
-    with pytest.raises(RealmRefused):  # https registry: an http realm is never trusted
-        await authenticator.answer(
-            AuthTarget("reg-2", "v", URL(f"https://127.0.0.1:{port}"), insecure=False),
-            [f'Bearer realm="http://127.0.0.1:{port}/token"'], "repository:x:pull", CREDS, None, 401,
-        )  # fmt: skip
-    assert token_server.requests == []
-
-
-@pytest.mark.parametrize("status", [401, 403])
-async def test_token_server_refusal_is_credentials_rejected(
-    authenticator: Authenticator, token_server: TokenServer, status: int
-) -> None:
-    token_server.status = status
-    token_server.body = {"errors": [{"code": "UNAUTHORIZED"}]}
-    with pytest.raises(CredentialsRejected) as exc:
-        await authenticator.answer(
-            _target(token_server), [f'Bearer realm="{token_server.base}/token"'], "repository:x:pull", CREDS, None, 401
-        )
-    assert exc.value.upstream_status == status and "pw-canary" not in str(exc.value)
-
-
-async def test_token_server_other_failures(authenticator: Authenticator, token_server: TokenServer) -> None:
-    token_server.status = 500
-    challenge = [f'Bearer realm="{token_server.base}/token"']
-    with pytest.raises(UpstreamError, match="500"):
-        await authenticator.answer(_target(token_server), challenge, "repository:x:pull", CREDS, None, 401)
-    with pytest.raises(CredentialsRejected):  # no usable challenge at all
-        await authenticator.answer(_target(token_server), ["Negotiate abc=="], "repository:x:pull", CREDS, None, 401)
 
 
 def test_registry_credentials_repr_hides_password() -> None:

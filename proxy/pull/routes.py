@@ -130,38 +130,41 @@ class OCIRoutes:
         path = _upstream_path(route, repo, request)
         headers = _upstream_headers(request, route)
         try:
-            upstream = await self.upstream.request(
+            async with self.upstream.request(
                 registry, request.method, path, headers, scope=f"repository:{repo}:pull"
-            )
+            ) as upstream:
+                return await self._answer(request, upstream, route, registry, repo)
         except UpstreamError as exc:
             retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
             raise OCIError(exc.code, exc.message, status=exc.status, headers=retry) from None
+
+    async def _answer(
+        self, request: web.Request, upstream: aiohttp.ClientResponse, route: Route, registry: Registry, repo: str
+    ) -> web.StreamResponse:
+        c = ctx(request)
         metrics.observe_ratelimit(registry.slug, upstream.headers.get("RateLimit-Remaining"))
+        if upstream.status not in (200, 206, 304):
+            raise await upstream_error(upstream, route.kind, registry.slug)
+        if route.kind == "tags" and request.method == "GET":
+            return await self._tags(request, upstream, route.name, repo)
+        extra = _rewrite_link(upstream, repo, route.name) | API_VERSION
+        if route.kind == "manifests" and request.method == "GET" and upstream.status == 200:
+            return await self._manifest(request, upstream, route, registry.slug, extra)
+        # Only a whole blob can be checked against its digest; a 206 range is relayed as is.
+        verify = route.reference if route.kind == "blobs" and upstream.status == 200 else None
         try:
-            if upstream.status not in (200, 206, 304):
-                raise await upstream_error(upstream, route.kind, registry.slug)
-            if route.kind == "tags" and request.method == "GET":
-                return await self._tags(request, upstream, route.name, repo)
-            extra = _rewrite_link(upstream, repo, route.name) | API_VERSION
-            if route.kind == "manifests" and request.method == "GET" and upstream.status == 200:
-                return await self._manifest(request, upstream, route, registry.slug, extra)
-            # Only a whole blob can be checked against its digest; a 206 range is relayed as is.
-            verify = route.reference if route.kind == "blobs" and upstream.status == 200 else None
-            try:
-                resp, c.bytes_sent = await relay(
-                    request, upstream, self.chunk_size, extra, self.idle_timeout, verify, self.pace
-                )
-            except StreamAborted as exc:
-                c.bytes_sent, c.aborted = exc.sent, exc.reason
-                upstream.close()  # drop the connection: the body is not fully read
-                if exc.reason == "digest":
-                    _digest_mismatch(registry.slug, "blob", route.reference, repo)
-                elif exc.reason == "slow":
-                    log.info("client dropped: read slower than limits.min_stream_rate (%s)", registry.slug)
-                return exc.response
-            return resp
-        finally:
-            upstream.release()
+            resp, c.bytes_sent = await relay(
+                request, upstream, self.chunk_size, extra, self.idle_timeout, verify, self.pace
+            )
+        except StreamAborted as exc:
+            c.bytes_sent, c.aborted = exc.sent, exc.reason
+            upstream.close()  # drop the connection: the body is not fully read
+            if exc.reason == "digest":
+                _digest_mismatch(registry.slug, "blob", route.reference, repo)
+            elif exc.reason == "slow":
+                log.info("client dropped: read slower than limits.min_stream_rate (%s)", registry.slug)
+            return exc.response
+        return resp
 
     async def _manifest(
         self, request: web.Request, upstream: aiohttp.ClientResponse, route: Route, slug: str, extra: dict[str, str]

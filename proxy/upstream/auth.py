@@ -1,36 +1,35 @@
-"""Registry auth: turning a registry's 401 challenge into an Authorization header.
+"""Registry auth: the handshake, told once.
 
-The handshake, as distribution and containerd do it:
+As distribution and containerd do it:
   1. send the request with the cached header for (registry, scope), if any;
-  2. on 401, read WWW-Authenticate: Basic -> the stored username/password;
-     Bearer -> GET the realm with `service` and `scope`, Basic credentials,
-     read `token`/`access_token` and `expires_in` (default 60 s);
+  2. on 401, read WWW-Authenticate and answer it (`Authenticator.answer`):
+     Basic -> the provider's username/password (`BasicAuth`);
+     Bearer -> a token from the realm (`BearerAuth`), after the realm trust check;
+     either fetched once for all waiters and cached per (registry, scope);
   3. retry once with the new header; a second 401 means the credentials are bad.
-The realm must pass `realm_allowed` before any credential is sent to it.
+
+`handshake` is that dance as a flow (proxy.upstream.flow): it yields the
+registry request, and an `Answer` step when it needs a header, and decides on
+the responses it is sent. `UpstreamClient` drives it, and the token flows.
 """
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
-import json
-import time
+from collections.abc import Generator
 from dataclasses import dataclass
+from typing import cast
 
-import aiohttp
 from yarl import URL
 
 from proxy import metrics
-from proxy.upstream.challenge import Challenge, parse_www_authenticate, pick
-from proxy.upstream.connector import EgressDenied, record_refusal
-from proxy.upstream.errors import CredentialsRejected, EgressRefused, RealmRefused, UpstreamError, UpstreamTimeout
+from proxy.upstream.basic import BasicAuth
+from proxy.upstream.bearer import BearerAuth
+from proxy.upstream.challenge import parse_www_authenticate, pick
+from proxy.upstream.errors import CredentialsRejected
+from proxy.upstream.flow import SYSTEM_CLOCK, Clock, FlowRunner, Request, Response
 from proxy.upstream.providers.base import RegistryCredentials
-from proxy.upstream.realm import realm_allowed
-from proxy.upstream.tokens import CachedToken, TokenCache, usable_until
+from proxy.upstream.tokens import CachedToken, TokenCache
 
-DEFAULT_TOKEN_SECONDS = 60
-MAX_CLOCK_SKEW = 300.0  # an issued_at further off than this is a clock problem, not an old token
-MAX_TOKEN_RESPONSE = 1024 * 1024
 BASIC_SCOPE = "*basic*"  # Basic needs no scope: one cache slot per registry
 
 
@@ -44,11 +43,37 @@ class AuthTarget:
     insecure: bool
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A handshake step: an Authorization header answering `challenges`, please.
+    `stale` is the header the registry just refused (None: none was sent)."""
+
+    challenges: tuple[str, ...]
+    stale: str | None
+
+    def __repr__(self) -> str:
+        return "Answer()"
+
+
+Step = Request | Answer
+
+
+def handshake(request: Request, cached: str | None, slug: str) -> Generator[Step, Response | str, None]:
+    """The registry request with its auth; the last response sent in is the caller's."""
+    response = cast(Response, (yield request.authorized(cached)))
+    if response.status != 401:
+        return
+    header = cast(str, (yield Answer(tuple(response.headers.getall("WWW-Authenticate", ())), cached)))
+    response = cast(Response, (yield request.authorized(header)))
+    if response.status == 401:
+        raise CredentialsRejected(slug, 401)  # a fresh credential was refused: the vendor's are wrong
+
+
 class Authenticator:
-    def __init__(self, session: aiohttp.ClientSession, cache: TokenCache, timeout: float) -> None:
-        self.session = session
+    def __init__(self, cache: TokenCache, run: FlowRunner, clock: Clock = SYSTEM_CLOCK) -> None:
         self.cache = cache
-        self.timeout = timeout
+        self.run = run
+        self.clock = clock
 
     def cached(self, target: AuthTarget, scope: str) -> str | None:
         for key in ((target.registry_id, scope), (target.registry_id, BASIC_SCOPE)):
@@ -60,97 +85,28 @@ class Authenticator:
     async def answer(
         self,
         target: AuthTarget,
-        challenge_headers: list[str],
+        challenge_headers: list[str] | tuple[str, ...],
         scope: str,
         creds: RegistryCredentials,
         stale: str | None,
         upstream_status: int,
     ) -> str:
         """An Authorization header that answers the challenge, fetched once for all waiters."""
-        challenge = pick(parse_www_authenticate(challenge_headers))
+        challenge = pick(parse_www_authenticate(list(challenge_headers)))
         if challenge is None:
             raise CredentialsRejected(target.slug, upstream_status)
         if challenge.scheme == "basic":
-            if not creds.present:
-                raise CredentialsRejected(target.slug, upstream_status)
-            header = creds.basic_header()
-            if header == stale:
-                raise CredentialsRejected(target.slug, upstream_status)
-            tok = CachedToken(header=header, expires_at=creds.expires_at)
-            return (await self.cache.get((target.registry_id, BASIC_SCOPE), _const(tok), stale)).header
-        realm = URL(challenge.params.get("realm", ""))
-        if not realm_allowed(target.base_url, realm, target.insecure):
-            raise RealmRefused(target.slug, realm.host or "?")
+            tok = await self.run(BasicAuth(target.slug, creds, stale, upstream_status).flow(), target.slug)
+
+            async def known() -> CachedToken:
+                return tok
+
+            return (await self.cache.get((target.registry_id, BASIC_SCOPE), known, stale)).header
+        bearer = BearerAuth(target.slug, target.base_url, target.insecure, challenge, scope, creds, self.clock)
+        bearer.check_realm()  # before a cached token is handed out, too
 
         async def fetch() -> CachedToken:
-            return await self._fetch_token(target, challenge, realm, scope, creds)
+            metrics.UPSTREAM_TOKEN_FETCHES.labels(target.slug, "bearer").inc()
+            return await self.run(bearer.flow(), target.slug)
 
         return (await self.cache.get((target.registry_id, scope), fetch, stale)).header
-
-    async def _fetch_token(
-        self, target: AuthTarget, challenge: Challenge, realm: URL, scope: str, creds: RegistryCredentials
-    ) -> CachedToken:
-        params: dict[str, str] = {}
-        if challenge.params.get("service"):
-            params["service"] = challenge.params["service"]
-        params["scope"] = scope
-        headers = {"Authorization": creds.basic_header()} if creds.present else {}
-        metrics.UPSTREAM_TOKEN_FETCHES.labels(target.slug, "bearer").inc()
-        started = time.monotonic()
-        try:
-            async with asyncio.timeout(self.timeout):
-                async with self.session.get(realm.update_query(params), headers=headers, allow_redirects=False) as resp:
-                    if resp.status in (401, 403):
-                        raise CredentialsRejected(target.slug, resp.status)
-                    if resp.status != 200:
-                        raise UpstreamError(target.slug, f"token service answered {resp.status}")
-                    body = await resp.content.read(MAX_TOKEN_RESPONSE + 1)
-        except TimeoutError:
-            raise UpstreamTimeout(target.slug, "token service timed out") from None
-        except EgressDenied as exc:
-            record_refusal(target.slug, exc, "the token realm")
-            raise EgressRefused(target.slug, exc.refusal) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(target.slug, f"token service unreachable ({type(exc).__name__})") from None
-        token, lifetime = parse_token_response(body, target.slug)
-        return CachedToken(header=f"Bearer {token}", expires_at=usable_until(started, lifetime))
-
-
-def parse_token_response(body: bytes, slug: str, now: float | None = None) -> tuple[str, float]:
-    """(token, lifetime seconds) from a token service's JSON answer.
-
-    `issued_at` (RFC 3339) shortens the lifetime by the time the token spent
-    getting here, when the two clocks roughly agree; a skewed clock is ignored."""
-    if len(body) > MAX_TOKEN_RESPONSE:
-        raise UpstreamError(slug, "token service answer is too large")
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise UpstreamError(slug, "token service answer is not JSON") from None
-    if not isinstance(data, dict):
-        raise UpstreamError(slug, "token service answer is not a JSON object")
-    token = data.get("token") or data.get("access_token")
-    if not isinstance(token, str) or not token or any(c.isspace() for c in token):
-        raise UpstreamError(slug, "token service answer has no usable token")
-    expires_in = data.get("expires_in", DEFAULT_TOKEN_SECONDS)
-    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or expires_in <= 0:
-        expires_in = DEFAULT_TOKEN_SECONDS
-    lifetime = float(expires_in)
-    issued = data.get("issued_at")
-    if isinstance(issued, str):
-        try:
-            age = (time.time() if now is None else now) - dt.datetime.fromisoformat(
-                issued.replace("Z", "+00:00")
-            ).timestamp()
-        except ValueError:
-            age = 0.0
-        if 0 < age <= MAX_CLOCK_SKEW:
-            lifetime = max(lifetime - age, 1.0)
-    return token, lifetime
-
-
-def _const(tok: CachedToken):  # type: ignore[no-untyped-def]
-    async def fetch() -> CachedToken:
-        return tok
-
-    return fetch

@@ -1,6 +1,9 @@
 """One request to a vendor registry: auth, redirects, bounded retries.
 
-Returns the upstream response with its body unread, so the caller streams it.
+Hands out the upstream response with its body unread, so the caller streams it,
+as an async context manager that releases it. Auth is a set of sans-I/O flows
+(proxy.upstream.auth, .basic, .bearer, providers/ecr.py); `_drive` is the one
+loop that sends what they ask for.
 Redirects (ECR -> S3, Docker Hub -> CDN, relative Locations) are followed here,
 inside the proxy; the Authorization header goes only to the registry's own
 origin, never to the host a redirect points at.
@@ -16,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import aiohttp
+from multidict import CIMultiDict
 from yarl import URL
 
 from proxy import egress, metrics
@@ -26,15 +31,16 @@ from proxy.config import UpstreamSection, parse_listen
 from proxy.egress import EgressPolicy, Refusal
 from proxy.secrets import Keyring
 from proxy.store.models import Registry
-from proxy.upstream.auth import Authenticator, AuthTarget
+from proxy.upstream.auth import Answer, Authenticator, AuthTarget, handshake
 from proxy.upstream.connector import EgressDenied, GuardedConnector, record_refusal
 from proxy.upstream.errors import (
-    CredentialsRejected,
     EgressRefused,
     UpstreamBusy,
+    UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from proxy.upstream.flow import MAX_ANSWER, Flow, Request, Response
 from proxy.upstream.pool import PoolExhausted, RegistrySlots
 from proxy.upstream.providers import CredentialContext, RegistryCredentials, provider_of
 from proxy.upstream.realm import same_origin
@@ -42,6 +48,7 @@ from proxy.upstream.tokens import TokenCache
 
 REDIRECTS = {301, 302, 303, 307, 308}
 RETRY_STATUSES = {500, 502, 503, 504}
+T = TypeVar("T")
 
 
 def policy_for(cfg: UpstreamSection, listens: Sequence[str] = ()) -> EgressPolicy:
@@ -90,7 +97,7 @@ class UpstreamClient:
             skip_auto_headers=("User-Agent",),
             headers={"User-Agent": "pullgate"},
         )
-        self._auth = Authenticator(self._session, self.tokens, self.cfg.first_byte_timeout)
+        self._auth = Authenticator(self.tokens, self.run)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -111,9 +118,10 @@ class UpstreamClient:
 
     async def credentials(self, registry: Registry, refresh: bool = False) -> RegistryCredentials:
         """The username and password the registry's challenge wants, from its provider."""
-        ctx = CredentialContext(self.session, self.keyring, self.tokens, self.cfg.first_byte_timeout)
+        ctx = CredentialContext(self.keyring, self.tokens, self.run)
         return await provider_of(registry).credentials(ctx, registry, refresh)
 
+    @contextlib.asynccontextmanager
     async def request(
         self,
         registry: Registry,
@@ -121,24 +129,26 @@ class UpstreamClient:
         path_and_query: str,
         headers: Mapping[str, str],
         scope: str,
-    ) -> aiohttp.ClientResponse:
-        """Send with auth; the caller owns (and must release) the response.
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """`async with client.request(...) as resp:` the registry's answer, auth done, body unread.
 
-        The registry's pool slot is held until that response is released or closed."""
+        On exit the response is released (or closed, when its body was not read to
+        the end), and the registry's pool slot it held is given back."""
         try:
             release_slot = await self.slots.acquire(registry.id, registry.slug)
         except PoolExhausted:
             raise UpstreamBusy(registry.slug) from None
         try:
             resp = await self._request(registry, method, path_and_query, headers, scope)
-        except BaseException:
+            try:
+                yield resp
+            finally:
+                if resp.connection is None or resp.content.is_eof():
+                    resp.release()
+                else:
+                    resp.close()  # the rest of the body is not worth reading: drop the connection
+        finally:
             release_slot()
-            raise
-        if resp.connection is None:  # body already complete: the connection is back in the pool
-            release_slot()
-        else:
-            resp.connection.add_callback(release_slot)
-        return resp
 
     async def _request(
         self,
@@ -149,30 +159,92 @@ class UpstreamClient:
         scope: str,
     ) -> aiohttp.ClientResponse:
         assert self._auth is not None
+        auth = self._auth
         base = URL(registry.url)
         url = base.join(URL(path_and_query, encoded=True))
         target = AuthTarget(registry.id, registry.slug, base, registry.insecure)
-        auth_header = self._auth.cached(target, scope)
-        if auth_header is not None:
+        cached = auth.cached(target, scope)
+        if cached is not None:
             metrics.UPSTREAM_TOKEN_CACHE_HITS.labels(registry.slug).inc()
-        resp = await self._send_retrying(registry, method, url, headers, auth_header)
-        if resp.status != 401:
-            return resp
-        challenges = resp.headers.getall("WWW-Authenticate", [])
-        resp.release()
-        # A cached credential that was refused may be out of date (an ECR token): refresh it.
-        creds = await self.credentials(registry, refresh=auth_header is not None)
-        auth_header = await self._auth.answer(target, challenges, scope, creds, stale=auth_header, upstream_status=401)
-        resp = await self._send_retrying(registry, method, url, headers, auth_header)
-        if resp.status == 401:
-            # A fresh credential was refused: the vendor's credentials are wrong.
-            resp.release()
-            raise CredentialsRejected(registry.slug, 401)
+
+        async def answer(step: Answer) -> str:
+            # A cached credential that was refused may be out of date (an ECR token): refresh it.
+            creds = await self.credentials(registry, refresh=step.stale is not None)
+            return await auth.answer(target, step.challenges, scope, creds, step.stale, upstream_status=401)
+
+        request = Request(method, str(url), dict(headers), stream=True)
+        _, resp = await self._drive(handshake(request, cached, registry.slug), registry.slug, registry, answer)
+        assert resp is not None, "the handshake ends on a registry response"
         return resp
 
-    async def _send_retrying(
-        self, registry: Registry, method: str, url: URL, headers: Mapping[str, str], auth: str | None
-    ) -> aiohttp.ClientResponse:
+    async def run(self, flow: Flow[T], slug: str) -> T:
+        """A token flow (realm, ECR, STS) to its result."""
+        result, _ = await self._drive(flow, slug)
+        return result
+
+    async def _drive(
+        self,
+        flow: Generator[Request | Answer, Any, T],
+        slug: str,
+        registry: Registry | None = None,
+        answer: Callable[[Answer], Awaitable[str]] | None = None,
+    ) -> tuple[T, aiohttp.ClientResponse | None]:
+        """The one send loop: sends what a flow yields and sends it back the answers.
+
+        A registry request (`stream`) goes through redirects and retries and its body
+        is left unread; the last one is returned with the flow's result, the others
+        released. Any other request (a token realm, ECR, STS) gets no redirect and no
+        retry, and its answer is read whole, bounded. `Answer` steps get a header."""
+        last: aiohttp.ClientResponse | None = None
+        reply: Response | str | None = None
+        try:
+            while True:
+                try:
+                    step = flow.send(reply)  # the first send is None, as generators want
+                except StopIteration as done:
+                    return done.value, last
+                if last is not None:
+                    last.release()
+                    last = None
+                if isinstance(step, Answer):
+                    assert answer is not None, "only the handshake asks for an answer"
+                    reply = await answer(step)
+                elif step.stream:
+                    assert registry is not None, "only the handshake sends registry requests"
+                    last = await self._send_retrying(registry, step)
+                    reply = Response(last.status, CIMultiDict(last.headers))
+                else:
+                    reply = await self._exchange(step, slug)
+        except BaseException:
+            if last is not None:
+                last.release()
+            raise
+
+    async def _exchange(self, request: Request, slug: str) -> Response:
+        """One credential-exchange request, answered whole (token services, ECR and STS answer small)."""
+        try:
+            async with asyncio.timeout(self.cfg.first_byte_timeout):
+                async with self.session.request(
+                    request.method,
+                    URL(request.url, encoded=True),
+                    headers=request.headers,
+                    data=request.body or None,
+                    allow_redirects=False,
+                ) as resp:
+                    body = await _read_bounded(resp.content, MAX_ANSWER + 1)
+                    return Response(resp.status, CIMultiDict(resp.headers), body)
+        except TimeoutError:
+            raise UpstreamTimeout(slug, f"{request.purpose} timed out") from None
+        except EgressDenied as exc:
+            record_refusal(slug, exc, f"the {request.purpose} endpoint")
+            raise EgressRefused(slug, exc.refusal) from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(slug, f"{request.purpose} unreachable ({type(exc).__name__})") from None
+
+    async def _send_retrying(self, registry: Registry, request: Request) -> aiohttp.ClientResponse:
+        method, url = request.method, URL(request.url, encoded=True)
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "authorization"}
+        auth = request.headers.get("Authorization")  # for the registry's own origin only (see _send)
         attempts = self.cfg.retries + 1 if method in ("GET", "HEAD") else 1
         for attempt in range(attempts):
             last = attempt == attempts - 1
@@ -227,3 +299,14 @@ class UpstreamClient:
                     continue
             raise UpstreamUnavailable(registry.slug, f"registry {registry.slug!r} sent an unusable redirect")
         raise UpstreamUnavailable(registry.slug, f"registry {registry.slug!r} redirected too many times")
+
+
+async def _read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """Up to `limit` bytes of a body (a read returns what has arrived, not all of it)."""
+    data = bytearray()
+    while len(data) < limit:
+        chunk = await content.read(limit - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)

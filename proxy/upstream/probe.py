@@ -54,9 +54,10 @@ async def probe(client: UpstreamClient, registry: Registry, image: str) -> Probe
         return ProbeResult(0, False, str(exc))
     repo = provider_of(registry).upstream_repo(repo)
     try:
-        resp = await client.request(
+        async with client.request(
             registry, "HEAD", f"/v2/{repo}/manifests/{ref}", {"Accept": MANIFEST_ACCEPT}, f"repository:{repo}:pull"
-        )
+        ) as resp:
+            status = resp.status
     except CredentialsRejected as exc:
         return ProbeResult(exc.upstream_status, False, "the registry refused the stored credentials")
     except UpstreamTimeout:
@@ -65,8 +66,6 @@ async def probe(client: UpstreamClient, registry: Registry, image: str) -> Probe
         raise  # a refusal, not a result: the caller says which rule (and no timing or status leaks)
     except UpstreamError as exc:
         return ProbeResult(0, False, exc.message)
-    status = resp.status
-    resp.release()
     if status == 200:
         return ProbeResult(200, True, "ok")
     if status == 404:

@@ -5,14 +5,14 @@ shared (proxy.upstream.auth, proxy.upstream.client)."""
 
 from __future__ import annotations
 
+import base64
 import math
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
 from proxy.secrets import Keyring
 from proxy.store.models import Registry
+from proxy.upstream.flow import SYSTEM_CLOCK, Clock, FlowRunner
 from proxy.upstream.tokens import TokenCache
 
 
@@ -31,20 +31,19 @@ class RegistryCredentials:
         return bool(self.username or self.password)
 
     def basic_header(self) -> str:
-        import base64
-
         raw = f"{self.username or ''}:{self.password or ''}".encode()
         return "Basic " + base64.b64encode(raw).decode()
 
 
 @dataclass(frozen=True)
 class CredentialContext:
-    """What a provider may use to obtain credentials."""
+    """What a provider may use to obtain credentials: it sends nothing itself,
+    its flows (proxy.upstream.flow) go through `run`."""
 
-    session: aiohttp.ClientSession
     keyring: Keyring
     tokens: TokenCache
-    timeout: float
+    run: FlowRunner
+    clock: Clock = SYSTEM_CLOCK
 
 
 class Provider:

@@ -2,35 +2,34 @@
 
 `GetAuthorizationToken` is a SigV4-signed POST to the regional ECR API
 (signed by botocore's signer; an optional IAM role is assumed through STS
-first). Its `authorizationToken` is base64("AWS:<password>"), sent to the
-registry as Basic. The token is kept until one hour before `expiresAt`,
-fetched once for all waiters, and fetched early when the registry answers 401.
+first), both flows (proxy.upstream.flow) that the client sends. Its
+`authorizationToken` is base64("AWS:<password>"), sent to the registry as
+Basic. The token is kept until one hour before `expiresAt`, fetched once for
+all waiters, and fetched early when the registry answers 401.
 Blob downloads redirect to S3 presigned URLs; the shared redirect code sends
 them no Authorization header (S3 refuses two auth mechanisms at once).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import datetime as dt
 import json
 import re
-import time
 from typing import Any
 from urllib.parse import urlencode
 
-import aiohttp
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from defusedxml import ElementTree
 
 from proxy import metrics
+from proxy.secrets import Keyring
 from proxy.store.models import Registry
-from proxy.upstream.connector import EgressDenied, record_refusal
-from proxy.upstream.errors import CredentialsRejected, EgressRefused, UpstreamError, UpstreamTimeout
+from proxy.upstream.errors import CredentialsRejected, UpstreamError
+from proxy.upstream.flow import MAX_ANSWER, Clock, Flow, Request, Response
 from proxy.upstream.providers.base import CredentialContext, Provider, RegistryCredentials
 from proxy.upstream.tokens import CachedToken
 
@@ -38,7 +37,6 @@ ENDPOINT_RE = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr(?:-fips)?\.(?P<region>
 TARGET = "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken"
 REFRESH_MARGIN = 3600.0  # use a token until an hour before it expires
 MIN_LIFETIME = 60.0  # kept this long when our clock says it is already expired
-MAX_ANSWER = 1024 * 1024
 ECR_KEY = "*ecr*"
 
 
@@ -96,7 +94,9 @@ class ECR(Provider):
         stale = current.header if (refresh and current is not None) else None
 
         async def fetch() -> CachedToken:
-            return await self._fetch(ctx, registry)
+            flow = token_flow(registry, ctx.keyring, ctx.clock)
+            metrics.UPSTREAM_TOKEN_FETCHES.labels(registry.slug, "ecr").inc()
+            return await ctx.run(flow, registry.slug)
 
         tok = await ctx.tokens.get(key, fetch, stale)
         try:
@@ -105,74 +105,74 @@ class ECR(Provider):
             raise UpstreamError(registry.slug, "ECR returned an unreadable authorization token") from None
         return RegistryCredentials(username=user, password=password, expires_at=tok.expires_at)
 
-    async def _fetch(self, ctx: CredentialContext, registry: Registry) -> CachedToken:
-        region = region_of(registry)
-        if not region:
-            raise UpstreamError(registry.slug, "no AWS region: set region or use the ECR endpoint host")
-        access_key = registry.options.get("access_key_id", "")
-        secret = ctx.keyring.open(registry.secret_sealed, registry.id) if registry.secret_sealed else ""
-        creds = Credentials(access_key, secret)
-        if registry.options.get("role_arn"):
-            creds = await self._assume_role(ctx, registry, region, creds)
-        url = registry.options.get("api_url") or f"https://api.ecr.{region}.amazonaws.com/"
-        body = b"{}"
-        headers = signed_headers(
-            url, body, {"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": TARGET}, "ecr", region, creds
+
+def token_flow(registry: Registry, keyring: Keyring, clock: Clock) -> Flow[CachedToken]:
+    """The stored access key (through STS AssumeRole when a role is set) buys a registry password."""
+    region = region_of(registry)
+    if not region:
+        raise UpstreamError(registry.slug, "no AWS region: set region or use the ECR endpoint host")
+    secret = keyring.open(registry.secret_sealed, registry.id) if registry.secret_sealed else ""
+    creds = Credentials(registry.options.get("access_key_id", ""), secret)
+    if registry.options.get("role_arn"):
+        sts_url = registry.options.get("sts_url") or f"https://sts.{region}.amazonaws.com/"
+        session_name = f"pullgate-{registry.slug}"[:64]
+        creds = yield from assume_role_flow(
+            registry.slug, sts_url, region, creds, registry.options["role_arn"], session_name
         )
-        started = time.monotonic()
-        metrics.UPSTREAM_TOKEN_FETCHES.labels(registry.slug, "ecr").inc()
-        data = await _post(ctx, registry, url, body, headers, "ECR GetAuthorizationToken")
-        try:
-            item = json.loads(data)["authorizationData"][0]
-            token = item["authorizationToken"]
-            keep = lifetime(item.get("expiresAt"), time.time())
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise UpstreamError(registry.slug, "ECR GetAuthorizationToken answer is malformed") from None
-        if not isinstance(token, str) or not token:
-            raise UpstreamError(registry.slug, "ECR GetAuthorizationToken answer has no token")
-        return CachedToken(header=token, expires_at=started + keep)
-
-    async def _assume_role(
-        self, ctx: CredentialContext, registry: Registry, region: str, creds: Credentials
-    ) -> Credentials:
-        url = registry.options.get("sts_url") or f"https://sts.{region}.amazonaws.com/"
-        form = urlencode(
-            {
-                "Action": "AssumeRole",
-                "Version": "2011-06-15",
-                "RoleArn": registry.options["role_arn"],
-                "RoleSessionName": f"pullgate-{registry.slug}"[:64],
-                "DurationSeconds": "3600",
-            }
-        ).encode()
-        headers = signed_headers(url, form, {"Content-Type": "application/x-www-form-urlencoded"}, "sts", region, creds)
-        data = await _post(ctx, registry, url, form, headers, "STS AssumeRole")
-        try:
-            root = ElementTree.fromstring(data)
-            found = {el.tag.rsplit("}", 1)[-1]: (el.text or "") for el in root.iter()}
-            return Credentials(found["AccessKeyId"], found["SecretAccessKey"], found["SessionToken"])
-        except (ElementTree.ParseError, KeyError):
-            raise UpstreamError(registry.slug, "STS AssumeRole answer is malformed") from None
+    api_url = registry.options.get("api_url") or f"https://api.ecr.{region}.amazonaws.com/"
+    return (yield from authorization_token_flow(registry.slug, api_url, region, creds, clock))
 
 
-async def _post(
-    ctx: CredentialContext, registry: Registry, url: str, body: bytes, headers: dict[str, str], what: str
-) -> bytes:
+def authorization_token_flow(slug: str, url: str, region: str, creds: Credentials, clock: Clock) -> Flow[CachedToken]:
+    """ECR GetAuthorizationToken: the header kept is ECR's base64("AWS:<password>")."""
+    body = b"{}"
+    headers = signed_headers(
+        url, body, {"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": TARGET}, "ecr", region, creds
+    )
+    started = clock.monotonic()
+    response = yield Request("POST", url, headers, body, purpose="ECR GetAuthorizationToken")
+    data = _answer(slug, response, "ECR GetAuthorizationToken")
     try:
-        async with asyncio.timeout(ctx.timeout):
-            async with ctx.session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
-                data = await resp.content.read(MAX_ANSWER)
-                status = resp.status
-    except TimeoutError:
-        raise UpstreamTimeout(registry.slug, f"{what} timed out") from None
-    except EgressDenied as exc:
-        record_refusal(registry.slug, exc, f"the {what} endpoint")
-        raise EgressRefused(registry.slug, exc.refusal) from None
-    except aiohttp.ClientError as exc:
-        raise UpstreamError(registry.slug, f"{what} unreachable ({type(exc).__name__})") from None
-    if status in (400, 401, 403):
+        item = json.loads(data)["authorizationData"][0]
+        token = item["authorizationToken"]
+        keep = lifetime(item.get("expiresAt"), clock.wall())
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise UpstreamError(slug, "ECR GetAuthorizationToken answer is malformed") from None
+    if not isinstance(token, str) or not token:
+        raise UpstreamError(slug, "ECR GetAuthorizationToken answer has no token")
+    return CachedToken(header=token, expires_at=started + keep)
+
+
+def assume_role_flow(
+    slug: str, url: str, region: str, creds: Credentials, role_arn: str, session_name: str
+) -> Flow[Credentials]:
+    """STS AssumeRole: the access key's short-lived credentials for the role."""
+    form = urlencode(
+        {
+            "Action": "AssumeRole",
+            "Version": "2011-06-15",
+            "RoleArn": role_arn,
+            "RoleSessionName": session_name,
+            "DurationSeconds": "3600",
+        }
+    ).encode()
+    headers = signed_headers(url, form, {"Content-Type": "application/x-www-form-urlencoded"}, "sts", region, creds)
+    response = yield Request("POST", url, headers, form, purpose="STS AssumeRole")
+    data = _answer(slug, response, "STS AssumeRole")
+    try:
+        root = ElementTree.fromstring(data)
+        found = {el.tag.rsplit("}", 1)[-1]: (el.text or "") for el in root.iter()}
+        return Credentials(found["AccessKeyId"], found["SecretAccessKey"], found["SessionToken"])
+    except (ElementTree.ParseError, KeyError):
+        raise UpstreamError(slug, "STS AssumeRole answer is malformed") from None
+
+
+def _answer(slug: str, response: Response, what: str) -> bytes:
+    if response.status in (400, 401, 403):
         # AWS answers bad keys with 400 UnrecognizedClient / 403 InvalidSignature.
-        raise CredentialsRejected(registry.slug, status)
-    if status != 200:
-        raise UpstreamError(registry.slug, f"{what} answered {status}")
-    return data
+        raise CredentialsRejected(slug, response.status)
+    if response.status != 200:
+        raise UpstreamError(slug, f"{what} answered {response.status}")
+    if len(response.body) > MAX_ANSWER:
+        raise UpstreamError(slug, f"{what} answer is too large")
+    return response.body
