@@ -244,3 +244,21 @@ async def test_a_trickled_manifest_is_cut_off(server: Pullgate, hostile: Hostile
     status, _, body, _ = await _get(_url(server, "vendor/trickle", "manifests", "v1"), {"Accept": OCI_MANIFEST})
     assert status == 504 and json.loads(body)["errors"][0]["code"] == "UPSTREAM_TIMEOUT"
     assert loop.time() - start < 10
+
+
+@pytest.mark.parametrize("kind", ["blobs", "manifests"])
+async def test_a_206_nobody_asked_for_is_not_a_way_around_the_digest(
+    server: Pullgate, hostile: HostileRegistry, kind: str
+):
+    """A registry answering 206 to a request without Range had its bytes relayed unhashed, as a clean 206."""
+    img = image(f"vendor/partial-{kind}", "v1", f"partial-{kind}")
+    other = image(f"vendor/partial-{kind}", "v2", f"other-{kind}")
+    hostile.serve_image(img)
+    wrong = other.layer if kind == "blobs" else other.manifest
+    ref = img.layer_digest if kind == "blobs" else img.digest
+    headers = {"Content-Type": OCI_MANIFEST, "Content-Range": f"bytes 0-{len(wrong) - 1}/{len(wrong)}"}
+    hostile.serve(f"/v2/{img.repo}/{kind}/{ref}", Body(wrong, headers, status=206))
+    status, _, body, failure = await _get(_url(server, img.repo, kind, ref), {"Accept": OCI_MANIFEST})
+    assert failure is None and status == 502, f"{kind}: {status} with {len(body)} bytes that are not {ref}"
+    err = json.loads(body)["errors"][0]
+    assert err["code"] == "UPSTREAM_ERROR" and "'hostile' sent a part, not the whole" in err["message"]

@@ -164,6 +164,9 @@ class OCIRoutes:
         try:
             if upstream.status not in (200, 206, 304):
                 raise await upstream_error(upstream, route.kind, registry.slug)
+            if upstream.status == 206 and "Range" not in headers:
+                # Only a whole body can be checked against its digest: a part nobody asked for is refused.
+                raise OCIError("UPSTREAM_ERROR", f"registry {registry.slug!r} sent a part, not the whole", status=502)
             if route.kind == "tags" and request.method == "GET":
                 return await self._tags(request, upstream, route.name, repo)
             extra = _rewrite_link(upstream, repo, route.name) | API_VERSION
