@@ -121,7 +121,7 @@ class AnonymousSection:
 @dataclass
 class LimitsSection:
     # Seconds a client has to send a request's headers, from connecting or from the
-    # previous response on a keep-alive connection (slowloris).
+    # previous response on a keep-alive connection (slowloris); the token form's body too.
     header_timeout: float = 10.0
     # Open connections on the proxy listener; beyond it new ones are closed at once.
     max_connections: int = 10000

@@ -28,7 +28,7 @@ from proxy.oci.allowlist import allowed
 from proxy.oci.digest import MAX_MANIFEST, digest_of, is_digest, manifest_digest_problem
 from proxy.oci.errors import OCIError
 from proxy.oci.grammar import MANIFEST_TYPES, Route, check_page_size, decode_path, parse_route, split_proxy_name
-from proxy.oci.relay import Pace, StreamAborted, passed_headers, relay, upstream_error
+from proxy.oci.relay import Pace, StreamAborted, abort_connection, passed_headers, relay, upstream_error
 from proxy.store.models import Customer, Registry
 from proxy.upstream.client import UpstreamClient
 from proxy.upstream.errors import UpstreamError
@@ -120,8 +120,21 @@ class OCIRoutes:
         if request.method == "GET":
             return await self.tokens.get(request)
         if request.method == "POST":
+            await self._read_form_in_time(request)
             return await self.tokens.post(request)
         raise OCIError("UNSUPPORTED", "the token endpoint takes GET or POST")
+
+    async def _read_form_in_time(self, request: web.Request) -> None:
+        """The token form is the one body the proxy reads: like headers, it must arrive within
+        `limits.header_timeout`, or a client trickling it would hold its connection for ever."""
+        try:
+            async with asyncio.timeout((self.limits or LimitsSection()).header_timeout):
+                await request.read()  # kept by aiohttp: the form is parsed from it
+        except TimeoutError:
+            metrics.CONNECTIONS_REFUSED.labels("body_timeout").inc()
+            ctx(request).aborted = "body_timeout"  # our cut, not the client leaving: logged as 408
+            abort_connection(request)
+            raise OCIError("REQUEST_TIMEOUT", "the request body did not arrive in time", status=408) from None
 
     async def pull(self, request: web.Request) -> web.StreamResponse:
         try:
