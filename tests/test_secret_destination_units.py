@@ -111,3 +111,13 @@ def test_same_destination_or_new_secret_or_nothing_stored_is_fine():
     # An anonymous registry holds no secret to replay.
     anon = replace(_basic(), username=None, secret_sealed=None)
     assert _registry_input({"url": "https://elsewhere.example"}, [], anon).url == "https://elsewhere.example"
+
+
+def test_insecure_alone_on_the_same_url_is_a_destination_change():
+    """`insecure` lets the stored secret follow plain-http realms and redirects: turning it on is a move."""
+    problems = _problems({"insecure": True}, _basic())
+    assert [p.split(":")[0] for p in problems] == ["insecure"] and "secret again (password)" in problems[0]
+    # Through the portal's edit form, whose checkbox is sent only when ticked: unticking it is a move too.
+    current = replace(_basic(), url="http://registry.vendor.example", insecure=True)
+    problems = _problems({"insecure": False, "skipValidation": True}, current)
+    assert {p.split(":")[0] for p in problems} >= {"insecure"}
