@@ -134,6 +134,9 @@ async def test_unconfigured_upstreams_are_404_without_any_connection(
         ("/v2/proxy/acme/vendor-basic/vendor/oci/manifests/sha256:xyz", 400, "DIGEST_INVALID"),
         ("/v2/proxy/acme/vendor-basic/vendor/oci/blobs/sha256:1234", 400, "DIGEST_INVALID"),
         ("/v2/proxy/acme/vendor-basic/vendor/oci/blobs/md5:" + "0" * 32, 400, "DIGEST_INVALID"),
+        ("/v2/proxy/acme/vendor-basic/vendor/oci/blobs/sha256:" + "A" * 64, 400, "DIGEST_INVALID"),  # upper hex
+        ("/v2/proxy/acme/vendor-basic/vendor/oci/manifests/sha384:" + "0" * 96, 400, "DIGEST_INVALID"),
+        ("/v2/proxy/acme/vendor-basic/vendor/oci/blobs/sha512:" + "0" * 64, 400, "DIGEST_INVALID"),  # short
         ("/v2/proxy/acme/vendor-basic/vendor/oci/blobs/v1", 400, "DIGEST_INVALID"),
         ("/v2/proxy/acme/vendor-basic/vendor/%2e%2e/oci/manifests/v1", 400, "NAME_INVALID"),
         ("/v2/proxy/acme/vendor-basic/vendor/%252e%252e/manifests/v1", 400, "NAME_INVALID"),
