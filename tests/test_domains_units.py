@@ -164,3 +164,11 @@ async def test_a_reserved_name_stored_earlier_is_never_served_nor_verified(tmp_p
             await service.set_default(team, "legacy.corp.example")
     finally:
         await store.close()
+
+
+def test_reserved_names_given_in_unicode_cover_their_punycode():
+    """Clients (and the hostname rule) use the ASCII form: an operator's Unicode name must still bite."""
+    r = Reserved(["bücher.example:443"], ["Bücher-Corp.EXAMPLE."])
+    for name in ("xn--bcher-kva.example", "eu.xn--bcher-kva.example", "xn--bcher-corp-9db.example"):
+        assert r.covers(name), name
+    assert not r.covers("xn--bcher-kva.example.evil")
