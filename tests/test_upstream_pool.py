@@ -128,3 +128,34 @@ async def test_one_slow_registry_cannot_take_every_upstream_connection(tmp_path:
     finally:
         server.stop()
         slow.stop()
+
+
+OTHER_LICENSE = "lic-pool-other-" + secrets.token_hex(12)
+
+
+async def test_one_license_cannot_take_its_registrys_whole_share(tmp_path: Path):
+    """Hole 4 within one vendor: by default a license may open 64 streams, more than a registry's
+    50 upstream connections, so one customer reading slowly stalled every other customer of that
+    registry. A license holds at most half of a registry's share; the rest stays for the others."""
+    slow = TricklingRegistry()
+    teams = _teams([_registry("slow", slow.url)])
+    teams[0]["customers"].append({"name": "Other", "app": "pool", "license_id_env": "POOL_OTHER_LICENSE"})
+    server = Pullgate(
+        tmp_path, teams, env={"POOL_LICENSE": LICENSE, "POOL_OTHER_LICENSE": OTHER_LICENSE},
+        settings={"upstream": {"pool_per_registry": 4, "connect_timeout": 1}, "limits": {"streams_per_license": 10}},
+    ).start()  # fmt: skip
+    blob = f"{server.url}/v2/proxy/pool/slow/vendor/app/blobs/sha256:{'b' * 64}"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
+            held = [await s.get(blob, headers={"Authorization": basic(LICENSE)}) for _ in range(2)]
+            assert [r.status for r in held] == [200, 200]
+            async with s.get(blob, headers={"Authorization": basic(LICENSE)}) as r:
+                assert r.status == 429 and r.headers["Retry-After"]
+                assert (await r.json())["errors"][0]["code"] == "TOOMANYREQUESTS"
+            other = [await s.get(blob, headers={"Authorization": basic(OTHER_LICENSE)}) for _ in range(2)]
+            assert [r.status for r in other] == [200, 200], "the other customer was starved"
+            for r in (*held, *other):
+                r.close()
+    finally:
+        server.stop()
+        slow.stop()

@@ -144,12 +144,13 @@ class OCIRoutes:
             if slot is not None:
                 slot.release()  # the body is done: sent, aborted, or the client left
 
-    def _hold_stream_slot(self, request: web.Request, route: Route) -> None:
+    def _hold_stream_slot(self, request: web.Request, route: Route, registry: Registry) -> None:
         """Manifest and blob bodies hold a slot of their license and address (429 when full),
         taken before the upstream request so a refused one costs the upstream nothing."""
         if self.slots is None or request.method != "GET" or route.kind not in ("manifests", "blobs"):
             return
-        request[SLOT_KEY] = self.slots.acquire(ctx(request).customer_id, self.gate.origins.client_address(request))
+        address = self.gate.origins.client_address(request)
+        request[SLOT_KEY] = self.slots.acquire(ctx(request).customer_id, address, registry.id)
 
     async def _pull(self, request: web.Request) -> web.StreamResponse:
         c = ctx(request)
@@ -163,7 +164,7 @@ class OCIRoutes:
         else:
             registry, repo = await self._licensed(request, route)
         c.registry, c.image = registry.slug, repo
-        self._hold_stream_slot(request, route)
+        self._hold_stream_slot(request, route, registry)
         path = _upstream_path(route, repo, request)
         headers = _upstream_headers(request, route)
         try:
