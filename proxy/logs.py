@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 
 
 class JSONFormatter(logging.Formatter):
@@ -44,6 +45,24 @@ def setup(level: str) -> None:
     root.setLevel(level.upper())
     # aiohttp's own access logger is replaced by ours.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ClientErrorsAreNotOurs) for f in server_log.filters):
+        server_log.addFilter(ClientErrorsAreNotOurs())
+
+
+class ClientErrorsAreNotOurs(logging.Filter):
+    """aiohttp logs a request it could not parse (bad header, smuggling attempt, oversize
+    line) at error level with a traceback. That is the client's error, answered 400 and
+    in the access log: any client could otherwise fill the log with errors and page the
+    operator. Down to info, without the traceback; real server errors stay as they are."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 400) < 500:
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = f"{record.getMessage()}: a malformed request ({type(exc).__name__})", None
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 CLIENT_CLOSED = 499
