@@ -69,7 +69,21 @@ async def test_http_verification_goes_through_the_hostname(dns_server: LoopbackD
         await runner.cleanup()
 
 
-@pytest.mark.parametrize("name", ["Images.vendor.example", "localhost", "a..b.example", "-x.example", "x" * 300])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Images.vendor.example",
+        "localhost",
+        "a..b.example",
+        "-x.example",
+        "x" * 300,
+        # Variants of a reserved name that would slip past an exact comparison: one spelling only.
+        "images.vendor.example.",
+        "images.vendor.example:443",
+        "[::1]",
+        "bücher.example",
+    ],
+)
 def test_bad_hostnames(name: str):
     assert hostname_problem(name)
 
