@@ -286,9 +286,20 @@ class OCIRoutes:
     ) -> web.Response:
         """Tag lists are small: rewrite `name` to the client's repository name, and
         paginate here when the upstream ignored `n`/`last` (docker-registry 2.8 does)."""
-        body = await upstream.content.read(MAX_TAGS_BODY + 1)
-        if len(body) > MAX_TAGS_BODY:
-            raise OCIError("UPSTREAM_ERROR", "tag list too large", status=502)
+        body = bytearray()
+        try:
+            # read(n) returns what has arrived, not n bytes: gather the whole list, bounded in size and time.
+            async with asyncio.timeout(self.idle_timeout):
+                while chunk := await upstream.content.readany():
+                    body += chunk
+                    if len(body) > MAX_TAGS_BODY:
+                        upstream.close()
+                        raise OCIError("UPSTREAM_ERROR", "tag list too large", status=502)
+        except TimeoutError:
+            upstream.close()
+            raise OCIError("UPSTREAM_TIMEOUT", "upstream sends its tag list too slowly", status=504) from None
+        except aiohttp.ClientError:
+            raise OCIError("UPSTREAM_ERROR", "upstream broke off while sending its tag list", status=502) from None
         try:
             data = json.loads(body)
             tags = data.get("tags") or []
