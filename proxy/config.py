@@ -483,6 +483,12 @@ def _check_bootstrap_destinations(cfg: Config, allow: list[Any]) -> None:
         for r, reg in enumerate(team.registries):
             for name in ("url", "api_url", "sts_url"):
                 value = getattr(reg, name)
+                if value and "@" in value.split("://", 1)[-1].split("/", 1)[0]:
+                    # No secret is written in the file, and a url is shown as written (vendor API, portal).
+                    raise ConfigError(
+                        f"bootstrap.teams[{t}].registries[{r}].{name}: must not carry credentials (user:password@); "
+                        "use username and password_file or password_env"
+                    )
                 target = url_target(value) if value else None
                 if target is None:
                     continue
