@@ -39,8 +39,13 @@ class AccessLogger(AbstractAccessLogger):
         self.logger.info("access", extra={"fields": fields})
 
 
+# The method is client input: a metric label takes only these (without aiohttp's C parser any
+# token is a method, and each would be a new series kept for ever).
+METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def record_metrics(route: str, method: str, status: int, seconds: float, c: Any) -> None:
-    metrics.REQUESTS.labels(route, method, str(status)).inc()
+    metrics.REQUESTS.labels(route, method if method in METHOD_LABELS else "other", str(status)).inc()
     metrics.DURATION.labels(route).observe(seconds)
     if c is not None and c.bytes_sent and route in ("manifests", "blobs"):
         metrics.BYTES_SENT.labels(route.rstrip("s")).inc(c.bytes_sent)

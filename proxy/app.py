@@ -128,7 +128,10 @@ def proxy_app(services: Services) -> web.Application:
     routes = OCIRoutes(
         services.gate, services.read_cache, services.upstream, up.chunk_size, up.idle_timeout, limiter, limits
     )
-    routes.slots = StreamSlots(limits.streams_per_license, limits.streams_per_address)
+    # A license holds at most half of a registry's upstream share: the rest stays for its other customers.
+    routes.slots = StreamSlots(
+        limits.streams_per_license, limits.streams_per_address, max(1, up.pool_per_registry // 2)
+    )
     routes.install(app)
     app.on_response_prepare.append(_set_request_id)
     return app

@@ -120,7 +120,7 @@ class AnonymousSection:
 @dataclass
 class LimitsSection:
     # Seconds a client has to send a request's headers, from connecting or from the
-    # previous response on a keep-alive connection (slowloris).
+    # previous response on a keep-alive connection (slowloris); the token form's body too.
     header_timeout: float = 10.0
     # Open connections on the proxy listener; beyond it new ones are closed at once.
     max_connections: int = 10000
@@ -482,6 +482,12 @@ def _check_bootstrap_destinations(cfg: Config, allow: list[Any]) -> None:
         for r, reg in enumerate(team.registries):
             for name in ("url", "api_url", "sts_url"):
                 value = getattr(reg, name)
+                if value and "@" in value.split("://", 1)[-1].split("/", 1)[0]:
+                    # No secret is written in the file, and a url is shown as written (vendor API, portal).
+                    raise ConfigError(
+                        f"bootstrap.teams[{t}].registries[{r}].{name}: must not carry credentials (user:password@); "
+                        "use username and password_file or password_env"
+                    )
                 target = url_target(value) if value else None
                 if target is None:
                     continue

@@ -41,6 +41,7 @@ def setup(level: str) -> None:
     root.setLevel(level.upper())
     # aiohttp's own access logger is replaced by ours.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    quiet_parser_refusals()
 
 
 class ParserRefusals(logging.Filter):
@@ -50,7 +51,7 @@ class ParserRefusals(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
+        if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 400) < 500:
             record.levelno, record.levelname = logging.INFO, "INFO"
             record.msg, record.args = "refused a malformed request: %s", (type(exc).__name__,)
             record.exc_info, record.exc_text = None, None

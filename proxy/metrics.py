@@ -94,7 +94,7 @@ UPSTREAM_POOL_REFUSED = Counter(
 CONNECTIONS_OPEN = Gauge("pullgate_connections_open", "Open connections on the proxy listener", registry=REGISTRY)
 CONNECTIONS_REFUSED = Counter(
     "pullgate_connections_refused", "Proxy connections closed by a limit", ["reason"], registry=REGISTRY
-)  # reason: max_connections | header_timeout
+)  # reason: max_connections | header_timeout | body_timeout (the token form, trickled)
 STREAMS_REFUSED = Counter(
     "pullgate_streams_refused",
     "Manifest and blob GETs refused with 429: too many concurrent bodies",

@@ -28,6 +28,10 @@ ALERTS = {
     "PullgateCacheVerificationFailures",
     "PullgatePullLogDrops",
     "PullgateDockerHubAllowanceLow",
+    # Issue 8: wrong bytes from a registry, egress refusals, a saturated upstream pool.
+    "PullgateDigestMismatch",
+    "PullgateEgressRefusals",
+    "PullgateUpstreamPoolSaturated",
 }
 
 
@@ -73,13 +77,36 @@ def test_every_alert_is_unit_tested_firing_and_documented() -> None:
     assert fired == ALERTS, f"alerts never shown firing in a unit test: {ALERTS - fired}"
 
 
-def test_a_broken_threshold_fails_the_unit_tests(promtool: str, tmp_path: Path) -> None:
-    """The unit tests bite: the 14-day certificate window moved to 7 days fails them."""
+@pytest.mark.parametrize(
+    ("rule", "broken", "alert"),
+    [
+        ("< 14 * 86400", "< 7 * 86400", "PullgateCertificateExpiringSoon"),
+        (
+            "(increase(pullgate_digest_mismatch_total[10m])) > 0",
+            "(increase(pullgate_digest_mismatch_total[10m])) > 1",
+            "PullgateDigestMismatch",
+        ),
+        (
+            "(increase(pullgate_egress_refused_total[15m])) > 5",
+            "(increase(pullgate_egress_refused_total[15m])) > 0",
+            "PullgateEgressRefusals",
+        ),
+        (
+            "(rate(pullgate_upstream_pool_refused_total[5m])) > 0\n        for: 10m",
+            "(rate(pullgate_upstream_pool_refused_total[5m])) > 0\n        for: 1m",
+            "PullgateUpstreamPoolSaturated",
+        ),
+    ],
+)
+def test_a_broken_threshold_fails_the_unit_tests(
+    promtool: str, tmp_path: Path, rule: str, broken: str, alert: str
+) -> None:
+    """The unit tests bite: each threshold moved (a window, a count, a duration) fails them."""
     text = RULES.read_text(encoding="utf-8")
-    assert "< 14 * 86400" in text
-    (tmp_path / RULES.name).write_text(text.replace("< 14 * 86400", "< 7 * 86400"), encoding="utf-8")
+    assert rule in text
+    (tmp_path / RULES.name).write_text(text.replace(rule, broken), encoding="utf-8")
     shutil.copy(RULE_TESTS, tmp_path / RULE_TESTS.name)
     res = subprocess.run(
         [promtool, "test", "rules", RULE_TESTS.name], capture_output=True, text=True, timeout=120, cwd=tmp_path
     )
-    assert res.returncode != 0 and "PullgateCertificateExpiringSoon" in res.stdout + res.stderr
+    assert res.returncode != 0 and alert in res.stdout + res.stderr

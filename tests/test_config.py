@@ -148,6 +148,12 @@ def test_http_registry_needs_insecure(tmp_path: Path) -> None:
     _fails(tmp_path, {"bootstrap": {"teams": [_team(registries=[bad])]}}, "bootstrap.teams[0].registries[0].url")
 
 
+def test_registry_url_carrying_credentials_is_refused_unquoted(tmp_path: Path) -> None:
+    reg = {"provider": "other", "endpoint": "r.example", "url": "https://vendor:SECRETX@r.example"}
+    msg = _fails(tmp_path, {"bootstrap": {"teams": [_team(registries=[reg])]}}, "bootstrap.teams[0].registries[0].url")
+    assert "credentials" in msg and "SECRETX" not in msg
+
+
 def test_customer_with_unknown_app_is_refused(tmp_path: Path) -> None:
     team = _team(customers=[{"name": "C", "app": "nope", "license_id_env": "LIC"}])
     msg = _fails(tmp_path, {"bootstrap": {"teams": [team]}}, "bootstrap.teams[0].customers[0].app")

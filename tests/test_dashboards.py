@@ -159,6 +159,16 @@ def test_the_dashboard_covers_what_operators_watch() -> None:
         "pullgate_auth_failures_total",  # refusals
         "pullgate_cache_hits_total",  # cache hit ratio
         "pullgate_certificate_expiry_timestamp_seconds",
+        # Issue 8: what the egress policy, the pool, the limits and digest verification refused.
+        "pullgate_egress_refused_total",
+        "pullgate_upstream_pool_in_use",
+        "pullgate_upstream_pool_refused_total",
+        "pullgate_connections_open",
+        "pullgate_connections_refused_total",
+        "pullgate_streams_refused_total",
+        "pullgate_license_imports_throttled_total",
+        "pullgate_digest_mismatch_total",
+        "pullgate_streams_aborted_total",
     ):
         assert metric in used, metric
     ids: set[int] = set()
@@ -177,3 +187,38 @@ def test_the_dashboard_covers_what_operators_watch() -> None:
         assert p["description"] and p["targets"], p["title"]
         if any(m in t["expr"] for t in p["targets"] for m in FUTURE_METRICS):
             assert "not built yet" in p["description"], f"{p['title']!r}: say the cache metrics are future ones"
+
+
+def _status_admits(matcher: str, value: str, status: str) -> bool:
+    """Does a Prometheus label matcher on `status` admit `status`? (Regexes are anchored.)"""
+    if matcher == "=":
+        return status == value
+    if matcher == "!=":
+        return status != value
+    hit = re.fullmatch(value, status) is not None
+    return hit if matcher == "=~" else not hit
+
+
+def _error_queries() -> Iterator[tuple[str, str]]:
+    """The dashboard's error panels (titled so, or under the Errors row) and every alerting rule."""
+    board = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    row = ""
+    for p in _panels(board):
+        if p["type"] == "row":
+            row = p["title"]
+            continue
+        if row == "Errors" or "error" in p["title"].lower() or "5xx" in p["title"]:
+            yield from ((p["title"], t["expr"]) for t in p["targets"])
+    yield from rule_exprs()
+
+
+def test_no_error_panel_or_alert_counts_a_client_that_hung_up():
+    """499 (the client left first) is logged and counted as such: never as a server error."""
+    queries = list(_error_queries())
+    assert any(where == "Answers by status (non-2xx)" for where, _ in queries)
+    for where, expr in queries:
+        counted = expr.split(" / ")[0]  # a ratio's denominator may count every request
+        for m in re.finditer(r"pullgate_requests_total\{([^}]*)\}", counted):
+            matchers = re.findall(r'status\s*(=~|!~|!=|=)\s*"([^"]*)"', m.group(1))
+            assert matchers, f"{where!r}: pullgate_requests_total without a status matcher counts 499s: {expr}"
+            assert not all(_status_admits(op, v, "499") for op, v in matchers), f"{where!r} counts 499: {expr}"

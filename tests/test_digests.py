@@ -244,3 +244,46 @@ async def test_a_trickled_manifest_is_cut_off(server: Pullgate, hostile: Hostile
     status, _, body, _ = await _get(_url(server, "vendor/trickle", "manifests", "v1"), {"Accept": OCI_MANIFEST})
     assert status == 504 and json.loads(body)["errors"][0]["code"] == "UPSTREAM_TIMEOUT"
     assert loop.time() - start < 10
+
+
+@pytest.mark.parametrize("kind", ["blobs", "manifests"])
+async def test_a_206_nobody_asked_for_is_not_a_way_around_the_digest(
+    server: Pullgate, hostile: HostileRegistry, kind: str
+):
+    """A registry answering 206 to a request without Range had its bytes relayed unhashed, as a clean 206."""
+    img = image(f"vendor/partial-{kind}", "v1", f"partial-{kind}")
+    other = image(f"vendor/partial-{kind}", "v2", f"other-{kind}")
+    hostile.serve_image(img)
+    wrong = other.layer if kind == "blobs" else other.manifest
+    ref = img.layer_digest if kind == "blobs" else img.digest
+    headers = {"Content-Type": OCI_MANIFEST, "Content-Range": f"bytes 0-{len(wrong) - 1}/{len(wrong)}"}
+    hostile.serve(f"/v2/{img.repo}/{kind}/{ref}", Body(wrong, headers, status=206))
+    status, _, body, failure = await _get(_url(server, img.repo, kind, ref), {"Accept": OCI_MANIFEST})
+    assert failure is None and status == 502, f"{kind}: {status} with {len(body)} bytes that are not {ref}"
+    err = json.loads(body)["errors"][0]
+    assert err["code"] == "UPSTREAM_ERROR" and "'hostile' sent a part, not the whole" in err["message"]
+
+
+async def test_a_tag_list_in_many_pieces_is_read_whole(server: Pullgate, hostile: HostileRegistry):
+    """Not a digest matter, but found with this registry: a tag list arriving in pieces was cut at
+    the first piece (read(n) returns what has arrived) and answered 502 'not JSON'."""
+    tags = [f"v{i}" for i in range(20000)]
+    body = json.dumps({"name": "vendor/manytags", "tags": tags}).encode()
+
+    async def pieces():
+        for i in range(0, len(body), 4096):
+            yield body[i : i + 4096]
+            await asyncio.sleep(0)
+
+    hostile.serve("/v2/vendor/manytags/tags/list", Body(stream=pieces, length=len(body)))
+    status, _, got, failure = await _get(_url(server, "vendor/manytags", "tags", "list"))
+    assert (status, failure) == (200, None), got[:200]
+    assert json.loads(got)["tags"] == tags
+
+
+async def test_a_trickled_tag_list_is_cut_off(server: Pullgate, hostile: HostileRegistry):
+    hostile.serve("/v2/vendor/trickletags/tags/list", Body(stream=repeated(b"x" * 10, 400, pause=0.5), length=400))
+    start = asyncio.get_running_loop().time()
+    status, _, body, _ = await _get(_url(server, "vendor/trickletags", "tags", "list"))
+    assert status == 504 and json.loads(body)["errors"][0]["code"] == "UPSTREAM_TIMEOUT"
+    assert asyncio.get_running_loop().time() - start < 10

@@ -11,7 +11,7 @@ import trustme
 from aiohttp import web
 
 from proxy.apierrors import Conflict
-from proxy.config import DomainsSection
+from proxy.config import DomainsSection, UpstreamSection
 from proxy.dnsname import hostname_problem
 from proxy.domains.names import Reserved
 from proxy.domains.routing import HostTable
@@ -20,6 +20,7 @@ from proxy.domains.tls import CertificateError, SNIContexts, inspect, server_con
 from proxy.domains.verify import verify_dns, verify_http
 from proxy.secrets import Keyring
 from proxy.store import open_store
+from proxy.upstream.client import UpstreamClient
 from tests.support.dns_server import LoopbackDNS
 
 
@@ -69,7 +70,21 @@ async def test_http_verification_goes_through_the_hostname(dns_server: LoopbackD
         await runner.cleanup()
 
 
-@pytest.mark.parametrize("name", ["Images.vendor.example", "localhost", "a..b.example", "-x.example", "x" * 300])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Images.vendor.example",
+        "localhost",
+        "a..b.example",
+        "-x.example",
+        "x" * 300,
+        # Variants of a reserved name that would slip past an exact comparison: one spelling only.
+        "images.vendor.example.",
+        "images.vendor.example:443",
+        "[::1]",
+        "bücher.example",
+    ],
+)
 def test_bad_hostnames(name: str):
     assert hostname_problem(name)
 
@@ -165,3 +180,43 @@ async def test_a_reserved_name_stored_earlier_is_never_served_nor_verified(tmp_p
             await service.set_default(team, "legacy.corp.example")
     finally:
         await store.close()
+
+
+def test_reserved_names_given_in_unicode_cover_their_punycode():
+    """Clients (and the hostname rule) use the ASCII form: an operator's Unicode name must still bite."""
+    r = Reserved(["bücher.example:443"], ["Bücher-Corp.EXAMPLE."])
+    for name in ("xn--bcher-kva.example", "eu.xn--bcher-kva.example", "xn--bcher-corp-9db.example"):
+        assert r.covers(name), name
+    assert not r.covers("xn--bcher-kva.example.evil")
+
+
+async def test_the_http_check_passes_the_egress_policy(dns_server: LoopbackDNS):
+    """A hostname whose DNS points inward: the HTTP check is refused before connecting, logged as such."""
+    seen = []
+
+    async def challenge(request: web.Request) -> web.Response:
+        seen.append(request.host)
+        return web.Response(text=request.match_info["token"])
+
+    app = web.Application()
+    app.router.add_get("/.well-known/pullgate-challenge/{token}", challenge)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    upstream = UpstreamClient(UpstreamSection(connect_timeout=2), Keyring.generate(), listens=("127.0.0.1:1",))
+    await upstream.start()
+    try:
+        ns = [dns_server.nameserver]
+        for name, address, words in (
+            ("inward.vendor.example", "127.0.0.1", "a loopback address"),
+            ("metadata.vendor.example", "169.254.169.254", "a link-local address"),
+        ):
+            dns_server.a[name] = address
+            verdict = await verify_http(upstream.session, name, "tok-abc", ns, port)
+            assert not verdict.ok and words in verdict.reason and "may not connect" in verdict.reason, verdict
+        assert seen == []
+    finally:
+        await upstream.close()
+        await runner.cleanup()

@@ -252,3 +252,42 @@ async def test_own_listeners_are_refused_even_when_loopback_is_allowed(tmp_path:
         server.stop()
         hostile.stop()
         sentinel.stop()
+
+
+async def _portal_csrf(s: aiohttp.ClientSession, url: str) -> str:
+    async with s.get(url) as r:
+        m = re.search(r'name="csrf" value="([^"]+)"', await r.text())
+    assert m, f"no CSRF token on {url}"
+    return m.group(1)
+
+
+async def test_portal_forms_refuse_internal_destinations(env: Env):
+    """The portal's add and edit forms (their POSTs, as a browser sends them) get the API's 400 and rule."""
+    portal = env.server.admin_url + "/portal"
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
+        login = {"csrf": await _portal_csrf(s, portal + "/login"), "token": TOKEN}
+        async with s.post(portal + "/login", data=login) as r:
+            assert r.status == 200 and str(r.url).endswith("/portal/images")
+        slug = "portal-" + secrets.token_hex(4)
+        add = {"tab": "other", "endpoint": f"{slug}.test", "slug": slug, "url": "http://10.0.0.1:5000",
+               "insecure": "on", "skipValidation": "on", "csrf": await _portal_csrf(s, portal + "/images")}  # fmt: skip
+        async with s.post(portal + "/images", data=add) as r:
+            page = await r.text()
+            assert r.status == 400, page
+        assert "rule private" in page and "upstream.egress_allow" in page
+        status, _ = await env.api("POST", "/external_registry", {**_api_body(add), "url": env.hostile.url})
+        assert status == 201
+        edit = {"url": f"http://127.0.0.1:{env.sentinel.port}", "insecure": "on", "skipValidation": "on",
+                "csrf": await _portal_csrf(s, f"{portal}/images/{slug}")}  # fmt: skip
+        async with s.post(f"{portal}/images/{slug}", data=edit) as r:
+            page = await r.text()
+            assert r.status == 400, page
+        assert "rule loopback" in page and "upstream.egress_allow" in page
+    status, body = await env.api("GET", f"/external_registry/{slug}", {})
+    assert status == 200 and body["external_registry"]["url"] == env.hostile.url
+    assert env.sentinel.connections == 0
+
+
+def _api_body(form: dict[str, str]) -> dict[str, Any]:
+    return {"provider": "other", "endpoint": form["endpoint"], "slug": form["slug"], "insecure": True,
+            "skipValidation": True}  # fmt: skip

@@ -99,6 +99,12 @@ async def test_literal_addresses_and_names_are_judged_by_what_they_reach(servers
             f"http://127.0.0.1:{by_port}",
             f"http://localhost:{by_port}",
             f"http://[::ffff:127.0.0.1]:{by_port}",
+            # Other spellings of loopback: IPv6, mapped in hex and in full, hex IPv4 (resolved by the C library).
+            f"http://[::1]:{by_port}",
+            f"http://[::ffff:7f00:1]:{by_port}",
+            f"http://[0:0:0:0:0:ffff:127.0.0.1]:{by_port}",
+            f"http://0x7f000001:{by_port}",
+            f"http://0x7f.0.0.1:{by_port}",
         ):
             with pytest.raises(EgressRefused):
                 async with c.request(_reg(url), "GET", "/v2/", {}, "x"):
@@ -106,7 +112,13 @@ async def test_literal_addresses_and_names_are_judged_by_what_they_reach(servers
             denied = await c.refusal_for(url)
             assert denied is not None and denied.refusal.rule == "loopback"
         assert by_seen == []
-        for legacy in (f"http://127.1:{by_port}", f"http://2130706433:{by_port}", f"http://127.0.0.1.:{by_port}"):
+        for legacy in (
+            f"http://127.1:{by_port}",
+            f"http://2130706433:{by_port}",
+            f"http://127.0.0.1.:{by_port}",
+            f"http://0177.0.0.1:{by_port}",
+            f"http://017700000001:{by_port}",
+        ):
             denied = await c.refusal_for(legacy)
             assert denied is not None and denied.refusal.rule == "non-canonical"
             with pytest.raises(EgressRefused):

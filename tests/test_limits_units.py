@@ -235,3 +235,17 @@ def test_failed_auth_throttling_keys_ipv6_by_64_and_ipv4_by_address() -> None:
     with pytest.raises(OCIError):
         gate.guard(_request_from("192.0.2.50"))
     gate.guard(_request_from("192.0.2.51"))  # IPv4: each address on its own
+
+
+def test_a_license_holds_at_most_its_share_of_one_registry() -> None:
+    slots = StreamSlots(per_license=10, per_address=10, per_license_registry=2)
+    held = [slots.acquire("a", "192.0.2.1", "reg-1") for _ in range(2)]
+    with pytest.raises(OCIError) as err:
+        slots.acquire("a", "192.0.2.2", "reg-1")
+    assert err.value.status == 429 and "from this registry" in err.value.message
+    held.append(slots.acquire("a", "192.0.2.1", "reg-2"))  # another registry: its own share
+    held.append(slots.acquire("b", "192.0.2.1", "reg-1"))  # another license: its own share
+    held.append(slots.acquire(None, "192.0.2.1", "reg-1"))  # anonymous: the address alone counts
+    for slot in held:
+        slot.release()
+    assert slots.keys() == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import socket
 
 import pytest
@@ -134,6 +135,9 @@ async def test_unconfigured_upstreams_are_404_without_any_connection(
         ("/v2/proxy/acme/vendor-basic/vendor/oci/manifests/sha256:xyz", 400, "DIGEST_INVALID"),
         ("/v2/proxy/acme/vendor-basic/vendor/oci/blobs/sha256:1234", 400, "DIGEST_INVALID"),
         ("/v2/proxy/acme/vendor-basic/vendor/oci/blobs/md5:" + "0" * 32, 400, "DIGEST_INVALID"),
+        ("/v2/proxy/acme/vendor-basic/vendor/oci/blobs/sha256:" + "A" * 64, 400, "DIGEST_INVALID"),  # upper hex
+        ("/v2/proxy/acme/vendor-basic/vendor/oci/manifests/sha384:" + "0" * 96, 400, "DIGEST_INVALID"),
+        ("/v2/proxy/acme/vendor-basic/vendor/oci/blobs/sha512:" + "0" * 64, 400, "DIGEST_INVALID"),  # short
         ("/v2/proxy/acme/vendor-basic/vendor/oci/blobs/v1", 400, "DIGEST_INVALID"),
         ("/v2/proxy/acme/vendor-basic/vendor/%2e%2e/oci/manifests/v1", 400, "NAME_INVALID"),
         ("/v2/proxy/acme/vendor-basic/vendor/%252e%252e/manifests/v1", 400, "NAME_INVALID"),
@@ -170,6 +174,7 @@ def _raw(host: str, port: int, request: bytes) -> bytes:
 
 async def test_protocol_abuse_keeps_the_server_serving(client: ProxyClient, deployment: Deployment):
     host, port = "127.0.0.1", deployment.server.port
+    log_before = len(deployment.server.log_text())
     huge = b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n"
     answer = await asyncio.to_thread(_raw, host, port, huge)
     assert answer.startswith((b"HTTP/1.1 400", b"HTTP/1.1 431", b"HTTP/1.0 400")), answer[:80]
@@ -178,7 +183,13 @@ async def test_protocol_abuse_keeps_the_server_serving(client: ProxyClient, depl
         answer = await asyncio.to_thread(_raw, host, port, junk)
         assert answer.startswith(b"HTTP/1."), answer[:80]
         assert b" 500 " not in answer.split(b"\r\n", 1)[0]
+    smuggle = b"GET /v2/ HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    assert (await asyncio.to_thread(_raw, host, port, smuggle)).startswith(b"HTTP/1.0 400")
     assert (await client.request("GET", "/v2/")).status == 401
+    # A malformed request is the client's error: logged (as the 400 it got), never at error level.
+    lines = [json.loads(x) for x in deployment.server.log_text()[log_before:].splitlines() if x.startswith("{")]
+    assert [x for x in lines if x["level"] in ("error", "critical")] == []
+    assert [x["status"] for x in lines if x["msg"] == "access" and x["method"] == "UNKNOWN"].count(400) >= 4
 
 
 async def test_unreachable_upstream_is_a_502_naming_the_registry(client: ProxyClient, auth: dict[str, str]):

@@ -32,6 +32,9 @@ KEY = json.dumps({"type": "service_account", "client_email": "a@b.iam.gserviceac
         ("ecr", "123456789012.dkr.ecr.us-east-1.amazonaws.com", None, "s", {"access_key_id": "AKIA"}, []),
         ("ecr", "registry.example", None, "s", {"access_key_id": "AKIA"}, ["endpoint"]),
         ("ecr", "registry.example", None, "s", {"access_key_id": "AKIA", "region": "eu-west-1"}, []),
+        # The region names the host the signed API call goes to (api.ecr.<region>.amazonaws.com).
+        ("ecr", "registry.example", None, "s", {"access_key_id": "AKIA", "region": "evil.example/#"}, ["region"]),
+        ("ecr", "registry.example", None, "s", {"access_key_id": "AKIA", "region": "us-gov-west-1"}, []),
         ("ecr", "123456789012.dkr.ecr.us-east-1.amazonaws.com", None, None, {}, ["access_key_id", "secret_access_key"]),
         ("ecr", "123456789012.dkr.ecr.us-east-1.amazonaws.com", None, "s",
          {"access_key_id": "A", "role_arn": "nope"}, ["role_arn"]),

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
+from proxy import metrics
 from proxy.config import ConfigError, load
-from proxy.logs import reported_status
+from proxy.logs import record_metrics, reported_status
 from proxy.oci.digest import MAX_MANIFEST, Verifier, digest_of, is_digest, manifest_digest_problem
 from proxy.pull.pace import StreamPace
 
@@ -138,3 +139,14 @@ def test_anonymous_repositories_key(tmp_path: Path):
     team["registries"][0]["anonymous_repositories"] = ["/vendor"]
     with pytest.raises(ConfigError, match=r"registries\[0\]\.anonymous_repositories\[0\]"):
         _load(tmp_path, {"bootstrap": {"teams": [team]}})
+
+
+def test_a_made_up_method_is_no_new_metric_series():
+    def series() -> set[str]:
+        return {s.labels["method"] for m in metrics.REQUESTS.collect() for s in m.samples}
+
+    record_metrics("base", "GET", 200, 0.01, None)
+    for i in range(3):
+        record_metrics("base", f"BREW{i}", 405, 0.01, None)
+    assert "GET" in series() and "other" in series()
+    assert not any(m.startswith("BREW") for m in series())

@@ -111,3 +111,30 @@ def test_same_destination_or_new_secret_or_nothing_stored_is_fine():
     # An anonymous registry holds no secret to replay.
     anon = replace(_basic(), username=None, secret_sealed=None)
     assert _registry_input({"url": "https://elsewhere.example"}, [], anon).url == "https://elsewhere.example"
+
+
+def test_insecure_alone_on_the_same_url_is_a_destination_change():
+    """`insecure` lets the stored secret follow plain-http realms and redirects: turning it on is a move."""
+    problems = _problems({"insecure": True}, _basic())
+    assert [p.split(":")[0] for p in problems] == ["insecure"] and "secret again (password)" in problems[0]
+    # Through the portal's edit form, whose checkbox is sent only when ticked: unticking it is a move too.
+    current = replace(_basic(), url="http://registry.vendor.example", insecure=True)
+    problems = _problems({"insecure": False, "skipValidation": True}, current)
+    assert {p.split(":")[0] for p in problems} >= {"insecure"}
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("url", "https://vendor:SECRETX@registry.vendor.example"), ("apiUrl", "https://AKIA:SECRETX@ecr.example")],
+)
+def test_a_url_carrying_credentials_is_refused_without_quoting_it(field: str, value: str):
+    """A url is stored and shown as typed (API listings, the portal): a password in it would be shown."""
+    current = _ecr(region="us-east-1") if field == "apiUrl" else _basic()
+    problems = _problems({field: value, "password" if field == "url" else "secretAccessKey": "typed"}, current)
+    assert [p.split(":")[0] for p in problems] == [field]
+    assert "SECRETX" not in " ".join(problems) and "credentials" in problems[0]
+    create = {"provider": "other", "endpoint": "r.example", "url": value, "username": "u", "password": "p"}
+    if field == "url":
+        with pytest.raises(Invalid) as err:
+            _registry_input(create, [], None)
+        assert "SECRETX" not in str(err.value.problems)

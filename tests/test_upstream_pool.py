@@ -19,6 +19,9 @@ from tests.support.pullgate import Pullgate
 from tests.support.registry import Registry
 
 LICENSE = "lic-pool-" + secrets.token_hex(12)
+OTHER_LICENSE = "lic-pool-other-" + secrets.token_hex(12)
+THIRD_LICENSE = "lic-pool-third-" + secrets.token_hex(12)
+ENV = {"POOL_LICENSE": LICENSE, "POOL_OTHER_LICENSE": OTHER_LICENSE, "POOL_THIRD_LICENSE": THIRD_LICENSE}
 
 
 def _teams(registries: list[dict]) -> list[dict]:
@@ -26,7 +29,7 @@ def _teams(registries: list[dict]) -> list[dict]:
         "name": "pool",
         "apps": [{"slug": "pool"}],
         "registries": registries,
-        "customers": [{"name": "C", "app": "pool", "license_id_env": "POOL_LICENSE"}],
+        "customers": [{"name": env, "app": "pool", "license_id_env": env} for env in ENV],
     }]  # fmt: skip
 
 
@@ -49,7 +52,7 @@ async def _hang_up(server: Pullgate, path: str, after: float) -> None:
 async def test_idle_upstream_connections_close_after_keepalive(tmp_path: Path, upstream_anon: Registry):
     keepalive = 2.0
     server = Pullgate(
-        tmp_path, _teams([_registry("anon", upstream_anon.url)]), env={"POOL_LICENSE": LICENSE},
+        tmp_path, _teams([_registry("anon", upstream_anon.url)]), env=ENV,
         settings={"upstream": {"keepalive_seconds": keepalive}},
     ).start()  # fmt: skip
     try:
@@ -87,7 +90,7 @@ async def test_one_slow_registry_cannot_take_every_upstream_connection(tmp_path:
     slow = TricklingRegistry()
     server = Pullgate(
         tmp_path, _teams([_registry("slow", slow.url), _registry("anon", upstream_anon.url)]),
-        env={"POOL_LICENSE": LICENSE},
+        env=ENV,
         settings={"upstream": {"pool_size": 3, "pool_per_registry": 2, "connect_timeout": 1}},
     ).start()  # fmt: skip
     auth = {"Authorization": basic(LICENSE)}
@@ -96,8 +99,10 @@ async def test_one_slow_registry_cannot_take_every_upstream_connection(tmp_path:
     manifest = f"{server.url}/v2/proxy/pool/anon/{img.repo}/manifests/{img.digest}"
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
-            held = [await s.get(blob, headers=auth) for _ in range(2)]  # slow readers: headers only
+            # Slow readers, headers only; two customers (one license holds at most half the share).
+            held = [await s.get(blob, headers={"Authorization": basic(lic)}) for lic in (LICENSE, OTHER_LICENSE)]
             assert [r.status for r in held] == [200, 200]
+            auth = {"Authorization": basic(THIRD_LICENSE)}
             started = time.monotonic()
             async with s.get(blob, headers=auth) as r:
                 assert r.status == 503
@@ -125,6 +130,32 @@ async def test_one_slow_registry_cannot_take_every_upstream_connection(tmp_path:
             while not await slow_registry_serves_again():
                 assert time.monotonic() < deadline, "the slots of the clients that left never came back"
                 await asyncio.sleep(0.2)
+    finally:
+        server.stop()
+        slow.stop()
+
+
+async def test_one_license_cannot_take_its_registrys_whole_share(tmp_path: Path):
+    """Hole 4 within one vendor: by default a license may open 64 streams, more than a registry's
+    50 upstream connections, so one customer reading slowly stalled every other customer of that
+    registry. A license holds at most half of a registry's share; the rest stays for the others."""
+    slow = TricklingRegistry()
+    server = Pullgate(
+        tmp_path, _teams([_registry("slow", slow.url)]), env=ENV,
+        settings={"upstream": {"pool_per_registry": 4, "connect_timeout": 1}, "limits": {"streams_per_license": 10}},
+    ).start()  # fmt: skip
+    blob = f"{server.url}/v2/proxy/pool/slow/vendor/app/blobs/sha256:{'b' * 64}"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
+            held = [await s.get(blob, headers={"Authorization": basic(LICENSE)}) for _ in range(2)]
+            assert [r.status for r in held] == [200, 200]
+            async with s.get(blob, headers={"Authorization": basic(LICENSE)}) as r:
+                assert r.status == 429 and r.headers["Retry-After"]
+                assert (await r.json())["errors"][0]["code"] == "TOOMANYREQUESTS"
+            other = [await s.get(blob, headers={"Authorization": basic(OTHER_LICENSE)}) for _ in range(2)]
+            assert [r.status for r in other] == [200, 200], "the other customer was starved"
+            for r in (*held, *other):
+                r.close()
     finally:
         server.stop()
         slow.stop()

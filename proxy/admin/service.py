@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from yarl import URL
+
 from proxy import metrics
 from proxy.apierrors import Conflict, Invalid, NotFound, TooManyRequests
 from proxy.config import PROVIDERS
@@ -596,6 +598,7 @@ def _registry_input(body: Mapping[str, Any], apps: list[App], current: Registry 
         problems.append("url: an http:// url needs insecure: true")
     elif not url.startswith(("http://", "https://")):
         problems.append("url: must start with https:// (or http:// with insecure)")
+    problems += _credentials_in("url", url)
     skip = opt_bool("skipValidation", False)
     image = opt_str("image", 512)
 
@@ -615,6 +618,7 @@ def _registry_input(body: Mapping[str, Any], apps: list[App], current: Registry 
             v = opt_str(key, 2048)
             if v:
                 options[field] = v
+        problems += _credentials_in("apiUrl", options.get("api_url"))
         username = None
     else:
         sa_key = opt_str("serviceAccountKey", 64 * 1024)
@@ -679,6 +683,17 @@ def _registry_input(body: Mapping[str, Any], apps: list[App], current: Registry 
 # Where a stored secret is sent (beyond provider and endpoint, which never change):
 # the API's field name for each destination option.
 _DESTINATION_OPTIONS = (("api_url", "apiUrl"), ("region", "region"), ("role_arn", "roleArn"), ("sts_url", "stsUrl"))
+
+
+def _credentials_in(key: str, url: str | None) -> list[str]:
+    """A url is stored and shown as typed: one carrying a user or password is refused, unquoted."""
+    try:
+        parsed = URL(url) if url else None
+    except ValueError:
+        return [f"{key}: not a valid URL"]
+    if parsed is not None and (parsed.user or parsed.password):
+        return [f"{key}: must not carry credentials (user:password@); give them as the registry's secret fields"]
+    return []
 
 
 def _secret_field(reg: Registry) -> str:

@@ -18,7 +18,14 @@ def _bare(name: str) -> str:
         name = name[1:].partition("]")[0]
     elif name.count(":") == 1:
         name = name.partition(":")[0]
-    return name.rstrip(".").removeprefix("*.")
+    name = name.rstrip(".").removeprefix("*.")
+    if not name.isascii():
+        # Clients and the hostname rule use the ASCII (punycode) form; an operator may write Unicode.
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            pass
+    return name
 
 
 class Reserved:

@@ -101,7 +101,7 @@ async def relay(
     if request.transport is not None:
         # Fewer, larger socket writes: let the kernel-side buffer hold a few chunks.
         request.transport.set_write_buffer_limits(high=2 * chunk_size)
-    guard = StreamPace(request.transport, pace.min_rate, pace.window, lambda: _abort(request))
+    guard = StreamPace(request.transport, pace.min_rate, pace.window, lambda: abort_connection(request))
     copier = _Copier(request, upstream, resp, chunk_size, expected, idle_timeout, guard)
     with metrics.STREAMS_IN_FLIGHT.track_inprogress():
         guard.start()
@@ -204,11 +204,11 @@ class _Copier:
 
     def _failed(self, reason: str) -> StreamAborted:
         metrics.STREAMS_ABORTED.labels(reason).inc()
-        _abort(self.request)
+        abort_connection(self.request)
         return StreamAborted(self.resp, self.sent, reason)
 
 
-def _abort(request: web.Request) -> None:
+def abort_connection(request: web.Request) -> None:
     """Cut the client off now: a reset, so bytes still queued in the kernel are dropped
     too and even a slow reader sees the failure at once."""
     transport = request.transport

@@ -28,7 +28,7 @@ from proxy.oci.grammar import MANIFEST_TYPES, Route, check_page_size, decode_pat
 from proxy.oci.names import is_anonymous
 from proxy.pull.anonymous import anonymous_allows, resolve_anonymous
 from proxy.pull.limits import Slot, StreamSlots
-from proxy.pull.relay import Pace, StreamAborted, passed_headers, relay, upstream_error
+from proxy.pull.relay import Pace, StreamAborted, abort_connection, passed_headers, relay, upstream_error
 from proxy.pull.resolve import resolve
 from proxy.ratelimit import RateLimiter
 from proxy.store.models import Customer, Registry
@@ -96,8 +96,21 @@ class OCIRoutes:
         if request.method == "GET":
             return await self.tokens.get(request)
         if request.method == "POST":
+            await self._read_form_in_time(request)
             return await self.tokens.post(request)
         raise OCIError("UNSUPPORTED", "the token endpoint takes GET or POST")
+
+    async def _read_form_in_time(self, request: web.Request) -> None:
+        """The token form is the one body the proxy reads: like headers, it must arrive within
+        `limits.header_timeout`, or a client trickling it would hold its connection for ever."""
+        try:
+            async with asyncio.timeout((self.limits or LimitsSection()).header_timeout):
+                await request.read()  # kept by aiohttp: the form is parsed from it
+        except TimeoutError:
+            metrics.CONNECTIONS_REFUSED.labels("body_timeout").inc()
+            ctx(request).aborted = "body_timeout"  # our cut, not the client leaving: logged as 408
+            abort_connection(request)
+            raise OCIError("REQUEST_TIMEOUT", "the request body did not arrive in time", status=408) from None
 
     async def pull(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -107,12 +120,13 @@ class OCIRoutes:
             if slot is not None:
                 slot.release()  # the body is done: sent, aborted, or the client left
 
-    def _hold_stream_slot(self, request: web.Request, route: Route) -> None:
+    def _hold_stream_slot(self, request: web.Request, route: Route, registry: Registry) -> None:
         """Manifest and blob bodies hold a slot of their license and address (429 when full),
         taken before the upstream request so a refused one costs the upstream nothing."""
         if self.slots is None or request.method != "GET" or route.kind not in ("manifests", "blobs"):
             return
-        request[SLOT_KEY] = self.slots.acquire(ctx(request).customer_id, self.gate.proxies.client_address(request))
+        address = self.gate.proxies.client_address(request)
+        request[SLOT_KEY] = self.slots.acquire(ctx(request).customer_id, address, registry.id)
 
     async def _pull(self, request: web.Request) -> web.StreamResponse:
         c = ctx(request)
@@ -126,25 +140,34 @@ class OCIRoutes:
         else:
             registry, repo = await self._licensed(request, route)
         c.registry, c.image = registry.slug, repo
-        self._hold_stream_slot(request, route)
+        self._hold_stream_slot(request, route, registry)
         path = _upstream_path(route, repo, request)
         headers = _upstream_headers(request, route)
         try:
             async with self.upstream.request(
                 registry, request.method, path, headers, scope=f"repository:{repo}:pull"
             ) as upstream:
-                return await self._answer(request, upstream, route, registry, repo)
+                return await self._answer(request, upstream, route, registry, repo, "Range" in headers)
         except UpstreamError as exc:
             retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
             raise OCIError(exc.code, exc.message, status=exc.status, headers=retry) from None
 
     async def _answer(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, route: Route, registry: Registry, repo: str
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        route: Route,
+        registry: Registry,
+        repo: str,
+        ranged: bool,
     ) -> web.StreamResponse:
         c = ctx(request)
         metrics.observe_ratelimit(registry.slug, upstream.headers.get("RateLimit-Remaining"))
         if upstream.status not in (200, 206, 304):
             raise await upstream_error(upstream, route.kind, registry.slug)
+        if upstream.status == 206 and not ranged:
+            # Only a whole body can be checked against its digest: a part nobody asked for is refused.
+            raise OCIError("UPSTREAM_ERROR", f"registry {registry.slug!r} sent a part, not the whole", status=502)
         if route.kind == "tags" and request.method == "GET":
             return await self._tags(request, upstream, route.name, repo)
         extra = _rewrite_link(upstream, repo, route.name) | API_VERSION
@@ -248,9 +271,20 @@ class OCIRoutes:
     ) -> web.Response:
         """Tag lists are small: rewrite `name` to the client's repository name, and
         paginate here when the upstream ignored `n`/`last` (docker-registry 2.8 does)."""
-        body = await upstream.content.read(MAX_TAGS_BODY + 1)
-        if len(body) > MAX_TAGS_BODY:
-            raise OCIError("UPSTREAM_ERROR", "tag list too large", status=502)
+        body = bytearray()
+        try:
+            # read(n) returns what has arrived, not n bytes: gather the whole list, bounded in size and time.
+            async with asyncio.timeout(self.idle_timeout):
+                while chunk := await upstream.content.readany():
+                    body += chunk
+                    if len(body) > MAX_TAGS_BODY:
+                        upstream.close()
+                        raise OCIError("UPSTREAM_ERROR", "tag list too large", status=502)
+        except TimeoutError:
+            upstream.close()
+            raise OCIError("UPSTREAM_TIMEOUT", "upstream sends its tag list too slowly", status=504) from None
+        except aiohttp.ClientError:
+            raise OCIError("UPSTREAM_ERROR", "upstream broke off while sending its tag list", status=502) from None
         try:
             data = json.loads(body)
             tags = data.get("tags") or []

@@ -33,6 +33,8 @@ from proxy.upstream.flow import MAX_ANSWER, Clock, Flow, Request, Response
 from proxy.upstream.providers.base import CredentialContext, Provider, RegistryCredentials
 from proxy.upstream.tokens import CachedToken
 
+# The region names the host the signed API calls go to (api.ecr.<region>.amazonaws.com).
+REGION_RE = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d{1,2}$")
 ENDPOINT_RE = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
 TARGET = "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken"
 REFRESH_MARGIN = 3600.0  # use a token until an hour before it expires
@@ -79,6 +81,9 @@ class ECR(Provider):
         problems = []
         if not ENDPOINT_RE.match(endpoint.lower()) and not options.get("region"):
             problems.append("endpoint: ECR is <account>.dkr.ecr.<region>.amazonaws.com (or give region)")
+        region = options.get("region")
+        if region and not REGION_RE.match(str(region)):
+            problems.append("region: must be an AWS region such as us-east-1")
         if not options.get("access_key_id"):
             problems.append("access_key_id: required")
         if not secret:
