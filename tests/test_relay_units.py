@@ -14,7 +14,8 @@ import yaml
 
 from proxy import metrics
 from proxy.config import ConfigError, load
-from proxy.logs import record_metrics, reported_status
+from proxy.accesslog import record_metrics
+from proxy.logs import reported_status
 from proxy.oci.digest import MAX_MANIFEST, Verifier, digest_of, is_digest, manifest_digest_problem
 from proxy.pull.pace import StreamPace
 
