@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from proxy import metrics
-from proxy.config import ConfigError, load
 from proxy.accesslog import record_metrics
+from proxy.config import ConfigError, load
 from proxy.logs import reported_status
 from proxy.oci.digest import MAX_MANIFEST, Verifier, digest_of, is_digest, manifest_digest_problem
 from proxy.pull.pace import StreamPace
