@@ -232,6 +232,8 @@ def start_pullgate(procs: Procs, tmp: Path, upstream: int, name: str, exe_path: 
         "admin": {"listen": f"127.0.0.1:{admin}"},
         "store": f"sqlite:///{tmp / 'pullgate.db'}",  # absolute path: four slashes
         "keys": {"file": str(tmp / "keys.yaml")},
+        # The loopback registry is an exception to the egress policy, as an on-premises one would be.
+        "upstream": {"egress_allow": [f"127.0.0.1:{upstream}"]},
         "bootstrap": {"teams": [{
             "name": "bench",
             "apps": [{"slug": "bench"}],
