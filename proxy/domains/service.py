@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 
 from proxy.apierrors import Conflict, Invalid, NotFound
-from proxy.config import DomainsSection
+from proxy.settings import DomainsSection
 from proxy.dnsname import hostname_problem
 from proxy.domains.names import Reserved
 from proxy.domains.tls import CertificateError, inspect

@@ -19,7 +19,7 @@ from proxy import metrics
 from proxy.auth.anonymous import throttle
 from proxy.auth.endpoint import TokenEndpoint
 from proxy.auth.gate import Gate, authorize_anonymous, authorize_catalog
-from proxy.config import LimitsSection
+from proxy.settings import LimitsSection
 from proxy.context import HOST_TEAM, ctx
 from proxy.oci.allowlist import allowed
 from proxy.oci.digest import MAX_MANIFEST, digest_of, is_digest, manifest_digest_problem

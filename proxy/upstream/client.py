@@ -27,7 +27,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy import egress, metrics
-from proxy.config import UpstreamSection, parse_listen
+from proxy.settings import UpstreamSection, parse_listen
 from proxy.egress import EgressPolicy, Refusal
 from proxy.secrets import Keyring
 from proxy.store.models import Registry

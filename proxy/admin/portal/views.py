@@ -31,7 +31,7 @@ from proxy.admin.portal.session import (
 )
 from proxy.admin.service import LICENSE_TYPES, VendorService
 from proxy.apierrors import Invalid, NotFound, VendorError
-from proxy.config import Config
+from proxy.settings import Config
 from proxy.domains.service import HostnameService
 from proxy.store.models import Team
 
