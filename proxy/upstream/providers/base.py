@@ -64,6 +64,7 @@ class Field:
     stored: str  # USERNAME, SECRET, or the options key
     help: str  # CLI help, OpenAPI description, portal hint
     label: str = ""  # the portal's label (default: the help)
+    hint: str = ""  # the portal's note under it
     flags: tuple[str, ...] = ()  # CLI flags; a secret's also come as <flag>-stdin
     secret: bool = False
     required: bool = False
@@ -126,7 +127,7 @@ class Provider:
     default_host: str | None = None
     # The endpoint when a request names none (None: it must be given).
     default_endpoint: str | None = None
-    endpoint_placeholder = "registry.example.com"
+    endpoint_placeholder: str | None = "registry.example.com"  # None: not asked (a fixed home)
     fields: tuple[Field, ...] = BASIC_FIELDS
     # The portal forms that ask for url and insecure (where a kind has no fixed home).
     url_forms: tuple[str, ...] = ("add", "rotate")

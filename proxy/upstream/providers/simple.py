@@ -18,12 +18,16 @@ def labelled(username: str, password: str, password_hint: str = "") -> tuple[Fie
     user, secret = BASIC_FIELDS
     return (
         replace(user, label=username, form_required=True),
-        replace(secret, label=password, form_required=True, help=password_hint or secret.help),
+        replace(secret, label=password, form_required=True, hint=password_hint),
     )
 
 
 class Other(Provider):
     name = "other"
+    fields = (
+        replace(BASIC_FIELDS[0], hint="Leave username and password empty for anonymous access."),
+        BASIC_FIELDS[1],
+    )
 
 
 class KnownHost(Provider):
@@ -32,6 +36,7 @@ class KnownHost(Provider):
     hosts: frozenset[str] = frozenset()
     hint = ""
     url_forms = ("rotate",)
+    endpoint_placeholder = None
 
     def endpoint_problem(self, endpoint: str, options: Mapping[str, Any]) -> str | None:
         return None if endpoint in self.hosts else self.hint
