@@ -36,9 +36,11 @@ def _secret_problem(secret: str, values: Mapping[str, Any]) -> str | None:
 FIELDS = (
     Field("username", "username", USERNAME, "_json_key (service-account key) or oauth2accesstoken",
           flags=("--username",), required=True, choices=USERNAMES, max_length=256, forms=()),
-    Field("password", "password", SECRET, "the service-account JSON key (_json_key) or an access token",
-          flags=("--password", "--token"), secret=True, required=True, max_length=64 * 1024,
-          check=_secret_problem, forms=()),
+    Field("password", "password", SECRET, "the service-account JSON key (_json_key) or an access token", "Password",
+          flags=("--password",), secret=True, required=True, max_length=64 * 1024, check=_secret_problem, forms=()),
+    # The CLI's --token: an access token, whose username is oauth2accesstoken unless given.
+    Field("password", None, SECRET, "an OAuth2 access token (username oauth2accesstoken)", flags=("--token",),
+          secret=True, implies=((USERNAME, "oauth2accesstoken"),), in_api=False, forms=()),
     # The usual way: the key alone, the username follows.
     Field("serviceAccountKey", None, SECRET, "the service-account JSON key", "Service account key (JSON)",
           flags=("--serviceaccountkey",), secret=True, max_length=64 * 1024, implies=((USERNAME, "_json_key"),),
