@@ -292,6 +292,9 @@ def _validate(cfg: Config) -> None:
                 keys = [k for k in config_keys(f) if reg.fields.get(k)]
                 if len(keys) > 1:
                     raise ConfigError(f"{rk}.{keys[0]}: give {' or '.join(config_keys(f))}, not both")
+                if f.required and config_keys(f) and not keys:
+                    raise ConfigError(f"{rk}.{config_keys(f)[0]}: required for {reg.provider} "
+                                      f"({' or '.join(config_keys(f))})")  # fmt: skip
             if reg.url and reg.url.startswith("http://") and not reg.insecure:
                 raise ConfigError(f"{rk}.url: an http:// url needs insecure: true")
             if reg.url and not reg.url.startswith(("http://", "https://")):
