@@ -50,12 +50,33 @@ from proxy.settings import (
 from proxy.upstream.providers import PROVIDERS, Provider
 from proxy.upstream.providers.base import SECRET, Field
 
+# The sections' shapes, re-exported: `from proxy.config import Config` keeps working above `upstream`.
 __all__ = [
-    "AdminSection", "AnonymousSection", "ApiTokenSpec", "AppSpec", "AuthSection", "BootstrapSection", "Config",
-    "ConfigError", "CustomerSpec", "DomainsSection", "KeysSection", "LimitsSection", "LogSection", "ProxySection",
-    "PullLogSection", "RegistrySpec", "TeamSpec", "UpstreamSection", "keys_path", "load", "parse_listen",
-    "read_secret", "registry_fields", "sqlite_path",
-]  # fmt: skip
+    "AdminSection",
+    "AnonymousSection",
+    "ApiTokenSpec",
+    "AppSpec",
+    "AuthSection",
+    "BootstrapSection",
+    "Config",
+    "ConfigError",
+    "CustomerSpec",
+    "DomainsSection",
+    "KeysSection",
+    "LimitsSection",
+    "LogSection",
+    "ProxySection",
+    "PullLogSection",
+    "RegistrySpec",
+    "TeamSpec",
+    "UpstreamSection",
+    "keys_path",
+    "load",
+    "parse_listen",
+    "read_secret",
+    "registry_fields",
+    "sqlite_path",
+]
 
 # CLI-side variables that share the prefix but are not settings.
 _NOT_SETTINGS = {"PULLGATE_API_ORIGIN", "PULLGATE_API_TOKEN", "PULLGATE_CONFIG"}
@@ -254,6 +275,7 @@ def registry_fields(
 def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
+
 def _validate(cfg: Config) -> None:
     parse_listen(cfg.proxy.listen, "proxy.listen")
     parse_listen(cfg.admin.listen, "admin.listen")
@@ -293,8 +315,8 @@ def _validate(cfg: Config) -> None:
                 if len(keys) > 1:
                     raise ConfigError(f"{rk}.{keys[0]}: give {' or '.join(config_keys(f))}, not both")
                 if f.required and config_keys(f) and not keys:
-                    raise ConfigError(f"{rk}.{config_keys(f)[0]}: required for {reg.provider} "
-                                      f"({' or '.join(config_keys(f))})")  # fmt: skip
+                    given_as = " or ".join(config_keys(f))
+                    raise ConfigError(f"{rk}.{config_keys(f)[0]}: required for {reg.provider} ({given_as})")
             if reg.url and reg.url.startswith("http://") and not reg.insecure:
                 raise ConfigError(f"{rk}.url: an http:// url needs insecure: true")
             if reg.url and not reg.url.startswith(("http://", "https://")):

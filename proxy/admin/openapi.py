@@ -328,8 +328,8 @@ def provider_properties() -> dict[str, Any]:
                 if f.api == name and f.in_api:
                     helps.setdefault(f.help, []).append(p.name)
                     secret = secret or f.secret
-        prop: dict[str, Any] = {"type": "string", "description": "; ".join(
-            f"{'/'.join(kinds)}: {text}" for text, kinds in helps.items())}
+        description = "; ".join(f"{'/'.join(kinds)}: {text}" for text, kinds in helps.items())
+        prop: dict[str, Any] = {"type": "string", "description": description}
         if secret:
             prop["writeOnly"] = True
         props[name] = prop

@@ -538,10 +538,12 @@ class _RegistryInput:
 
 
 # The generic request fields; each provider adds its declared ones (proxy.upstream.providers).
-_GENERIC_REGISTRY_KEYS = frozenset({
-    "provider", "endpoint", "slug", "authType", "appIds", "skipValidation", "url", "insecure", "image",
-    "allowAnonymous", "anonymousRepositories",
-})  # fmt: skip
+_GENERIC_REGISTRY_KEYS = frozenset(
+    {
+        *("provider", "endpoint", "slug", "authType", "appIds", "skipValidation", "url", "insecure", "image"),
+        *("allowAnonymous", "anonymousRepositories"),
+    }
+)
 
 
 def registry_keys() -> set[str]:

@@ -74,8 +74,8 @@ def _secret_flags(p: argparse.ArgumentParser, providers: tuple[Provider, ...]) -
         else:
             g.add_argument(flag, dest=_dest(flag), help=text)
         if f.secret:
-            g.add_argument(f"{flag}-stdin", dest=_dest(f"{flag}-stdin"), action="store_true",
-                           help=f"read it from standard input: {text}")  # fmt: skip
+            stdin = f"{flag}-stdin"
+            g.add_argument(stdin, dest=_dest(stdin), action="store_true", help=f"read it from standard input: {text}")
     p.add_argument("--app-ids", help="comma-separated app ids or slugs that may use it (default: every app)")
     p.add_argument("--url", help="where to reach the registry (default https://<endpoint>)")
     p.add_argument("--insecure", action="store_true", default=None, help="allow an http:// --url")

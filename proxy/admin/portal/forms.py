@@ -57,11 +57,11 @@ def _add_fields(providers: list[Provider]) -> tuple[Field, ...]:
     p = providers[0]
     out: list[Field] = []
     if len(providers) > 1:
-        out.append(Field("kind", "Service", "select", required=True,
-                         choices=tuple((k.name, k.kind_label or k.name) for k in providers)))  # fmt: skip
+        choices = tuple((k.name, k.kind_label or k.name) for k in providers)
+        out.append(Field("kind", "Service", "select", required=True, choices=choices))
     if p.endpoint_placeholder is not None:
-        out.append(Field("endpoint", "Endpoint", required=True, placeholder=p.endpoint_placeholder,
-                         hint="The registry host, as written in image references."))  # fmt: skip
+        hint = "The registry host, as written in image references."
+        out.append(Field("endpoint", "Endpoint", required=True, placeholder=p.endpoint_placeholder, hint=hint))
     if "add" in p.url_forms:
         out += _url_fields("Where to reach it, when not https://<endpoint>.")
     out += [_field(f, "add") for f in p.fields if "add" in f.forms and f.in_api]

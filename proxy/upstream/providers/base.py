@@ -113,10 +113,26 @@ def config_name(f: Field) -> str:
 
 
 BASIC_FIELDS = (
-    Field("username", "username", USERNAME, "registry user name", "Username", flags=("--username",), max_length=256),
-    Field("password", "password", SECRET, "registry password or token", "Password", flags=("--password", "--token"),
-          secret=True, max_length=64 * 1024),
-)  # fmt: skip
+    Field(
+        api="username",
+        config="username",
+        stored=USERNAME,
+        help="registry user name",
+        label="Username",
+        flags=("--username",),
+        max_length=256,
+    ),
+    Field(
+        api="password",
+        config="password",
+        stored=SECRET,
+        help="registry password or token",
+        label="Password",
+        flags=("--password", "--token"),
+        secret=True,
+        max_length=64 * 1024,
+    ),
+)
 
 
 class Provider:

@@ -34,18 +34,58 @@ def _secret_problem(secret: str, values: Mapping[str, Any]) -> str | None:
 
 
 FIELDS = (
-    Field("username", "username", USERNAME, "_json_key (service-account key) or oauth2accesstoken",
-          flags=("--username",), required=True, choices=USERNAMES, max_length=256, forms=()),
-    Field("password", "password", SECRET, "the service-account JSON key (_json_key) or an access token", "Password",
-          flags=("--password",), secret=True, required=True, max_length=64 * 1024, check=_secret_problem, forms=()),
+    Field(
+        api="username",
+        config="username",
+        stored=USERNAME,
+        help="_json_key (service-account key) or oauth2accesstoken",
+        flags=("--username",),
+        required=True,
+        choices=USERNAMES,
+        max_length=256,
+        forms=(),
+    ),
+    Field(
+        api="password",
+        config="password",
+        stored=SECRET,
+        help="the service-account JSON key (_json_key) or an access token",
+        label="Password",
+        flags=("--password",),
+        secret=True,
+        required=True,
+        max_length=64 * 1024,
+        check=_secret_problem,
+        forms=(),
+    ),
     # The CLI's --token: an access token, whose username is oauth2accesstoken unless given.
-    Field("password", None, SECRET, "an OAuth2 access token (username oauth2accesstoken)", flags=("--token",),
-          secret=True, implies=((USERNAME, "oauth2accesstoken"),), in_api=False, forms=()),
+    Field(
+        api="password",
+        config=None,
+        stored=SECRET,
+        help="an OAuth2 access token (username oauth2accesstoken)",
+        flags=("--token",),
+        secret=True,
+        implies=((USERNAME, "oauth2accesstoken"),),
+        in_api=False,
+        forms=(),
+    ),
     # The usual way: the key alone, the username follows.
-    Field("serviceAccountKey", None, SECRET, "the service-account JSON key", "Service account key (JSON)",
-          flags=("--serviceaccountkey",), secret=True, max_length=64 * 1024, implies=((USERNAME, "_json_key"),),
-          check=_secret_problem, multiline=True, form_required=True),
-)  # fmt: skip
+    Field(
+        api="serviceAccountKey",
+        config=None,
+        stored=SECRET,
+        help="the service-account JSON key",
+        label="Service account key (JSON)",
+        flags=("--serviceaccountkey",),
+        secret=True,
+        max_length=64 * 1024,
+        implies=((USERNAME, "_json_key"),),
+        check=_secret_problem,
+        multiline=True,
+        form_required=True,
+    ),
+)
 
 
 class Google(Provider):
@@ -67,9 +107,7 @@ class Google(Provider):
         return None if self.endpoint_re.match(endpoint) else self.hint
 
 
-GCR = Google(
-    "gcr", "Container Registry (gcr.io)", GCR_RE, "Container Registry is gcr.io or <region>.gcr.io", "gcr.io"
-)
+GCR = Google("gcr", "Container Registry (gcr.io)", GCR_RE, "Container Registry is gcr.io or <region>.gcr.io", "gcr.io")
 GAR = Google(
     "gar", "Artifact Registry (*-docker.pkg.dev)", GAR_RE, "Artifact Registry is <location>-docker.pkg.dev", None
 )
