@@ -20,7 +20,7 @@ from openapi_spec_validator import validate
 from proxy import bootstrap
 from proxy.admin.openapi import document
 from proxy.admin.portal import forms
-from proxy.admin.service import _registry_input
+from proxy.admin.service import _registry_input, registry_json
 from proxy.apierrors import Invalid
 from proxy.cli import parser
 from proxy.cli.registry import _registry_body
@@ -209,6 +209,10 @@ def test_the_openapi_document_lists_its_fields(acr: Provider):
     props = schemas["ExternalRegistryCreate"]["properties"]
     assert "acr" in props["provider"]["enum"] and "acr" in schemas["ExternalRegistry"]["properties"]["provider"]["enum"]
     assert props["tenant"] == {"type": "string", "description": "acr: Entra tenant id"}
+    # Answers show it (a destination, never a secret), and the answer's schema lists it.
+    shown = registry_json(_stored(), {}, None)
+    assert (shown["tenant"], shown["username"], shown["authType"]) == ("tenant-1", "sp-id", "password")
+    assert set(shown) <= set(schemas["ExternalRegistry"]["properties"])
     assert "acr: service principal secret" in props["password"]["description"] and props["password"]["writeOnly"]
 
 

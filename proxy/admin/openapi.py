@@ -11,7 +11,7 @@ from functools import cache
 from typing import Any
 
 from proxy import __version__
-from proxy.admin.service import LICENSE_TYPES
+from proxy.admin.service import LICENSE_TYPES, shown_destinations
 from proxy.upstream.providers import PROVIDERS
 
 
@@ -87,9 +87,7 @@ SCHEMAS: dict[str, Any] = {
             "allowAnonymous": {"type": "boolean"},
             "anonymousRepositories": {"type": "array", "items": {"type": "string"}},
             "lastUsedAt": _nullable("string", format="date-time"),
-            "region": {"type": "string"},
-            "roleArn": {"type": "string"},
-            "apiUrl": {"type": "string"},
+            # and each provider's destination fields (document())
         },
         ["slug", "provider", "endpoint", "url", "insecure", "authType", "username", "appIds", "appSlugs",
          "allowAnonymous", "anonymousRepositories", "lastUsedAt"],
@@ -375,5 +373,9 @@ def document() -> dict[str, Any]:
     doc = copy.deepcopy(_document())
     schemas = doc["components"]["schemas"]
     schemas["ExternalRegistryCreate"] = _registry_request()
-    schemas["ExternalRegistry"]["properties"]["provider"] = {"type": "string", "enum": list(PROVIDERS)}
+    shown = schemas["ExternalRegistry"]["properties"]
+    shown["provider"] = {"type": "string", "enum": list(PROVIDERS)}
+    for p in PROVIDERS.values():
+        for f in shown_destinations(p.name):
+            shown.setdefault(f.api, {"type": "string", "description": f"{p.name}: {f.help}"})
     return doc

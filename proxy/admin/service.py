@@ -36,7 +36,7 @@ from proxy.upstream.endpoints import canonical_endpoint
 from proxy.upstream.errors import EgressRefused
 from proxy.upstream.probe import ProbeResult, probe
 from proxy.upstream.providers import PROVIDERS, Provider, provider_of
-from proxy.upstream.providers.base import SECRET, USERNAME, problems_of
+from proxy.upstream.providers.base import SECRET, USERNAME, Field, problems_of
 
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 HOST_RE = re.compile(r"^[A-Za-z0-9.-]+(?::\d{1,5})?$")
@@ -399,17 +399,30 @@ def registry_json(reg: Registry, app_slugs: Mapping[str, str], last_used: str | 
         "url": reg.url,
         "insecure": reg.insecure,
         "authType": auth_type(reg),
-        "username": reg.options.get("access_key_id") if reg.provider == "ecr" else reg.username,
+        "username": _account(reg),
         "appIds": sorted(reg.app_ids),
         "appSlugs": sorted(app_slugs.get(a, a) for a in reg.app_ids),
         "allowAnonymous": reg.allow_anonymous,
         "anonymousRepositories": list(reg.anonymous_repositories),
         "lastUsedAt": last_used,
     }
-    for key, field in (("region", "region"), ("roleArn", "role_arn"), ("apiUrl", "api_url")):
-        if reg.options.get(field):
-            out[key] = reg.options[field]
+    for f in shown_destinations(reg.provider):
+        if reg.options.get(f.stored):
+            out[f.api] = reg.options[f.stored]
     return out
+
+
+def shown_destinations(provider: str) -> list[Field]:
+    """The provider's destination options an answer shows (never a secret)."""
+    return [f for f in provider_of(provider).fields if f.destination and f.in_api and not f.secret]
+
+
+def _account(reg: Registry) -> str | None:
+    """Who the credentials are: the provider's first plain credential field (ECR: the access key id)."""
+    f = next((f for f in provider_of(reg).fields if not (f.secret or f.destination) and f.in_api), None)
+    if f is None or f.stored == USERNAME:
+        return reg.username
+    return reg.options.get(f.stored)
 
 
 def _iso_out(t: dt.datetime | None) -> str | None:
