@@ -155,6 +155,13 @@ class RegistrySpec:
     # field declarations (proxy.upstream.providers) name them; checked by proxy.config.
     fields: dict[str, str] = field(default_factory=dict, metadata={"provider_fields": True})
 
+    def __getattr__(self, name: str) -> str | None:
+        """A provider key read as an attribute (`spec.password_file`), None when not given,
+        as when this class had one attribute per key."""
+        if name.startswith("_") or name == "fields":
+            raise AttributeError(name)
+        return self.fields.get(name)
+
 
 @dataclass
 class CustomerSpec:

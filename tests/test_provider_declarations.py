@@ -268,8 +268,15 @@ def test_the_portal_renders_its_fields(acr: Provider):
         "appSlugs": [],
         "lastUsedAt": None,
     }
-    page = _render("registry.html", reg=reg, fields=edit)
-    assert 'name="tenant"' in page and "needs the secret again" in page
+    values = forms.edit_values(registry_json(_stored(), {}, None))
+    assert {k: values[k] for k in ("username", "tenant", "url")} == {
+        "username": "sp-id",
+        "tenant": "tenant-1",
+        "url": f"https://{ENDPOINT}",
+    }
+    assert "password" not in values
+    page = _render("registry.html", reg=reg, fields=edit, values=values)
+    assert 'name="tenant" value="tenant-1"' in page and "needs the secret again" in page
     # A typed secret is never echoed back.
     assert "password" in forms.secret_fields()
     body = forms.registry_body("acr", _multidict(tenant=" t-1 ", password=" pw ", endpoint=ENDPOINT), fields)

@@ -103,6 +103,15 @@ def destination_fields(provider: str) -> tuple[Field, ...]:
     return (*(_url_fields(_AGAIN) if "rotate" in p.url_forms else ()), *own)
 
 
+def edit_values(reg: Mapping[str, Any]) -> dict[str, Any]:
+    """The edit form's values from a registry's answer: where it is reached and whose
+    credentials it holds (a username, or ECR's access key id); never a secret."""
+    values: dict[str, Any] = {f.name: reg.get(f.name) or "" for f in destination_fields(reg["provider"])}
+    account = reg.get("username") or ""
+    values |= {f.name: account for f in credential_fields(reg["provider"]) if f.kind == "text"}
+    return values | {"apps": reg["appIds"], "insecure": reg["insecure"]}
+
+
 def registry_body(tab: str, form: MultiMapping[Any], fields: tuple[Field, ...]) -> dict[str, Any]:
     """The service body for a create (tab set) or a rotation (tab "")."""
     body: dict[str, Any] = {}

@@ -270,11 +270,7 @@ async def remove_registry(request: web.Request) -> web.StreamResponse:
 async def edit_registry(request: web.Request, extra: dict[str, Any] | None = None, status: int = 200) -> web.Response:
     svc, team = _service(request), request[TEAM]
     reg = await svc.registry_json(team, request.match_info["slug"])
-    shown = ("url", *(f.api for f in forms.destination_fields(reg["provider"])))
-    current: dict[str, Any] = {k: reg.get(k) or "" for k in shown}
-    user = reg.get("username") or ""  # the account: a username, or ECR's access key id
-    current |= {f.name: user for f in forms.credential_fields(reg["provider"]) if f.kind == "text"}
-    current |= {"apps": reg["appIds"], "insecure": reg["insecure"]}
+    current = forms.edit_values(reg)
     ctx = {"reg": reg, "apps": await svc.list_apps(team), "fields": _edit_fields(reg["provider"]),
            "common": forms.COMMON, "values": current, "errors": {}, **(extra or {})}  # fmt: skip
     return render(request, "registry.html", ctx, status)
