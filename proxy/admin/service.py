@@ -585,27 +585,7 @@ def _registry_input(body: Mapping[str, Any], apps: list[App], current: Registry 
             return default
         return v
 
-    if current is None:
-        provider = body.get("provider")
-        if provider not in PROVIDERS:
-            problems.append(f"provider: required, one of {', '.join(PROVIDERS)}")
-            provider = "other"
-        endpoint = opt_str("endpoint", 255) or provider_of(provider).default_endpoint
-        if endpoint is None:
-            problems.append("endpoint: required for this provider (the registry host, e.g. registry.example.com)")
-            endpoint = ""
-        elif not HOST_RE.match(endpoint):
-            problems.append("endpoint: must be a host name (with an optional :port), no scheme or path")
-        slug = opt_str("slug", 64) or re.sub(r"[^a-z0-9._-]+", "-", endpoint.lower()).strip("-._")
-        if slug and not SLUG_RE.match(slug):
-            problems.append("slug: lowercase letters, digits and . _ - (at most 64)")
-        elif slug in RESERVED_SLUGS:
-            problems.append(f"slug: {slug!r} is reserved (it names an API path)")
-    else:
-        provider, endpoint, slug = current.provider, current.endpoint, current.slug
-        for key in ("provider", "endpoint", "slug"):
-            if key in body and body[key] != getattr(current, key):
-                problems.append(f"{key}: cannot be changed (remove and add the registry instead)")
+    provider, endpoint, slug = _identity(body, current, problems, opt_str)
 
     insecure = opt_bool("insecure", current.insecure if current else False)
     url = opt_str("url", 2048)
@@ -638,17 +618,7 @@ def _registry_input(body: Mapping[str, Any], apps: list[App], current: Registry 
     if auth is not None and auth not in ("password", "token", "accesskey", "serviceaccount", "anonymous"):
         problems.append("authType: one of password, token, accesskey, serviceaccount, anonymous")
 
-    app_ids: tuple[str, ...] = current.app_ids if current else ()
-    if "appIds" in body:
-        raw = body["appIds"]
-        if not isinstance(raw, list) or not all(isinstance(a, str) for a in raw):
-            problems.append("appIds: must be a list of app ids or slugs")
-        else:
-            by_key = {a.id: a.id for a in apps} | {a.slug: a.id for a in apps}
-            unknown = [a for a in raw if a not in by_key]
-            if unknown:
-                problems.append(f"appIds: unknown app(s) {', '.join(repr(u[:64]) for u in unknown)}")
-            app_ids = tuple(sorted({by_key[a] for a in raw if a in by_key}))
+    app_ids = _app_ids(body, apps, current, problems)
     # Off by default; an update without the field keeps the current setting.
     anonymous = body.get("allowAnonymous", current.allow_anonymous if current else False)
     if not isinstance(anonymous, bool):
@@ -665,6 +635,51 @@ def _registry_input(body: Mapping[str, Any], apps: list[App], current: Registry 
         anonymous_repositories=tuple(anonymous_repos) if isinstance(anonymous_repos, list) else (),
         skip_validation=skip, image=image,
     )  # fmt: skip
+
+
+def _identity(
+    body: Mapping[str, Any], current: Registry | None, problems: list[str], opt_str: Callable[[str, int], str | None]
+) -> tuple[str, str, str]:
+    """Provider, endpoint and slug: chosen at creation (with the provider's default
+    endpoint), fixed afterwards."""
+    if current is not None:
+        for key in ("provider", "endpoint", "slug"):
+            if key in body and body[key] != getattr(current, key):
+                problems.append(f"{key}: cannot be changed (remove and add the registry instead)")
+        return current.provider, current.endpoint, current.slug
+    provider = body.get("provider")
+    if provider not in PROVIDERS:
+        problems.append(f"provider: required, one of {', '.join(PROVIDERS)}")
+        provider = "other"
+    endpoint = opt_str("endpoint", 255) or provider_of(provider).default_endpoint
+    if endpoint is None:
+        problems.append("endpoint: required for this provider (the registry host, e.g. registry.example.com)")
+        endpoint = ""
+    elif not HOST_RE.match(endpoint):
+        problems.append("endpoint: must be a host name (with an optional :port), no scheme or path")
+    slug = opt_str("slug", 64) or re.sub(r"[^a-z0-9._-]+", "-", endpoint.lower()).strip("-._")
+    if slug and not SLUG_RE.match(slug):
+        problems.append("slug: lowercase letters, digits and . _ - (at most 64)")
+    elif slug in RESERVED_SLUGS:
+        problems.append(f"slug: {slug!r} is reserved (it names an API path)")
+    return provider, endpoint, slug
+
+
+def _app_ids(
+    body: Mapping[str, Any], apps: list[App], current: Registry | None, problems: list[str]
+) -> tuple[str, ...]:
+    """The apps that may use it, by id or slug; an update without the field keeps them."""
+    if "appIds" not in body:
+        return current.app_ids if current else ()
+    raw = body["appIds"]
+    if not isinstance(raw, list) or not all(isinstance(a, str) for a in raw):
+        problems.append("appIds: must be a list of app ids or slugs")
+        return current.app_ids if current else ()
+    by_key = {a.id: a.id for a in apps} | {a.slug: a.id for a in apps}
+    unknown = [a for a in raw if a not in by_key]
+    if unknown:
+        problems.append(f"appIds: unknown app(s) {', '.join(repr(u[:64]) for u in unknown)}")
+    return tuple(sorted({by_key[a] for a in raw if a in by_key}))
 
 
 def _credentials(
