@@ -9,15 +9,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from proxy.config import Config, ConfigError, RegistrySpec, read_secret
+from proxy.config import Config, ConfigError, RegistrySpec, read_secret, registry_fields
 from proxy.secrets import Keyring
 from proxy.store.base import Store, new_id
 from proxy.store.models import Registry
-from proxy.upstream.providers import provider_of
 
 log = logging.getLogger("pullgate.bootstrap")
-
-_OPTION_KEYS = ("region", "role_arn", "api_url", "sts_url", "access_key_id")
 
 
 async def apply(cfg: Config, store: Store, keyring: Keyring) -> None:
@@ -62,15 +59,10 @@ async def _registry(
 ) -> Registry:
     slug = spec.slug or spec.endpoint
     rid = await store.registry_id(team_id, slug) or new_id()
-    if spec.provider == "ecr":
-        secret = read_secret(f"{where}.secret_access_key", spec.secret_access_key_file, spec.secret_access_key_env,
-                             base_dir=base_dir)  # fmt: skip
-    else:
-        secret = read_secret(f"{where}.password", spec.password_file, spec.password_env, base_dir=base_dir)
-    provider = provider_of(spec.provider)
+    # The provider's declared keys: which is the username, the secret, an option.
+    provider, username, secret, options = registry_fields(spec, where, base_dir)
     url = spec.url or provider.default_url(spec.endpoint)
-    options = {k: getattr(spec, k) for k in _OPTION_KEYS if getattr(spec, k)}
-    problems = provider.validate(spec.endpoint, spec.username, secret, options)
+    problems = provider.validate(spec.endpoint, username, secret, options)
     if problems:
         raise ConfigError("; ".join(f"{where}.{p}" for p in problems))
     return Registry(
@@ -81,7 +73,7 @@ async def _registry(
         endpoint=spec.endpoint,
         url=url.rstrip("/"),
         insecure=spec.insecure,
-        username=spec.username,
+        username=username,
         secret_sealed=keyring.seal(secret, rid) if secret else None,
         allow_anonymous=spec.allow_anonymous,
         anonymous_repositories=tuple(spec.anonymous_repositories),

@@ -3,6 +3,9 @@
 Validated at start: an unknown key or a value of the wrong type stops the start
 with a message naming the key. Secrets are never written in the file; they are
 referenced with `*_file` (a path, as Kubernetes mounts secrets) or `*_env`.
+The sections' shapes live in the leaf `proxy.settings` (re-exported here); a
+bootstrap registry's own keys are those its provider declares
+(proxy.upstream.providers), which is why this module sits above `upstream`.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import ipaddress
 import os
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,203 +23,60 @@ import yaml
 from proxy.dnsname import HOSTNAME_RE
 from proxy.egress import EgressPolicy, listener_of, parse_allow, url_target
 from proxy.oci.allowlist import check_patterns
+from proxy.settings import (
+    AdminSection,
+    AnonymousSection,
+    ApiTokenSpec,
+    AppSpec,
+    AuthSection,
+    BootstrapSection,
+    Config,
+    ConfigError,
+    CustomerSpec,
+    DomainsSection,
+    KeysSection,
+    LimitsSection,
+    LogSection,
+    ProxySection,
+    PullLogSection,
+    RegistrySpec,
+    TeamSpec,
+    UpstreamSection,
+    keys_path,
+    parse_listen,
+    read_secret,
+    sqlite_path,
+)
+from proxy.upstream.providers import PROVIDERS, Provider
+from proxy.upstream.providers.base import SECRET, Field
 
-
-class ConfigError(ValueError):
-    """A configuration problem, always naming the key at fault."""
-
-
-@dataclass
-class ProxySection:
-    listen: str = "0.0.0.0:8080"
-    # Hosts served besides verified custom domains; the first is the default.
-    hosts: list[str] = field(default_factory=list)
-    # Peers whose X-Forwarded-Proto / X-Forwarded-Host are believed (CIDRs).
-    trusted_proxies: list[str] = field(default_factory=list)
-    # On SIGTERM, running streams get this long to finish.
-    shutdown_grace_seconds: float = 30.0
-    tls_cert_file: str | None = None
-    tls_key_file: str | None = None
-
-
-@dataclass
-class AdminSection:
-    listen: str = "127.0.0.1:8081"
-
-
-@dataclass
-class KeysSection:
-    file: str = "/var/lib/pullgate/keys.yaml"
-
-
-@dataclass
-class AuthSection:
-    token_ttl_seconds: int = 300
-    # A revoked license stops pulling within this long, even with a live token.
-    license_cache_seconds: float = 5.0
-    # Refused credentials per client address: after `failed_burst` (refilled at
-    # `failed_per_minute`), that address gets 429 until it cools down.
-    failed_per_minute: int = 30
-    failed_burst: int = 50
-
-
-@dataclass
-class UpstreamSection:
-    connect_timeout: float = 10.0
-    first_byte_timeout: float = 60.0
-    idle_timeout: float = 60.0
-    max_redirects: int = 5
-    retries: int = 2
-    chunk_size: int = 1024 * 1024
-    # Upstream connections in all; one registry may hold at most pool_per_registry of them.
-    pool_size: int = 200
-    pool_per_registry: int = 50
-    # An idle upstream connection is closed this long after its last use.
-    keepalive_seconds: float = 30.0
-    # Exceptions to the egress policy's private-address block: CIDR, ADDRESS:PORT or [IPV6]:PORT.
-    egress_allow: list[str] = field(default_factory=list)
-
-
-@dataclass
-class LogSection:
-    level: str = "INFO"
-    access_log: bool = True
-
-
-@dataclass
-class PullLogSection:
-    # Rows older than this many days are deleted (hourly); 0 keeps them forever.
-    retention_days: int = 90
-    # Events wait here for the writer; when full, new events are dropped and counted.
-    queue_size: int = 10000
-    batch_size: int = 500
-    flush_seconds: float = 1.0
-
-
-@dataclass
-class DomainsSection:
-    # Nameservers ("ip" or "ip:port") for ownership checks; empty: the system's.
-    resolver: list[str] = field(default_factory=list)
-    # Port of the HTTP ownership check (the proxy's plain-HTTP port as clients reach it).
-    http_verify_port: int = 80
-    # How often every replica reloads hostnames and certificates from the store.
-    refresh_seconds: float = 5.0
-    # Also accept the HTTP challenge as proof of ownership. Off: the proxy answering
-    # for a name proves only that DNS points here, not who owns the name.
-    http_challenge: bool = False
-    # Names no team may claim, besides proxy.hosts: each entry reserves the name and
-    # every name under it (a leading "*." is accepted and means the same).
-    reserved: list[str] = field(default_factory=list)
-
-
-@dataclass
-class AnonymousSection:
-    # Per client address, for /v2/anonymous/...: sustained pulls per minute and burst.
-    rate_per_minute: int = 600
-    burst: int = 100
-
-
-@dataclass
-class LimitsSection:
-    # Seconds a client has to send a request's headers, from connecting or from the
-    # previous response on a keep-alive connection (slowloris); the token form's body too.
-    header_timeout: float = 10.0
-    # Open connections on the proxy listener; beyond it new ones are closed at once.
-    max_connections: int = 10000
-    # Concurrent manifest and blob bodies (GET) per license and per client address
-    # (IPv6 by /64); more get 429 TOOMANYREQUESTS with Retry-After.
-    streams_per_license: int = 64
-    streams_per_address: int = 128
-    # A client reading a body slower than this many bytes/s over `min_stream_window`
-    # seconds is dropped; 0 turns the check off.
-    min_stream_rate: int = 8192
-    min_stream_window: float = 30.0
-    # KOTS license imports per team and minute (vendor API and portal).
-    license_imports_per_minute: int = 30
-
-
-@dataclass
-class ApiTokenSpec:
-    token_env: str | None = None
-    token_file: str | None = None
-    name: str = "bootstrap"
-
-
-@dataclass
-class AppSpec:
-    slug: str
-    name: str | None = None
-
-
-@dataclass
-class RegistrySpec:
-    provider: str
-    endpoint: str
-    slug: str | None = None
-    url: str | None = None
-    insecure: bool = False
-    username: str | None = None
-    password_file: str | None = None
-    password_env: str | None = None
-    apps: list[str] = field(default_factory=list)
-    allow_anonymous: bool = False
-    # Repository patterns served on /v2/anonymous/... (empty: all its apps' allowlists allow).
-    anonymous_repositories: list[str] = field(default_factory=list)
-    # Amazon ECR
-    access_key_id: str | None = None
-    secret_access_key_file: str | None = None
-    secret_access_key_env: str | None = None
-    region: str | None = None
-    role_arn: str | None = None
-    api_url: str | None = None  # the ECR API endpoint (VPC endpoints, tests)
-    sts_url: str | None = None  # the STS endpoint for role_arn
-
-
-@dataclass
-class CustomerSpec:
-    name: str
-    app: str
-    email: str | None = None
-    license_id_env: str | None = None
-    license_id_file: str | None = None
-    license_type: str = "prod"
-    expires_at: str | None = None
-
-
-@dataclass
-class TeamSpec:
-    name: str
-    api_tokens: list[ApiTokenSpec] = field(default_factory=list)
-    apps: list[AppSpec] = field(default_factory=list)
-    registries: list[RegistrySpec] = field(default_factory=list)
-    customers: list[CustomerSpec] = field(default_factory=list)
-
-
-@dataclass
-class BootstrapSection:
-    teams: list[TeamSpec] = field(default_factory=list)
-
-
-@dataclass
-class Config:
-    proxy: ProxySection = field(default_factory=ProxySection)
-    admin: AdminSection = field(default_factory=AdminSection)
-    store: str = "sqlite:///var/lib/pullgate/pullgate.db"
-    keys: KeysSection = field(default_factory=KeysSection)
-    auth: AuthSection = field(default_factory=AuthSection)
-    upstream: UpstreamSection = field(default_factory=UpstreamSection)
-    limits: LimitsSection = field(default_factory=LimitsSection)
-    log: LogSection = field(default_factory=LogSection)
-    pulllog: PullLogSection = field(default_factory=PullLogSection)
-    domains: DomainsSection = field(default_factory=DomainsSection)
-    anonymous: AnonymousSection = field(default_factory=AnonymousSection)
-    limits: LimitsSection = field(default_factory=LimitsSection)
-    bootstrap: BootstrapSection = field(default_factory=BootstrapSection)
-    # Where relative paths in the file are anchored.
-    base_dir: Path = field(default=Path("."), metadata={"internal": True})
-
-
-PROVIDERS = ("dockerhub", "ecr", "gcr", "gar", "ghcr", "quay", "other")
+# The sections' shapes, re-exported: `from proxy.config import Config` keeps working above `upstream`.
+__all__ = [
+    "AdminSection",
+    "AnonymousSection",
+    "ApiTokenSpec",
+    "AppSpec",
+    "AuthSection",
+    "BootstrapSection",
+    "Config",
+    "ConfigError",
+    "CustomerSpec",
+    "DomainsSection",
+    "KeysSection",
+    "LimitsSection",
+    "LogSection",
+    "ProxySection",
+    "PullLogSection",
+    "RegistrySpec",
+    "TeamSpec",
+    "UpstreamSection",
+    "keys_path",
+    "load",
+    "parse_listen",
+    "read_secret",
+    "registry_fields",
+    "sqlite_path",
+]
 
 # CLI-side variables that share the prefix but are not settings.
 _NOT_SETTINGS = {"PULLGATE_API_ORIGIN", "PULLGATE_API_TOKEN", "PULLGATE_CONFIG"}
@@ -316,10 +175,13 @@ def _build(cls: Any, data: Any, where: str) -> Any:
         raise ConfigError(f"{where or 'config'}: must be a mapping")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    kwargs: dict[str, Any] = {}
+    if cls is RegistrySpec:
+        data, kwargs["fields"] = _provider_keys(data, where)
+        del fields["fields"]
     for key in data:
         if key not in fields:
             raise ConfigError(f"{_join(where, str(key))}: unknown key")
-    kwargs: dict[str, Any] = {}
     for name, f in fields.items():
         key = _join(where, name)
         if name in data:
@@ -365,16 +227,53 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type")  # pragma: no cover - schema bug
 
 
+def config_keys(f: Field) -> tuple[str, ...]:
+    """The config keys of a declared field: a secret is given by reference only."""
+    if f.config is None:
+        return ()
+    return (f"{f.config}_file", f"{f.config}_env") if f.secret else (f.config,)
+
+
+def _provider_keys(data: dict[Any, Any], where: str) -> tuple[dict[Any, Any], dict[str, str]]:
+    """Split a bootstrap registry into the generic keys and its provider's declared
+    ones; a key neither knows is refused, named."""
+    provider = data.get("provider")
+    if provider not in PROVIDERS:
+        raise ConfigError(f"{_join(where, 'provider')}: must be one of {', '.join(PROVIDERS)}")
+    declared = {key for f in PROVIDERS[provider].fields for key in config_keys(f)}
+    generic = {f.name for f in dataclasses.fields(RegistrySpec)} - {"fields"}
+    own = {k: _coerce(str, v, _join(where, k)) for k, v in data.items() if k in declared and k not in generic}
+    return {k: v for k, v in data.items() if k not in own}, own
+
+
+def registry_fields(
+    spec: RegistrySpec, where: str, base_dir: Path | None = None, environ: typing.Mapping[str, str] | None = None
+) -> tuple[Provider, str | None, str | None, dict[str, str]]:
+    """A bootstrap registry's provider, username, secret (read from its reference)
+    and options, by the provider's declarations; problems are named by key."""
+    provider = PROVIDERS[spec.provider]
+    username, secret, options = None, None, {}
+    for f in provider.fields:
+        if f.config is None:
+            continue
+        if f.secret:
+            file_ref, env_ref = spec.fields.get(f"{f.config}_file"), spec.fields.get(f"{f.config}_env")
+            value = read_secret(f"{where}.{f.config}", file_ref, env_ref, environ, base_dir)
+        else:
+            value = spec.fields.get(f.config)
+        if not value:
+            continue
+        if f.stored == SECRET:
+            secret = value
+        elif f.stored == "username":
+            username = value
+        else:
+            options[f.stored] = value
+    return provider, username, secret, options
+
+
 def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
-
-
-def parse_listen(value: str, key: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{key}: must be host:port, got {value!r}")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
 
 
 def _validate(cfg: Config) -> None:
@@ -411,14 +310,19 @@ def _validate(cfg: Config) -> None:
             rk = f"{where}.registries[{r}]"
             if reg.provider not in PROVIDERS:
                 raise ConfigError(f"{rk}.provider: must be one of {', '.join(PROVIDERS)}")
+            for f in PROVIDERS[reg.provider].fields:
+                keys = [k for k in config_keys(f) if reg.fields.get(k)]
+                if len(keys) > 1:
+                    raise ConfigError(f"{rk}.{keys[0]}: give {' or '.join(config_keys(f))}, not both")
+                if f.required and config_keys(f) and not keys:
+                    given_as = " or ".join(config_keys(f))
+                    raise ConfigError(f"{rk}.{config_keys(f)[0]}: required for {reg.provider} ({given_as})")
             if reg.url and reg.url.startswith("http://") and not reg.insecure:
                 raise ConfigError(f"{rk}.url: an http:// url needs insecure: true")
             if reg.url and not reg.url.startswith(("http://", "https://")):
                 raise ConfigError(f"{rk}.url: must start with https:// (or http:// with insecure)")
             for problem in check_patterns(reg.anonymous_repositories, "anonymous_repositories"):
                 raise ConfigError(f"{rk}.{problem}")
-            if reg.password_file and reg.password_env:
-                raise ConfigError(f"{rk}.password_file: give password_file or password_env, not both")
             for a in reg.apps:
                 if a not in slugs:
                     raise ConfigError(f"{rk}.apps: unknown app {a!r}")
@@ -480,8 +384,9 @@ def _check_bootstrap_destinations(cfg: Config, allow: list[Any]) -> None:
     policy = EgressPolicy(allow, listeners)
     for t, team in enumerate(cfg.bootstrap.teams):
         for r, reg in enumerate(team.registries):
-            for name in ("url", "api_url", "sts_url"):
-                value = getattr(reg, name)
+            urls = [f.config for f in PROVIDERS[reg.provider].fields if f.url and f.config]
+            for name in ("url", *urls):
+                value = reg.url if name == "url" else reg.fields.get(name)
                 if value and "@" in value.split("://", 1)[-1].split("/", 1)[0]:
                     # No secret is written in the file, and a url is shown as written (vendor API, portal).
                     raise ConfigError(
@@ -503,44 +408,3 @@ def _check_bootstrap_destinations(cfg: Config, allow: list[Any]) -> None:
                         f"refused by the egress policy; {refusal.advice()}"
                         + (f" (e.g. {host}:{port})" if refusal.overridable else "")
                     )
-
-
-def read_secret(
-    key: str,
-    file_ref: str | None,
-    env_ref: str | None,
-    environ: typing.Mapping[str, str] | None = None,
-    base_dir: Path | None = None,
-) -> str | None:
-    """Resolve a secret given by reference; the error names the key, never the value."""
-    environ = os.environ if environ is None else environ
-    if file_ref:
-        p = Path(file_ref)
-        if base_dir is not None and not p.is_absolute():
-            p = base_dir / p
-        try:
-            return p.read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as exc:
-            raise ConfigError(f"{key}_file: cannot read {p}: {exc.strerror}") from None
-    if env_ref:
-        if env_ref not in environ:
-            raise ConfigError(f"{key}_env: environment variable {env_ref} is not set")
-        return environ[env_ref]
-    return None
-
-
-def keys_path(cfg: Config) -> Path:
-    """The master keyring's file (`keys.file`, relative to the config file's directory)."""
-    p = Path(cfg.keys.file)
-    return p if p.is_absolute() else cfg.base_dir / p
-
-
-def sqlite_path(store: str, base_dir: Path) -> Path:
-    """sqlite:///abs/path (URL form) or sqlite:relative/path (to the working dir)."""
-    rest = store[len("sqlite:") :]
-    if rest.startswith("///"):
-        return Path("/" + rest.lstrip("/"))
-    if rest.startswith("//"):
-        raise ConfigError("store: sqlite URLs are sqlite:///absolute/path or sqlite:relative/path")
-    p = Path(rest)
-    return p if p.is_absolute() else base_dir / p

@@ -11,8 +11,8 @@ from functools import cache
 from typing import Any
 
 from proxy import __version__
-from proxy.admin.service import LICENSE_TYPES
-from proxy.config import PROVIDERS
+from proxy.admin.service import LICENSE_TYPES, shown_destinations
+from proxy.upstream.providers import PROVIDERS
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -87,9 +87,7 @@ SCHEMAS: dict[str, Any] = {
             "allowAnonymous": {"type": "boolean"},
             "anonymousRepositories": {"type": "array", "items": {"type": "string"}},
             "lastUsedAt": _nullable("string", format="date-time"),
-            "region": {"type": "string"},
-            "roleArn": {"type": "string"},
-            "apiUrl": {"type": "string"},
+            # and each provider's destination fields (document())
         },
         ["slug", "provider", "endpoint", "url", "insecure", "authType", "username", "appIds", "appSlugs",
          "allowAnonymous", "anonymousRepositories", "lastUsedAt"],
@@ -101,15 +99,6 @@ SCHEMAS: dict[str, Any] = {
                          "dockerhub (docker.io), ghcr, quay, gcr"},
             "slug": {"type": "string", "description": "Name in pull paths; defaults to the endpoint"},
             "authType": {"type": "string"},
-            "username": {"type": "string", "description": "gcr/gar: _json_key or oauth2accesstoken"},
-            "password": {"type": "string", "writeOnly": True, "description": "Password or token; gcr/gar "
-                         "_json_key: the service-account JSON"},
-            "accessKeyId": {"type": "string", "description": "ecr"},
-            "secretAccessKey": {"type": "string", "writeOnly": True, "description": "ecr"},
-            "region": {"type": "string", "description": "ecr"},
-            "roleArn": {"type": "string", "description": "ecr"},
-            "apiUrl": {"type": "string", "description": "ecr: the ECR API endpoint"},
-            "serviceAccountKey": {"type": "string", "writeOnly": True, "description": "gcr/gar: JSON key"},
             "appIds": {"type": "array", "items": {"type": "string"}, "description": "App ids or slugs; "
                        "empty: every app of the team"},
             "url": {"type": "string", "description": "Where to reach it; default https://<endpoint>"},
@@ -326,6 +315,34 @@ for _action, _what in (("revoke", "Revoke"), ("archive", "Archive"), ("restore",
 # fmt: on
 
 
+def provider_properties() -> dict[str, Any]:
+    """The request fields the providers declare, each described by the providers that take it."""
+    props: dict[str, Any] = {}
+    for name in {f.api: None for p in PROVIDERS.values() for f in p.fields if f.in_api}:
+        helps: dict[str, list[str]] = {}
+        secret = False
+        for p in PROVIDERS.values():
+            for f in p.fields:
+                if f.api == name and f.in_api:
+                    helps.setdefault(f.help, []).append(p.name)
+                    secret = secret or f.secret
+        description = "; ".join(f"{'/'.join(kinds)}: {text}" for text, kinds in helps.items())
+        prop: dict[str, Any] = {"type": "string", "description": description}
+        if secret:
+            prop["writeOnly"] = True
+        props[name] = prop
+    return props
+
+
+def _registry_request() -> dict[str, Any]:
+    schema = copy.deepcopy(SCHEMAS["ExternalRegistryCreate"])
+    schema["properties"] = {**schema["properties"], **provider_properties()}
+    schema["properties"]["provider"] = {"type": "string", "enum": list(PROVIDERS)}
+    defaults = ", ".join(f"{p.name} {p.default_endpoint}" for p in PROVIDERS.values() if p.default_endpoint)
+    schema["properties"]["endpoint"]["description"] = f"Host as written in image references; defaults: {defaults}"
+    return schema
+
+
 @cache
 def _document() -> dict[str, Any]:
     return {
@@ -351,4 +368,14 @@ def _document() -> dict[str, Any]:
 
 
 def document() -> dict[str, Any]:
-    return copy.deepcopy(_document())
+    """The document; its provider parts read the registered providers now (a provider
+    registered after start shows up)."""
+    doc = copy.deepcopy(_document())
+    schemas = doc["components"]["schemas"]
+    schemas["ExternalRegistryCreate"] = _registry_request()
+    shown = schemas["ExternalRegistry"]["properties"]
+    shown["provider"] = {"type": "string", "enum": list(PROVIDERS)}
+    for p in PROVIDERS.values():
+        for f in shown_destinations(p.name):
+            shown.setdefault(f.api, {"type": "string", "description": f"{p.name}: {f.help}"})
+    return doc

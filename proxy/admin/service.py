@@ -12,12 +12,11 @@ with_license=True)` (the vendor's own view).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import re
 import secrets
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -25,7 +24,6 @@ from yarl import URL
 
 from proxy import metrics
 from proxy.apierrors import Conflict, Invalid, NotFound, TooManyRequests
-from proxy.config import PROVIDERS
 from proxy.egress import is_ip_address, refused_destination, refused_hop, url_target
 from proxy.licenses import kots
 from proxy.oci.allowlist import check_patterns
@@ -39,13 +37,13 @@ from proxy.upstream.client import UpstreamClient
 from proxy.upstream.endpoints import canonical_endpoint
 from proxy.upstream.errors import EgressRefused
 from proxy.upstream.probe import ProbeResult, probe
-from proxy.upstream.providers import provider_of
+from proxy.upstream.providers import PROVIDERS, Provider, provider_of
+from proxy.upstream.providers.base import SECRET, USERNAME, Field, problems_of
 
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 HOST_RE = re.compile(r"^[A-Za-z0-9.-]+(?::\d{1,5})?$")
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
 LICENSE_TYPES = ("prod", "paid", "trial", "dev", "community", "test")
-DEFAULT_ENDPOINTS = {"dockerhub": "docker.io", "ghcr": "ghcr.io", "quay": "quay.io", "gcr": "gcr.io"}
 # Validation without an image asks for a manifest that need not exist: 404
 # means the registry accepted the credentials (registries that answer 401 for
 # unknown repositories need `image` or `skipValidation`).
@@ -222,8 +220,8 @@ class VendorService:
         """Every destination the registry's credentials would go to must pass the egress
         policy: judged on what the names resolve to now, before any connection."""
         problems = []
-        options = reg.options
-        for key, url in (("url", reg.url), ("apiUrl", options.get("api_url")), ("stsUrl", options.get("sts_url"))):
+        urls = [(f.api, reg.options.get(f.stored)) for f in provider_of(reg).fields if f.url]
+        for key, url in (("url", reg.url), *urls):
             target = url_target(url) if url else None
             denied = await self.upstream.refusal_for(url) if url and target else None
             if target is not None and denied is not None:
@@ -403,17 +401,30 @@ def registry_json(reg: Registry, app_slugs: Mapping[str, str], last_used: str | 
         "url": reg.url,
         "insecure": reg.insecure,
         "authType": auth_type(reg),
-        "username": reg.options.get("access_key_id") if reg.provider == "ecr" else reg.username,
+        "username": _account(reg),
         "appIds": sorted(reg.app_ids),
         "appSlugs": sorted(app_slugs.get(a, a) for a in reg.app_ids),
         "allowAnonymous": reg.allow_anonymous,
         "anonymousRepositories": list(reg.anonymous_repositories),
         "lastUsedAt": last_used,
     }
-    for key, field in (("region", "region"), ("roleArn", "role_arn"), ("apiUrl", "api_url")):
-        if reg.options.get(field):
-            out[key] = reg.options[field]
+    for f in shown_destinations(reg.provider):
+        if reg.options.get(f.stored):
+            out[f.api] = reg.options[f.stored]
     return out
+
+
+def shown_destinations(provider: str) -> list[Field]:
+    """The provider's destination options an answer shows (never a secret)."""
+    return [f for f in provider_of(provider).fields if f.destination and f.in_api and not f.secret]
+
+
+def _account(reg: Registry) -> str | None:
+    """Who the credentials are: the provider's first plain credential field (ECR: the access key id)."""
+    f = next((f for f in provider_of(reg).fields if not (f.secret or f.destination) and f.in_api), None)
+    if f is None or f.stored == USERNAME:
+        return reg.username
+    return reg.options.get(f.stored)
 
 
 def _iso_out(t: dt.datetime | None) -> str | None:
@@ -541,16 +552,24 @@ class _RegistryInput:
         )  # fmt: skip
 
 
-_REGISTRY_KEYS = {
-    "provider", "endpoint", "slug", "authType", "username", "password", "appIds", "skipValidation", "url",
-    "insecure", "image", "accessKeyId", "secretAccessKey", "region", "roleArn", "apiUrl", "serviceAccountKey",
-    "allowAnonymous", "anonymousRepositories",
-}  # fmt: skip
+# The generic request fields; each provider adds its declared ones (proxy.upstream.providers).
+_GENERIC_REGISTRY_KEYS = frozenset(
+    {
+        *("provider", "endpoint", "slug", "authType", "appIds", "skipValidation", "url", "insecure", "image"),
+        *("allowAnonymous", "anonymousRepositories"),
+    }
+)
+
+
+def registry_keys() -> set[str]:
+    """Every field a registry request may carry: the generic ones and every provider's."""
+    declared = {name for p in PROVIDERS.values() for f in p.fields if f.in_api for name in (f.api, *f.aliases)}
+    return set(_GENERIC_REGISTRY_KEYS) | declared
 
 
 def _registry_input(body: Mapping[str, Any], apps: list[App], current: Registry | None) -> _RegistryInput:
     """Check a create (current None) or update request; every problem is listed."""
-    problems = _unknown_keys(body, _REGISTRY_KEYS)
+    problems = _unknown_keys(body, registry_keys())
 
     def opt_str(key: str, limit: int = 4096) -> str | None:
         v = body.get(key)
@@ -568,27 +587,7 @@ def _registry_input(body: Mapping[str, Any], apps: list[App], current: Registry 
             return default
         return v
 
-    if current is None:
-        provider = body.get("provider")
-        if provider not in PROVIDERS:
-            problems.append(f"provider: required, one of {', '.join(PROVIDERS)}")
-            provider = "other"
-        endpoint = opt_str("endpoint", 255) or DEFAULT_ENDPOINTS.get(provider)
-        if endpoint is None:
-            problems.append("endpoint: required for this provider (the registry host, e.g. registry.example.com)")
-            endpoint = ""
-        elif not HOST_RE.match(endpoint):
-            problems.append("endpoint: must be a host name (with an optional :port), no scheme or path")
-        slug = opt_str("slug", 64) or re.sub(r"[^a-z0-9._-]+", "-", endpoint.lower()).strip("-._")
-        if slug and not SLUG_RE.match(slug):
-            problems.append("slug: lowercase letters, digits and . _ - (at most 64)")
-        elif slug in RESERVED_SLUGS:
-            problems.append(f"slug: {slug!r} is reserved (it names an API path)")
-    else:
-        provider, endpoint, slug = current.provider, current.endpoint, current.slug
-        for key in ("provider", "endpoint", "slug"):
-            if key in body and body[key] != getattr(current, key):
-                problems.append(f"{key}: cannot be changed (remove and add the registry instead)")
+    provider, endpoint, slug = _identity(body, current, problems, opt_str)
 
     insecure = opt_bool("insecure", current.insecure if current else False)
     url = opt_str("url", 2048)
@@ -602,66 +601,30 @@ def _registry_input(body: Mapping[str, Any], apps: list[App], current: Registry 
     skip = opt_bool("skipValidation", False)
     image = opt_str("image", 512)
 
-    username = opt_str("username", 256)
-    password = opt_str("password", 64 * 1024)
-    options: dict[str, str] = dict(current.options) if current else {}
-    if provider == "ecr":
-        key_id = opt_str("accessKeyId", 128) or username or options.get("access_key_id")
-        secret = opt_str("secretAccessKey", 1024) or password
-        if not key_id:
-            problems.append("accessKeyId: required for ecr")
-        if secret is None and current is None:
-            problems.append("secretAccessKey: required for ecr")
-        if key_id:
-            options["access_key_id"] = key_id
-        for key, field in (("region", "region"), ("roleArn", "role_arn"), ("apiUrl", "api_url")):
-            v = opt_str(key, 2048)
-            if v:
-                options[field] = v
-        problems += _credentials_in("apiUrl", options.get("api_url"))
-        username = None
-    else:
-        sa_key = opt_str("serviceAccountKey", 64 * 1024)
-        if sa_key is not None:
-            username, password = "_json_key", sa_key
-        secret = password
-        if username is None and current is not None:
-            username = current.username
-        if provider in ("gcr", "gar"):
-            if username not in ("_json_key", "oauth2accesstoken"):
-                problems.append("username: for gcr/gar, _json_key (service-account JSON) or oauth2accesstoken")
-            if username == "_json_key" and secret is not None and not _is_service_account(secret):
-                # Never echo the content: it is a key.
-                problems.append("password: the service-account key must be JSON with a client_email")
-        has_secret = secret is not None or (current is not None and current.secret_sealed is not None)
-        if (username is None) == has_secret:
-            problems.append("username and password: give both, or neither for anonymous access")
+    kind = provider_of(provider)
+    username, secret, options = _credentials(kind, body, current, opt_str)
+    has_secret = secret is not None or (current is not None and current.secret_sealed is not None)
+    values = {**options, USERNAME: username, SECRET: secret}
+    problems += problems_of(tuple(f for f in kind.fields if f.in_api), values, has_secret, lambda f: f.api)
+    user = kind.field(USERNAME)
+    if user is not None and not user.required and (username is None) == has_secret:
+        problems.append("username and password: give both, or neither for anonymous access")
+    for f in kind.fields:
+        if f.url:
+            problems += _credentials_in(f.api, options.get(f.stored))
     if current is not None and secret is None and not problems:
         problems += _destination_changes(current, url.rstrip("/"), insecure, options)
     if not problems:
-        # The provider module's own rules (endpoint shapes, key formats), by field, never quoting a secret.
-        kept = secret or ("(stored)" if current is not None and current.secret_sealed else None)
-        flagged = {p.split(":")[0] for p in problems}
-        for problem in provider_of(provider).validate(endpoint, username, kept, options):
+        # The provider's own rules (endpoint shapes), by field, never quoting a secret.
+        api_names = {f.config: f.api for f in kind.fields if f.config and f.in_api}
+        for problem in kind.validate(endpoint, username, secret, options, secret_stored=has_secret):
             field, _, rest = problem.partition(":")
-            field = _PROVIDER_FIELDS.get(field, field)
-            if field not in flagged:
-                problems.append(f"{field}:{rest}")
+            problems.append(f"{api_names.get(field, field)}:{rest}")
     auth = body.get("authType")
     if auth is not None and auth not in ("password", "token", "accesskey", "serviceaccount", "anonymous"):
         problems.append("authType: one of password, token, accesskey, serviceaccount, anonymous")
 
-    app_ids: tuple[str, ...] = current.app_ids if current else ()
-    if "appIds" in body:
-        raw = body["appIds"]
-        if not isinstance(raw, list) or not all(isinstance(a, str) for a in raw):
-            problems.append("appIds: must be a list of app ids or slugs")
-        else:
-            by_key = {a.id: a.id for a in apps} | {a.slug: a.id for a in apps}
-            unknown = [a for a in raw if a not in by_key]
-            if unknown:
-                problems.append(f"appIds: unknown app(s) {', '.join(repr(u[:64]) for u in unknown)}")
-            app_ids = tuple(sorted({by_key[a] for a in raw if a in by_key}))
+    app_ids = _app_ids(body, apps, current, problems)
     # Off by default; an update without the field keeps the current setting.
     anonymous = body.get("allowAnonymous", current.allow_anonymous if current else False)
     if not isinstance(anonymous, bool):
@@ -680,9 +643,74 @@ def _registry_input(body: Mapping[str, Any], apps: list[App], current: Registry 
     )  # fmt: skip
 
 
-# Where a stored secret is sent (beyond provider and endpoint, which never change):
-# the API's field name for each destination option.
-_DESTINATION_OPTIONS = (("api_url", "apiUrl"), ("region", "region"), ("role_arn", "roleArn"), ("sts_url", "stsUrl"))
+def _identity(
+    body: Mapping[str, Any], current: Registry | None, problems: list[str], opt_str: Callable[[str, int], str | None]
+) -> tuple[str, str, str]:
+    """Provider, endpoint and slug: chosen at creation (with the provider's default
+    endpoint), fixed afterwards."""
+    if current is not None:
+        for key in ("provider", "endpoint", "slug"):
+            if key in body and body[key] != getattr(current, key):
+                problems.append(f"{key}: cannot be changed (remove and add the registry instead)")
+        return current.provider, current.endpoint, current.slug
+    provider = body.get("provider")
+    if provider not in PROVIDERS:
+        problems.append(f"provider: required, one of {', '.join(PROVIDERS)}")
+        provider = "other"
+    endpoint = opt_str("endpoint", 255) or provider_of(provider).default_endpoint
+    if endpoint is None:
+        problems.append("endpoint: required for this provider (the registry host, e.g. registry.example.com)")
+        endpoint = ""
+    elif not HOST_RE.match(endpoint):
+        problems.append("endpoint: must be a host name (with an optional :port), no scheme or path")
+    slug = opt_str("slug", 64) or re.sub(r"[^a-z0-9._-]+", "-", endpoint.lower()).strip("-._")
+    if slug and not SLUG_RE.match(slug):
+        problems.append("slug: lowercase letters, digits and . _ - (at most 64)")
+    elif slug in RESERVED_SLUGS:
+        problems.append(f"slug: {slug!r} is reserved (it names an API path)")
+    return provider, endpoint, slug
+
+
+def _app_ids(
+    body: Mapping[str, Any], apps: list[App], current: Registry | None, problems: list[str]
+) -> tuple[str, ...]:
+    """The apps that may use it, by id or slug; an update without the field keeps them."""
+    if "appIds" not in body:
+        return current.app_ids if current else ()
+    raw = body["appIds"]
+    if not isinstance(raw, list) or not all(isinstance(a, str) for a in raw):
+        problems.append("appIds: must be a list of app ids or slugs")
+        return current.app_ids if current else ()
+    by_key = {a.id: a.id for a in apps} | {a.slug: a.id for a in apps}
+    unknown = [a for a in raw if a not in by_key]
+    if unknown:
+        problems.append(f"appIds: unknown app(s) {', '.join(repr(u[:64]) for u in unknown)}")
+    return tuple(sorted({by_key[a] for a in raw if a in by_key}))
+
+
+def _credentials(
+    kind: Provider, body: Mapping[str, Any], current: Registry | None, opt_str: Callable[[str, int], str | None]
+) -> tuple[str | None, str | None, dict[str, str]]:
+    """The request's username, new secret (None: keep the stored one) and options, by
+    the provider's declared fields; what an update leaves out stays as it was."""
+    username = current.username if current is not None and kind.field(USERNAME) is not None else None
+    secret = None
+    options: dict[str, str] = dict(current.options) if current else {}
+    for f in kind.fields:
+        if not f.in_api:
+            continue
+        value = next((v for v in (opt_str(n, f.max_length) for n in (f.api, *f.aliases)) if v is not None), None)
+        if value is None:
+            continue
+        if f.stored == SECRET:
+            secret = value  # a later secret field (serviceAccountKey) wins over an earlier (password)
+        elif f.stored == USERNAME:
+            username = value
+        else:
+            options[f.stored] = value
+        for stored, implied in f.implies:
+            username = implied if stored == USERNAME else username
+    return username, secret, options
 
 
 def _credentials_in(key: str, url: str | None) -> list[str]:
@@ -697,9 +725,12 @@ def _credentials_in(key: str, url: str | None) -> list[str]:
 
 
 def _secret_field(reg: Registry) -> str:
-    if reg.provider == "ecr":
-        return "secretAccessKey"
-    return "serviceAccountKey" if reg.username == "_json_key" else "password"
+    """The API name of the field that gives this registry's stored secret again."""
+    secrets_ = [f for f in provider_of(reg).fields if f.stored == SECRET and f.in_api]
+    for f in reversed(secrets_):
+        if f.implies and all(reg.username == v for k, v in f.implies if k == USERNAME):
+            return f.api
+    return next((f.api for f in secrets_ if not f.implies), "password")
 
 
 def _destination_changes(current: Registry, url: str, insecure: bool, options: Mapping[str, str]) -> list[str]:
@@ -715,22 +746,11 @@ def _destination_changes(current: Registry, url: str, insecure: bool, options: M
         changed.append("url")
     if insecure != current.insecure:
         changed.append("insecure")
-    changed += [api for field, api in _DESTINATION_OPTIONS if options.get(field) != current.options.get(field)]
+    destinations = [f for f in provider_of(current).fields if f.destination]
+    changed += [f.api for f in destinations if options.get(f.stored) != current.options.get(f.stored)]
     secret = _secret_field(current)
     return [
         f"{name}: changing where the registry is reached requires giving the secret again ({secret}); "
         "the stored secret is only ever sent where it was given for"
         for name in changed
     ]
-
-
-_PROVIDER_FIELDS = {"access_key_id": "accessKeyId", "secret_access_key": "secretAccessKey", "role_arn": "roleArn",
-                   "api_url": "apiUrl"}  # fmt: skip
-
-
-def _is_service_account(text: str) -> bool:
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return False
-    return isinstance(data, dict) and isinstance(data.get("client_email"), str)

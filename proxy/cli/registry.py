@@ -15,22 +15,27 @@ from typing import Any
 from proxy.cli.api import Api, CLIError, command, segment
 from proxy.cli.logs import print_logs
 from proxy.cli.output import output_flag, print_json, table
-from proxy.config import PROVIDERS
+from proxy.upstream.providers import PROVIDERS, Provider, provider_of
+from proxy.upstream.providers.base import SECRET, USERNAME, Field
 
 
 def install(sub: Any) -> None:
     reg = sub.add_parser("registry", help="external registries (vendor API)")
     rs = reg.add_subparsers(dest="registry_command", required=True)
     add = command(rs, "add", _registry_add, "add an external registry", token_flag=False)
-    add.add_argument("provider", choices=PROVIDERS)
-    add.add_argument("--endpoint", help="registry host as in image references (default for dockerhub, ghcr, quay, gcr)")
-    add.add_argument("--name", help="slug used in pull paths (default: from the endpoint)")
-    _secret_flags(add)
-    output_flag(add)
+    kinds = add.add_subparsers(dest="provider", required=True, metavar="provider")
+    for provider in PROVIDERS.values():
+        help = f"add a {provider.title} registry" + (f" ({provider.name})" if provider.kind_label else "")
+        p = kinds.add_parser(provider.name, help=help, description=help)
+        default = f" (default {provider.default_endpoint})" if provider.default_endpoint else ""
+        p.add_argument("--endpoint", help=f"registry host as in image references{default}")
+        p.add_argument("--name", help="slug used in pull paths (default: from the endpoint)")
+        _secret_flags(p, (provider,))
+        output_flag(p)
     upd = command(rs, "update", _registry_update, "rotate a registry's credentials (or change apps, url)",
               token_flag=False)  # fmt: skip
     upd.add_argument("name")
-    _secret_flags(upd)
+    _secret_flags(upd, tuple(PROVIDERS.values()))
     output_flag(upd)
     ls = command(rs, "ls", _registry_ls, "list external registries")
     ls.add_argument("name", nargs="?")
@@ -45,21 +50,32 @@ def install(sub: Any) -> None:
     output_flag(logs)
 
 
-def _secret_flags(p: argparse.ArgumentParser) -> None:
+def _dest(flag: str) -> str:
+    return "field_" + flag.lstrip("-").replace("-", "_")
+
+
+def _secret_flags(p: argparse.ArgumentParser, providers: tuple[Provider, ...]) -> None:
+    """The providers' declared flags; for several (update), each help says which take it."""
+    helps: dict[str, dict[str, list[str]]] = {}
+    declared: dict[str, Field] = {}
+    for provider in providers:
+        for f in provider.fields:
+            for flag in f.flags:
+                declared.setdefault(flag, f)
+                helps.setdefault(flag, {}).setdefault(f.help, []).append(provider.name)
     g = p.add_argument_group("credentials (each secret also by --…-stdin, or a masked prompt on a terminal)")
-    g.add_argument("--username", help="registry user name (gcr/gar: _json_key or oauth2accesstoken)")
-    g.add_argument("--password", help="registry password (prefer --password-stdin)")
-    g.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    g.add_argument("--token", dest="registry_token", help="registry access token (prefer --token-stdin)")
-    g.add_argument("--token-stdin", action="store_true", help="read the registry token from standard input")
-    g.add_argument("--accesskeyid", help="ecr: AWS access key id")
-    g.add_argument("--secretaccesskey", help="ecr: AWS secret access key (prefer --secretaccesskey-stdin)")
-    g.add_argument("--secretaccesskey-stdin", action="store_true", help="ecr: read the secret key from stdin")
-    g.add_argument("--serviceaccountkey", metavar="FILE", help="gcr/gar: the service-account JSON key file")
-    g.add_argument("--serviceaccountkey-stdin", action="store_true", help="gcr/gar: read the JSON key from stdin")
-    g.add_argument("--region", help="ecr: AWS region (default: from the endpoint)")
-    g.add_argument("--role-arn", help="ecr: role to assume")
-    g.add_argument("--api-url", help="ecr: ECR API endpoint (VPC endpoints)")
+    for flag, f in declared.items():
+        by = helps[flag]
+        text = f.help if len(providers) == 1 else "; ".join(f"{'/'.join(k)}: {h}" for h, k in by.items())
+        if f.secret and f.multiline:
+            g.add_argument(flag, dest=_dest(flag), metavar="FILE", help=f"{text} (a file)")
+        elif f.secret:
+            g.add_argument(flag, dest=_dest(flag), help=f"{text} (prefer {flag}-stdin)")
+        else:
+            g.add_argument(flag, dest=_dest(flag), help=text)
+        if f.secret:
+            stdin = f"{flag}-stdin"
+            g.add_argument(stdin, dest=_dest(stdin), action="store_true", help=f"read it from standard input: {text}")
     p.add_argument("--app-ids", help="comma-separated app ids or slugs that may use it (default: every app)")
     p.add_argument("--url", help="where to reach the registry (default https://<endpoint>)")
     p.add_argument("--insecure", action="store_true", default=None, help="allow an http:// --url")
@@ -68,8 +84,7 @@ def _secret_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _read_stdin_once(args: argparse.Namespace) -> None:
-    flags = [f for f in ("password_stdin", "token_stdin", "secretaccesskey_stdin", "serviceaccountkey_stdin")
-             if getattr(args, f, False)]  # fmt: skip
+    flags = [k for k, v in vars(args).items() if k.startswith("field_") and k.endswith("_stdin") and v]
     if len(flags) > 1:
         raise CLIError("only one --…-stdin flag at a time: standard input holds one secret")
 
@@ -89,11 +104,23 @@ def _prompt(label: str) -> str | None:
     return value or None
 
 
+def _flag_value(args: argparse.Namespace, f: Field, flag: str) -> str | None:
+    """What one declared flag gave: its value, standard input, or (multiline) a file's text."""
+    if f.secret and getattr(args, _dest(f"{flag}-stdin"), False):
+        return _stdin_secret(multiline=f.multiline)
+    value = getattr(args, _dest(flag), None)
+    if value is None or not (f.secret and f.multiline):
+        return value
+    try:
+        return Path(value).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise CLIError(f"{flag}: cannot read the file ({exc.strerror})") from None
+
+
 def _registry_body(args: argparse.Namespace, provider: str | None, creating: bool) -> dict[str, Any]:
     _read_stdin_once(args)
     body: dict[str, Any] = {}
-    for key, attr in (("url", "url"), ("image", "image"), ("region", "region"), ("roleArn", "role_arn"),
-                      ("apiUrl", "api_url")):  # fmt: skip
+    for key, attr in (("url", "url"), ("image", "image")):
         if getattr(args, attr, None):
             body[key] = getattr(args, attr)
     if args.insecure:
@@ -102,41 +129,33 @@ def _registry_body(args: argparse.Namespace, provider: str | None, creating: boo
         body["skipValidation"] = True
     if args.app_ids:
         body["appIds"] = [a.strip() for a in args.app_ids.split(",") if a.strip()]
-    password = _stdin_secret() if args.password_stdin else args.password
-    token = _stdin_secret() if args.token_stdin else args.registry_token
-    secret_key = _stdin_secret() if args.secretaccesskey_stdin else args.secretaccesskey
-    sa_key = None
-    if args.serviceaccountkey_stdin:
-        sa_key = _stdin_secret(multiline=True)
-    elif args.serviceaccountkey:
-        try:
-            sa_key = Path(args.serviceaccountkey).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise CLIError(f"--serviceaccountkey: cannot read the file ({exc.strerror})") from None
-    if provider == "ecr":
-        if args.accesskeyid:
-            body["accessKeyId"] = args.accesskeyid
-        if secret_key is None and (creating or args.accesskeyid):
-            secret_key = _prompt("AWS secret access key")
-        if secret_key is not None:
-            body["secretAccessKey"] = secret_key
-        return body
-    if sa_key is not None:
-        body["serviceAccountKey"] = sa_key
-        return body
-    if token is not None:
-        body["username"] = args.username or ("oauth2accesstoken" if provider in ("gcr", "gar") else None)
-        body["password"] = token
-    elif password is not None:
-        body["password"] = password
-        if args.username:
-            body["username"] = args.username
-    elif args.username:
-        body["username"] = args.username
-        prompted = _prompt("Password")
-        if prompted is not None:
-            body["password"] = prompted
-    return {k: v for k, v in body.items() if v is not None}
+    kind = provider_of(provider or "other")
+    secret: tuple[Field, str] | None = None
+    for f in kind.fields:
+        for flag in f.flags:
+            value = _flag_value(args, f, flag)
+            if value is None:
+                continue
+            if f.stored == SECRET:
+                secret = (f, value)  # a later one wins: a key file over a token over a password
+            else:
+                body[f.api] = value
+    if secret is None:
+        # On a terminal, ask for the secret when its account is named (or it is required and has no username).
+        named = any(f.api in body for f in kind.fields if not f.secret and not f.destination)
+        wanted = next((f for f in kind.fields if f.stored == SECRET and f.config), None)
+        if wanted is not None and (named or (creating and wanted.required and kind.field(USERNAME) is None)):
+            prompted = _prompt(wanted.label or wanted.help)
+            if prompted is not None:
+                secret = (wanted, prompted)
+    if secret is not None:
+        f, value = secret
+        body[f.api] = value
+        for stored, implied in f.implies:  # e.g. a bare --token means username oauth2accesstoken
+            user = kind.field(stored)
+            if user is not None:
+                body.setdefault(user.api, implied)
+    return body
 
 
 def _registry_row(r: dict[str, Any]) -> list[Any]:

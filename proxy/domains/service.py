@@ -21,12 +21,12 @@ from typing import Any
 import aiohttp
 
 from proxy.apierrors import Conflict, Invalid, NotFound
-from proxy.config import DomainsSection
 from proxy.dnsname import hostname_problem
 from proxy.domains.names import Reserved
 from proxy.domains.tls import CertificateError, inspect
 from proxy.domains.verify import CHALLENGE_LABEL, WELL_KNOWN, Verdict, verify_dns, verify_http
 from proxy.secrets import Keyring
+from proxy.settings import DomainsSection
 from proxy.store.base import Conflict as StoreConflict
 from proxy.store.base import Store
 from proxy.store.models import CustomHostname, Team

@@ -19,7 +19,6 @@ from proxy import metrics
 from proxy.auth.anonymous import throttle
 from proxy.auth.endpoint import TokenEndpoint
 from proxy.auth.gate import Gate, authorize_anonymous, authorize_catalog
-from proxy.config import LimitsSection
 from proxy.context import HOST_TEAM, ctx
 from proxy.oci.allowlist import allowed
 from proxy.oci.digest import MAX_MANIFEST, digest_of, is_digest, manifest_digest_problem
@@ -31,6 +30,7 @@ from proxy.pull.limits import Slot, StreamSlots
 from proxy.pull.relay import Pace, StreamAborted, abort_connection, passed_headers, relay, upstream_error
 from proxy.pull.resolve import resolve
 from proxy.ratelimit import RateLimiter
+from proxy.settings import LimitsSection
 from proxy.store.models import Customer, Registry
 from proxy.store.readcache import StoreReadCache
 from proxy.upstream.client import UpstreamClient

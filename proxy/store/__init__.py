@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from proxy.config import sqlite_path
+from proxy.settings import sqlite_path
 from proxy.store.base import Store
 
 

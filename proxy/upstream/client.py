@@ -27,9 +27,9 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy import egress, metrics
-from proxy.config import UpstreamSection, parse_listen
 from proxy.egress import EgressPolicy, Refusal
 from proxy.secrets import Keyring
+from proxy.settings import UpstreamSection, parse_listen
 from proxy.store.models import Registry
 from proxy.upstream.auth import Answer, Authenticator, AuthTarget, handshake
 from proxy.upstream.connector import EgressDenied, GuardedConnector, record_refusal

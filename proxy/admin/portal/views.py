@@ -31,8 +31,8 @@ from proxy.admin.portal.session import (
 )
 from proxy.admin.service import LICENSE_TYPES, VendorService
 from proxy.apierrors import Invalid, NotFound, VendorError
-from proxy.config import Config
 from proxy.domains.service import HostnameService
+from proxy.settings import Config
 from proxy.store.models import Team
 
 log = logging.getLogger("pullgate.portal")
@@ -214,7 +214,7 @@ async def home(request: web.Request) -> web.StreamResponse:
 
 def _tab(request: web.Request, form: MultiMapping[Any] | None = None) -> str:
     tab = (form or {}).get("tab") or request.query.get("provider") or "dockerhub"
-    return tab if tab in forms.TABS else "dockerhub"
+    return tab if tab in forms.tabs() else "dockerhub"
 
 
 async def images(request: web.Request, extra: dict[str, Any] | None = None, status: int = 200) -> web.Response:
@@ -228,9 +228,10 @@ async def images(request: web.Request, extra: dict[str, Any] | None = None, stat
         refs = [f"{proxy_host}/proxy/{app['slug']}/{r['slug']}/<repo>:<tag>" for r in serving]
         references.append({"app": app, "refs": refs})
     tab = (extra or {}).get("tab") or _tab(request)
+    tabs = forms.tabs()
     ctx = {
-        "registries": registries, "apps": apps, "references": references, "tabs": forms.TABS, "tab": tab,
-        "fields": forms.TABS[tab][1], "common": forms.COMMON, "values": {}, "errors": {}, "test": None,
+        "registries": registries, "apps": apps, "references": references, "tabs": tabs, "tab": tab,
+        "fields": tabs[tab][1], "common": forms.COMMON, "values": {}, "errors": {}, "test": None,
         "proxy_host": proxy_host, "test_choice": request.query.get("test", ""), **(extra or {}),
     }  # fmt: skip
     return render(request, "images.html", ctx, status)
@@ -239,7 +240,7 @@ async def images(request: web.Request, extra: dict[str, Any] | None = None, stat
 async def add_registry(request: web.Request) -> web.StreamResponse:
     form = _form(request)
     tab = _tab(request, form)
-    body = forms.registry_body(tab, form, forms.TABS[tab][1])
+    body = forms.registry_body(tab, form, forms.tabs()[tab][1])
     try:
         reg = await _service(request).create_registry(request[TEAM], body)
     except (Invalid, VendorError) as exc:
@@ -269,9 +270,7 @@ async def remove_registry(request: web.Request) -> web.StreamResponse:
 async def edit_registry(request: web.Request, extra: dict[str, Any] | None = None, status: int = 200) -> web.Response:
     svc, team = _service(request), request[TEAM]
     reg = await svc.registry_json(team, request.match_info["slug"])
-    current: dict[str, Any] = {k: reg.get(k) or "" for k in ("url", "region", "roleArn", "apiUrl")}
-    user = reg.get("username") or ""
-    current |= {"username": user, "accessKeyId": user, "apps": reg["appIds"], "insecure": reg["insecure"]}
+    current = forms.edit_values(reg)
     ctx = {"reg": reg, "apps": await svc.list_apps(team), "fields": _edit_fields(reg["provider"]),
            "common": forms.COMMON, "values": current, "errors": {}, **(extra or {})}  # fmt: skip
     return render(request, "registry.html", ctx, status)

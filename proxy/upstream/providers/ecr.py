@@ -17,6 +17,7 @@ import binascii
 import datetime as dt
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
 
@@ -30,7 +31,7 @@ from proxy.secrets import Keyring
 from proxy.store.models import Registry
 from proxy.upstream.errors import CredentialsRejected, UpstreamError
 from proxy.upstream.flow import MAX_ANSWER, Clock, Flow, Request, Response
-from proxy.upstream.providers.base import CredentialContext, Provider, RegistryCredentials
+from proxy.upstream.providers.base import SECRET, CredentialContext, Field, Provider, RegistryCredentials
 from proxy.upstream.tokens import CachedToken
 
 # The region names the host the signed API calls go to (api.ecr.<region>.amazonaws.com).
@@ -74,24 +75,104 @@ def signed_headers(
     return dict(request.headers.items())
 
 
+def _region_problem(region: str, values: Mapping[str, Any]) -> str | None:
+    # It names the host the signed API calls go to: "evil.example/#" would send them elsewhere.
+    return None if REGION_RE.match(region) else "must be an AWS region such as us-east-1"
+
+
+def _role_problem(role: str, values: Mapping[str, Any]) -> str | None:
+    return None if role.startswith("arn:aws") else "must be an IAM role ARN (arn:aws:iam::<account>:role/<name>)"
+
+
+# Shown on the edit form: where the key is sent, so changing it needs the key again.
+_AGAIN = ("rotate",)
+FIELDS = (
+    Field(
+        api="accessKeyId",
+        config="access_key_id",
+        stored="access_key_id",
+        help="AWS access key id",
+        label="Access key ID",
+        flags=("--accesskeyid",),
+        required=True,
+        aliases=("username",),
+        max_length=128,
+    ),
+    Field(
+        api="secretAccessKey",
+        config="secret_access_key",
+        stored=SECRET,
+        help="AWS secret access key",
+        label="Secret access key",
+        flags=("--secretaccesskey",),
+        secret=True,
+        required=True,
+        aliases=("password",),
+        max_length=1024,
+    ),
+    Field(
+        api="region",
+        config="region",
+        stored="region",
+        help="AWS region (default: from the endpoint)",
+        label="Region",
+        flags=("--region",),
+        destination=True,
+        max_length=2048,
+        check=_region_problem,
+        placeholder="from the endpoint",
+    ),
+    Field(
+        api="roleArn",
+        config="role_arn",
+        stored="role_arn",
+        help="IAM role to assume with STS",
+        label="Role ARN",
+        flags=("--role-arn",),
+        destination=True,
+        max_length=2048,
+        check=_role_problem,
+        placeholder="arn:aws:iam::123456789012:role/pull",
+        hint="Optional: assumed with STS.",
+    ),
+    Field(
+        api="apiUrl",
+        config="api_url",
+        stored="api_url",
+        help="the ECR API endpoint (VPC endpoints, tests)",
+        label="ECR API URL",
+        flags=("--api-url",),
+        destination=True,
+        url=True,
+        max_length=2048,
+        forms=_AGAIN,
+        placeholder="https://api.ecr.<region>.amazonaws.com",
+    ),
+    Field(
+        api="stsUrl",
+        config="sts_url",
+        stored="sts_url",
+        help="the STS endpoint for role_arn",
+        destination=True,
+        url=True,
+        max_length=2048,
+        forms=(),
+        in_api=False,
+    ),
+)
+
+
 class ECR(Provider):
     name = "ecr"
+    title = "ECR"
+    fields = FIELDS
+    endpoint_placeholder = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+    url_forms = ()
 
-    def validate(self, endpoint: str, username: str | None, secret: str | None, options: dict[str, Any]) -> list[str]:
-        problems = []
-        if not ENDPOINT_RE.match(endpoint.lower()) and not options.get("region"):
-            problems.append("endpoint: ECR is <account>.dkr.ecr.<region>.amazonaws.com (or give region)")
-        region = options.get("region")
-        if region and not REGION_RE.match(str(region)):
-            problems.append("region: must be an AWS region such as us-east-1")
-        if not options.get("access_key_id"):
-            problems.append("access_key_id: required")
-        if not secret:
-            problems.append("secret_access_key: required")
-        role = options.get("role_arn")
-        if role and not str(role).startswith("arn:aws"):
-            problems.append("role_arn: must be an IAM role ARN (arn:aws:iam::<account>:role/<name>)")
-        return problems
+    def endpoint_problem(self, endpoint: str, options: Mapping[str, Any]) -> str | None:
+        if ENDPOINT_RE.match(endpoint) or options.get("region"):
+            return None
+        return "ECR is <account>.dkr.ecr.<region>.amazonaws.com (or give region)"
 
     async def credentials(self, ctx: CredentialContext, registry: Registry, refresh: bool) -> RegistryCredentials:
         key = (registry.id, ECR_KEY)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
-from proxy.upstream.providers.base import Provider
+from proxy.upstream.providers.base import SECRET, USERNAME, Field, Provider
 
 GCR_RE = re.compile(r"^(?:[a-z0-9-]+\.)?gcr\.io$")
 GAR_RE = re.compile(r"^[a-z0-9-]+-docker\.pkg\.dev$")
@@ -22,32 +23,91 @@ def json_key_problem(secret: str) -> str | None:
     try:
         data = json.loads(secret)
     except ValueError:
-        return "password: the service-account key is not JSON"
+        return "the service-account key must be JSON with a client_email"
     if not isinstance(data, dict) or not isinstance(data.get("client_email"), str):
-        return "password: the service-account key has no client_email"
+        return "the service-account key has no client_email"
     return None
 
 
+def _secret_problem(secret: str, values: Mapping[str, Any]) -> str | None:
+    return json_key_problem(secret) if values.get(USERNAME) == "_json_key" else None
+
+
+FIELDS = (
+    Field(
+        api="username",
+        config="username",
+        stored=USERNAME,
+        help="_json_key (service-account key) or oauth2accesstoken",
+        flags=("--username",),
+        required=True,
+        choices=USERNAMES,
+        max_length=256,
+        forms=(),
+    ),
+    Field(
+        api="password",
+        config="password",
+        stored=SECRET,
+        help="the service-account JSON key (_json_key) or an access token",
+        label="Password",
+        flags=("--password",),
+        secret=True,
+        required=True,
+        max_length=64 * 1024,
+        check=_secret_problem,
+        forms=(),
+    ),
+    # The CLI's --token: an access token, whose username is oauth2accesstoken unless given.
+    Field(
+        api="password",
+        config=None,
+        stored=SECRET,
+        help="an OAuth2 access token (username oauth2accesstoken)",
+        flags=("--token",),
+        secret=True,
+        implies=((USERNAME, "oauth2accesstoken"),),
+        in_api=False,
+        forms=(),
+    ),
+    # The usual way: the key alone, the username follows.
+    Field(
+        api="serviceAccountKey",
+        config=None,
+        stored=SECRET,
+        help="the service-account JSON key",
+        label="Service account key (JSON)",
+        flags=("--serviceaccountkey",),
+        secret=True,
+        max_length=64 * 1024,
+        implies=((USERNAME, "_json_key"),),
+        check=_secret_problem,
+        multiline=True,
+        form_required=True,
+    ),
+)
+
+
 class Google(Provider):
-    def __init__(self, name: str, endpoint_re: re.Pattern[str], hint: str) -> None:
+    title = "GCR / Artifact Registry"
+    fields = FIELDS
+    endpoint_placeholder = "gcr.io or us-docker.pkg.dev"
+    url_forms = ("rotate",)
+
+    def __init__(
+        self, name: str, label: str, endpoint_re: re.Pattern[str], hint: str, default_endpoint: str | None
+    ) -> None:
         self.name = name
+        self.kind_label = label
         self.endpoint_re = endpoint_re
         self.hint = hint
+        self.default_endpoint = default_endpoint
 
-    def validate(self, endpoint: str, username: str | None, secret: str | None, options: dict[str, Any]) -> list[str]:
-        problems = []
-        if not self.endpoint_re.match(endpoint.lower()):
-            problems.append(f"endpoint: {self.hint}")
-        if username not in USERNAMES:
-            problems.append("username: must be _json_key (service-account key) or oauth2accesstoken")
-        if not secret:
-            problems.append("password: the service-account key or access token is required")
-        elif username == "_json_key":
-            problem = json_key_problem(secret)
-            if problem:
-                problems.append(problem)
-        return problems
+    def endpoint_problem(self, endpoint: str, options: Mapping[str, Any]) -> str | None:
+        return None if self.endpoint_re.match(endpoint) else self.hint
 
 
-GCR = Google("gcr", GCR_RE, "Container Registry is gcr.io or <region>.gcr.io")
-GAR = Google("gar", GAR_RE, "Artifact Registry is <location>-docker.pkg.dev")
+GCR = Google("gcr", "Container Registry (gcr.io)", GCR_RE, "Container Registry is gcr.io or <region>.gcr.io", "gcr.io")
+GAR = Google(
+    "gar", "Artifact Registry (*-docker.pkg.dev)", GAR_RE, "Artifact Registry is <location>-docker.pkg.dev", None
+)
