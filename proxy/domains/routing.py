@@ -24,7 +24,7 @@ from proxy.domains.names import Reserved
 from proxy.domains.service import key_aad
 from proxy.domains.tls import SNIContexts, server_context
 from proxy.domains.verify import WELL_KNOWN
-from proxy.oci.errors import OCIError
+from proxy.oci.errors import OCICode, OCIError
 from proxy.secrets import Keyring
 from proxy.store.base import Store
 
@@ -126,7 +126,7 @@ class HostTable:
                 return await self._challenge(request, host)
             ok, team = self.admits(host)
             if not ok:
-                return OCIError("NAME_UNKNOWN", "this host is not served here", status=404).response(
+                return OCIError(OCICode.NAME_UNKNOWN, "this host is not served here").response(
                     request.method == "HEAD"
                 )
             if team is not None:

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from proxy.oci.errors import OCIError
+from proxy.oci.errors import OCIError, PullgateCode
 from proxy.store.models import App, Customer, CustomHostname, Registry, Team
 from proxy.store.schema import MIGRATIONS
 
@@ -475,9 +475,7 @@ class StoreUnavailable(OCIError):
     Retry-After for the client, not an internal error."""
 
     def __init__(self) -> None:
-        super().__init__(
-            "UNAVAILABLE", "the service is briefly unavailable; try again", status=503, headers={"Retry-After": "5"}
-        )
+        super().__init__(PullgateCode.UNAVAILABLE, headers={"Retry-After": "5"})
 
 
 class Conflict(Exception):
