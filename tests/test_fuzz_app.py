@@ -254,7 +254,7 @@ class AppUnderFuzz:
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
         self.port = self.runner.addresses[0][1]
-        valid = await self.services.directory.customer_by_license(LICENSES["valid"])
+        valid = await self.services.read_cache.customer_by_license(LICENSES["valid"])
         assert valid is not None
         names = [f"proxy/acme/{slug}/{repo}" for slug in ("vendor-up", "vendor-odd", "vendor-down") for repo in REPOS]
         self.token, _, _ = self.services.gate.issuer.issue(
@@ -651,7 +651,8 @@ def check(method: str, target: str, a: Answer, odd_repo: bool) -> str:
         else:
             assert any(f"/{slug}/" in unquote(target) for slug in TROUBLED), where
     if oci_body:
-        if method == "POST" and target.startswith("/v2/token") and a.status in (400, 401) and b'"error"' in a.body:
+        if method == "POST" and target.startswith("/v2/token") and a.status in (400, 429) and b'"error"' in a.body:
+            assert set(json.loads(a.body)) == {"error", "error_description"}, where
             return "oauth-error"  # the OAuth2 form answers OAuth2 errors (containerd)
         if target.startswith("/.well-known/"):
             return "challenge"
