@@ -211,7 +211,6 @@ class Config:
     pulllog: PullLogSection = field(default_factory=PullLogSection)
     domains: DomainsSection = field(default_factory=DomainsSection)
     anonymous: AnonymousSection = field(default_factory=AnonymousSection)
-    limits: LimitsSection = field(default_factory=LimitsSection)
     bootstrap: BootstrapSection = field(default_factory=BootstrapSection)
     # Where relative paths in the file are anchored.
     base_dir: Path = field(default=Path("."), metadata={"internal": True})

@@ -97,7 +97,7 @@ class Store(abc.ABC):
         for version, script in enumerate(MIGRATIONS, start=1):
             if version <= done:
                 continue
-            stmts = [(s.strip(), ()) for s in script.split(";") if s.strip()]
+            stmts: list[tuple[str, Sequence[Any]]] = [(s.strip(), ()) for s in script.split(";") if s.strip()]
             stmts.append(("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (version, now_iso())))
             await self.execute_many(stmts)
 
@@ -433,7 +433,7 @@ class Store(abc.ABC):
         return _hostname(row) if row else None
 
     async def hostnames(self, team_id: str | None = None, status: str | None = None) -> list[CustomHostname]:
-        sql, params = "SELECT * FROM custom_hostnames WHERE 1 = 1", []
+        sql, params = "SELECT * FROM custom_hostnames WHERE 1 = 1", list[str]()
         if team_id is not None:
             sql, params = sql + " AND team_id = ?", [*params, team_id]
         if status is not None:
