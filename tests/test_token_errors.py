@@ -85,8 +85,7 @@ async def endpoint() -> AsyncIterator[Endpoint]:
     )
     tokens = TokenEndpoint(gate, limiter=RateLimiter(per_minute=0, burst=1))
     app = web.Application(middlewares=[oci_errors], client_max_size=4096)
-    app.router.add_get("/v2/token", tokens.get)
-    app.router.add_post("/v2/token", tokens.post)
+    app.router.add_route("*", "/v2/token", tokens.handle)
     client = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()
     try:
@@ -198,6 +197,15 @@ async def test_get_store_down_is_503_unavailable(endpoint: Endpoint):
 
 async def test_get_bad_host_is_an_oci_error(endpoint: Endpoint):
     assert await oci(await endpoint.get(auth=basic(LICENSE), Host="bad host!")) == (400, "NAME_UNKNOWN")
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "HEAD"])
+async def test_other_methods_are_405_unsupported_naming_the_allowed_ones(endpoint: Endpoint, method: str):
+    """The 405 had no Allow header (RFC 9110 §15.5.6)."""
+    ans = await endpoint.client.request(method, "/v2/token")
+    assert ans.status == 405 and ans.headers["Allow"] == "GET, POST"
+    if method != "HEAD":
+        assert await oci(ans) == (405, "UNSUPPORTED")
 
 
 # --- POST: OAuth2 errors ------------------------------------------------------------------

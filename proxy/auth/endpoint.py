@@ -84,6 +84,14 @@ class TokenEndpoint:
         # Told which customer a valid license belongs to (the pull log records token requests).
         self.on_customer: Callable[[web.Request, Customer], None] | None = None
 
+    async def handle(self, request: web.Request) -> web.Response:
+        if request.method == "GET":
+            return await self.get(request)
+        if request.method == "POST":
+            return await self.post(request)
+        # RFC 9110 §15.5.6: a 405 names the methods that are allowed.
+        raise OCIError(OCICode.UNSUPPORTED, "the token endpoint takes GET or POST", headers={"Allow": "GET, POST"})
+
     async def get(self, request: web.Request) -> web.Response:
         try:
             creds = parse_authorization(request.headers.get("Authorization"))

@@ -93,11 +93,7 @@ class OCIRoutes:
     async def token(self, request: web.Request) -> web.Response:
         c = ctx(request)
         c.route, c.action = "token", "auth"
-        if request.method == "GET":
-            return await self.tokens.get(request)
-        if request.method == "POST":
-            return await self.tokens.post(request)
-        raise OCIError(OCICode.UNSUPPORTED, "the token endpoint takes GET or POST")
+        return await self.tokens.handle(request)
 
     async def pull(self, request: web.Request) -> web.StreamResponse:
         try:
