@@ -66,5 +66,6 @@ class TrustedProxies:
             if fwd_host:
                 host = fwd_host
         if not host or not _HOST_RE.match(host):
+            # 400, not NAME_UNKNOWN's 404: the request is malformed, and clients have always had 400.
             raise OCIError(OCICode.NAME_UNKNOWN, "missing or invalid Host header", status=400)
         return scheme, host.lower()
