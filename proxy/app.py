@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from proxy import accesslog, bootstrap, logs, metrics, pulllog
 from proxy.admin import api as vendor_api
@@ -101,7 +102,9 @@ async def build_services(cfg: Config) -> Services:
 
 
 @web.middleware
-async def request_id(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+async def request_id(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     request["request_id"] = secrets.token_hex(8)
     return await handler(request)
 
@@ -113,7 +116,7 @@ async def _set_request_id(request: web.Request, response: web.StreamResponse) ->
 
 
 def proxy_app(services: Services) -> web.Application:
-    middlewares = [request_id, oci_errors]
+    middlewares: list[Middleware] = [request_id, oci_errors]
     if services.hosts is not None:
         middlewares.insert(1, services.hosts.middleware())
     if services.pulllog is not None:

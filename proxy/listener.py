@@ -17,7 +17,6 @@ runs once per request whose headers have been parsed.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
@@ -25,12 +24,13 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from proxy import metrics
+from proxy.oci.errors import OCICode, OCIError
 
 log = logging.getLogger("pullgate.listener")
 
-_BUSY_BODY = json.dumps(
-    {"errors": [{"code": "TOOMANYREQUESTS", "message": "the proxy has too many open connections", "detail": None}]}
-).encode()
+# Written on the socket before any application runs, so built here; 503, not the code's 429,
+# as it has always been answered (the whole proxy is busy, not this client).
+_BUSY_BODY = OCIError(OCICode.TOOMANYREQUESTS, "the proxy has too many open connections").body()
 BUSY_RESPONSE = (
     b"HTTP/1.1 503 Service Unavailable\r\n"
     b"Content-Type: application/json; charset=utf-8\r\n"

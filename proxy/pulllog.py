@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import Counter
 
 from proxy import metrics
@@ -143,7 +144,7 @@ class PullLog:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def middleware(pulllog: PullLog) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def middleware(pulllog: PullLog) -> Middleware:
     """Records each proxy request that a customer was identified for, after its answer.
 
     Sits outside the OCI error middleware, so refusals are logged with their status.

@@ -46,6 +46,7 @@ fi
 
 .venv/bin/ruff check proxy tests bench
 .venv/bin/lint-imports  # the layers of DESIGN.md, declared in pyproject.toml
+.venv/bin/mypy  # strict on proxy/oci, proxy/upstream, proxy/auth; configured in pyproject.toml
 # Portal screenshots (tests/test_portal.py) are kept here; .cache/ is gitignored.
 export PULLGATE_ARTIFACTS=${PULLGATE_ARTIFACTS:-$PWD/.cache/artifacts/portal}
 exec .venv/bin/pytest -p no:cacheprovider "$@"

@@ -78,7 +78,7 @@ async def test_containerd_oauth_form(client: ProxyClient, deployment: Deployment
     tok = ans.json()["access_token"]
     assert (await client.request("HEAD", MANIFEST, headers={"Authorization": f"Bearer {tok}", **ACCEPT})).status == 200
     bad = await client.request("POST", "/v2/token", data={**form, "password": "nope-" * 4})
-    assert bad.status == 401 and bad.json()["error"] == "invalid_grant"
+    assert bad.status == 400 and bad.json()["error"] == "invalid_grant"  # RFC 6749 §5.2; containerd falls back to GET
     refresh = await client.request("POST", "/v2/token", data={**form, "grant_type": "refresh_token"})
     assert refresh.status == 400 and refresh.json()["error"] == "unsupported_grant_type"
 

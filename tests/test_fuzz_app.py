@@ -651,7 +651,8 @@ def check(method: str, target: str, a: Answer, odd_repo: bool) -> str:
         else:
             assert any(f"/{slug}/" in unquote(target) for slug in TROUBLED), where
     if oci_body:
-        if method == "POST" and target.startswith("/v2/token") and a.status in (400, 401) and b'"error"' in a.body:
+        if method == "POST" and target.startswith("/v2/token") and a.status in (400, 429) and b'"error"' in a.body:
+            assert set(json.loads(a.body)) == {"error", "error_description"}, where
             return "oauth-error"  # the OAuth2 form answers OAuth2 errors (containerd)
         if target.startswith("/.well-known/"):
             return "challenge"

@@ -350,8 +350,10 @@ async def test_a_request_body_trickled_to_the_token_endpoint_is_cut_off_too(serv
     assert max(took) <= HEADER_TIMEOUT + 3, took
     assert 'pullgate_connections_refused_total{reason="body_timeout"} 3.0' in await _metrics(server)
     assert await _status(server, "/v2/", LICENSES["A"]) == 200
-    # A whole form sent at once is read as before (refused here: the license is wrong).
+    # A whole form sent at once is read as before (refused here: the license is wrong, an
+    # OAuth2 invalid_grant).
     async with aiohttp.ClientSession() as s:
         form = {"grant_type": "password", "username": "x", "password": "not-a-license", "service": "x"}
         async with s.post(server.url + "/v2/token", data=form) as r:
-            assert r.status == 401
+            assert r.status == 400
+            assert (await r.json())["error"] == "invalid_grant"

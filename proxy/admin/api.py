@@ -163,6 +163,7 @@ def api_app(service: VendorService) -> web.Application:
             problems.append("license: required, the KOTS License YAML as a string")
         if problems:
             raise Invalid(problems)
+        assert isinstance(text, str)  # checked above
         customer, created = await svc.import_license(team(request), text)
         return json_answer({"customer": customer, "created": created}, 201 if created else 200)
 

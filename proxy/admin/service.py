@@ -115,6 +115,7 @@ class VendorService:
         problems += _check_public_key(key)
         if problems:
             raise Invalid(problems)
+        assert isinstance(slug, str)  # checked above
         try:
             app = await self.store.create_app(team.id, slug, name.strip(), allowlist, key or None)
         except StoreConflict as exc:
@@ -212,6 +213,7 @@ class VendorService:
             problems.append("image: required, as repository[:tag|@digest]")
         if problems:
             raise Invalid(problems)
+        assert isinstance(endpoint, str) and isinstance(image, str)  # checked above
         reg = await self.registry(team, endpoint)
         await self._check_egress(reg)
         return await self._probe(reg, image)

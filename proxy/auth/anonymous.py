@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from proxy import metrics
-from proxy.oci.errors import OCIError
+from proxy.oci.errors import OCICode, OCIError
 from proxy.ratelimit import RateLimiter
 
 SUBJECT = "anonymous"  # the `sub` of anonymous tokens; no customer has this id
@@ -18,5 +18,5 @@ def throttle(limiter: RateLimiter, address: str) -> None:
         metrics.ANONYMOUS_LIMITED.inc()
         retry = "3600" if math.isinf(wait) else str(max(1, math.ceil(wait)))
         raise OCIError(
-            "TOOMANYREQUESTS", "too many anonymous requests from this address", headers={"Retry-After": retry}
+            OCICode.TOOMANYREQUESTS, "too many anonymous requests from this address", headers={"Retry-After": retry}
         )

@@ -6,7 +6,7 @@ import base64
 import binascii
 from dataclasses import dataclass
 
-from proxy.oci.errors import OCIError
+from proxy.oci.errors import OCICode, OCIError
 
 MAX_AUTH_HEADER = 8192
 
@@ -36,7 +36,7 @@ def parse_authorization(header: str | None) -> Credentials | None:
     if header is None:
         return None
     if len(header) > MAX_AUTH_HEADER:
-        raise OCIError("UNAUTHORIZED", "authorization header too long")
+        raise OCIError(OCICode.UNAUTHORIZED, "authorization header too long")
     scheme, _, value = header.strip().partition(" ")
     value = value.strip()
     scheme = scheme.lower()
@@ -44,13 +44,13 @@ def parse_authorization(header: str | None) -> Credentials | None:
         try:
             decoded = base64.b64decode(value, validate=True).decode("utf-8")
         except (binascii.Error, ValueError):
-            raise OCIError("UNAUTHORIZED", "malformed basic credentials") from None
+            raise OCIError(OCICode.UNAUTHORIZED, "malformed basic credentials") from None
         username, sep, password = decoded.partition(":")
         if not sep or not password:
-            raise OCIError("UNAUTHORIZED", "malformed basic credentials")
+            raise OCIError(OCICode.UNAUTHORIZED, "malformed basic credentials")
         return BasicCredentials(username=username, password=password)
     if scheme == "bearer":
         if not value or " " in value:
-            raise OCIError("UNAUTHORIZED", "malformed bearer token")
+            raise OCIError(OCICode.UNAUTHORIZED, "malformed bearer token")
         return BearerCredentials(token=value)
-    raise OCIError("UNAUTHORIZED", "unsupported authorization scheme")
+    raise OCIError(OCICode.UNAUTHORIZED, "unsupported authorization scheme")

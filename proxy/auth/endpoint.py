@@ -4,21 +4,28 @@ GET with HTTP Basic (Docker, skopeo, KOTS: the password is the license ID, the
 username is ignored), or POST of the OAuth2 password form (containerd tries
 this first and wants `access_token`). Only `pull` on repositories of the
 license's own app is ever granted.
+
+GET answers OCI errors (`proxy.oci.errors`), every 401 with a Basic challenge;
+POST answers OAuth2 errors (`proxy.auth.oauth`, RFC 6749 §5.2), also for the
+steps it shares with GET (throttling, the store, the scopes, the Host).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from aiohttp import web
+from multidict import MultiDictProxy
 
 from proxy.auth.anonymous import SUBJECT, throttle
 from proxy.auth.credentials import BasicCredentials, parse_authorization
 from proxy.auth.gate import Gate
+from proxy.auth.oauth import OAuthCode, OAuthError
 from proxy.auth.tokens import Access
 from proxy.context import HOST_TEAM
-from proxy.oci.errors import OCIError
+from proxy.oci.errors import OCICode, OCIError, PullgateCode
 from proxy.oci.grammar import check_name, split_proxy_name
 from proxy.oci.names import is_anonymous
 from proxy.ratelimit import RateLimiter
@@ -26,6 +33,7 @@ from proxy.store.models import Customer
 
 MAX_SCOPES = 16
 BASIC_CHALLENGE = 'Basic realm="pullgate"'
+Form = MultiDictProxy[str | bytes | bytearray | web.FileField]  # what request.post() reads
 
 
 def parse_scopes(raw: list[str]) -> list[tuple[str, str, set[str]]]:
@@ -36,10 +44,10 @@ def parse_scopes(raw: list[str]) -> list[tuple[str, str, set[str]]]:
             kind, sep, rest = scope.partition(":")
             name, sep2, actions = rest.rpartition(":")
             if not sep or not sep2 or not name:
-                raise OCIError("UNAUTHORIZED", "malformed scope", status=400)
+                raise OCIError(PullgateCode.SCOPE_INVALID, "malformed scope")
             out.append((kind, name, {a for a in actions.split(",") if a}))
     if len(out) > MAX_SCOPES:
-        raise OCIError("UNAUTHORIZED", "too many scopes", status=400)
+        raise OCIError(PullgateCode.SCOPE_INVALID, "too many scopes")
     return out
 
 
@@ -60,10 +68,10 @@ def grant(customer: Customer | None, scopes: list[tuple[str, str, set[str]]]) ->
                 granted.append(Access(name=name, actions=("pull",)))
             continue
         if customer is None:
-            raise OCIError("UNAUTHORIZED", "authentication required", headers={"WWW-Authenticate": BASIC_CHALLENGE})
+            raise OCIError(OCICode.UNAUTHORIZED, headers={"WWW-Authenticate": BASIC_CHALLENGE})
         pname = split_proxy_name(name)
         if pname.app != customer.app_slug:
-            raise OCIError("DENIED", "requested access to the resource is denied")
+            raise OCIError(OCICode.DENIED, "requested access to the resource is denied")
         if "pull" in actions or "*" in actions:
             granted.append(Access(name=name, actions=("pull",)))
     return granted
@@ -76,8 +84,19 @@ class TokenEndpoint:
         # Told which customer a valid license belongs to (the pull log records token requests).
         self.on_customer: Callable[[web.Request, Customer], None] | None = None
 
+    async def handle(self, request: web.Request) -> web.Response:
+        if request.method == "GET":
+            return await self.get(request)
+        if request.method == "POST":
+            return await self.post(request)
+        # RFC 9110 §15.5.6: a 405 names the methods that are allowed.
+        raise OCIError(OCICode.UNSUPPORTED, "the token endpoint takes GET or POST", headers={"Allow": "GET, POST"})
+
     async def get(self, request: web.Request) -> web.Response:
-        creds = parse_authorization(request.headers.get("Authorization"))
+        try:
+            creds = parse_authorization(request.headers.get("Authorization"))
+        except OCIError as exc:
+            raise OCIError(exc.code, exc.message, headers={"WWW-Authenticate": BASIC_CHALLENGE}) from None
         scopes = request.query.getall("scope", [])
         if creds is None and scopes and self.limiter is not None:
             parsed = parse_scopes(scopes)
@@ -87,47 +106,48 @@ class TokenEndpoint:
                 return self._answer(request, SUBJECT, "", grant(None, parsed))
         if not isinstance(creds, BasicCredentials):
             raise OCIError(
-                "UNAUTHORIZED",
+                OCICode.UNAUTHORIZED,
                 "send the license ID as the password of HTTP Basic authentication",
                 headers={"WWW-Authenticate": BASIC_CHALLENGE},
             )
-        return await self._issue(request, creds.password, scopes, oauth=False)
+        customer = await self._customer(request, creds.password)
+        if customer is None:
+            raise OCIError(OCICode.UNAUTHORIZED, "invalid credentials", headers={"WWW-Authenticate": BASIC_CHALLENGE})
+        return self._answer(request, customer.id, customer.app_slug, grant(customer, parse_scopes(scopes)))
 
     async def post(self, request: web.Request) -> web.Response:
         try:
-            form = await request.post()
-        except (ValueError, LookupError):  # a multipart body without boundary, an unknown charset
-            return web.json_response(
-                {"error": "invalid_request", "error_description": "the body is not a readable form"}, status=400
-            )
-        grant_type = form.get("grant_type")
+            return await self._post(request)
+        except OAuthError as exc:
+            return exc.response()
+
+    async def _post(self, request: web.Request) -> web.Response:
+        form = await _read_form(request)
+        grant_type = _single(form, "grant_type")
         if grant_type != "password":
             # containerd falls back to GET with Basic when the form is refused.
-            return web.json_response(
-                {"error": "unsupported_grant_type", "error_description": "only grant_type=password is supported"},
-                status=400,
-            )
-        password = form.get("password")
-        if not isinstance(password, str) or not password:
-            return web.json_response(
-                {"error": "invalid_request", "error_description": "password is required"}, status=400
-            )
+            raise OAuthError(OAuthCode.UNSUPPORTED_GRANT_TYPE, "only grant_type=password is supported")
+        password = _single(form, "password")
         scopes = [s for s in form.getall("scope", []) if isinstance(s, str)]
-        return await self._issue(request, password, scopes, oauth=True)
+        with _as_oauth(OAuthCode.INVALID_REQUEST):
+            customer = await self._customer(request, password)
+        if customer is None:
+            raise OAuthError(OAuthCode.INVALID_GRANT, "invalid credentials")
+        with _as_oauth(OAuthCode.INVALID_SCOPE):
+            access = grant(customer, parse_scopes(scopes))
+        with _as_oauth(OAuthCode.INVALID_REQUEST):  # the Host the token is bound to
+            return self._answer(request, customer.id, customer.app_slug, access)
 
-    async def _issue(self, request: web.Request, license_id: str, raw_scopes: list[str], oauth: bool) -> web.Response:
+    async def _customer(self, request: web.Request, license_id: str) -> Customer | None:
+        """The license's customer, or None (counted as a failure); 429 for an address refused too often."""
         self.gate.guard(request)
         customer = await self.gate.license_customer(license_id, request.get(HOST_TEAM))
         if customer is None:
             self.gate.failed(request, "bad_license")
-            if oauth:
-                return web.json_response(
-                    {"error": "invalid_grant", "error_description": "invalid credentials"}, status=401
-                )
-            raise OCIError("UNAUTHORIZED", "invalid credentials", headers={"WWW-Authenticate": BASIC_CHALLENGE})
+            return None
         if self.on_customer is not None:
             self.on_customer(request, customer)
-        return self._answer(request, customer.id, customer.app_slug, grant(customer, parse_scopes(raw_scopes)))
+        return customer
 
     def _answer(self, request: web.Request, subject: str, app: str, access: list[Access]) -> web.Response:
         _, host = self.gate.proxies.origin(request)
@@ -139,3 +159,38 @@ class TokenEndpoint:
             "issued_at": dt.datetime.fromtimestamp(issued_at, dt.UTC).isoformat().replace("+00:00", "Z"),
         }
         return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+async def _read_form(request: web.Request) -> Form:
+    try:
+        return await request.post()
+    except (ValueError, LookupError):  # a multipart body without boundary, an unknown charset
+        raise OAuthError(OAuthCode.INVALID_REQUEST, "the body is not a readable form") from None
+    except web.HTTPRequestEntityTooLarge:
+        raise OAuthError(OAuthCode.INVALID_REQUEST, "the form is too large") from None
+
+
+def _single(form: Form, key: str) -> str:
+    """A required parameter, given once (RFC 6749 §3.2: never repeated)."""
+    values = form.getall(key, [])
+    if not values or not isinstance(values[0], str) or not values[0]:
+        raise OAuthError(OAuthCode.INVALID_REQUEST, f"{key} is required")
+    if len(values) > 1:
+        raise OAuthError(OAuthCode.INVALID_REQUEST, f"{key} is given more than once")
+    return values[0]
+
+
+@contextmanager
+def _as_oauth(otherwise: OAuthCode) -> Iterator[None]:
+    """The OCI errors of the steps POST shares with GET, answered as OAuth2 errors:
+    throttling and an unreachable store keep their status and Retry-After; anything
+    else the step refuses is `otherwise`."""
+    try:
+        yield
+    except OCIError as exc:
+        retry = {"Retry-After": exc.headers["Retry-After"]} if "Retry-After" in exc.headers else None
+        if exc.code is OCICode.TOOMANYREQUESTS:
+            raise OAuthError(OAuthCode.SLOW_DOWN, exc.message, retry) from None
+        if exc.status >= 500:
+            raise OAuthError(OAuthCode.TEMPORARILY_UNAVAILABLE, exc.message, retry) from None
+        raise OAuthError(otherwise, exc.message) from None

@@ -18,7 +18,7 @@ from proxy.auth.credentials import BasicCredentials, parse_authorization
 from proxy.auth.proxies import TrustedProxies
 from proxy.auth.tokens import InvalidToken, TokenClaims, TokenIssuer
 from proxy.context import HOST_TEAM
-from proxy.oci.errors import OCIError
+from proxy.oci.errors import OCICode, OCIError
 from proxy.oci.grammar import ProxyName
 from proxy.ratelimit import RateLimiter
 from proxy.store.models import Customer
@@ -49,9 +49,8 @@ class Gate:
         if wait is not None:
             metrics.AUTH_FAILURES.labels("throttled").inc()
             retry = "3600" if math.isinf(wait) else str(max(1, math.ceil(wait)))
-            raise OCIError(
-                "TOOMANYREQUESTS", "too many failed authentications from this address", headers={"Retry-After": retry}
-            )
+            message = "too many failed authentications from this address"
+            raise OCIError(OCICode.TOOMANYREQUESTS, message, headers={"Retry-After": retry})
 
     def bearer_claims(self, request: web.Request, token: str, name: str | None) -> TokenClaims:
         """A valid token of ours for this host, granting `name` (when given)."""
@@ -87,7 +86,7 @@ class Gate:
             name = name.full
         scope = (name if name.startswith("registry:") else f"repository:{name}:pull") if name else None
         return OCIError(
-            "UNAUTHORIZED",
+            OCICode.UNAUTHORIZED,
             message,
             headers={"WWW-Authenticate": self.challenge(request, scope, error)},
         )
@@ -129,7 +128,7 @@ class Gate:
         if name is not None and customer.app_slug != name.app:
             metrics.LICENSE_CHECKS.labels("wrong_app").inc()
             metrics.AUTH_FAILURES.labels("denied").inc()
-            raise OCIError("DENIED", "requested access to the resource is denied")
+            raise OCIError(OCICode.DENIED, "requested access to the resource is denied")
         return customer
 
 

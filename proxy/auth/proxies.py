@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from proxy.oci.errors import OCIError
+from proxy.oci.errors import OCICode, OCIError
 
 _HOST_RE = re.compile(r"^(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$")
 
@@ -66,5 +66,6 @@ class TrustedProxies:
             if fwd_host:
                 host = fwd_host
         if not host or not _HOST_RE.match(host):
-            raise OCIError("NAME_UNKNOWN", "missing or invalid Host header", status=400)
+            # 400, not NAME_UNKNOWN's 404: the request is malformed, and clients have always had 400.
+            raise OCIError(OCICode.NAME_UNKNOWN, "missing or invalid Host header", status=400)
         return scheme, host.lower()

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from proxy import metrics
 from proxy.context import HOST_TEAM
@@ -24,9 +25,10 @@ from proxy.domains.names import Reserved
 from proxy.domains.service import key_aad
 from proxy.domains.tls import SNIContexts, server_context
 from proxy.domains.verify import WELL_KNOWN
-from proxy.oci.errors import OCIError
+from proxy.oci.errors import OCICode, OCIError
 from proxy.secrets import Keyring
 from proxy.store.base import Store
+from proxy.store.models import CustomHostname
 
 log = logging.getLogger("pullgate.domains")
 
@@ -91,12 +93,14 @@ class HostTable:
         if self.sni is not None:
             await self._load_certificates([h for h in rows if h.status == "verified" and h.cert_pem and h.key_sealed])
 
-    async def _load_certificates(self, rows: list) -> None:
-        wanted = {h.hostname: h.cert_pem for h in rows}
+    async def _load_certificates(self, rows: list[CustomHostname]) -> None:
+        wanted = {h.hostname: h.cert_pem for h in rows if h.cert_pem}
         if wanted == self._certs:
             return
         contexts = {}
         for h in rows:
+            if not h.cert_pem or not h.key_sealed:
+                continue  # the caller passes only hostnames with both; this tells the type checker so
             try:
                 key = self.keyring.open(h.key_sealed, key_aad(h.hostname))
                 contexts[h.hostname] = await asyncio.to_thread(server_context, h.cert_pem, key)
@@ -118,7 +122,7 @@ class HostTable:
             except TimeoutError:
                 pass
 
-    def middleware(self) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    def middleware(self) -> Middleware:
         @web.middleware
         async def hosts(request: web.Request, handler: Handler) -> web.StreamResponse:
             host = request.headers.get("Host", "")
@@ -126,7 +130,7 @@ class HostTable:
                 return await self._challenge(request, host)
             ok, team = self.admits(host)
             if not ok:
-                return OCIError("NAME_UNKNOWN", "this host is not served here", status=404).response(
+                return OCIError(OCICode.NAME_UNKNOWN, "this host is not served here").response(
                     request.method == "HEAD"
                 )
             if team is not None:

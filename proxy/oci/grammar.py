@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from proxy.oci.errors import OCIError
+from proxy.oci.errors import OCICode, OCIError, PullgateCode
 
 # distribution-spec: <name> components and the whole name. Anchored with \Z, not `$`:
 # `$` also matches before a trailing newline, which would let "v1\n" through.
@@ -46,16 +46,16 @@ def decode_path(raw_path: str) -> str:
     try:
         path = unquote(raw, encoding="utf-8", errors="strict")
     except UnicodeDecodeError:
-        raise OCIError("NAME_INVALID", "path is not valid UTF-8") from None
+        raise OCIError(OCICode.NAME_INVALID, "path is not valid UTF-8") from None
     if "%" in path or "\\" in path or "\x00" in path:
-        raise OCIError("NAME_INVALID", "path has encoded or control characters")
+        raise OCIError(OCICode.NAME_INVALID, "path has encoded or control characters")
     return path
 
 
 def parse_route(path: str) -> Route:
     m = _ROUTE_RE.match(path)
     if m is None:
-        raise OCIError("NAME_UNKNOWN", "no such route", status=404)
+        raise OCIError(OCICode.NAME_UNKNOWN, "no such route")
     name = m["name"]
     check_name(name)
     if m["tags"]:
@@ -66,7 +66,7 @@ def parse_route(path: str) -> Route:
             check_digest(ref)
         elif not TAG_RE.match(ref):
             # A tag that cannot exist is unknown (as distribution answers); not sent upstream.
-            raise OCIError("MANIFEST_UNKNOWN", "manifest unknown: invalid tag", status=404)
+            raise OCIError(OCICode.MANIFEST_UNKNOWN, "manifest unknown: invalid tag")
     else:
         check_digest(ref)
     return Route(name=name, kind=kind, reference=ref)
@@ -74,25 +74,25 @@ def parse_route(path: str) -> Route:
 
 def check_name(name: str) -> None:
     if len(name) > MAX_NAME or not NAME_RE.match(name):
-        raise OCIError("NAME_INVALID", "invalid repository name")
+        raise OCIError(OCICode.NAME_INVALID, "invalid repository name")
 
 
 def check_page_size(n: str | None) -> None:
     """`n` of tags/list and _catalog: a small non-negative integer when given."""
     # Not str.isdigit(): it accepts "²", which int() then refuses.
     if n is not None and not PAGE_SIZE_RE.fullmatch(n):
-        raise OCIError("PAGINATION_NUMBER_INVALID", "n must be a non-negative integer")
+        raise OCIError(PullgateCode.PAGINATION_NUMBER_INVALID, "n must be a non-negative integer")
 
 
 def check_digest(digest: str) -> None:
     if not DIGEST_RE.match(digest):
-        raise OCIError("DIGEST_INVALID", "invalid digest")
+        raise OCIError(OCICode.DIGEST_INVALID, "invalid digest")
     algo, _, hexpart = digest.partition(":")
     want = KNOWN_DIGESTS.get(algo)
     if want is None:
-        raise OCIError("DIGEST_INVALID", f"unsupported digest algorithm {algo!r}")
+        raise OCIError(OCICode.DIGEST_INVALID, f"unsupported digest algorithm {algo!r}")
     if len(hexpart) != want or not re.fullmatch(r"[a-f0-9]+", hexpart):
-        raise OCIError("DIGEST_INVALID", "invalid digest")
+        raise OCIError(OCICode.DIGEST_INVALID, "invalid digest")
 
 
 @dataclass(frozen=True)
@@ -112,5 +112,5 @@ class ProxyName:
 def split_proxy_name(name: str) -> ProxyName:
     parts = name.split("/")
     if len(parts) < 3 or parts[0] != "proxy":
-        raise OCIError("NAME_UNKNOWN", "repository names start with proxy/<app>/")
+        raise OCIError(OCICode.NAME_UNKNOWN, "repository names start with proxy/<app>/")
     return ProxyName(app=parts[1], upstream=parts[2], rest="/".join(parts[3:]))

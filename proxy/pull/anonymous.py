@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from proxy.oci.allowlist import allowed
-from proxy.oci.errors import OCIError
+from proxy.oci.errors import OCICode, OCIError
 from proxy.store.models import App, Registry
 from proxy.upstream.endpoints import canonical_endpoint
 from proxy.upstream.providers import provider_of
@@ -33,7 +33,7 @@ def resolve_anonymous(registries: Sequence[Registry], name: str) -> tuple[Regist
     """(registry, repository there) for `anonymous/<upstream>/<rest>`; no I/O."""
     parts = name.split("/")
     if len(parts) < 3:
-        raise OCIError("NAME_UNKNOWN", "anonymous repositories are anonymous/<registry>/<repository>")
+        raise OCIError(OCICode.NAME_UNKNOWN, "anonymous repositories are anonymous/<registry>/<repository>")
     upstream, rest = parts[1], "/".join(parts[2:])
     wanted = canonical_endpoint(upstream)
     matches = [
@@ -41,7 +41,7 @@ def resolve_anonymous(registries: Sequence[Registry], name: str) -> tuple[Regist
     ]
     # Two teams may share a slug: ambiguous names are refused rather than guessed.
     if len(matches) != 1:
-        raise OCIError("NAME_UNKNOWN", "repository name not known to registry", detail={"name": name})
+        raise OCIError(OCICode.NAME_UNKNOWN, "repository name not known to registry", detail={"name": name})
     registry = matches[0]
     return registry, provider_of(registry).upstream_repo(rest)
 

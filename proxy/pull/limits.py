@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from proxy import metrics
-from proxy.oci.errors import OCIError
+from proxy.oci.errors import OCICode, OCIError
 from proxy.ratelimit import address_key
 
 RETRY_AFTER = "2"  # seconds: streams end all the time; a client may try again soon
@@ -73,7 +73,7 @@ class StreamSlots:
     @staticmethod
     def _refuse(reason: str, message: str) -> OCIError:
         metrics.STREAMS_REFUSED.labels(reason).inc()
-        return OCIError("TOOMANYREQUESTS", message, headers={"Retry-After": RETRY_AFTER})
+        return OCIError(OCICode.TOOMANYREQUESTS, message, headers={"Retry-After": RETRY_AFTER})
 
 
 class Slot:

@@ -14,16 +14,18 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from proxy.logs import CLIENT_CLOSED, client_gone
-from proxy.oci.errors import OCIError
+from proxy.oci.errors import ErrorCode, OCICode, OCIError, PullgateCode
 
 log = logging.getLogger("pullgate.oci")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-_HTTP_CODES = {
-    404: ("NAME_UNKNOWN", "not found"),
-    405: ("UNSUPPORTED", "method not supported"),
-    413: ("SIZE_INVALID", "request body too large"),
+# aiohttp's own refusals (no route, a method no route takes, a body over client_max_size)
+# keep aiohttp's status; the code says what it means to a registry client.
+_HTTP_CODES: dict[int, tuple[ErrorCode, str]] = {
+    404: (OCICode.NAME_UNKNOWN, "not found"),
+    405: (OCICode.UNSUPPORTED, "method not supported"),
+    413: (OCICode.SIZE_INVALID, "request body too large"),
 }
 
 
@@ -37,7 +39,7 @@ async def oci_errors(request: web.Request, handler: Handler) -> web.StreamRespon
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code, message = _HTTP_CODES.get(exc.status, ("UNSUPPORTED" if exc.status == 405 else "BAD_REQUEST", exc.reason))
+        code, message = _HTTP_CODES.get(exc.status, (PullgateCode.BAD_REQUEST, exc.reason))
         return OCIError(code, message, status=exc.status).response(head)
     except Exception as exc:
         if isinstance(exc, ConnectionError) and client_gone(request):
@@ -48,7 +50,7 @@ async def oci_errors(request: web.Request, handler: Handler) -> web.StreamRespon
             tb = tb.tb_next
         where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb else "?"
         log.error("internal error %s at %s", type(exc).__name__, where)
-        return OCIError("INTERNAL_ERROR", "internal error", status=500).response(head)
+        return OCIError(PullgateCode.INTERNAL_ERROR, "internal error").response(head)
 
 
 def client_closed_response() -> web.Response:

@@ -54,6 +54,7 @@ class StreamPace:
         # asyncio's and uvloop's transports both have these (uvloop's are no WriteTransport).
         if transport is None or transport.is_closing():
             return self.pushed
+        # Ignored: aiohttp types it as BaseTransport, which lacks the method; see above.
         return self.pushed - transport.get_write_buffer_size()  # type: ignore[attr-defined]
 
     def _schedule(self) -> None:

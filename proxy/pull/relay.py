@@ -23,7 +23,7 @@ from aiohttp import web
 
 from proxy import metrics
 from proxy.oci.digest import Verifier
-from proxy.oci.errors import OCIError
+from proxy.oci.errors import OCICode, OCIError, PullgateCode, lookup
 from proxy.pull.pace import StreamPace
 
 log = logging.getLogger("pullgate.relay")
@@ -224,34 +224,34 @@ def abort_connection(request: web.Request) -> None:
 async def upstream_error(upstream: aiohttp.ClientResponse, kind: str, slug: str) -> OCIError:
     """Map an upstream non-success answer to the client's OCI error."""
     status = upstream.status
-    code, message = await _read_error(upstream)
+    # Only a code pullgate declares is relayed: a client never sees a string it cannot look up.
+    raw_code, message = await _read_error(upstream)
+    code = lookup(raw_code) if raw_code else None
     if status == 404:
-        default = {"manifests": "MANIFEST_UNKNOWN", "blobs": "BLOB_UNKNOWN"}.get(kind, "NAME_UNKNOWN")
-        allowed = {"MANIFEST_UNKNOWN", "BLOB_UNKNOWN", "NAME_UNKNOWN"}
-        return OCIError(code if code in allowed else default, message or "not found", status=404)
+        default = {"manifests": OCICode.MANIFEST_UNKNOWN, "blobs": OCICode.BLOB_UNKNOWN}.get(kind, OCICode.NAME_UNKNOWN)
+        allowed = {OCICode.MANIFEST_UNKNOWN, OCICode.BLOB_UNKNOWN, OCICode.NAME_UNKNOWN}
+        return OCIError(code if code in allowed else default, message or "not found")
     if status == 416:
         headers = {"Content-Range": upstream.headers["Content-Range"]} if "Content-Range" in upstream.headers else {}
-        return OCIError("RANGE_INVALID", "requested range not satisfiable", status=416, headers=headers)
+        return OCIError(PullgateCode.RANGE_INVALID, "requested range not satisfiable", headers=headers)
     if status == 429:
         retry = upstream.headers.get("Retry-After", "60")
         return OCIError(
-            "TOOMANYREQUESTS",
+            OCICode.TOOMANYREQUESTS,
             f"registry {slug!r} is rate limiting the proxy",
-            status=429,
             headers={"Retry-After": retry if retry.isdigit() else "60"},
         )
     if status == 403:
-        return OCIError(
-            "UPSTREAM_ERROR", f"the vendor's registry {slug!r} refused the proxy's credentials (upstream status 403)",
-            status=502,
-        )  # fmt: skip
+        message = f"the vendor's registry {slug!r} refused the proxy's credentials (upstream status 403)"
+        return OCIError(PullgateCode.UPSTREAM_ERROR, message)
     if status == 503:
-        return OCIError("UPSTREAM_UNAVAILABLE", f"registry {slug!r} is unavailable", status=503)
+        return OCIError(PullgateCode.UPSTREAM_UNAVAILABLE, f"registry {slug!r} is unavailable")
     if status >= 500:
-        return OCIError("UPSTREAM_ERROR", f"registry {slug!r} answered {status}", status=502)
-    if 400 <= status < 500 and code:
+        return OCIError(PullgateCode.UPSTREAM_ERROR, f"registry {slug!r} answered {status}")
+    if 400 <= status < 500 and code is not None:
+        # The upstream's own status: it decided this answer (e.g. NAME_INVALID with 400).
         return OCIError(code, message or "upstream refused the request", status=status)
-    return OCIError("UPSTREAM_ERROR", f"registry {slug!r} answered {status}", status=502)
+    return OCIError(PullgateCode.UPSTREAM_ERROR, f"registry {slug!r} answered {status}")
 
 
 async def _read_error(upstream: aiohttp.ClientResponse) -> tuple[str | None, str | None]:

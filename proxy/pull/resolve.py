@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from proxy.oci.errors import OCIError
+from proxy.oci.errors import OCICode, OCIError
 from proxy.oci.grammar import ProxyName
 from proxy.store.models import Registry
 from proxy.upstream.endpoints import canonical_endpoint
@@ -29,10 +29,10 @@ def resolve(registries: Sequence[Registry], name: ProxyName) -> tuple[Registry, 
     if hub is not None and "." not in name.upstream:
         rest = f"{name.upstream}/{name.rest}" if name.rest else name.upstream
         return hub, _repo(hub, rest)
-    raise OCIError("NAME_UNKNOWN", "repository name not known to registry", detail={"name": name.full})
+    raise OCIError(OCICode.NAME_UNKNOWN, "repository name not known to registry", detail={"name": name.full})
 
 
 def _repo(registry: Registry, rest: str) -> str:
     if not rest:
-        raise OCIError("NAME_UNKNOWN", "no repository after the registry name")
+        raise OCIError(OCICode.NAME_UNKNOWN, "no repository after the registry name")
     return provider_of(registry).upstream_repo(rest)

@@ -22,7 +22,7 @@ from proxy.auth.gate import Gate, authorize_anonymous, authorize_catalog
 from proxy.context import HOST_TEAM, ctx
 from proxy.oci.allowlist import allowed
 from proxy.oci.digest import MAX_MANIFEST, digest_of, is_digest, manifest_digest_problem
-from proxy.oci.errors import OCIError
+from proxy.oci.errors import OCICode, OCIError, PullgateCode
 from proxy.oci.grammar import MANIFEST_TYPES, Route, check_page_size, decode_path, parse_route, split_proxy_name
 from proxy.oci.names import is_anonymous
 from proxy.pull.anonymous import anonymous_allows, resolve_anonymous
@@ -93,12 +93,9 @@ class OCIRoutes:
     async def token(self, request: web.Request) -> web.Response:
         c = ctx(request)
         c.route, c.action = "token", "auth"
-        if request.method == "GET":
-            return await self.tokens.get(request)
         if request.method == "POST":
             await self._read_form_in_time(request)
-            return await self.tokens.post(request)
-        raise OCIError("UNSUPPORTED", "the token endpoint takes GET or POST")
+        return await self.tokens.handle(request)
 
     async def _read_form_in_time(self, request: web.Request) -> None:
         """The token form is the one body the proxy reads: like headers, it must arrive within
@@ -110,7 +107,7 @@ class OCIRoutes:
             metrics.CONNECTIONS_REFUSED.labels("body_timeout").inc()
             ctx(request).aborted = "body_timeout"  # our cut, not the client leaving: logged as 408
             abort_connection(request)
-            raise OCIError("REQUEST_TIMEOUT", "the request body did not arrive in time", status=408) from None
+            raise OCIError(PullgateCode.REQUEST_TIMEOUT, "the request body did not arrive in time") from None
 
     async def pull(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -150,7 +147,7 @@ class OCIRoutes:
                 return await self._answer(request, upstream, route, registry, repo, "Range" in headers)
         except UpstreamError as exc:
             retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-            raise OCIError(exc.code, exc.message, status=exc.status, headers=retry) from None
+            raise OCIError(exc.code, exc.message, headers=retry) from None
 
     async def _answer(
         self,
@@ -167,7 +164,7 @@ class OCIRoutes:
             raise await upstream_error(upstream, route.kind, registry.slug)
         if upstream.status == 206 and not ranged:
             # Only a whole body can be checked against its digest: a part nobody asked for is refused.
-            raise OCIError("UPSTREAM_ERROR", f"registry {registry.slug!r} sent a part, not the whole", status=502)
+            raise OCIError(PullgateCode.UPSTREAM_ERROR, f"registry {registry.slug!r} sent a part, not the whole")
         if route.kind == "tags" and request.method == "GET":
             return await self._tags(request, upstream, route.name, repo)
         extra = _rewrite_link(upstream, repo, route.name) | API_VERSION
@@ -200,7 +197,7 @@ class OCIRoutes:
                 body = await _read_manifest(upstream, slug)
         except TimeoutError:
             upstream.close()
-            raise OCIError("UPSTREAM_TIMEOUT", f"registry {slug!r} sends its manifest too slowly", status=504) from None
+            raise OCIError(PullgateCode.UPSTREAM_TIMEOUT, f"registry {slug!r} sends its manifest too slowly") from None
         except OCIError:
             upstream.close()  # the rest of an oversize or broken body is not worth reading
             raise
@@ -209,7 +206,7 @@ class OCIRoutes:
         problem = manifest_digest_problem(body, requested, announced)
         if problem is not None:
             _digest_mismatch(slug, "manifest", requested or announced or "-", ctx(request).image)
-            raise OCIError("UPSTREAM_ERROR", f"registry {slug!r} sent a bad manifest: {problem}", status=502)
+            raise OCIError(PullgateCode.UPSTREAM_ERROR, f"registry {slug!r} sent a bad manifest: {problem}")
         headers = passed_headers(upstream) | extra
         headers.pop("Content-Length", None)  # ours: the length of the bytes we hold
         headers["Docker-Content-Digest"] = requested or announced or digest_of(body)
@@ -224,11 +221,11 @@ class OCIRoutes:
         c.note(customer)
         app = await self.read_cache.app(pname.app)
         if app is None or app.id != customer.app_id:
-            raise OCIError("NAME_UNKNOWN", "repository name not known to registry")
+            raise OCIError(OCICode.NAME_UNKNOWN, "repository name not known to registry")
         registry, repo = resolve(await self.read_cache.registries_for(app), pname)
         # Before any upstream I/O; refused exactly like an unknown name (see allowlist.py).
         if not allowed(app.image_allowlist, repo):
-            raise OCIError("NAME_UNKNOWN", "repository name not known to registry", detail={"name": pname.full})
+            raise OCIError(OCICode.NAME_UNKNOWN, "repository name not known to registry", detail={"name": pname.full})
         return registry, repo
 
     async def _anonymous(self, request: web.Request, route: Route) -> tuple[Registry, str]:
@@ -242,7 +239,7 @@ class OCIRoutes:
         registry, repo = resolve_anonymous(registries, route.name)
         # Before any upstream I/O; refused exactly like an unknown name (see proxy.pull.anonymous).
         if not anonymous_allows(registry, await self.read_cache.team_apps(registry.team_id), repo):
-            raise OCIError("NAME_UNKNOWN", "repository name not known to registry", detail={"name": route.name})
+            raise OCIError(OCICode.NAME_UNKNOWN, "repository name not known to registry", detail={"name": route.name})
         return registry, repo
 
     async def catalog(self, request: web.Request) -> web.Response:
@@ -255,7 +252,7 @@ class OCIRoutes:
         c.note(customer)
         app = await self.read_cache.app(customer.app_slug)
         if app is None:
-            raise OCIError("NAME_UNKNOWN", "no such app")
+            raise OCIError(OCICode.NAME_UNKNOWN, "no such app")
         names = {f"proxy/{app.slug}/{slug}/{image}" for slug, image in await self.read_cache.pulled(app)}
         registries = await self.read_cache.registries_for(app)
         if len(registries) == 1:
@@ -279,19 +276,19 @@ class OCIRoutes:
                     body += chunk
                     if len(body) > MAX_TAGS_BODY:
                         upstream.close()
-                        raise OCIError("UPSTREAM_ERROR", "tag list too large", status=502)
+                        raise OCIError(PullgateCode.UPSTREAM_ERROR, "tag list too large")
         except TimeoutError:
             upstream.close()
-            raise OCIError("UPSTREAM_TIMEOUT", "upstream sends its tag list too slowly", status=504) from None
+            raise OCIError(PullgateCode.UPSTREAM_TIMEOUT, "upstream sends its tag list too slowly") from None
         except aiohttp.ClientError:
-            raise OCIError("UPSTREAM_ERROR", "upstream broke off while sending its tag list", status=502) from None
+            raise OCIError(PullgateCode.UPSTREAM_ERROR, "upstream broke off while sending its tag list") from None
         try:
             data = json.loads(body)
             tags = data.get("tags") or []
         except (ValueError, AttributeError):
-            raise OCIError("UPSTREAM_ERROR", "upstream tag list is not JSON", status=502) from None
+            raise OCIError(PullgateCode.UPSTREAM_ERROR, "upstream tag list is not JSON") from None
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-            raise OCIError("UPSTREAM_ERROR", "upstream tag list is malformed", status=502)
+            raise OCIError(PullgateCode.UPSTREAM_ERROR, "upstream tag list is malformed")
         headers = _rewrite_link(upstream, repo, client_name) | API_VERSION
         if "Link" not in headers:
             path = f"/v2/{client_name}/tags/list"
@@ -320,7 +317,7 @@ def paginate(items: list[str], n: str | None, last: str | None, path: str) -> tu
 
 async def _read_manifest(upstream: aiohttp.ClientResponse, slug: str) -> bytes:
     too_large = OCIError(
-        "UPSTREAM_ERROR", f"registry {slug!r} sent a manifest too large (over {MAX_MANIFEST} bytes)", status=502
+        PullgateCode.UPSTREAM_ERROR, f"registry {slug!r} sent a manifest too large (over {MAX_MANIFEST} bytes)"
     )
     if (upstream.content_length or 0) > MAX_MANIFEST:
         raise too_large
@@ -331,9 +328,9 @@ async def _read_manifest(upstream: aiohttp.ClientResponse, slug: str) -> bytes:
             if len(body) > MAX_MANIFEST:
                 raise too_large
     except aiohttp.ClientError:
-        raise OCIError("UPSTREAM_ERROR", f"registry {slug!r} broke off while sending a manifest", status=502) from None
+        raise OCIError(PullgateCode.UPSTREAM_ERROR, f"registry {slug!r} broke off while sending a manifest") from None
     if upstream.content_length is not None and len(body) != upstream.content_length:
-        raise OCIError("UPSTREAM_ERROR", f"registry {slug!r} sent a short manifest", status=502)
+        raise OCIError(PullgateCode.UPSTREAM_ERROR, f"registry {slug!r} sent a short manifest")
     return bytes(body)
 
 
@@ -353,7 +350,7 @@ def _note_token_customer(request: web.Request, customer: Customer) -> None:
 
 def _reads_only(request: web.Request) -> None:
     if request.method not in READ_METHODS:
-        raise OCIError("UNSUPPORTED", "this registry is read-only: only pulls are supported")
+        raise OCIError(OCICode.UNSUPPORTED, "this registry is read-only: only pulls are supported")
 
 
 def _upstream_path(route: Route, repo: str, request: web.Request) -> str:
@@ -384,7 +381,7 @@ def _upstream_headers(request: web.Request, route: Route) -> dict[str, str]:
     rng = request.headers.get("Range")
     if rng is not None and route.kind == "blobs":
         if not _RANGE_RE.match(rng.strip()):
-            raise OCIError("RANGE_INVALID", "only a single bytes=start-end range is supported", status=416)
+            raise OCIError(PullgateCode.RANGE_INVALID, "only a single bytes=start-end range is supported")
         headers["Range"] = rng.strip()
     inm = request.headers.get("If-None-Match")
     if inm is not None and len(inm) < 1024:

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from proxy.oci.errors import OCIError
+from proxy.oci.errors import OCIError, PullgateCode
 from proxy.store.models import App, Customer, CustomHostname, Registry, Team
 from proxy.store.schema import MIGRATIONS
 
@@ -97,7 +97,7 @@ class Store(abc.ABC):
         for version, script in enumerate(MIGRATIONS, start=1):
             if version <= done:
                 continue
-            stmts = [(s.strip(), ()) for s in script.split(";") if s.strip()]
+            stmts: list[tuple[str, Sequence[Any]]] = [(s.strip(), ()) for s in script.split(";") if s.strip()]
             stmts.append(("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (version, now_iso())))
             await self.execute_many(stmts)
 
@@ -433,7 +433,7 @@ class Store(abc.ABC):
         return _hostname(row) if row else None
 
     async def hostnames(self, team_id: str | None = None, status: str | None = None) -> list[CustomHostname]:
-        sql, params = "SELECT * FROM custom_hostnames WHERE 1 = 1", []
+        sql, params = "SELECT * FROM custom_hostnames WHERE 1 = 1", list[str]()
         if team_id is not None:
             sql, params = sql + " AND team_id = ?", [*params, team_id]
         if status is not None:
@@ -475,9 +475,7 @@ class StoreUnavailable(OCIError):
     Retry-After for the client, not an internal error."""
 
     def __init__(self) -> None:
-        super().__init__(
-            "UNAVAILABLE", "the service is briefly unavailable; try again", status=503, headers={"Retry-After": "5"}
-        )
+        super().__init__(PullgateCode.UNAVAILABLE, headers={"Retry-After": "5"})
 
 
 class Conflict(Exception):

@@ -156,9 +156,9 @@ class PostgresStore(Store):
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
 
-                def on_notify(_c: Any, _pid: int, _channel: str, payload: str) -> None:
+                def on_notify(_c: Any, _pid: int, _channel: str, payload: object) -> None:
                     try:
-                        callback(payload)
+                        callback(str(payload))  # asyncpg's stubs type it as object; it is the NOTIFY text
                     except Exception:
                         log.exception("change callback failed")
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from proxy.egress import Refusal
+from proxy.oci.errors import PullgateCode
 
 
 class UpstreamError(Exception):
     """Base: `slug` names the registry; messages never carry credentials."""
 
-    status = 502
-    code = "UPSTREAM_ERROR"
+    code = PullgateCode.UPSTREAM_ERROR
     # Seconds a client should wait before trying again, when waiting helps.
     retry_after: int | None = None
 
@@ -17,6 +17,11 @@ class UpstreamError(Exception):
         super().__init__(message)
         self.slug = slug
         self.message = message
+
+    @property
+    def status(self) -> int:
+        """The status the client is answered: the code's own."""
+        return self.code.status
 
 
 class CredentialsRejected(UpstreamError):
@@ -36,19 +41,16 @@ class RealmRefused(UpstreamError):
 
 
 class UpstreamUnavailable(UpstreamError):
-    status = 502
+    """Connection refused or reset, DNS failure: UPSTREAM_ERROR (502), as clients have always had it."""
 
 
 class UpstreamTimeout(UpstreamError):
-    status = 504
-    code = "UPSTREAM_TIMEOUT"
+    code = PullgateCode.UPSTREAM_TIMEOUT
 
 
 class EgressRefused(UpstreamError):
     """The registry (its url, a redirect, a token realm) pointed at a destination the
     egress policy refuses. The client's message names the registry, never the address."""
-
-    status = 502
 
     def __init__(self, slug: str, refusal: Refusal) -> None:
         super().__init__(slug, f"registry {slug!r} pointed the proxy at a destination it may not connect to")
@@ -58,8 +60,7 @@ class EgressRefused(UpstreamError):
 class UpstreamBusy(UpstreamError):
     """Every upstream connection this registry may hold is in use (upstream.pool_per_registry)."""
 
-    status = 503
-    code = "UPSTREAM_UNAVAILABLE"
+    code = PullgateCode.UPSTREAM_UNAVAILABLE
     retry_after = 1
 
     def __init__(self, slug: str) -> None:

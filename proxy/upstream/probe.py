@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proxy.oci.errors import OCIError
+from proxy.oci.errors import OCIError, PullgateCode
 from proxy.oci.grammar import MANIFEST_TYPES, TAG_RE, check_digest, check_name
 from proxy.store.models import Registry
 from proxy.upstream.client import UpstreamClient
@@ -40,10 +40,10 @@ def split_image(image: str) -> tuple[str, str]:
             if not sep or "/" in ref:
                 repo, ref = image, "latest"
             elif not TAG_RE.match(ref):
-                raise ValueError("TAG_INVALID: invalid tag")
+                raise ValueError(f"{PullgateCode.TAG_INVALID.value}: invalid tag")
         check_name(repo)
     except OCIError as exc:
-        raise ValueError(f"{exc.code}: {exc.message}") from None
+        raise ValueError(f"{exc.code.value}: {exc.message}") from None
     return repo, ref
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from aiohttp import web
 from multidict import MultiMapping
 
 from proxy.upstream.providers import PROVIDERS, Provider, provider_of
@@ -165,7 +166,7 @@ MAX_PEM = 64 * 1024
 def pem_field(form: MultiMapping[Any], name: str) -> str:
     """A PEM from its file upload (`<name>File`) when a file was chosen, else its textarea."""
     upload = form.get(f"{name}File")
-    if hasattr(upload, "file") and getattr(upload, "filename", ""):
+    if isinstance(upload, web.FileField) and upload.filename:
         data = upload.file.read(MAX_PEM + 1)
         if data and len(data) <= MAX_PEM:
             return data.decode("utf-8", "replace")

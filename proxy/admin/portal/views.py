@@ -213,7 +213,7 @@ async def home(request: web.Request) -> web.StreamResponse:
 
 
 def _tab(request: web.Request, form: MultiMapping[Any] | None = None) -> str:
-    tab = (form or {}).get("tab") or request.query.get("provider") or "dockerhub"
+    tab = (form.get("tab") if form is not None else None) or request.query.get("provider") or "dockerhub"
     return tab if tab in forms.tabs() else "dockerhub"
 
 
@@ -314,7 +314,7 @@ async def customers(request: web.Request, extra: dict[str, Any] | None = None, s
 
 async def create_customer(request: web.Request) -> web.StreamResponse:
     form = _form(request)
-    body = {k: str(form.get(k, "")).strip() for k in ("name", "email", "appSlug", "licenseType")}
+    body: dict[str, str | None] = {k: str(form.get(k, "")).strip() for k in ("name", "email", "appSlug", "licenseType")}
     body["expiresAt"] = _date_in(form.get("expiresAt"))
     try:
         c = await _service(request).create_customer(request[TEAM], body)
@@ -546,11 +546,12 @@ def _short(ref: str | None) -> str:
 def _size(n: int | None) -> str:
     if not n:
         return "0 B"
+    size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(size)
 
 
 def portal_app(
