@@ -254,7 +254,7 @@ class AppUnderFuzz:
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
         self.port = self.runner.addresses[0][1]
-        valid = await self.services.directory.customer_by_license(LICENSES["valid"])
+        valid = await self.services.read_cache.customer_by_license(LICENSES["valid"])
         assert valid is not None
         names = [f"proxy/acme/{slug}/{repo}" for slug in ("vendor-up", "vendor-odd", "vendor-down") for repo in REPOS]
         self.token, _, _ = self.services.gate.issuer.issue(
