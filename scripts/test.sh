@@ -25,7 +25,7 @@ missing=()
 for prog in "${!want[@]}"; do
   command -v "$prog" >/dev/null 2>&1 || [[ -x /usr/sbin/$prog ]] || missing+=("${want[$prog]}")
 done
-# The PostgreSQL server (tests/test_postgres.py) is off PATH, in /usr/lib/postgresql/<version>/bin.
+# The PostgreSQL server (tests/integration/test_postgres.py) is off PATH, in /usr/lib/postgresql/<version>/bin.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
@@ -46,6 +46,6 @@ fi
 
 .venv/bin/ruff check proxy tests bench
 .venv/bin/lint-imports  # the layers of DESIGN.md, declared in pyproject.toml
-# Portal screenshots (tests/test_portal.py) are kept here; .cache/ is gitignored.
+# Portal screenshots (tests/integration/test_portal.py) are kept here; .cache/ is gitignored.
 export PULLGATE_ARTIFACTS=${PULLGATE_ARTIFACTS:-$PWD/.cache/artifacts/portal}
 exec .venv/bin/pytest -p no:cacheprovider "$@"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-from tests.client import ProxyClient, basic
-from tests.conftest import Deployment
+from tests.support.client import ProxyClient, basic
+from tests.support.deployment import Deployment
 
 
 async def test_access_log_is_json_lines_without_secrets(deployment: Deployment):

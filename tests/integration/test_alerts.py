@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-RULES_DIR = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
+RULES_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 RULES = RULES_DIR / "pullgate-alerts.yaml"
 RULE_TESTS = RULES_DIR / "pullgate-alerts.test.yaml"
 # What the rules must cover (issue 13).

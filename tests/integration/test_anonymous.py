@@ -8,8 +8,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.client import basic
 from tests.support import skopeo
+from tests.support.client import basic
 from tests.support.pullgate import Pullgate
 from tests.support.registry import Registry
 

@@ -13,7 +13,7 @@ import pytest
 
 from proxy.pull.anonymous import anonymous_allows
 from proxy.store.models import App, Registry
-from tests.client import basic
+from tests.support.client import basic
 from tests.support.hostile import OCI_MANIFEST, HostileRegistry, image
 from tests.support.pullgate import Pullgate
 

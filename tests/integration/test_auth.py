@@ -8,8 +8,8 @@ import time
 import jwt
 import pytest
 
-from tests.client import ProxyClient, basic
-from tests.conftest import Deployment
+from tests.support.client import ProxyClient, basic
+from tests.support.deployment import Deployment
 
 SCOPE = "repository:proxy/acme/vendor-basic/vendor/oci:pull"
 MANIFEST = "/v2/proxy/acme/vendor-basic/vendor/oci/manifests/v1"

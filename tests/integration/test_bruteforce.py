@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
-from tests.client import basic
+from tests.support.client import basic
 from tests.support.pullgate import Pullgate
 from tests.support.registry import Registry
 

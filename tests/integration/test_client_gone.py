@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
-from tests.client import basic
+from tests.support.client import basic
 from tests.support.hostile import OCI_MANIFEST, Body, HostileRegistry, image, repeated, repeated_digest
 from tests.support.pullgate import Pullgate
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Deployment
 from tests.support import containerd as ctrd
 from tests.support import gotools
+from tests.support.deployment import Deployment
 from tests.support.images import Blob, PushedImage, image
 
 IN_CI = os.environ.get("CI", "").lower() == "true"

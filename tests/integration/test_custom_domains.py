@@ -22,8 +22,8 @@ import trustme
 import yaml
 
 from proxy.domains.verify import WELL_KNOWN
-from tests.client import basic
 from tests.support import skopeo
+from tests.support.client import basic
 from tests.support.dns_server import LoopbackDNS
 from tests.support.pullgate import REPO_ROOT, Pullgate
 from tests.support.registry import Registry

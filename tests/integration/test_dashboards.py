@@ -28,7 +28,7 @@ import yaml
 import proxy
 from proxy import metrics
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "pullgate.json"
 RULES = ROOT / "deploy" / "prometheus" / "pullgate-alerts.yaml"
 

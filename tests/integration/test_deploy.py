@@ -30,7 +30,7 @@ import yaml
 from proxy.config import Config, load
 from tests.support import gotools
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "pullgate"
 BASE = ROOT / "deploy" / "kubernetes"
 CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))

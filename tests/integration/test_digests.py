@@ -13,8 +13,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.client import basic
 from tests.support import skopeo
+from tests.support.client import basic
 from tests.support.hostile import (
     OCI_MANIFEST,
     Body,

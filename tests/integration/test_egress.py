@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 import trustme
 
-from tests.client import basic
+from tests.support.client import basic
 from tests.support.faults import Sentinel
 from tests.support.inward import InwardRegistry
 from tests.support.pullgate import Pullgate

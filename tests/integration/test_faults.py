@@ -27,7 +27,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.client import basic
+from tests.support.client import basic
 from tests.support.images import MiB, PushedImage, Pusher, oci_image
 from tests.support.postgres import PostgresCluster, unavailable_reason
 from tests.support.pullgate import REPO_ROOT, Pullgate

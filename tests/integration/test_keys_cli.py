@@ -22,7 +22,7 @@ from proxy.config import load
 from proxy.secrets import Keyring, SecretError
 from proxy.store import open_store
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass

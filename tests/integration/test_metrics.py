@@ -13,8 +13,8 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.client import ProxyClient, basic
-from tests.conftest import Deployment
+from tests.support.client import ProxyClient, basic
+from tests.support.deployment import Deployment
 from tests.support.procs import ManagedProcess, free_port, wait_http
 
 

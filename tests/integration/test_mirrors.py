@@ -8,8 +8,8 @@ import re
 
 import aiohttp
 
-from tests.client import basic
-from tests.conftest import Deployment
+from tests.support.client import basic
+from tests.support.deployment import Deployment
 
 REPO = "proxy/acme/vendor-basic/vendor/docker"
 

@@ -8,8 +8,8 @@ import socket
 
 import pytest
 
-from tests.client import ProxyClient, basic
-from tests.conftest import Deployment
+from tests.support.client import ProxyClient, basic
+from tests.support.deployment import Deployment
 
 BASE = "/v2/proxy/acme/vendor-basic/vendor"
 OCI = "application/vnd.oci.image.manifest.v1+json"

@@ -18,9 +18,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.client import basic
 from tests.support import skopeo
 from tests.support.canaries import assert_no_secrets
+from tests.support.client import basic
 from tests.support.fronts import CDN, DenyingFront, ECRApiFront, RateLimitedFront, RedirectingFront
 from tests.support.images import PushedImage, oci_image
 from tests.support.procs import ManagedProcess, free_port, wait_http

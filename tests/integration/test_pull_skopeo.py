@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Deployment
 from tests.support import skopeo
+from tests.support.deployment import Deployment
 
 CASES = [
     ("vendor-basic", "oci", False),

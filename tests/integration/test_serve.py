@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.client import basic
+from tests.support.client import basic
 from tests.support.pullgate import REPO_ROOT, Pullgate
 from tests.support.registry import Registry
 

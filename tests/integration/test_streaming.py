@@ -7,9 +7,9 @@ import hashlib
 
 import aiohttp
 
-from tests.client import basic
-from tests.conftest import Deployment
 from tests.support import skopeo
+from tests.support.client import basic
+from tests.support.deployment import Deployment
 from tests.support.images import oci_image
 
 

@@ -17,15 +17,6 @@ from tests.support.images import OCI_MANIFEST, PushedImage, Pusher, PushError, o
 from tests.support.registry import Registry
 from tests.support.token_server import TokenServer
 
-# tests/conftest.py is meant to star-import these; importing them here as well would make
-# second, separate session fixtures (a second set of registries), so only do it as a fallback.
-try:
-    from tests import conftest as _conftest
-except ImportError:
-    _conftest = None
-if not hasattr(_conftest, "upstream_basic"):
-    from tests.support.fixtures import *  # noqa: F403
-
 UPSTREAMS = ["upstream_anon", "upstream_basic", "upstream_token"]
 SMALL = ["oci", "index", "docker", "dockerlist"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.client import basic
+from tests.support.client import basic
 from tests.support.inward import TricklingRegistry
 from tests.support.pullgate import Pullgate
 from tests.support.registry import Registry

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from tests.conftest import Deployment
+from tests.support.deployment import Deployment
 
 
 @dataclass

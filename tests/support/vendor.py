@@ -28,8 +28,6 @@ from tests.support.faults import Sentinel
 from tests.support.pullgate import Pullgate
 from tests.support.registry import Registry
 
-__all__ = ["vendor_env"]
-
 
 @dataclass
 class VendorEnv:

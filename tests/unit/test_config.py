@@ -11,7 +11,7 @@ import yaml
 
 from proxy.config import Config, ConfigError, load, read_secret, sqlite_path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _team(**overrides: Any) -> dict[str, Any]:
