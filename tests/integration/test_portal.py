@@ -618,11 +618,3 @@ async def test_custom_hostnames(portal: Portal, portal_env: PortalEnv, browser: 
         await _click_and_load(portal, page.locator("tr[data-slug=hostnames-reg] button:has-text('Remove')"), "cleanup")
 
 
-def test_certificate_flags():
-    from proxy.admin.portal.views import cert_state
-
-    now = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
-    assert cert_state(None, now) == "none"
-    assert cert_state({"notAfter": "2030-06-01T00:00:00+00:00", "expiringSoon": False}, now) == "ok"
-    assert cert_state({"notAfter": "2030-01-10T00:00:00+00:00", "expiringSoon": True}, now) == "expiring"
-    assert cert_state({"notAfter": "2029-12-31T00:00:00+00:00", "expiringSoon": True}, now) == "expired"

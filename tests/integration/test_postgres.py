@@ -28,7 +28,7 @@ from proxy.secrets import Keyring
 from proxy.store import open_store
 from proxy.store.base import Conflict, license_hash
 from proxy.store.models import Registry as RegistryRow
-from proxy.store.postgres import LISTENER_NAME, PostgresStore, to_dollar
+from proxy.store.postgres import LISTENER_NAME, PostgresStore
 from proxy.store.schema import MIGRATIONS
 from proxy.store.sqlite import SQLiteStore
 from tests.support.dns_server import LoopbackDNS
@@ -71,11 +71,6 @@ def seal(value: str, cid: str) -> str:
 # --- the store --------------------------------------------------------------------------
 
 
-def test_placeholders_outside_literals_only():
-    assert to_dollar("SELECT ? , ?") == "SELECT $1 , $2"
-    assert to_dollar("SELECT '?', 'it''s ?', \"a?\" FROM t WHERE x = ? AND y IN ('?', ?)") == (
-        "SELECT '?', 'it''s ?', \"a?\" FROM t WHERE x = $1 AND y IN ('?', $2)"
-    )
 
 
 async def test_placeholders_on_the_server(cluster: PostgresCluster):

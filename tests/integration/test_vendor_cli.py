@@ -13,9 +13,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import pytest
-
-from proxy.cli import main
 from tests.support.capture import CaptureServer
 from tests.support.pullgate import REPO_ROOT
 from tests.support.vendor import VendorEnv, kots_license, public_pem, rsa_key
@@ -50,21 +47,8 @@ def pull_status(env: VendorEnv, path: str, license_id: str) -> int:
         return exc.code
 
 
-COMMANDS = [
-    [], ["registry"], ["registry", "add"], ["registry", "update"], ["registry", "ls"], ["registry", "rm"],
-    ["registry", "test"], ["registry", "logs"], ["app"], ["app", "create"], ["app", "update"], ["app", "ls"],
-    ["customer"], ["customer", "create"], ["customer", "ls"], ["customer", "revoke"], ["customer", "archive"],
-    ["customer", "restore"], ["license"], ["license", "import"], ["logs"], ["admin"], ["admin", "token"],
-    ["admin", "token", "create"], ["admin", "hostname"], ["admin", "hostname", "ls"], ["admin", "hostname", "rm"],
-]  # fmt: skip
 
 
-@pytest.mark.parametrize("argv", COMMANDS, ids=lambda a: " ".join(a) or "pullgate")
-def test_help_on_every_command(argv: list[str], capsys: pytest.CaptureFixture[str]):
-    with pytest.raises(SystemExit) as exc:
-        main([*argv, "--help"])
-    assert exc.value.code == 0
-    assert "usage: pullgate" in capsys.readouterr().out
 
 
 def test_registry_add_test_rotate_remove(vendor_env: VendorEnv):
