@@ -161,10 +161,12 @@ class ECRApiFront(_Server):
         self.secret = secret
         self.lifetime = lifetime
         self.calls = 0
+        self.last_call = 0.0  # time.monotonic() of the last GetAuthorizationToken
         self.problems: list[str] = []
         super().__init__()
 
     def handle(self, req: BaseHTTPRequestHandler) -> None:
+        self.last_call = time.monotonic()
         length = int(req.headers.get("Content-Length") or 0)
         body = req.rfile.read(length)
         auth = req.headers.get("Authorization", "")
