@@ -213,9 +213,9 @@ async def test_http_challenge_verifies_through_the_hostname(tmp_path: Path, upst
                 assert r.status == 404
         status, body = await env.api("acme", "POST", f"/custom_hostname/{host}/verify")
         assert body["custom_hostname"]["status"] == "verified", body
-        # Now served, bound to acme.
+        # Now served (at the next host-table refresh), bound to acme.
+        assert await _until(lambda: _get(env, host), 401) == 401
         async with aiohttp.ClientSession() as s:
-            await asyncio.sleep(1.2)
             async with s.get(f"{env.server.url}/v2/", headers={"Host": host}) as r:
                 assert r.status == 401
                 assert f'realm="http://{host}/v2/token"' in r.headers["WWW-Authenticate"]
@@ -290,6 +290,16 @@ async def _until(check: Callable[[], Awaitable[int]], want: int, timeout: float 
     return got
 
 
+async def _host_table_refreshed(env: Env, team: str) -> None:
+    """Wait for a host-table refresh that began after now: a control hostname verified
+    now is served once one has (a negative, "not served", needs this point in time)."""
+    control = f"control-{secrets.token_hex(4)}.{team}.test"
+    await _add_and_verify_by_dns(env, team, control)
+    assert await _until(lambda: _get(env, control), 401) == 401, "no host-table refresh"
+    status, body = await env.api(team, "DELETE", f"/custom_hostname/{control}")
+    assert status in (200, 204), body
+
+
 def _manifest(team: str) -> str:
     return f"/v2/proxy/{team}/up/vendor/oci/manifests/v1"
 
@@ -315,7 +325,7 @@ async def test_http_challenge_is_off_by_default(tmp_path: Path, upstream_anon: R
         h = body["custom_hostname"]
         assert (status, h["status"]) == (200, "failed"), body
         assert "DNS TXT record only" in h["reason"] and "HTTP challenge is off" in h["reason"]
-        await asyncio.sleep(1.2)  # past a host-table refresh
+        await _host_table_refreshed(env, "acme")
         assert await _get(env, host) == 404
         # The TXT record is the way.
         dns.txt[f"_pullgate-challenge.{host}"] = [token]
@@ -342,7 +352,7 @@ async def test_operator_hosts_cannot_be_taken_over(tmp_path: Path, upstream_anon
             answers[name] = await env.api("acme", "POST", "/custom_hostnames", {"hostname": name})
             if answers[name][0] == 201:
                 await env.api("acme", "POST", f"/custom_hostname/{name}/verify")
-        await asyncio.sleep(1.2)  # past a host-table refresh
+        await _host_table_refreshed(env, "acme")
         # The other team still pulls on the operator's name; acme's name is not bound to acme.
         assert await _get(env, operator, _manifest("globex"), "globex") == 200
         assert await _get(env, operator, _manifest("acme"), "acme") == 200

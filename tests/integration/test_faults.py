@@ -29,6 +29,7 @@ import pytest
 
 from tests.support.client import basic
 from tests.support.images import MiB, PushedImage, Pusher, oci_image
+from tests.support.poll import apoll
 from tests.support.postgres import PostgresCluster, unavailable_reason
 from tests.support.pullgate import REPO_ROOT, Pullgate
 from tests.support.registry import Registry
@@ -339,8 +340,9 @@ async def test_keyring_rotated_during_pulls(workdir: Path):
                         outcomes.append(await pull_blob(s, *_blob_url(server, "rot", img)[0:3]))
 
             tasks = [asyncio.create_task(puller(img)) for img in images]
-            await asyncio.sleep(1)
+            await apoll(lambda: len(outcomes) >= len(images), 20, "the pullers running")
             for _ in range(3):
+                reloads, pulled = server.log_text().count("master keyring reloaded"), len(outcomes)
                 res = await asyncio.to_thread(
                     subprocess.run,
                     [sys.executable, "-m", "proxy", "keys", "rotate", "--config", str(server.config_path)],
@@ -351,7 +353,9 @@ async def test_keyring_rotated_during_pulls(workdir: Path):
                     timeout=60,
                 )
                 assert res.returncode == 0, res.stderr
-                await asyncio.sleep(2.5)
+                # The running proxy takes the new keyring in, and pulls go on under it.
+                await apoll(lambda n=reloads: server.log_text().count("master keyring reloaded") > n, 10, "reloaded")
+                await apoll(lambda n=pulled: len(outcomes) >= n + 2 * len(images), 20, "pulls after it")
             stop.set()
             async with asyncio.timeout(30):
                 await asyncio.gather(*tasks)

@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from tests.support.client import basic
+from tests.support.poll import apoll
 from tests.support.pullgate import REPO_ROOT, Pullgate
 from tests.support.registry import Registry
 
@@ -57,9 +58,8 @@ async def test_sigterm_lets_running_streams_finish(tmp_path: Path, upstream_anon
                 h.update(first)
                 got += len(first)
                 server.terminate()
-                await asyncio.sleep(0.5)
                 # No new connections while the running stream drains ...
-                assert await asyncio.to_thread(_refuses_connections, server.port)
+                await apoll(lambda: asyncio.to_thread(_refuses_connections, server.port), 10, "listener closed")
                 # ... which it does, slowly and completely.
                 async for chunk in r.content.iter_chunked(1 << 20):
                     h.update(chunk)
@@ -135,8 +135,9 @@ async def test_key_rotation_reaches_a_running_server(tmp_path: Path, upstream_ba
         )  # fmt: skip
         assert res.returncode == 0, res.stderr
         assert "re-encrypted 2 secret(s)" in res.stdout
-        # The stored password is now sealed under a key this process loaded only from the file.
-        await asyncio.sleep(3)
+        # The stored password is now sealed under a key this process loads only from the file
+        # (its keyring poll, every 2 s).
+        await apoll(lambda: "master keyring reloaded" in server.log_text(), 10, "the keyring reloaded")
         async with aiohttp.ClientSession() as s:
             # A new registry connection needs the password: use a repository not yet authorised.
             async with s.get(url, headers=headers) as r:
