@@ -35,7 +35,13 @@ async def _serve(handler) -> tuple[web.AppRunner, int, list[str]]:  # type: igno
 
 
 @pytest.fixture
-async def servers() -> AsyncIterator[tuple[int, list[str], int, list[str]]]:
+def big_body_ends() -> asyncio.Event:
+    """Set, /v2/big's body comes to its end; until then it stays half sent."""
+    return asyncio.Event()
+
+
+@pytest.fixture
+async def servers(big_body_ends: asyncio.Event) -> AsyncIterator[tuple[int, list[str], int, list[str]]]:
     """An allowed registry (401 Basic for /v2/ecr..., else 200) and a forbidden bystander."""
 
     async def registry(request: web.Request) -> web.StreamResponse:
@@ -45,7 +51,7 @@ async def servers() -> AsyncIterator[tuple[int, list[str], int, list[str]]]:
             resp = web.StreamResponse(headers={"Content-Length": "4"})
             await resp.prepare(request)
             await resp.write(b"ab")
-            await asyncio.sleep(1.5)  # longer than the wait for a slot (connect_timeout)
+            await big_body_ends.wait()
             await resp.write(b"cd")
             return resp
         return web.Response(body=b"ok")
@@ -56,6 +62,7 @@ async def servers() -> AsyncIterator[tuple[int, list[str], int, list[str]]]:
     reg_runner, reg_port, reg_seen = await _serve(registry)
     by_runner, by_port, by_seen = await _serve(bystander)
     yield reg_port, reg_seen, by_port, by_seen
+    big_body_ends.set()  # the bodies a test left unread end, so their handlers do
     await reg_runner.cleanup()
     await by_runner.cleanup()
 
@@ -136,7 +143,7 @@ async def test_the_socket_itself_is_checked_too(servers):
         await c.close()
 
 
-async def test_pool_slot_is_held_until_the_response_is_released(servers):
+async def test_pool_slot_is_held_until_the_response_is_released(servers, big_body_ends: asyncio.Event):
     reg_port, _, _, _ = servers
     c = await _client([f"127.0.0.1:{reg_port}"], pool_size=4, pool_per_registry=1)
     reg = _reg(f"http://127.0.0.1:{reg_port}")
@@ -147,7 +154,9 @@ async def test_pool_slot_is_held_until_the_response_is_released(servers):
                 async with c.request(reg, "GET", "/v2/", {}, "x"):
                     pass
             assert info.value.status == 503 and "'unit'" in info.value.message
+            big_body_ends.set()
             assert await held.read() == b"abcd"  # read to the end: the connection can go back to the pool
+            big_body_ends.clear()
         for _ in range(3):  # released on leaving the block: the slot comes back each time
             async with asyncio.timeout(2), c.request(reg, "GET", "/v2/", {}, "x") as resp:
                 await resp.read()
