@@ -14,9 +14,10 @@ async def test_access_log_is_json_lines_without_secrets(deployment: Deployment):
     client = ProxyClient(deployment)
     await client.token(lic, "repository:proxy/acme/vendor-basic/vendor/oci:pull")
     ans = await client.request(
-        "GET", "/v2/proxy/acme/vendor-basic/vendor/oci/manifests/v1",
+        "GET",
+        "/v2/proxy/acme/vendor-basic/vendor/oci/manifests/v1",
         headers={"Authorization": basic(lic), "Accept": "application/vnd.oci.image.manifest.v1+json"},
-    )  # fmt: skip
+    )
     assert ans.status == 200
     rid = ans.headers["X-Request-Id"]
     # The access line is written once the response is sent: it may trail the answer a little.

@@ -43,8 +43,6 @@ def test_promtool_unit_tests_pass(promtool: str) -> None:
     assert "SUCCESS" in res.stdout
 
 
-
-
 def test_a_broken_threshold_fails_the_unit_tests(promtool: str, tmp_path: Path) -> None:
     """The unit tests bite: the 14-day certificate window moved to 7 days fails them."""
     text = RULES.read_text(encoding="utf-8")

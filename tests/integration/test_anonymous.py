@@ -21,16 +21,32 @@ BURST = 40
 def server(
     tmp_path_factory: pytest.TempPathFactory, upstream_anon: Registry, upstream_basic: Registry
 ) -> Iterator[Pullgate]:
-    teams = [{
-        "name": "anon", "apps": [{"slug": "anon"}],
-        "registries": [
-            {"slug": "public", "provider": "other", "endpoint": "public.test", "url": upstream_anon.url,
-             "insecure": True, "allow_anonymous": True},
-            {"slug": "private", "provider": "other", "endpoint": "private.test", "url": upstream_basic.url,
-             "insecure": True, "username": "vendor", "password_env": "ANON_UPSTREAM_PW"},
-        ],
-        "customers": [{"name": "C", "app": "anon", "license_id_env": "ANON_LICENSE"}],
-    }]  # fmt: skip
+    teams = [
+        {
+            "name": "anon",
+            "apps": [{"slug": "anon"}],
+            "registries": [
+                {
+                    "slug": "public",
+                    "provider": "other",
+                    "endpoint": "public.test",
+                    "url": upstream_anon.url,
+                    "insecure": True,
+                    "allow_anonymous": True,
+                },
+                {
+                    "slug": "private",
+                    "provider": "other",
+                    "endpoint": "private.test",
+                    "url": upstream_basic.url,
+                    "insecure": True,
+                    "username": "vendor",
+                    "password_env": "ANON_UPSTREAM_PW",
+                },
+            ],
+            "customers": [{"name": "C", "app": "anon", "license_id_env": "ANON_LICENSE"}],
+        }
+    ]
     env = {"ANON_LICENSE": LICENSE, "ANON_UPSTREAM_PW": upstream_basic.password or ""}
     settings = {"anonymous": {"rate_per_minute": 6, "burst": BURST}}
     srv = Pullgate(tmp_path_factory.mktemp("anon"), teams, env=env, settings=settings).start()
@@ -55,20 +71,26 @@ async def test_only_registries_that_allow_it(server: Pullgate, upstream_basic: R
             f"{server.url}/v2/token", params={"scope": f"repository:anonymous/private/{img.repo}:pull"}
         ) as r:
             token = (await r.json())["token"]
-        async with s.get(f"{server.url}/v2/anonymous/private/{img.repo}/manifests/v1",
-                         headers={"Authorization": f"Bearer {token}", "Accept": img.media_type}) as r:  # fmt: skip
+        async with s.get(
+            f"{server.url}/v2/anonymous/private/{img.repo}/manifests/v1",
+            headers={"Authorization": f"Bearer {token}", "Accept": img.media_type},
+        ) as r:
             assert r.status == 404 and (await r.json())["errors"][0]["code"] == "NAME_UNKNOWN"
         # An anonymous token opens nothing on the licensed path, and none is issued for it.
-        async with s.get(f"{server.url}/v2/proxy/anon/private/{img.repo}/manifests/v1",
-                         headers={"Authorization": f"Bearer {token}", "Accept": img.media_type}) as r:  # fmt: skip
+        async with s.get(
+            f"{server.url}/v2/proxy/anon/private/{img.repo}/manifests/v1",
+            headers={"Authorization": f"Bearer {token}", "Accept": img.media_type},
+        ) as r:
             assert r.status == 401
         async with s.get(
             f"{server.url}/v2/token", params={"scope": f"repository:proxy/anon/private/{img.repo}:pull"}
         ) as r:
             assert r.status == 401
         # The licensed path to the same registry works, with the license.
-        async with s.get(f"{server.url}/v2/proxy/anon/private/{img.repo}/manifests/v1",
-                         headers={"Authorization": basic(LICENSE), "Accept": img.media_type}) as r:  # fmt: skip
+        async with s.get(
+            f"{server.url}/v2/proxy/anon/private/{img.repo}/manifests/v1",
+            headers={"Authorization": basic(LICENSE), "Accept": img.media_type},
+        ) as r:
             assert r.status == 200
 
 

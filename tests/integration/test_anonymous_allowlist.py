@@ -129,9 +129,3 @@ async def test_the_vendor_api_sets_anonymous_repositories(server: Pullgate, host
     finally:
         status, _ = await _api(server, "PUT", "/external_registry/narrow", {"anonymousRepositories": ["vendor/public"]})
         assert status == 200
-
-
-
-
-
-

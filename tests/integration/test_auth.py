@@ -51,9 +51,11 @@ async def test_base_accepts_token_and_basic(client: ProxyClient, deployment: Dep
 async def test_token_answer_and_claims(client: ProxyClient, deployment: Deployment):
     lic = deployment.licenses["valid"]
     ans = await client.request(
-        "GET", "/v2/token", params={"service": deployment.host, "scope": SCOPE.replace(":pull", ":pull,push")},
+        "GET",
+        "/v2/token",
+        params={"service": deployment.host, "scope": SCOPE.replace(":pull", ":pull,push")},
         headers={"Authorization": basic(lic, user="someone@example.com")},
-    )  # fmt: skip
+    )
     assert ans.status == 200
     body = ans.json()
     assert set(body) == {"token", "access_token", "expires_in", "issued_at"}
@@ -71,8 +73,14 @@ async def test_token_answer_and_claims(client: ProxyClient, deployment: Deployme
 
 
 async def test_containerd_oauth_form(client: ProxyClient, deployment: Deployment):
-    form = {"grant_type": "password", "username": "LICENSE_ID", "password": deployment.licenses["valid"],
-            "service": deployment.host, "scope": SCOPE, "client_id": "containerd-client"}  # fmt: skip
+    form = {
+        "grant_type": "password",
+        "username": "LICENSE_ID",
+        "password": deployment.licenses["valid"],
+        "service": deployment.host,
+        "scope": SCOPE,
+        "client_id": "containerd-client",
+    }
     ans = await client.request("POST", "/v2/token", data=form)
     assert ans.status == 200
     tok = ans.json()["access_token"]
@@ -85,9 +93,13 @@ async def test_containerd_oauth_form(client: ProxyClient, deployment: Deployment
 
 @pytest.mark.parametrize(
     ("who", "status", "code"),
-    [("unknown", 401, "UNAUTHORIZED"), ("expired", 401, "UNAUTHORIZED"), ("other-app", 403, "DENIED"),
-     ("globex", 403, "DENIED")],
-)  # fmt: skip
+    [
+        ("unknown", 401, "UNAUTHORIZED"),
+        ("expired", 401, "UNAUTHORIZED"),
+        ("other-app", 403, "DENIED"),
+        ("globex", 403, "DENIED"),
+    ],
+)
 async def test_bad_licenses_are_refused(client: ProxyClient, deployment: Deployment, who: str, status: int, code: str):
     lic = deployment.licenses.get(who, "lic-unknown-0123456789abcdef")
     ans = await client.request(
@@ -103,9 +115,11 @@ async def test_bad_licenses_are_refused(client: ProxyClient, deployment: Deploym
 async def test_other_app_license_is_fine_for_its_own_app(client: ProxyClient, deployment: Deployment):
     lic = deployment.licenses["other-app"]
     ans = await client.request(
-        "GET", "/v2/token", params={"scope": "repository:proxy/acme-other/other-only/x:pull"},
+        "GET",
+        "/v2/token",
+        params={"scope": "repository:proxy/acme-other/other-only/x:pull"},
         headers={"Authorization": basic(lic)},
-    )  # fmt: skip
+    )
     assert ans.status == 200
 
 
@@ -146,8 +160,9 @@ async def test_revoked_license_stops_within_five_seconds(client: ProxyClient, de
         assert time.monotonic() - revoked_at <= 5.5
         basic_ans = await client.request("GET", MANIFEST, headers={"Authorization": basic(lic)})
         assert basic_ans.status == 401
-        tok_ans = await client.request("GET", "/v2/token", params={"scope": SCOPE},
-                                       headers={"Authorization": basic(lic)})  # fmt: skip
+        tok_ans = await client.request(
+            "GET", "/v2/token", params={"scope": SCOPE}, headers={"Authorization": basic(lic)}
+        )
         assert tok_ans.status == 401
     finally:
         await asyncio.to_thread(deployment.server.set_license_status, lic, "active")

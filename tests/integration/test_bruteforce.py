@@ -18,12 +18,22 @@ BURST = 5
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, upstream_anon: Registry) -> Iterator[Pullgate]:
-    teams = [{"name": "b", "apps": [{"slug": "b"}],
-              "registries": [{"slug": "up", "provider": "other", "endpoint": "up.test", "url": upstream_anon.url,
-                              "insecure": True}],
-              "customers": [{"name": "C", "app": "b", "license_id_env": "BRUTE_LICENSE"}]}]  # fmt: skip
-    srv = Pullgate(tmp_path_factory.mktemp("brute"), teams, env={"BRUTE_LICENSE": LICENSE},
-                   settings={"auth": {"failed_per_minute": 1, "failed_burst": BURST}}).start()  # fmt: skip
+    teams = [
+        {
+            "name": "b",
+            "apps": [{"slug": "b"}],
+            "registries": [
+                {"slug": "up", "provider": "other", "endpoint": "up.test", "url": upstream_anon.url, "insecure": True}
+            ],
+            "customers": [{"name": "C", "app": "b", "license_id_env": "BRUTE_LICENSE"}],
+        }
+    ]
+    srv = Pullgate(
+        tmp_path_factory.mktemp("brute"),
+        teams,
+        env={"BRUTE_LICENSE": LICENSE},
+        settings={"auth": {"failed_per_minute": 1, "failed_burst": BURST}},
+    ).start()
     yield srv
     srv.stop()
 

@@ -75,8 +75,10 @@ def _rootfs_layer() -> Blob:
     """A real gzip'd tar (unlike the seeded synthetic layers), so containerd can unpack it."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in (("etc/pullgate-release", b"pulled through pullgate\n"),
-                           ("bin/hello", b"#!/bin/sh\necho hello\n")):  # fmt: skip
+        for name, data in (
+            ("etc/pullgate-release", b"pulled through pullgate\n"),
+            ("bin/hello", b"#!/bin/sh\necho hello\n"),
+        ):
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), 0o755, 1704067200
             tar.addfile(info, io.BytesIO(data))
@@ -119,13 +121,22 @@ def _token_forms(log: AccessLog) -> set[str]:
     return {e["method"] for e in log.lines() if e["route"] == "token"}
 
 
-def test_containerd_pulls_and_unpacks(containerd: ctrd.Containerd, deployment: Deployment,
-                                      rootfs_image: PushedImage):  # fmt: skip
+def test_containerd_pulls_and_unpacks(containerd: ctrd.Containerd, deployment: Deployment, rootfs_image: PushedImage):
     img = rootfs_image
     ref = f"{_proxied(deployment, 'vendor-basic', img.repo)}:{img.tag}"
     log = AccessLog(deployment)
-    res = containerd.ctr(["images", "pull", "--plain-http", "--platform", "linux/amd64",
-                          "--user", f"LICENSE_ID:{deployment.licenses['valid']}", ref])  # fmt: skip
+    res = containerd.ctr(
+        [
+            "images",
+            "pull",
+            "--plain-http",
+            "--platform",
+            "linux/amd64",
+            "--user",
+            f"LICENSE_ID:{deployment.licenses['valid']}",
+            ref,
+        ]
+    )
     _ctr_ok(res, deployment)
     listed = _images(containerd, deployment)
     assert listed[ref][1] == img.digest, listed
@@ -144,13 +155,21 @@ def test_containerd_pulls_and_unpacks(containerd: ctrd.Containerd, deployment: D
 
 
 @pytest.mark.parametrize(("slug", "name"), [("vendor-basic", "index"), ("vendor-token", "dockerlist")])
-def test_containerd_fetches_every_platform(containerd: ctrd.Containerd, deployment: Deployment,
-                                           slug: str, name: str):  # fmt: skip
+def test_containerd_fetches_every_platform(containerd: ctrd.Containerd, deployment: Deployment, slug: str, name: str):
     # The seeded layers are not tar archives: fetch everything, without unpacking.
     img = deployment.upstreams[slug].images[name]
     ref = f"{_proxied(deployment, slug, img.repo)}:{img.tag}"
-    res = containerd.ctr(["content", "fetch", "--plain-http", "--all-platforms",
-                          "--user", f"LICENSE_ID:{deployment.licenses['valid']}", ref])  # fmt: skip
+    res = containerd.ctr(
+        [
+            "content",
+            "fetch",
+            "--plain-http",
+            "--all-platforms",
+            "--user",
+            f"LICENSE_ID:{deployment.licenses['valid']}",
+            ref,
+        ]
+    )
     _ctr_ok(res, deployment)
     listed = _images(containerd, deployment)
     assert listed[ref][1] == img.digest, listed
@@ -158,8 +177,7 @@ def test_containerd_fetches_every_platform(containerd: ctrd.Containerd, deployme
     check = _ctr_ok(containerd.ctr(["images", "check"]), deployment)
     assert "complete" in next(line for line in check.splitlines() if line.startswith(ref + " ")), check
     content = _ctr_ok(containerd.ctr(["content", "ls", "-q"]), deployment).split()
-    assert set(content) == {img.digest, *(c.digest for c in img.children),
-                            *(d for d, _ in img.all_blobs())}  # fmt: skip
+    assert set(content) == {img.digest, *(c.digest for c in img.children), *(d for d, _ in img.all_blobs())}
     assert containerd.ctr_bytes(["content", "get", img.digest]) == img.manifest
 
 
@@ -167,8 +185,9 @@ def test_containerd_wrong_license_fails(containerd: ctrd.Containerd, deployment:
     img = deployment.upstreams["vendor-basic"].images["index"]
     ref = f"{_proxied(deployment, 'vendor-basic', img.repo)}:{img.tag}"
     log = AccessLog(deployment)
-    res = containerd.ctr(["images", "pull", "--plain-http", "--platform", "linux/amd64",
-                          "--user", f"LICENSE_ID:{WRONG}", ref])  # fmt: skip
+    res = containerd.ctr(
+        ["images", "pull", "--plain-http", "--platform", "linux/amd64", "--user", f"LICENSE_ID:{WRONG}", ref]
+    )
     assert res.returncode != 0, res.stdout
     assert re.search(r"401|unauthorized", res.stderr, re.I), res.stderr
     assert not _ctr_ok(containerd.ctr(["images", "ls", "-q"]), deployment).strip()
@@ -197,12 +216,17 @@ class Crane:
         docker.mkdir(parents=True)
         auth = base64.b64encode(f"LICENSE_ID:{license_id}".encode()).decode()
         (docker / "config.json").write_text(json.dumps({"auths": {host: {"auth": auth}}}))
-        self.env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
-                    "DOCKER_CONFIG": str(docker), "TMPDIR": os.environ.get("TMPDIR", "/tmp")}  # fmt: skip
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(home),
+            "DOCKER_CONFIG": str(docker),
+            "TMPDIR": os.environ.get("TMPDIR", "/tmp"),
+        }
 
     def run(self, args: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run([str(self.binary), "--insecure", *args],
-                              capture_output=True, timeout=timeout, env=self.env)  # fmt: skip
+        return subprocess.run(
+            [str(self.binary), "--insecure", *args], capture_output=True, timeout=timeout, env=self.env
+        )
 
 
 class Regctl:
@@ -211,18 +235,24 @@ class Regctl:
     def __init__(self, binary: Path, home: Path, host: str, license_id: str) -> None:
         self.binary = binary
         home.mkdir(parents=True, exist_ok=True)
-        self.env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
-                    "TMPDIR": os.environ.get("TMPDIR", "/tmp")}  # fmt: skip
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(home),
+            "TMPDIR": os.environ.get("TMPDIR", "/tmp"),
+        }
         self.host = host
         res = self.run(["registry", "set", "--skip-check", "--tls", "disabled", host])
         assert res.returncode == 0, res.stderr
-        self.login = self.run(["registry", "login", "-u", "LICENSE_ID", "--pass-stdin", host],
-                              stdin=license_id.encode())  # fmt: skip
+        self.login = self.run(
+            ["registry", "login", "-u", "LICENSE_ID", "--pass-stdin", host], stdin=license_id.encode()
+        )
 
-    def run(self, args: Sequence[str], timeout: float = 60,
-            stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:  # fmt: skip
-        return subprocess.run([str(self.binary), *args], input=stdin,
-                              capture_output=True, timeout=timeout, env=self.env)  # fmt: skip
+    def run(
+        self, args: Sequence[str], timeout: float = 60, stdin: bytes | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [str(self.binary), *args], input=stdin, capture_output=True, timeout=timeout, env=self.env
+        )
 
 
 @pytest.fixture(scope="module")
@@ -248,13 +278,17 @@ def _refused(res: subprocess.CompletedProcess[bytes], deployment: Deployment, wh
     deployment.assert_clean(res.stdout + res.stderr, what)
 
 
-IMAGES = [("vendor-basic", "oci"), ("vendor-basic", "index"), ("vendor-token", "docker"),
-          ("vendor-token", "dockerlist"), ("vendor-anon", "oci")]  # fmt: skip
+IMAGES = [
+    ("vendor-basic", "oci"),
+    ("vendor-basic", "index"),
+    ("vendor-token", "docker"),
+    ("vendor-token", "dockerlist"),
+    ("vendor-anon", "oci"),
+]
 
 
 @pytest.mark.parametrize(("slug", "name"), IMAGES, ids=[f"{s}-{n}" for s, n in IMAGES])
-def test_crane_manifest_and_digest(crane_bin: Path, deployment: Deployment, tmp_path: Path,
-                                   slug: str, name: str):  # fmt: skip
+def test_crane_manifest_and_digest(crane_bin: Path, deployment: Deployment, tmp_path: Path, slug: str, name: str):
     crane = Crane(crane_bin, tmp_path, deployment.host, deployment.licenses["valid"])
     img = deployment.upstreams[slug].images[name]
     base = _proxied(deployment, slug, img.repo)
@@ -299,8 +333,7 @@ def test_crane_wrong_license_fails(crane_bin: Path, deployment: Deployment, tmp_
 
 
 @pytest.mark.parametrize(("slug", "name"), IMAGES, ids=[f"{s}-{n}" for s, n in IMAGES])
-def test_regctl_manifest_and_digest(regctl_bin: Path, deployment: Deployment, tmp_path: Path,
-                                    slug: str, name: str):  # fmt: skip
+def test_regctl_manifest_and_digest(regctl_bin: Path, deployment: Deployment, tmp_path: Path, slug: str, name: str):
     regctl = Regctl(regctl_bin, tmp_path, deployment.host, deployment.licenses["valid"])
     _ok(regctl.login, deployment, "regctl login")
     img = deployment.upstreams[slug].images[name]

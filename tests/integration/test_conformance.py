@@ -76,8 +76,9 @@ class Seeded:
         return sum(any(m in line for m in WRITE_METHODS) for line in lines)
 
 
-def _request(url: str, auth: str, method: str = "GET", data: bytes | None = None,
-             headers: dict[str, str] | None = None) -> Any:
+def _request(
+    url: str, auth: str, method: str = "GET", data: bytes | None = None, headers: dict[str, str] | None = None
+) -> Any:
     # loopback http:// URLs only
     req = urllib.request.Request(url, data, headers or {}, method=method)  # noqa: S310
     req.add_header("Authorization", auth)
@@ -86,26 +87,38 @@ def _request(url: str, auth: str, method: str = "GET", data: bytes | None = None
 
 def push_image(base: str, name: str, tag: str, auth: str) -> tuple[str, str]:
     """Push config + one layer + an OCI manifest; return (manifest digest, layer digest)."""
-    config = json.dumps({"architecture": "amd64", "os": "linux",
-                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}).encode()
     layer = hashlib.sha256(b"pullgate-conformance").digest() * 64
     descs = []
-    for blob, media in ((config, "application/vnd.oci.image.config.v1+json"),
-                        (layer, "application/vnd.oci.image.layer.v1.tar+gzip")):
+    for blob, media in (
+        (config, "application/vnd.oci.image.config.v1+json"),
+        (layer, "application/vnd.oci.image.layer.v1.tar+gzip"),
+    ):
         digest = "sha256:" + hashlib.sha256(blob).hexdigest()
         with _request(f"{base}/v2/{name}/blobs/uploads/", auth, "POST", b"") as resp:
             location = resp.headers["Location"]
         if location.startswith("/"):
             location = base + location
         sep = "&" if "?" in location else "?"
-        _request(f"{location}{sep}digest={digest}", auth, "PUT", blob,
-                 {"Content-Type": "application/octet-stream"}).close()
+        _request(
+            f"{location}{sep}digest={digest}", auth, "PUT", blob, {"Content-Type": "application/octet-stream"}
+        ).close()
         descs.append({"mediaType": media, "digest": digest, "size": len(blob)})
-    manifest = json.dumps({"schemaVersion": 2,
-                           "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                           "config": descs[0], "layers": descs[1:]}).encode()
-    _request(f"{base}/v2/{name}/manifests/{tag}", auth, "PUT", manifest,
-             {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}).close()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": descs[0],
+            "layers": descs[1:],
+        }
+    ).encode()
+    _request(
+        f"{base}/v2/{name}/manifests/{tag}",
+        auth,
+        "PUT",
+        manifest,
+        {"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+    ).close()
     return "sha256:" + hashlib.sha256(manifest).hexdigest(), descs[1]["digest"]
 
 
@@ -115,20 +128,23 @@ def direct_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded
         _unavailable("docker-registry or htpasswd (apache2-utils) not installed")
     root = tmp_path_factory.mktemp("registry")
     user, password = "user", "pass"
-    htpasswd = subprocess.run(["htpasswd", "-Bbn", user, password],
-                              check=True, capture_output=True, text=True).stdout
+    htpasswd = subprocess.run(["htpasswd", "-Bbn", user, password], check=True, capture_output=True, text=True).stdout
     (root / "htpasswd").write_text(htpasswd)
     port = _free_port()
-    (root / "cfg.yml").write_text(json.dumps({  # JSON is YAML
-        "version": 0.1, "log": {"level": "warn"},
-        "storage": {"filesystem": {"rootdirectory": str(root / "data")}},
-        "http": {"addr": f"127.0.0.1:{port}"},
-        "auth": {"htpasswd": {"realm": "conformance", "path": str(root / "htpasswd")}},
-    }))
+    (root / "cfg.yml").write_text(
+        json.dumps(
+            {  # JSON is YAML
+                "version": 0.1,
+                "log": {"level": "warn"},
+                "storage": {"filesystem": {"rootdirectory": str(root / "data")}},
+                "http": {"addr": f"127.0.0.1:{port}"},
+                "auth": {"htpasswd": {"realm": "conformance", "path": str(root / "htpasswd")}},
+            }
+        )
+    )
     # `timeout` makes the registry stop by itself even if pytest is killed.
     with open(root / "log", "wb") as log:
-        proc = subprocess.Popen(["timeout", "900", REGISTRY, "serve", str(root / "cfg.yml")],
-                                stdout=log, stderr=log)
+        proc = subprocess.Popen(["timeout", "900", REGISTRY, "serve", str(root / "cfg.yml")], stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
     auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
     try:
@@ -156,8 +172,13 @@ def test_conformance_harness_against_direct_registry(
     reg = direct_registry
     writes = reg.writes()
     result = run_conformance(
-        reg.url, reg.namespace, reg.username, reg.password,
-        tag=reg.tag, manifest_digest=reg.manifest_digest, blob_digest=reg.blob_digest,
+        reg.url,
+        reg.namespace,
+        reg.username,
+        reg.password,
+        tag=reg.tag,
+        manifest_digest=reg.manifest_digest,
+        blob_digest=reg.blob_digest,
         workdir=tmp_path,
     )
     assert result.passed > 0 and not set(result.failures) - REGISTRY_2_8_BUGS, result.summary()
@@ -165,13 +186,16 @@ def test_conformance_harness_against_direct_registry(
 
 
 @pytest.mark.slow
-def test_conformance_pull_through_proxy(
-    conformance_binary: Path, pull_proxy: Any, tmp_path: Path
-) -> None:
+def test_conformance_pull_through_proxy(conformance_binary: Path, pull_proxy: Any, tmp_path: Path) -> None:
     seed = pull_proxy.conformance
     result = run_conformance(
-        pull_proxy.url, seed.namespace, "LICENSE_ID", pull_proxy.license_id,
-        tag=seed.tag, manifest_digest=seed.manifest_digest, blob_digest=seed.blob_digest,
+        pull_proxy.url,
+        seed.namespace,
+        "LICENSE_ID",
+        pull_proxy.license_id,
+        tag=seed.tag,
+        manifest_digest=seed.manifest_digest,
+        blob_digest=seed.blob_digest,
         workdir=tmp_path,
     )
     assert result.failed == 0 and result.passed > 0, result.summary()

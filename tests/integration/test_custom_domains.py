@@ -44,8 +44,12 @@ class Env:
 
     async def api(self, team: str, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
         async with aiohttp.ClientSession() as s:
-            async with s.request(method, f"{self.server.admin_url}/vendor/v3{path}", json=body,
-                                 headers={"Authorization": self.tokens[team]}) as r:  # fmt: skip
+            async with s.request(
+                method,
+                f"{self.server.admin_url}/vendor/v3{path}",
+                json=body,
+                headers={"Authorization": self.tokens[team]},
+            ) as r:
                 return r.status, (await r.json() if r.status != 204 else {})
 
     def hosts_file(self) -> Path:
@@ -56,10 +60,15 @@ class Env:
 
 def _teams(upstream: Registry) -> list[dict]:
     def team(name: str) -> dict:
-        return {"name": name, "api_tokens": [{"token_env": f"CD_TOKEN_{name.upper()}"}], "apps": [{"slug": name}],
-                "registries": [{"slug": "up", "provider": "other", "endpoint": "up.test", "url": upstream.url,
-                                "insecure": True}],
-                "customers": [{"name": "C", "app": name, "license_id_env": f"CD_LIC_{name.upper()}"}]}  # fmt: skip
+        return {
+            "name": name,
+            "api_tokens": [{"token_env": f"CD_TOKEN_{name.upper()}"}],
+            "apps": [{"slug": name}],
+            "registries": [
+                {"slug": "up", "provider": "other", "endpoint": "up.test", "url": upstream.url, "insecure": True}
+            ],
+            "customers": [{"name": "C", "app": name, "license_id_env": f"CD_LIC_{name.upper()}"}],
+        }
 
     return [team("acme"), team("globex")]
 
@@ -161,8 +170,10 @@ async def test_custom_domain_over_tls_end_to_end(tls_env: Env):
         url = f"https://{ACME_HOST}:{env.server.port}/v2/proxy/acme/up/vendor/oci/manifests/v1"
         async with s.get(url, headers={"Authorization": basic(env.licenses["globex"])}) as r:
             assert r.status == 401
-        async with s.get(f"https://{ACME_HOST}:{env.server.port}/v2/token?scope=repository:proxy/globex/up/vendor/oci:pull",
-                         headers={"Authorization": basic(env.licenses["globex"])}) as r:  # fmt: skip
+        async with s.get(
+            f"https://{ACME_HOST}:{env.server.port}/v2/token?scope=repository:proxy/globex/up/vendor/oci:pull",
+            headers={"Authorization": basic(env.licenses["globex"])},
+        ) as r:
             assert r.status == 401
         # An unverified hostname is not served at all.
         async with s.get(f"https://unverified.acme.test:{env.server.port}/v2/", ssl=False) as r:
@@ -173,17 +184,26 @@ async def test_custom_domain_over_tls_end_to_end(tls_env: Env):
     env.ca.cert_pem.write_to_path(certs / "ca.crt")
     img_ref = f"docker://{ACME_HOST}:{env.server.port}/proxy/acme/up/vendor/oci:v1"
     res = await asyncio.to_thread(
-        skopeo.copy, img_ref, env.workdir / "out", creds=f"LICENSE_ID:{env.licenses['acme']}", tls_verify=True,
-        extra_args=["--src-cert-dir", str(certs)], hosts_file=env.hosts_file(),
-    )  # fmt: skip
+        skopeo.copy,
+        img_ref,
+        env.workdir / "out",
+        creds=f"LICENSE_ID:{env.licenses['acme']}",
+        tls_verify=True,
+        extra_args=["--src-cert-dir", str(certs)],
+        hosts_file=env.hosts_file(),
+    )
     assert res.returncode == 0, res.stderr
     assert (env.workdir / "out" / "manifest.json").exists()
     # globex's app is not served on acme's hostname, even with globex's own license.
     res = await asyncio.to_thread(
-        skopeo.copy, f"docker://{ACME_HOST}:{env.server.port}/proxy/globex/up/vendor/oci:v1", env.workdir / "no",
-        creds=f"LICENSE_ID:{env.licenses['globex']}", tls_verify=True, extra_args=["--src-cert-dir", str(certs)],
+        skopeo.copy,
+        f"docker://{ACME_HOST}:{env.server.port}/proxy/globex/up/vendor/oci:v1",
+        env.workdir / "no",
+        creds=f"LICENSE_ID:{env.licenses['globex']}",
+        tls_verify=True,
+        extra_args=["--src-cert-dir", str(certs)],
         hosts_file=env.hosts_file(),
-    )  # fmt: skip
+    )
     assert res.returncode != 0
 
 
@@ -225,8 +245,16 @@ async def test_http_challenge_verifies_through_the_hostname(tmp_path: Path, upst
 
 class _Loopback(aiohttp.abc.AbstractResolver):
     async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list:
-        return [{"hostname": host, "host": "127.0.0.1", "port": port, "family": socket.AF_INET, "proto": 0,
-                 "flags": socket.AI_NUMERICHOST}]  # fmt: skip
+        return [
+            {
+                "hostname": host,
+                "host": "127.0.0.1",
+                "port": port,
+                "family": socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+            }
+        ]
 
     async def close(self) -> None:
         pass
@@ -242,8 +270,14 @@ def test_hostname_cli(tls_env: Env):
     env = {**os.environ, "PULLGATE_API_ORIGIN": tls_env.server.admin_url, "PULLGATE_API_TOKEN": tls_env.tokens["acme"]}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "proxy", "hostname", *args], capture_output=True, text=True,
-                              timeout=60, env=env, cwd=REPO_ROOT)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "proxy", "hostname", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            cwd=REPO_ROOT,
+        )
 
     host = "cli.acme.test"
     added = cli("add", host)

@@ -597,9 +597,3 @@ def test_the_kustomize_base_renders_and_holds(kustomize: Path, tmp_path: Path) -
 
 
 # -- the Dockerfile --------------------------------------------------------------------------
-
-
-
-
-
-

@@ -63,17 +63,19 @@ class Env:
 
 
 def _teams(env: dict[str, str], hostile: str, tls: str, by_name: str) -> list[dict[str, Any]]:
-    return [{
-        "name": "evil",
-        "api_tokens": [{"token_env": "EGRESS_TOKEN"}],
-        "apps": [{"slug": "evil"}],
-        "registries": [
-            {"slug": "hostile", "provider": "other", "endpoint": "hostile.test", "url": hostile, "insecure": True},
-            {"slug": "hostile-tls", "provider": "other", "endpoint": "tls.test", "url": tls, "insecure": True},
-            {"slug": "by-name", "provider": "other", "endpoint": "name.test", "url": by_name, "insecure": True},
-        ],
-        "customers": [{"name": "C", "app": "evil", "license_id_env": "EGRESS_LICENSE"}],
-    }]  # fmt: skip
+    return [
+        {
+            "name": "evil",
+            "api_tokens": [{"token_env": "EGRESS_TOKEN"}],
+            "apps": [{"slug": "evil"}],
+            "registries": [
+                {"slug": "hostile", "provider": "other", "endpoint": "hostile.test", "url": hostile, "insecure": True},
+                {"slug": "hostile-tls", "provider": "other", "endpoint": "tls.test", "url": tls, "insecure": True},
+                {"slug": "by-name", "provider": "other", "endpoint": "name.test", "url": by_name, "insecure": True},
+            ],
+            "customers": [{"name": "C", "app": "evil", "license_id_env": "EGRESS_LICENSE"}],
+        }
+    ]
 
 
 def _start(tmp: Path, name: str, allow: list[str], hostile: str, tls: str, by_name: str, ca: Path) -> Pullgate:
@@ -201,8 +203,14 @@ async def test_vendor_api_refuses_internal_destinations(env: Env, url: str, rule
     url = url.format(sentinel=env.sentinel.port, admin=env.server.admin_port)
     slug = "int-" + secrets.token_hex(4)
     # skipValidation: the refusal must not depend on a connection attempt (none is made).
-    create = {"provider": "other", "endpoint": f"{slug}.test", "slug": slug, "url": url, "insecure": True,
-              "skipValidation": True}  # fmt: skip
+    create = {
+        "provider": "other",
+        "endpoint": f"{slug}.test",
+        "slug": slug,
+        "url": url,
+        "insecure": True,
+        "skipValidation": True,
+    }
     status, body = await env.api("POST", "/external_registry", create)
     assert status == 400, body
     text = body["message"]

@@ -47,8 +47,13 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def _cli(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "proxy", "keys", *args, "--config", str(cfg)],
-        cwd=cfg.parent, env=_env(), capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        cwd=cfg.parent,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def _write_config(d: Path) -> Path:
@@ -61,15 +66,20 @@ def _write_config(d: Path) -> Path:
                     "name": "acme",
                     "apps": [{"slug": "myapp"}],
                     "registries": [
-                        {"slug": "vendor", "provider": "other", "endpoint": "registry.acme.example",
-                         "username": "vendor", "password_env": "KT_REG_PW"},
+                        {
+                            "slug": "vendor",
+                            "provider": "other",
+                            "endpoint": "registry.acme.example",
+                            "username": "vendor",
+                            "password_env": "KT_REG_PW",
+                        },
                         {"slug": "anon", "provider": "other", "endpoint": "anon.acme.example"},
                     ],
                     "customers": [{"name": "Cust", "app": "myapp", "license_id_env": "KT_LICENSE"}],
                 }
             ]
         },
-    }  # fmt: skip
+    }
     cfg = d / "config.yaml"
     cfg.write_text(yaml.safe_dump(data), encoding="utf-8")
     return cfg

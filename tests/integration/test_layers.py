@@ -16,7 +16,3 @@ def test_the_import_contracts_are_kept() -> None:
     res = subprocess.run([str(lint), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "0 broken" in res.stdout
-
-
-
-

@@ -22,9 +22,10 @@ async def _pull_once(deployment: Deployment) -> None:
     client = ProxyClient(deployment)
     img = deployment.upstreams["vendor-basic"].images["oci"]
     ans = await client.request(
-        "GET", f"/v2/proxy/acme/vendor-basic/{img.repo}/manifests/v1",
+        "GET",
+        f"/v2/proxy/acme/vendor-basic/{img.repo}/manifests/v1",
         headers={"Authorization": basic(deployment.licenses["valid"]), "Accept": img.media_type},
-    )  # fmt: skip
+    )
     assert ans.status == 200
 
 
@@ -54,16 +55,30 @@ async def test_a_real_prometheus_scrapes_the_pull_counter(deployment: Deployment
     await _pull_once(deployment)
     port = free_port()
     config = tmp_path / "prometheus.yml"
-    config.write_text(json.dumps({
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
-        "scrape_configs": [{"job_name": "pullgate",
-                            "static_configs": [{"targets": [deployment.server.admin_url.split("//")[1]]}]}],
-    }))  # fmt: skip
+    config.write_text(
+        json.dumps(
+            {
+                "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+                "scrape_configs": [
+                    {
+                        "job_name": "pullgate",
+                        "static_configs": [{"targets": [deployment.server.admin_url.split("//")[1]]}],
+                    }
+                ],
+            }
+        )
+    )
     prom = ManagedProcess(
-        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        tmp_path, "prometheus",
-    )  # fmt: skip
+        [
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        tmp_path,
+        "prometheus",
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         await asyncio.to_thread(wait_http, base + "/-/ready", 30, prom)

@@ -30,8 +30,11 @@ async def test_harbor_style_proxy_cache_flow(deployment: Deployment):
             assert r.status == 401
             ch = _challenge(r.headers["WWW-Authenticate"])
         assert ch["scope"] == f"repository:{REPO}:pull"
-        async with s.get(ch["realm"], params={"service": ch["service"], "scope": ch["scope"]},
-                         headers={"Authorization": basic(lic, user="harbor-robot")}) as r:  # fmt: skip
+        async with s.get(
+            ch["realm"],
+            params={"service": ch["service"], "scope": ch["scope"]},
+            headers={"Authorization": basic(lic, user="harbor-robot")},
+        ) as r:
             token = (await r.json())["token"]
         bearer = {"Authorization": f"Bearer {token}", "Accept": img.media_type}
         async with s.head(f"{deployment.url}/v2/{REPO}/manifests/v1", headers=bearer) as r:
@@ -50,8 +53,9 @@ async def test_nexus_style_catalog(deployment: Deployment):
     lic = deployment.licenses["valid"]
     async with aiohttp.ClientSession() as s:
         # Pull something so the catalog has seen it (the pull log is written off the request path).
-        async with s.head(f"{deployment.url}/v2/{REPO}/manifests/v1",
-                          headers={"Authorization": basic(lic), "Accept": "*/*"}) as r:  # fmt: skip
+        async with s.head(
+            f"{deployment.url}/v2/{REPO}/manifests/v1", headers={"Authorization": basic(lic), "Accept": "*/*"}
+        ) as r:
             assert r.status == 200
         async with s.get(f"{deployment.url}/v2/_catalog") as r:
             assert r.status == 401
@@ -67,8 +71,9 @@ async def test_nexus_style_catalog(deployment: Deployment):
         assert REPO in names
         assert all(n.startswith("proxy/acme/") for n in names), names  # only the license's app
         # Token flow with the catalog scope, as Nexus does it.
-        async with s.get(f"{deployment.url}/v2/token", params={"scope": "registry:catalog:*"},
-                         headers={"Authorization": basic(lic)}) as r:  # fmt: skip
+        async with s.get(
+            f"{deployment.url}/v2/token", params={"scope": "registry:catalog:*"}, headers={"Authorization": basic(lic)}
+        ) as r:
             token = (await r.json())["token"]
         async with s.get(f"{deployment.url}/v2/_catalog?n=1", headers={"Authorization": f"Bearer {token}"}) as r:
             page = await r.json()
@@ -76,12 +81,16 @@ async def test_nexus_style_catalog(deployment: Deployment):
             if len(names) > 1:
                 assert r.headers["Link"].startswith("</v2/_catalog?")
         # A token for one repository does not open the catalog.
-        async with s.get(f"{deployment.url}/v2/token", params={"scope": f"repository:{REPO}:pull"},
-                         headers={"Authorization": basic(lic)}) as r:  # fmt: skip
+        async with s.get(
+            f"{deployment.url}/v2/token",
+            params={"scope": f"repository:{REPO}:pull"},
+            headers={"Authorization": basic(lic)},
+        ) as r:
             repo_token = (await r.json())["token"]
         async with s.get(f"{deployment.url}/v2/_catalog", headers={"Authorization": f"Bearer {repo_token}"}) as r:
             assert r.status == 401
         # Another app's license sees none of acme's repositories.
-        async with s.get(f"{deployment.url}/v2/_catalog",
-                         headers={"Authorization": basic(deployment.licenses["other-app"])}) as r:  # fmt: skip
+        async with s.get(
+            f"{deployment.url}/v2/_catalog", headers={"Authorization": basic(deployment.licenses["other-app"])}
+        ) as r:
             assert all(not n.startswith("proxy/acme/") for n in (await r.json())["repositories"])

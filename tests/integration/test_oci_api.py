@@ -173,8 +173,11 @@ async def test_protocol_abuse_keeps_the_server_serving(client: ProxyClient, depl
     huge = b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n"
     answer = await asyncio.to_thread(_raw, host, port, huge)
     assert answer.startswith((b"HTTP/1.1 400", b"HTTP/1.1 431", b"HTTP/1.0 400")), answer[:80]
-    for junk in (b"\x00\x01\x02garbage\r\n\r\n", b"GET /v2/\xff\xfe HTTP/1.1\r\nHost: a\r\n\r\n",
-                 b"GET /v2/ HTTP/1.1\r\nHost: a b c\r\n\r\n"):  # fmt: skip
+    for junk in (
+        b"\x00\x01\x02garbage\r\n\r\n",
+        b"GET /v2/\xff\xfe HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /v2/ HTTP/1.1\r\nHost: a b c\r\n\r\n",
+    ):
         answer = await asyncio.to_thread(_raw, host, port, junk)
         assert answer.startswith(b"HTTP/1."), answer[:80]
         assert b" 500 " not in answer.split(b"\r\n", 1)[0]

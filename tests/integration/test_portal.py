@@ -31,9 +31,15 @@ from tests.support.registry import Registry
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _require_browser() -> None:
@@ -69,28 +75,55 @@ class PortalEnv:
 def portal_env(tmp_path_factory: pytest.TempPathFactory, upstream_basic: Registry) -> Iterator[PortalEnv]:
     _require_browser()
     tokens = {"acme": "pgt_acme_" + secrets.token_hex(16), "globex": "pgt_globex_" + secrets.token_hex(16)}
-    env = {"PT_ACME": tokens["acme"], "PT_GLOBEX": tokens["globex"], "PT_BASIC_PW": upstream_basic.password or "",
-           "PT_LIC_ACME": "lic-acme-" + secrets.token_hex(16), "PT_LIC_GLOBEX": "lic-globex-" + secrets.token_hex(16)}
+    env = {
+        "PT_ACME": tokens["acme"],
+        "PT_GLOBEX": tokens["globex"],
+        "PT_BASIC_PW": upstream_basic.password or "",
+        "PT_LIC_ACME": "lic-acme-" + secrets.token_hex(16),
+        "PT_LIC_GLOBEX": "lic-globex-" + secrets.token_hex(16),
+    }
     teams = [
-        {"name": "acme", "api_tokens": [{"token_env": "PT_ACME"}],
-         "apps": [{"slug": "acme-app", "name": "Acme App"}, {"slug": "acme-tools"}],
-         "customers": [{"name": "Acme Seed Customer", "app": "acme-app", "license_id_env": "PT_LIC_ACME"}]},
-        {"name": "globex", "api_tokens": [{"token_env": "PT_GLOBEX"}], "apps": [{"slug": "globex-app"}],
-         "registries": [{"slug": "globex-private", "provider": "other", "endpoint": "registry.globex.test",
-                         "url": upstream_basic.url, "insecure": True, "username": "vendor",
-                         "password_env": "PT_BASIC_PW"}],
-         "customers": [{"name": "Globex Hidden Customer", "app": "globex-app", "license_id_env": "PT_LIC_GLOBEX"}]},
-    ]  # fmt: skip
+        {
+            "name": "acme",
+            "api_tokens": [{"token_env": "PT_ACME"}],
+            "apps": [{"slug": "acme-app", "name": "Acme App"}, {"slug": "acme-tools"}],
+            "customers": [{"name": "Acme Seed Customer", "app": "acme-app", "license_id_env": "PT_LIC_ACME"}],
+        },
+        {
+            "name": "globex",
+            "api_tokens": [{"token_env": "PT_GLOBEX"}],
+            "apps": [{"slug": "globex-app"}],
+            "registries": [
+                {
+                    "slug": "globex-private",
+                    "provider": "other",
+                    "endpoint": "registry.globex.test",
+                    "url": upstream_basic.url,
+                    "insecure": True,
+                    "username": "vendor",
+                    "password_env": "PT_BASIC_PW",
+                }
+            ],
+            "customers": [{"name": "Globex Hidden Customer", "app": "globex-app", "license_id_env": "PT_LIC_GLOBEX"}],
+        },
+    ]
     # Hostname ownership checks ask a DNS server of the test's own, on loopback.
     dns = LoopbackDNS()
     settings = {"pulllog": {"flush_seconds": 0.05}, "domains": {"resolver": [dns.nameserver]}}
     try:
-        server = Pullgate(tmp_path_factory.mktemp("portal"), teams, env=env, settings=settings,
-                          name="pullgate-portal").start()  # fmt: skip
+        server = Pullgate(
+            tmp_path_factory.mktemp("portal"), teams, env=env, settings=settings, name="pullgate-portal"
+        ).start()
         try:
             # The password, and globex's license (acme must never see it).
-            yield PortalEnv(server, tokens, upstream_basic, env["PT_LIC_GLOBEX"], dns,
-                            canaries=[upstream_basic.password or "", env["PT_LIC_GLOBEX"]])
+            yield PortalEnv(
+                server,
+                tokens,
+                upstream_basic,
+                env["PT_LIC_GLOBEX"],
+                dns,
+                canaries=[upstream_basic.password or "", env["PT_LIC_GLOBEX"]],
+            )
         finally:
             server.stop()
     finally:
@@ -331,7 +364,7 @@ async def test_portal_end_to_end(portal: Portal, portal_env: PortalEnv, tmp_path
         await portal.shot("apps")
 
     async with portal.step("logout"):
-        stale = (await portal.context.cookies())
+        stale = await portal.context.cookies()
         await page.click("header button:has-text('Log out')")
         assert page.url.endswith("/portal/login")
         # The logged-out cookie, replayed, opens nothing.
@@ -377,9 +410,7 @@ async def test_post_without_or_with_wrong_csrf_token_is_refused(portal: Portal, 
         assert r.status == 403
 
 
-async def test_a_team_sees_only_its_own_data(
-    portal: Portal, portal_env: PortalEnv, browser: Any, artifacts: Path
-):
+async def test_a_team_sees_only_its_own_data(portal: Portal, portal_env: PortalEnv, browser: Any, artifacts: Path):
     env = portal_env
     async with aiohttp.ClientSession(headers={"Authorization": env.tokens["globex"]}) as s:
         async with s.get(env.admin + "/vendor/v3/customers") as r:
@@ -616,5 +647,3 @@ async def test_custom_hostnames(portal: Portal, portal_env: PortalEnv, browser: 
         refs = await page.inner_text("ul.refs")
         assert PORTAL_HOST not in refs and f"{env.server.host}/proxy/acme-app/hostnames-reg/" in refs, refs
         await _click_and_load(portal, page.locator("tr[data-slug=hostnames-reg] button:has-text('Remove')"), "cleanup")
-
-

@@ -71,8 +71,6 @@ def seal(value: str, cid: str) -> str:
 # --- the store --------------------------------------------------------------------------
 
 
-
-
 async def test_placeholders_on_the_server(cluster: PostgresCluster):
     store = await open_store(await fresh_db(cluster), Path("."))
     try:
@@ -113,23 +111,40 @@ async def test_round_trip(cluster: PostgresCluster):
         with pytest.raises(Conflict):
             await store.create_app(team.id, "app-a", "again", [], None)
         assert (await store.app_by_slug("app-a")).image_allowlist == ("vendor/*",)
-        reg = RegistryRow(id="r1", team_id=team.id, slug="reg", provider="other", endpoint="r.test",
-                          url="http://r.test", insecure=True, username="u", secret_sealed="s",
-                          allow_anonymous=True, options={"region": "x"}, app_ids=(app.id,))  # fmt: skip
+        reg = RegistryRow(
+            id="r1",
+            team_id=team.id,
+            slug="reg",
+            provider="other",
+            endpoint="r.test",
+            url="http://r.test",
+            insecure=True,
+            username="u",
+            secret_sealed="s",
+            allow_anonymous=True,
+            options={"region": "x"},
+            app_ids=(app.id,),
+        )
         await store.put_registry(reg)
         await store.put_registry(reg)  # an update, links replaced
         assert await store.registries_of_team(team.id) == [reg]
         assert [r.slug for r in await store.anonymous_registries()] == ["reg"]
         assert await store.registries_for_app(app) == [reg]
-        cid = await store.put_customer(team_id=team.id, app_id=app.id, name="C", email=None, license_id="L" * 20,
-                                       seal=seal, expires_at="2031-01-01T00:00:00+00:00")  # fmt: skip
+        cid = await store.put_customer(
+            team_id=team.id,
+            app_id=app.id,
+            name="C",
+            email=None,
+            license_id="L" * 20,
+            seal=seal,
+            expires_at="2031-01-01T00:00:00+00:00",
+        )
         c = await store.customer_by_license("L" * 20)
         assert c is not None and c.id == cid and c.status == "active" and c.expires_at.year == 2031
         assert c.license_ref == license_hash("L" * 20)[:12]
         # status stays when the update passes none (COALESCE(?, status)).
         await store.set_customer_status(cid, "revoked")
-        await store.put_customer(team_id=team.id, app_id=app.id, name="C2", email="e@x", license_id="L" * 20,
-                                 seal=seal)  # fmt: skip
+        await store.put_customer(team_id=team.id, app_id=app.id, name="C2", email="e@x", license_id="L" * 20, seal=seal)
         c = await store.customer_by_id(cid)
         assert (c.status, c.name, c.expires_at) == ("revoked", "C2", None)
         assert [x.id for x in await store.customers_of_team(team.id, app.id)] == [cid]
@@ -137,10 +152,24 @@ async def test_round_trip(cluster: PostgresCluster):
         assert (await store.customer_by_id(cid)).license_type == "trial"
         # Pull logs: a blob beyond 2 GiB, time ranges as ISO text, LIMIT.
         big = 5 * 1024**3
-        await store.insert_pull_logs([
-            ("2030-01-01T00:00:00+00:00", team.id, cid, "app-a", "reg", "blob", "vendor/x", "sha256:a", 200, 1, big),
-            ("2030-01-02T00:00:00+00:00", team.id, cid, "app-a", "reg", "manifest", "vendor/x", "v1", 404, 0, 0),
-        ])  # fmt: skip
+        await store.insert_pull_logs(
+            [
+                (
+                    "2030-01-01T00:00:00+00:00",
+                    team.id,
+                    cid,
+                    "app-a",
+                    "reg",
+                    "blob",
+                    "vendor/x",
+                    "sha256:a",
+                    200,
+                    1,
+                    big,
+                ),
+                ("2030-01-02T00:00:00+00:00", team.id, cid, "app-a", "reg", "manifest", "vendor/x", "v1", 404, 0, 0),
+            ]
+        )
         logs = await store.pull_logs(team.id, since="2030-01-01T00:00:00+00:00", limit=1)
         assert [(r["action"], r["customer_name"]) for r in logs] == [("manifest", "C3")]
         assert (await store.pull_logs(team.id, until="2030-01-02T00:00:00+00:00"))[0]["bytes"] == big
@@ -178,15 +207,31 @@ async def test_bootstrap_applied_twice(cluster: PostgresCluster, tmp_path: Path,
     monkeypatch.setenv("PGT_BOOT_LIC", "lic-" + secrets.token_hex(12))
     dsn = await fresh_db(cluster)
     cfg_path = tmp_path / "config.yaml"
-    cfg_path.write_text(yaml.safe_dump({
-        "store": dsn,
-        "bootstrap": {"teams": [{
-            "name": "boot", "apps": [{"slug": "boot-app"}],
-            "registries": [{"slug": "anon", "provider": "other", "endpoint": "anon.test", "url": "http://anon.test",
-                            "insecure": True}],
-            "customers": [{"name": "B", "app": "boot-app", "license_id_env": "PGT_BOOT_LIC"}],
-        }]},
-    }))  # fmt: skip
+    cfg_path.write_text(
+        yaml.safe_dump(
+            {
+                "store": dsn,
+                "bootstrap": {
+                    "teams": [
+                        {
+                            "name": "boot",
+                            "apps": [{"slug": "boot-app"}],
+                            "registries": [
+                                {
+                                    "slug": "anon",
+                                    "provider": "other",
+                                    "endpoint": "anon.test",
+                                    "url": "http://anon.test",
+                                    "insecure": True,
+                                }
+                            ],
+                            "customers": [{"name": "B", "app": "boot-app", "license_id_env": "PGT_BOOT_LIC"}],
+                        }
+                    ]
+                },
+            }
+        )
+    )
     cfg = load(cfg_path)
     keyring = Keyring.load_or_create(tmp_path / "keys.yaml")
     stores = [await open_store(dsn, tmp_path) for _ in range(2)]
@@ -284,12 +329,24 @@ def replicas(
         "PGT_PG_BASIC_PW": upstream_basic.password or "",
         "PGT_PG_UPSTREAM": upstream_basic.url,
     }
-    teams = [{
-        "name": "alpha", "api_tokens": [{"token_env": "PGT_PG_TOKEN"}], "apps": [{"slug": "pg-app"}],
-        "registries": [{"slug": "basic", "provider": "other", "endpoint": "registry.basic.test",
-                        "url": upstream_basic.url, "insecure": True, "username": upstream_basic.username,
-                        "password_env": "PGT_PG_BASIC_PW"}],
-    }]  # fmt: skip
+    teams = [
+        {
+            "name": "alpha",
+            "api_tokens": [{"token_env": "PGT_PG_TOKEN"}],
+            "apps": [{"slug": "pg-app"}],
+            "registries": [
+                {
+                    "slug": "basic",
+                    "provider": "other",
+                    "endpoint": "registry.basic.test",
+                    "url": upstream_basic.url,
+                    "insecure": True,
+                    "username": upstream_basic.username,
+                    "password_env": "PGT_PG_BASIC_PW",
+                }
+            ],
+        }
+    ]
     settings: dict[str, Any] = {
         "store": dsn,
         "keys": {"file": str(keys)},
@@ -301,8 +358,9 @@ def replicas(
     try:
         # One after the other: the first creates the shared keyring; both bootstrap the same teams.
         for name in ("pg-a", "pg-b"):
-            servers.append(Pullgate(tmp_path_factory.mktemp(name), teams, env=env, settings=settings,
-                                    name=name).start())  # fmt: skip
+            servers.append(
+                Pullgate(tmp_path_factory.mktemp(name), teams, env=env, settings=settings, name=name).start()
+            )
         yield servers[0], servers[1], token, dns
     finally:
         for s in servers:
@@ -329,13 +387,22 @@ async def test_replicas_share_changes_at_once(replicas: tuple[Pullgate, Pullgate
     assert await until(b, path, lic, 200) < PROPAGATION
 
     # Registry credentials: stored wrong on A (B caches that), then rotated on A; B uses the new ones.
-    up = {"provider": "other", "endpoint": "rot.example.test", "slug": "rot", "url": a.env["PGT_PG_UPSTREAM"],
-          "insecure": True, "username": "vendor", "password": "wrong", "skipValidation": True}  # fmt: skip
+    up = {
+        "provider": "other",
+        "endpoint": "rot.example.test",
+        "slug": "rot",
+        "url": a.env["PGT_PG_UPSTREAM"],
+        "insecure": True,
+        "username": "vendor",
+        "password": "wrong",
+        "skipValidation": True,
+    }
     assert (await api.call("POST", "/external_registry", up))[0] == 201
     rot = f"{BASE}/rot/vendor/oci/manifests/v1"
     assert await pull_status(b, rot, lic) != 200
-    status, body = await api.call("PUT", "/external_registry/rot", {"password": a.env["PGT_PG_BASIC_PW"],
-                                                                    "image": "vendor/oci:v1"})  # fmt: skip
+    status, body = await api.call(
+        "PUT", "/external_registry/rot", {"password": a.env["PGT_PG_BASIC_PW"], "image": "vendor/oci:v1"}
+    )
     assert status == 200, body
     assert await until(b, rot, lic, 200) < PROPAGATION
 
@@ -376,7 +443,9 @@ async def test_listener_recovers_from_a_dropped_connection(
         assert len(before) >= 2  # one listener per replica (earlier tests' stores are closed)
         killed = await conn.fetch(
             "SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity WHERE application_name = $1"
-            " AND query LIKE 'LISTEN%'", LISTENER_NAME)  # fmt: skip
+            " AND query LIKE 'LISTEN%'",
+            LISTENER_NAME,
+        )
         assert killed and all(r["ok"] for r in killed)
         # Both replicas listen again, on new connections.
         deadline = time.monotonic() + 10

@@ -45,10 +45,15 @@ TOKEN_PROVIDERS = [
 
 def _gcr_key() -> str:
     # Shaped like a service-account key; the private key is a canary.
-    return json.dumps({"type": "service_account", "project_id": "vendor-proj", "client_email":
-                       "puller@vendor-proj.iam.gserviceaccount.com", "private_key_id": secrets.token_hex(20),
-                       "private_key": f"-----BEGIN PRIVATE KEY-----\ncanary-{secrets.token_hex(16)}\n"
-                                      "-----END PRIVATE KEY-----\n"})  # fmt: skip
+    return json.dumps(
+        {
+            "type": "service_account",
+            "project_id": "vendor-proj",
+            "client_email": "puller@vendor-proj.iam.gserviceaccount.com",
+            "private_key_id": secrets.token_hex(20),
+            "private_key": f"-----BEGIN PRIVATE KEY-----\ncanary-{secrets.token_hex(16)}\n-----END PRIVATE KEY-----\n",
+        }
+    )
 
 
 @dataclass
@@ -71,11 +76,15 @@ class Providers:
 
 def _moto_token(url: str) -> str:
     req = urllib.request.Request(  # noqa: S310 - loopback moto
-        url + "/", data=b"{}", method="POST",
-        headers={"Content-Type": "application/x-amz-json-1.1",
-                 "X-Amz-Target": "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken",
-                 "Authorization": "AWS4-HMAC-SHA256 Credential=AKIA/20260101/us-east-1/ecr/aws4_request"},
-    )  # fmt: skip
+        url + "/",
+        data=b"{}",
+        method="POST",
+        headers={
+            "Content-Type": "application/x-amz-json-1.1",
+            "X-Amz-Target": "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken",
+            "Authorization": "AWS4-HMAC-SHA256 Credential=AKIA/20260101/us-east-1/ecr/aws4_request",
+        },
+    )
     with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310
         token = json.loads(r.read())["authorizationData"][0]["authorizationToken"]
     return base64.b64decode(token).decode().partition(":")[2]
@@ -94,8 +103,15 @@ def providers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Providers]:
             passwords[slug] = _gcr_key() if user == "_json_key" else f"canary-{slug}-{secrets.token_hex(8)}"
             ts = TokenServer({user: passwords[slug]}, service=service, realm_path=realm, cert_path=tmp / f"{slug}.pem")
             stack.append(ts)
-            reg = Registry("token", username=user, password=passwords[slug], token_server=ts, service=service,
-                           issuer=ts.issuer, name=slug)  # fmt: skip
+            reg = Registry(
+                "token",
+                username=user,
+                password=passwords[slug],
+                token_server=ts,
+                service=service,
+                issuer=ts.issuer,
+                name=slug,
+            )
             stack.append(reg)
             token_servers[slug], registries[slug] = ts, reg
             repo = "library/redis" if slug == "hub" else f"{user.strip('_').replace('+', '-')}/app"
@@ -105,8 +121,9 @@ def providers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Providers]:
 
         # ECR: moto answers GetAuthorizationToken; the registry accepts what moto issued.
         moto_port = free_port()
-        moto = ManagedProcess([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)],
-                              tmp, "moto")  # fmt: skip
+        moto = ManagedProcess(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)], tmp, "moto"
+        )
         stack.append(moto)
         moto_url = f"http://127.0.0.1:{moto_port}"
         wait_http(moto_url + "/moto-api/", timeout=30, proc=moto)
@@ -140,25 +157,82 @@ def providers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Providers]:
         regs_cfg = []
         for slug, provider, endpoint, _realm, _service, user in TOKEN_PROVIDERS:
             env[f"PW_{slug.upper()}"] = passwords[slug]
-            regs_cfg.append({"slug": slug, "provider": provider, "endpoint": endpoint, "url": registries[slug].url,
-                             "insecure": True, "username": user, "password_env": f"PW_{slug.upper()}"})  # fmt: skip
-        regs_cfg.append({"slug": "ecr", "provider": "ecr", "endpoint": ECR_HOST, "url": ecr_reg.url, "insecure": True,
-                         "access_key_id": ECR_KEY_ID, "secret_access_key_env": "ECR_SECRET",
-                         "api_url": ecr_api.url + "/"})  # fmt: skip
+            regs_cfg.append(
+                {
+                    "slug": slug,
+                    "provider": provider,
+                    "endpoint": endpoint,
+                    "url": registries[slug].url,
+                    "insecure": True,
+                    "username": user,
+                    "password_env": f"PW_{slug.upper()}",
+                }
+            )
+        regs_cfg.append(
+            {
+                "slug": "ecr",
+                "provider": "ecr",
+                "endpoint": ECR_HOST,
+                "url": ecr_reg.url,
+                "insecure": True,
+                "access_key_id": ECR_KEY_ID,
+                "secret_access_key_env": "ECR_SECRET",
+                "api_url": ecr_api.url + "/",
+            }
+        )
         env["PW_CDN"], env["PW_REL"] = passwords["cdn"], passwords["rel"]
-        regs_cfg.append({"slug": "cdn", "provider": "other", "endpoint": "registry.cdn.test", "url": fronts["cdn"].url,
-                         "insecure": True, "username": "vendor", "password_env": "PW_CDN"})  # fmt: skip
-        regs_cfg.append({"slug": "rel", "provider": "gar", "endpoint": "europe-docker.pkg.dev",
-                         "url": fronts["rel"].url, "insecure": True, "username": "oauth2accesstoken",
-                         "password_env": "PW_REL"})  # fmt: skip
+        regs_cfg.append(
+            {
+                "slug": "cdn",
+                "provider": "other",
+                "endpoint": "registry.cdn.test",
+                "url": fronts["cdn"].url,
+                "insecure": True,
+                "username": "vendor",
+                "password_env": "PW_CDN",
+            }
+        )
+        regs_cfg.append(
+            {
+                "slug": "rel",
+                "provider": "gar",
+                "endpoint": "europe-docker.pkg.dev",
+                "url": fronts["rel"].url,
+                "insecure": True,
+                "username": "oauth2accesstoken",
+                "password_env": "PW_REL",
+            }
+        )
         env["PW_GH_DENIED"] = f"canary-gh-denied-{secrets.token_hex(8)}"
         passwords["gh-denied"] = env["PW_GH_DENIED"]
-        regs_cfg.append({"slug": "gh-denied", "provider": "ghcr", "endpoint": "ghcr.io", "url": denying.url,
-                         "insecure": True, "username": "vendor-bot", "password_env": "PW_GH_DENIED"})  # fmt: skip
-        regs_cfg.append({"slug": "hub-limited", "provider": "dockerhub", "endpoint": "registry-1.docker.io",
-                         "url": limited.url, "insecure": True})  # fmt: skip
-        teams = [{"name": "vendor", "apps": [{"slug": "vendorapp"}], "registries": regs_cfg,
-                  "customers": [{"name": "C", "app": "vendorapp", "license_id_env": "PROVIDERS_LICENSE"}]}]  # fmt: skip
+        regs_cfg.append(
+            {
+                "slug": "gh-denied",
+                "provider": "ghcr",
+                "endpoint": "ghcr.io",
+                "url": denying.url,
+                "insecure": True,
+                "username": "vendor-bot",
+                "password_env": "PW_GH_DENIED",
+            }
+        )
+        regs_cfg.append(
+            {
+                "slug": "hub-limited",
+                "provider": "dockerhub",
+                "endpoint": "registry-1.docker.io",
+                "url": limited.url,
+                "insecure": True,
+            }
+        )
+        teams = [
+            {
+                "name": "vendor",
+                "apps": [{"slug": "vendorapp"}],
+                "registries": regs_cfg,
+                "customers": [{"name": "C", "app": "vendorapp", "license_id_env": "PROVIDERS_LICENSE"}],
+            }
+        ]
         server = Pullgate(tmp / "pullgate", teams, env=env).start()
         stack.append(server)
         canaries = [*passwords.values(), ecr_secret, LICENSE]
@@ -214,8 +288,9 @@ def test_docker_hub_one_part_names_are_library(providers: Providers):
     res = skopeo.inspect_raw(f"docker://{providers.server.host}/proxy/vendorapp/redis:v1", creds=f"x:{LICENSE}")
     assert res.returncode == 0, res.stderr
     assert res.stdout.encode() == img.manifest
-    res = skopeo.inspect_raw(f"docker://{providers.server.host}/proxy/vendorapp/docker.io/redis:v1",
-                             creds=f"x:{LICENSE}")  # fmt: skip
+    res = skopeo.inspect_raw(
+        f"docker://{providers.server.host}/proxy/vendorapp/docker.io/redis:v1", creds=f"x:{LICENSE}"
+    )
     assert res.stdout.encode() == img.manifest
 
 

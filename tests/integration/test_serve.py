@@ -23,13 +23,16 @@ LICENSE = "lic-serve-0123456789abcdef0123"
 
 
 def _teams(upstream: Registry) -> list[dict]:
-    return [{
-        "name": "serve",
-        "apps": [{"slug": "serve"}],
-        "registries": [{"slug": "up", "provider": "other", "endpoint": "up.test", "url": upstream.url,
-                        "insecure": True}],
-        "customers": [{"name": "C", "app": "serve", "license_id_env": "SERVE_LICENSE"}],
-    }]  # fmt: skip
+    return [
+        {
+            "name": "serve",
+            "apps": [{"slug": "serve"}],
+            "registries": [
+                {"slug": "up", "provider": "other", "endpoint": "up.test", "url": upstream.url, "insecure": True}
+            ],
+            "customers": [{"name": "C", "app": "serve", "license_id_env": "SERVE_LICENSE"}],
+        }
+    ]
 
 
 def _refuses_connections(port: int) -> bool:
@@ -103,18 +106,35 @@ def test_second_start_reuses_store_and_keys(tmp_path: Path, upstream_anon: Regis
         ({"proxy": {"lisen": "x"}}, {}, "proxy.lisen: unknown key"),
         ({"upstream": {"idle_timeout": "soon"}}, {}, "upstream.idle_timeout: must be a number"),
         ({}, {"PULLGATE_ADMIN_LISTEN": "nowhere"}, "admin.listen"),
-        ({"bootstrap": {"teams": [{"name": "t", "apps": [{"slug": "a"}], "customers": [
-            {"name": "c", "app": "a", "license_id_env": "NOT_SET_ANYWHERE"}]}]}}, {}, "NOT_SET_ANYWHERE"),
+        (
+            {
+                "bootstrap": {
+                    "teams": [
+                        {
+                            "name": "t",
+                            "apps": [{"slug": "a"}],
+                            "customers": [{"name": "c", "app": "a", "license_id_env": "NOT_SET_ANYWHERE"}],
+                        }
+                    ]
+                }
+            },
+            {},
+            "NOT_SET_ANYWHERE",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_config_stops_the_start_naming_the_key(tmp_path: Path, config: dict, env: dict, needle: str):
     cfg = tmp_path / "bad.yaml"
     base = {"store": f"sqlite://{tmp_path}/db.sqlite", "keys": {"file": str(tmp_path / "keys.yaml")}}
     cfg.write_text(json.dumps(base | config))
     res = subprocess.run(
         [sys.executable, "-m", "proxy", "serve", "--config", str(cfg)],
-        capture_output=True, text=True, timeout=30, cwd=REPO_ROOT, env={**os.environ, **env},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+    )
     assert res.returncode == 2
     assert needle in res.stderr
     assert "Traceback" not in res.stderr
@@ -131,8 +151,12 @@ async def test_key_rotation_reaches_a_running_server(tmp_path: Path, upstream_ba
         headers = {"Authorization": basic(LICENSE), "Accept": img.media_type}
         res = subprocess.run(
             [sys.executable, "-m", "proxy", "keys", "rotate", "--config", str(server.config_path)],
-            capture_output=True, text=True, timeout=30, cwd=REPO_ROOT, env=server.env,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=REPO_ROOT,
+            env=server.env,
+        )
         assert res.returncode == 0, res.stderr
         assert "re-encrypted 2 secret(s)" in res.stdout
         # The stored password is now sealed under a key this process loads only from the file

@@ -36,9 +36,7 @@ def _assert_dir_copy(dest: Path, img: PushedImage, copied_all: bool) -> None:
     if img.children:
         assert copied_all
         for c in img.children:
-            assert (dest / f"{c.digest.removeprefix('sha256:')}.manifest.json").read_bytes() == (
-                c.manifest
-            )
+            assert (dest / f"{c.digest.removeprefix('sha256:')}.manifest.json").read_bytes() == (c.manifest)
         images = img.children
     for i in images:
         for digest, size in i.blobs:
@@ -70,9 +68,7 @@ def _basic(user: str, pw: str) -> str:
 
 @pytest.mark.parametrize("name", SMALL)
 @pytest.mark.parametrize("upstream", UPSTREAMS)
-def test_skopeo_copies_seeded_image(
-    upstream: str, name: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
+def test_skopeo_copies_seeded_image(upstream: str, name: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     reg: Registry = request.getfixturevalue(upstream)
     img = reg.images[name]
     copied_all = bool(img.children)
@@ -93,9 +89,7 @@ def test_index_without_all_picks_amd64(upstream_anon: Registry, tmp_path: Path) 
     _assert_dir_copy(tmp_path, img.child("linux/amd64"), False)
 
 
-def test_big_layer_copy_through_token_auth(
-    upstream_token: Registry, big_layer_mib: int, tmp_path: Path
-) -> None:
+def test_big_layer_copy_through_token_auth(upstream_token: Registry, big_layer_mib: int, tmp_path: Path) -> None:
     img = upstream_token.images["big"]
     assert max(size for _, size in img.blobs) >= big_layer_mib << 20
     p = skopeo.copy(upstream_token.ref(img.repo, "v1"), tmp_path, upstream_token.creds)
@@ -155,10 +149,15 @@ def test_anon_needs_no_creds_but_accept(upstream_anon: Registry) -> None:
 @pytest.mark.parametrize("header_mode", ["x5c", "kid"])
 def test_token_header_modes_and_grants(header_mode: str, tmp_path: Path) -> None:
     """2.8 accepts either an x5c chain or a bare libtrust `kid`; grants limit actions."""
-    with TokenServer(
-        {"vendor": "pw", "reader": "pw2"}, header_mode=header_mode,  # type: ignore[arg-type]
-        grants={"vendor": {"*"}, "reader": {"pull"}}, cert_path=tmp_path / "cert.pem",
-    ) as ts, Registry("token", token_server=ts) as reg:
+    with (
+        TokenServer(
+            {"vendor": "pw", "reader": "pw2"},
+            header_mode=header_mode,  # type: ignore[arg-type]
+            grants={"vendor": {"*"}, "reader": {"pull"}},
+            cert_path=tmp_path / "cert.pem",
+        ) as ts,
+        Registry("token", token_server=ts) as reg,
+    ):
         img = oci_image(Pusher(reg.url, "vendor", "pw"), "t/img", "v1", [b"layer"])
         assert ts.issued_count == 1
         p = skopeo.inspect_raw(reg.ref("t/img", "v1"), "reader:pw2")
@@ -171,10 +170,16 @@ def test_token_header_modes_and_grants(header_mode: str, tmp_path: Path) -> None
 def test_token_post_password_grant(upstream_token: Registry) -> None:
     ts = upstream_token.token_server
     assert ts is not None
-    form = urllib.parse.urlencode({
-        "grant_type": "password", "username": "vendor", "password": upstream_token.password,
-        "service": ts.service, "scope": "repository:vendor/oci:pull", "client_id": "test",
-    }).encode()
+    form = urllib.parse.urlencode(
+        {
+            "grant_type": "password",
+            "username": "vendor",
+            "password": upstream_token.password,
+            "service": ts.service,
+            "scope": "repository:vendor/oci:pull",
+            "client_id": "test",
+        }
+    ).encode()
     status, raw = _http(ts.realm, data=form)
     assert status == 200
     body = json.loads(raw)

@@ -22,14 +22,19 @@ async def test_tls_listener_and_trusted_forwarding(tmp_path: Path, upstream_anon
     cert_file, key_file = tmp_path / "tls.crt", tmp_path / "tls.key"
     cert.cert_chain_pems[0].write_to_path(cert_file)
     cert.private_key_pem.write_to_path(key_file)
-    teams = [{
-        "name": "tls", "apps": [{"slug": "tls"}],
-        "registries": [{"slug": "up", "provider": "other", "endpoint": "up.test", "url": upstream_anon.url,
-                        "insecure": True}],
-        "customers": [{"name": "C", "app": "tls", "license_id_env": "TLS_LICENSE"}],
-    }]  # fmt: skip
-    settings = {"proxy": {"tls_cert_file": str(cert_file), "tls_key_file": str(key_file),
-                          "trusted_proxies": ["127.0.0.1/32"]}}  # fmt: skip
+    teams = [
+        {
+            "name": "tls",
+            "apps": [{"slug": "tls"}],
+            "registries": [
+                {"slug": "up", "provider": "other", "endpoint": "up.test", "url": upstream_anon.url, "insecure": True}
+            ],
+            "customers": [{"name": "C", "app": "tls", "license_id_env": "TLS_LICENSE"}],
+        }
+    ]
+    settings = {
+        "proxy": {"tls_cert_file": str(cert_file), "tls_key_file": str(key_file), "trusted_proxies": ["127.0.0.1/32"]}
+    }
     server = Pullgate(tmp_path / "srv", teams, env={"TLS_LICENSE": LICENSE}, settings=settings).start()
     try:
         ctx = ssl.create_default_context()
@@ -49,9 +54,12 @@ async def test_tls_listener_and_trusted_forwarding(tmp_path: Path, upstream_anon
         ca.cert_pem.write_to_path(certs / "ca.crt")
         img = upstream_anon.images["oci"]
         res = skopeo.copy(
-            f"docker://127.0.0.1:{server.port}/proxy/tls/up/{img.repo}:{img.tag}", tmp_path / "out",
-            creds=f"LICENSE_ID:{LICENSE}", tls_verify=True, extra_args=["--src-cert-dir", str(certs)],
-        )  # fmt: skip
+            f"docker://127.0.0.1:{server.port}/proxy/tls/up/{img.repo}:{img.tag}",
+            tmp_path / "out",
+            creds=f"LICENSE_ID:{LICENSE}",
+            tls_verify=True,
+            extra_args=["--src-cert-dir", str(certs)],
+        )
         assert res.returncode == 0, res.stderr
         assert (tmp_path / "out" / "manifest.json").read_bytes() == img.manifest
     finally:

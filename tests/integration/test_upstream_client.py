@@ -53,9 +53,16 @@ async def client() -> AsyncIterator[tuple[UpstreamClient, Keyring]]:
 
 def _registry(ring: Keyring, url: str, username: str | None = "vendor") -> Registry:
     return Registry(
-        id="r1", team_id="t", slug="unit", provider="other", endpoint="unit.test", url=url, insecure=True,
-        username=username, secret_sealed=ring.seal(PASSWORD, "r1") if username else None,
-    )  # fmt: skip
+        id="r1",
+        team_id="t",
+        slug="unit",
+        provider="other",
+        endpoint="unit.test",
+        url=url,
+        insecure=True,
+        username=username,
+        secret_sealed=ring.seal(PASSWORD, "r1") if username else None,
+    )
 
 
 def _basic_ok(request: web.Request) -> bool:
@@ -206,10 +213,17 @@ async def test_ecr_token_refreshed_early_after_a_401(client):
     reg_runner, reg_url = await _serve(registry, reg_seen)
     try:
         reg = Registry(
-            id="e1", team_id="t", slug="ecr", provider="ecr", endpoint="123456789012.dkr.ecr.eu-west-1.amazonaws.com",
-            url=reg_url, insecure=True, username=None, secret_sealed=ring.seal("unit-secret-key", "e1"),
+            id="e1",
+            team_id="t",
+            slug="ecr",
+            provider="ecr",
+            endpoint="123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+            url=reg_url,
+            insecure=True,
+            username=None,
+            secret_sealed=ring.seal("unit-secret-key", "e1"),
             options={"access_key_id": "AKIAUNIT", "api_url": api_url + "/"},
-        )  # fmt: skip
+        )
         for _ in range(3):
             async with c.request(reg, "GET", "/v2/a/manifests/v1", {}, "repository:a:pull") as r:
                 assert r.status == 200
@@ -232,11 +246,15 @@ async def test_ecr_assumes_the_role_first(client):
 
     async def sts(request: web.Request) -> web.StreamResponse:
         forms.append(await request.text())
-        return web.Response(content_type="text/xml", text=(
-            '<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleResult>'
-            "<Credentials><AccessKeyId>ASIAASSUMED</AccessKeyId><SecretAccessKey>assumed-secret</SecretAccessKey>"
-            "<SessionToken>session-tok</SessionToken><Expiration>2030-01-01T00:00:00Z</Expiration></Credentials>"
-            "</AssumeRoleResult></AssumeRoleResponse>"))  # fmt: skip
+        return web.Response(
+            content_type="text/xml",
+            text=(
+                '<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleResult>'
+                "<Credentials><AccessKeyId>ASIAASSUMED</AccessKeyId><SecretAccessKey>assumed-secret</SecretAccessKey>"
+                "<SessionToken>session-tok</SessionToken><Expiration>2030-01-01T00:00:00Z</Expiration></Credentials>"
+                "</AssumeRoleResult></AssumeRoleResponse>"
+            ),
+        )
 
     async def ecr_api(request: web.Request) -> web.StreamResponse:
         token = base64.b64encode(b"AWS:pw").decode()
@@ -253,12 +271,22 @@ async def test_ecr_assumes_the_role_first(client):
             runners.append(await _serve(handler, seen))
         (_, sts_url), (_, api_url), (_, reg_url) = runners
         reg = Registry(
-            id="e2", team_id="t", slug="ecr-role", provider="ecr",
-            endpoint="123456789012.dkr.ecr.us-west-2.amazonaws.com", url=reg_url, insecure=True, username=None,
+            id="e2",
+            team_id="t",
+            slug="ecr-role",
+            provider="ecr",
+            endpoint="123456789012.dkr.ecr.us-west-2.amazonaws.com",
+            url=reg_url,
+            insecure=True,
+            username=None,
             secret_sealed=ring.seal("base-secret", "e2"),
-            options={"access_key_id": "AKIABASE", "role_arn": "arn:aws:iam::123456789012:role/pull",
-                     "api_url": api_url + "/", "sts_url": sts_url + "/"},
-        )  # fmt: skip
+            options={
+                "access_key_id": "AKIABASE",
+                "role_arn": "arn:aws:iam::123456789012:role/pull",
+                "api_url": api_url + "/",
+                "sts_url": sts_url + "/",
+            },
+        )
         async with c.request(reg, "GET", "/v2/a/manifests/v1", {}, "repository:a:pull") as r:
             assert r.status == 200
         # STS was called with the stored key, for that role; ECR with the assumed credentials.

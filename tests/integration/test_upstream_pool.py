@@ -22,12 +22,14 @@ LICENSE = "lic-pool-" + secrets.token_hex(12)
 
 
 def _teams(registries: list[dict]) -> list[dict]:
-    return [{
-        "name": "pool",
-        "apps": [{"slug": "pool"}],
-        "registries": registries,
-        "customers": [{"name": "C", "app": "pool", "license_id_env": "POOL_LICENSE"}],
-    }]  # fmt: skip
+    return [
+        {
+            "name": "pool",
+            "apps": [{"slug": "pool"}],
+            "registries": registries,
+            "customers": [{"name": "C", "app": "pool", "license_id_env": "POOL_LICENSE"}],
+        }
+    ]
 
 
 def _registry(slug: str, url: str) -> dict:
@@ -49,9 +51,11 @@ async def _hang_up(server: Pullgate, path: str, after: float) -> None:
 async def test_idle_upstream_connections_close_after_keepalive(tmp_path: Path, upstream_anon: Registry):
     keepalive = 2.0
     server = Pullgate(
-        tmp_path, _teams([_registry("anon", upstream_anon.url)]), env={"POOL_LICENSE": LICENSE},
+        tmp_path,
+        _teams([_registry("anon", upstream_anon.url)]),
+        env={"POOL_LICENSE": LICENSE},
         settings={"upstream": {"keepalive_seconds": keepalive}},
-    ).start()  # fmt: skip
+    ).start()
     try:
         img = upstream_anon.images["oci"]
         path = f"/v2/proxy/pool/anon/{img.repo}/manifests/{img.digest}"
@@ -86,10 +90,11 @@ async def _metric(server: Pullgate, name: str, slug: str) -> float:
 async def test_one_slow_registry_cannot_take_every_upstream_connection(tmp_path: Path, upstream_anon: Registry):
     slow = TricklingRegistry()
     server = Pullgate(
-        tmp_path, _teams([_registry("slow", slow.url), _registry("anon", upstream_anon.url)]),
+        tmp_path,
+        _teams([_registry("slow", slow.url), _registry("anon", upstream_anon.url)]),
         env={"POOL_LICENSE": LICENSE},
         settings={"upstream": {"pool_size": 3, "pool_per_registry": 2, "connect_timeout": 1}},
-    ).start()  # fmt: skip
+    ).start()
     auth = {"Authorization": basic(LICENSE)}
     blob = f"{server.url}/v2/proxy/pool/slow/vendor/app/blobs/sha256:{'b' * 64}"
     img = upstream_anon.images["oci"]

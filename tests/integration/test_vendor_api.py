@@ -73,8 +73,16 @@ async def pull(env: VendorEnv, method: str, path: str, license_id: str, **header
 
 def _basic_registry(env: VendorEnv, slug: str, **extra: Any) -> dict[str, Any]:
     up = env.basic
-    return {"provider": "other", "endpoint": f"{slug}.example.test", "slug": slug, "url": up.url,
-            "insecure": True, "username": up.username, "password": up.password, **extra}  # fmt: skip
+    return {
+        "provider": "other",
+        "endpoint": f"{slug}.example.test",
+        "slug": slug,
+        "url": up.url,
+        "insecure": True,
+        "username": up.username,
+        "password": up.password,
+        **extra,
+    }
 
 
 async def _logs(api: VendorClient, want: int, **params: str) -> list[dict[str, Any]]:
@@ -112,8 +120,12 @@ async def test_every_route_refuses_missing_and_wrong_tokens(api: VendorClient):
         for method in item:
             if method == "parameters":
                 continue
-            for headers in ({}, {"Authorization": "wrong-token"}, {"Authorization": "Bearer wrong-token"},
-                            {"Authorization": "Basic " + base64.b64encode(b"a:b").decode()}):  # fmt: skip
+            for headers in (
+                {},
+                {"Authorization": "wrong-token"},
+                {"Authorization": "Bearer wrong-token"},
+                {"Authorization": "Basic " + base64.b64encode(b"a:b").decode()},
+            ):
                 reply = await anon.call(method.upper(), concrete, body={}, headers=headers)
                 assert reply.status == 401, (method, path, headers)
                 assert "token" in reply.body["message"]
@@ -164,16 +176,27 @@ async def test_registry_creation_validates_credentials(api: VendorClient, vendor
     # Without an image, a 404 for the placeholder still proves the credentials.
     body = _basic_registry(vendor_env, "noimage")
     assert (await api.call("POST", "/external_registry", body)).status == 201
-    skipped = await api.call("POST", "/external_registry", _basic_registry(vendor_env, "skipped", password="x",
-                                                                          skipValidation=True))  # fmt: skip
+    skipped = await api.call(
+        "POST", "/external_registry", _basic_registry(vendor_env, "skipped", password="x", skipValidation=True)
+    )
     assert skipped.status == 201
 
 
 async def test_registry_validation_lists_every_problem(api: VendorClient):
-    reply = await api.call("POST", "/external_registry", {
-        "provider": "nope", "endpoint": "https://x/y", "url": "ftp://x", "insecure": "yes",
-        "appIds": ["no-such-app"], "username": "u", "colour": "blue", "slug": "Bad Slug",
-    })  # fmt: skip
+    reply = await api.call(
+        "POST",
+        "/external_registry",
+        {
+            "provider": "nope",
+            "endpoint": "https://x/y",
+            "url": "ftp://x",
+            "insecure": "yes",
+            "appIds": ["no-such-app"],
+            "username": "u",
+            "colour": "blue",
+            "slug": "Bad Slug",
+        },
+    )
     assert reply.status == 400
     fields = {e.split(":")[0] for e in reply.body["errors"]}
     assert {"provider", "endpoint", "url", "insecure", "appIds", "colour", "slug"} <= fields
@@ -190,37 +213,76 @@ async def test_registry_validation_lists_every_problem(api: VendorClient):
 
 async def test_provider_credentials_are_accepted_and_never_echoed(api: VendorClient, vendor_env: VendorEnv):
     secret_key = "canary-ecr-secret-" + secrets.token_hex(8)
-    sa_key = json.dumps({"type": "service_account", "client_email": "pull@proj.iam.gserviceaccount.com",
-                         "private_key": "canary-sa-key-" + secrets.token_hex(8)})  # fmt: skip
+    sa_key = json.dumps(
+        {
+            "type": "service_account",
+            "client_email": "pull@proj.iam.gserviceaccount.com",
+            "private_key": "canary-sa-key-" + secrets.token_hex(8),
+        }
+    )
     token = "canary-ghcr-token-" + secrets.token_hex(8)
     vendor_env.canaries += [secret_key, json.loads(sa_key)["private_key"], token]
-    ecr = await api.call("POST", "/external_registry", {
-        "provider": "ecr", "endpoint": "123456789012.dkr.ecr.us-east-1.amazonaws.com", "slug": "ecr",
-        "accessKeyId": "AKIAEXAMPLE", "secretAccessKey": secret_key, "region": "us-east-1",
-        "roleArn": "arn:aws:iam::123456789012:role/pull", "skipValidation": True,
-    })  # fmt: skip
+    ecr = await api.call(
+        "POST",
+        "/external_registry",
+        {
+            "provider": "ecr",
+            "endpoint": "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+            "slug": "ecr",
+            "accessKeyId": "AKIAEXAMPLE",
+            "secretAccessKey": secret_key,
+            "region": "us-east-1",
+            "roleArn": "arn:aws:iam::123456789012:role/pull",
+            "skipValidation": True,
+        },
+    )
     assert ecr.status == 201, ecr.body
     e = ecr.body["external_registry"]
     assert (e["authType"], e["username"], e["region"], e["roleArn"]) == (
-        "accesskey", "AKIAEXAMPLE", "us-east-1", "arn:aws:iam::123456789012:role/pull")
-    gar = await api.call("POST", "/external_registry", {
-        "provider": "gar", "endpoint": "us-docker.pkg.dev", "slug": "gar", "username": "_json_key",
-        "password": sa_key, "skipValidation": True})  # fmt: skip
+        "accesskey",
+        "AKIAEXAMPLE",
+        "us-east-1",
+        "arn:aws:iam::123456789012:role/pull",
+    )
+    gar = await api.call(
+        "POST",
+        "/external_registry",
+        {
+            "provider": "gar",
+            "endpoint": "us-docker.pkg.dev",
+            "slug": "gar",
+            "username": "_json_key",
+            "password": sa_key,
+            "skipValidation": True,
+        },
+    )
     assert gar.status == 201 and gar.body["external_registry"]["authType"] == "serviceaccount"
-    gcr = await api.call("POST", "/external_registry", {
-        "provider": "gcr", "slug": "gcr", "serviceAccountKey": sa_key, "skipValidation": True})
+    gcr = await api.call(
+        "POST",
+        "/external_registry",
+        {"provider": "gcr", "slug": "gcr", "serviceAccountKey": sa_key, "skipValidation": True},
+    )
     assert gcr.status == 201 and gcr.body["external_registry"]["endpoint"] == "gcr.io"
-    ghcr = await api.call("POST", "/external_registry", {
-        "provider": "ghcr", "username": "octocat", "password": token, "skipValidation": True})
+    ghcr = await api.call(
+        "POST",
+        "/external_registry",
+        {"provider": "ghcr", "username": "octocat", "password": token, "skipValidation": True},
+    )
     assert ghcr.status == 201 and ghcr.body["external_registry"]["slug"] == "ghcr.io"
     # A key that is not a service-account JSON is refused without echoing it.
     not_json = "canary-not-json-" + secrets.token_hex(8)
     vendor_env.canaries.append(not_json)
-    bad = await api.call("POST", "/external_registry", {
-        "provider": "gcr", "slug": "gcr2", "username": "_json_key", "password": not_json, "skipValidation": True})
+    bad = await api.call(
+        "POST",
+        "/external_registry",
+        {"provider": "gcr", "slug": "gcr2", "username": "_json_key", "password": not_json, "skipValidation": True},
+    )
     assert bad.status == 400 and "client_email" in bad.body["message"]
-    no_secret = await api.call("POST", "/external_registry", {
-        "provider": "ecr", "endpoint": "210987654321.dkr.ecr.eu-west-1.amazonaws.com", "skipValidation": True})
+    no_secret = await api.call(
+        "POST",
+        "/external_registry",
+        {"provider": "ecr", "endpoint": "210987654321.dkr.ecr.eu-west-1.amazonaws.com", "skipValidation": True},
+    )
     assert no_secret.status == 400
     assert {e.split(":")[0] for e in no_secret.body["errors"]} == {"accessKeyId", "secretAccessKey"}
     for slug in ("ecr", "gar", "gcr", "ghcr.io"):
@@ -239,8 +301,9 @@ async def test_credential_rotation_takes_effect_at_once(api: VendorClient, vendo
     stored = await api.call("PUT", "/external_registry/rot", {"password": "wrong", "skipValidation": True})
     assert stored.status == 200, stored.body
     assert (await api.call("PUT", "/external_registry/test", image)).body["status"] == 401
-    back = await api.call("PUT", "/external_registry/rot", {"password": vendor_env.basic.password,
-                                                            "image": "vendor/oci:v1"})  # fmt: skip
+    back = await api.call(
+        "PUT", "/external_registry/rot", {"password": vendor_env.basic.password, "image": "vendor/oci:v1"}
+    )
     assert back.status == 200
     assert (await api.call("PUT", "/external_registry/test", image)).body["ok"]
     fixed = await api.call("PUT", "/external_registry/rot", {"provider": "ecr", "slug": "other"})
@@ -278,8 +341,7 @@ async def test_a_stored_secret_is_never_sent_to_a_new_url(api: VendorClient, ven
 
 
 async def test_apps(api: VendorClient, beta: VendorClient):
-    created = await api.call("POST", "/app", {"slug": "alpha-two", "name": "Alpha Two",
-                                              "imageAllowlist": ["vendor/*"]})  # fmt: skip
+    created = await api.call("POST", "/app", {"slug": "alpha-two", "name": "Alpha Two", "imageAllowlist": ["vendor/*"]})
     assert created.status == 201
     assert created.body["app"]["imageAllowlist"] == ["vendor/*"] and created.body["app"]["kotsPublicKey"] is None
     assert (await api.call("POST", "/app", {"slug": "alpha-two"})).status == 409
@@ -290,11 +352,13 @@ async def test_apps(api: VendorClient, beta: VendorClient):
     assert patched.body["app"]["imageAllowlist"] == [] and patched.body["app"]["name"] == "A2"
     slugs = [a["slug"] for a in (await api.call("GET", "/apps")).body["apps"]]
     assert "alpha-two" in slugs and "beta-app" not in slugs
-    bad = await api.call("POST", "/app", {"slug": "No Good", "name": "", "imageAllowlist": "vendor/*",
-                                          "kotsPublicKey": "not a key", "extra": 1})  # fmt: skip
+    bad = await api.call(
+        "POST",
+        "/app",
+        {"slug": "No Good", "name": "", "imageAllowlist": "vendor/*", "kotsPublicKey": "not a key", "extra": 1},
+    )
     assert bad.status == 400
-    assert {e.split(":")[0] for e in bad.body["errors"]} == {"slug", "name", "imageAllowlist", "kotsPublicKey",
-                                                               "extra"}  # fmt: skip
+    assert {e.split(":")[0] for e in bad.body["errors"]} == {"slug", "name", "imageAllowlist", "kotsPublicKey", "extra"}
     bad_patch = await api.call("PATCH", "/app/alpha-two", {"imageAllowlist": ["/abs", ""]})
     assert bad_patch.status == 400 and len(bad_patch.body["errors"]) == 2
     assert (await api.call("PATCH", "/app/nope", {})).status == 404
@@ -304,8 +368,13 @@ async def test_apps(api: VendorClient, beta: VendorClient):
 
 
 async def test_customers(api: VendorClient, vendor_env: VendorEnv):
-    body = {"name": "Cust One", "email": "one@c.test", "appSlug": "alpha-app", "licenseType": "trial",
-            "expiresAt": "2031-01-01T00:00:00Z"}
+    body = {
+        "name": "Cust One",
+        "email": "one@c.test",
+        "appSlug": "alpha-app",
+        "licenseType": "trial",
+        "expiresAt": "2031-01-01T00:00:00Z",
+    }
     created = await api.call("POST", "/customer", body)
     assert created.status == 201
     c = created.body["customer"]
@@ -328,8 +397,11 @@ async def test_customers(api: VendorClient, vendor_env: VendorEnv):
         assert r.status == 200 and r.body["customer"]["status"] == status
     patched = await api.call("PATCH", f"/customer/{c['id']}", {"expiresAt": None, "email": None})
     assert patched.body["customer"]["expiresAt"] is None and patched.body["customer"]["email"] is None
-    bad = await api.call("POST", "/customer", {"name": "", "email": "nope", "appSlug": "beta-app",
-                                               "licenseType": "gold", "expiresAt": "soon"})  # fmt: skip
+    bad = await api.call(
+        "POST",
+        "/customer",
+        {"name": "", "email": "nope", "appSlug": "beta-app", "licenseType": "gold", "expiresAt": "soon"},
+    )
     assert bad.status == 400
     assert {e.split(":")[0] for e in bad.body["errors"]} == {"name", "email", "appSlug", "licenseType", "expiresAt"}
     assert (await api.call("GET", "/customer/nope")).status == 404
@@ -358,8 +430,9 @@ async def test_pull_is_logged_and_revocation_stops_it(api: VendorClient, vendor_
     assert (await pull(vendor_env, "HEAD", f"{base}/manifests/v1", lic))[0] == 200
     async with aiohttp.ClientSession() as s:
         params = {"service": vendor_env.server.host, "scope": "repository:proxy/alpha-app/pl/vendor/oci:pull"}
-        async with s.get(vendor_env.server.url + "/v2/token", params=params,
-                         headers={"Authorization": basic(lic)}) as r:  # fmt: skip
+        async with s.get(
+            vendor_env.server.url + "/v2/token", params=params, headers={"Authorization": basic(lic)}
+        ) as r:
             assert r.status == 200
 
     logs = await _logs(api, 4, customer=c["id"])
@@ -367,7 +440,13 @@ async def test_pull_is_logged_and_revocation_stops_it(api: VendorClient, vendor_
     assert set(by_action) == {"manifest", "blob", "HEAD", "auth"}
     m = by_action["manifest"]
     assert (m["registry"], m["image"], m["reference"], m["status"], m["success"], m["bytes"]) == (
-        "pl", "vendor/oci", "v1", 200, True, len(img.manifest))
+        "pl",
+        "vendor/oci",
+        "v1",
+        200,
+        True,
+        len(img.manifest),
+    )
     assert by_action["blob"]["bytes"] == size and by_action["blob"]["reference"] == digest
     assert by_action["HEAD"]["bytes"] == 0 and by_action["auth"]["status"] == 200
     assert m["customerName"] == "Puller" and m["appSlug"] == "alpha-app"
@@ -395,19 +474,30 @@ async def test_pull_is_logged_and_revocation_stops_it(api: VendorClient, vendor_
 
 
 async def test_image_allowlist_refuses_before_upstream_io(api: VendorClient, vendor_env: VendorEnv):
-    assert (await api.call("POST", "/app", {"slug": "allow-app", "imageAllowlist": ["vendor/oci", "vendor/d*"]})
-            ).status == 201  # fmt: skip
+    assert (
+        await api.call("POST", "/app", {"slug": "allow-app", "imageAllowlist": ["vendor/oci", "vendor/d*"]})
+    ).status == 201
     assert (await api.call("POST", "/external_registry", _basic_registry(vendor_env, "al"))).status == 201
-    sentinel = await api.call("POST", "/external_registry", {
-        "provider": "other", "endpoint": "sentinel.test", "slug": "sent", "url": vendor_env.sentinel.url,
-        "insecure": True, "skipValidation": True})  # fmt: skip
+    sentinel = await api.call(
+        "POST",
+        "/external_registry",
+        {
+            "provider": "other",
+            "endpoint": "sentinel.test",
+            "slug": "sent",
+            "url": vendor_env.sentinel.url,
+            "insecure": True,
+            "skipValidation": True,
+        },
+    )
     assert sentinel.status == 201
     lic = (await api.call("POST", "/customer", {"name": "Allow", "appSlug": "allow-app"})).body["customer"]["licenseId"]
     vendor_env.canaries.append(lic)
     assert (await pull(vendor_env, "GET", "/v2/proxy/allow-app/al/vendor/oci/manifests/v1", lic))[0] == 200
     docker = "application/vnd.docker.distribution.manifest.v2+json"
-    assert (await pull(vendor_env, "GET", "/v2/proxy/allow-app/al/vendor/docker/manifests/v1", lic,
-                       Accept=docker))[0] == 200  # fmt: skip
+    assert (await pull(vendor_env, "GET", "/v2/proxy/allow-app/al/vendor/docker/manifests/v1", lic, Accept=docker))[
+        0
+    ] == 200
     before = vendor_env.sentinel.connections
     status, body, _ = await pull(vendor_env, "GET", "/v2/proxy/allow-app/al/vendor/index/manifests/v1", lic)
     assert status == 404 and json.loads(body)["errors"][0]["code"] == "NAME_UNKNOWN"
@@ -421,8 +511,9 @@ async def test_image_allowlist_refuses_before_upstream_io(api: VendorClient, ven
     # Lifting the allowlist lets it through.
     assert (await api.call("PATCH", "/app/allow-app", {"imageAllowlist": []})).status == 200
     index = "application/vnd.oci.image.index.v1+json"
-    assert (await pull(vendor_env, "GET", "/v2/proxy/allow-app/al/vendor/index/manifests/v1", lic,
-                       Accept=index))[0] == 200  # fmt: skip
+    assert (await pull(vendor_env, "GET", "/v2/proxy/allow-app/al/vendor/index/manifests/v1", lic, Accept=index))[
+        0
+    ] == 200
 
 
 # --- KOTS license import -----------------------------------------------------------------
@@ -434,23 +525,45 @@ async def test_license_import(api: VendorClient, vendor_env: VendorEnv):
     for version in ("v1beta1", "v1beta2"):
         lic_id = f"kots{version}" + secrets.token_hex(12)
         vendor_env.canaries.append(lic_id)
-        text = kots_license(key, version, license_id=lic_id, app_slug="kots-app", name=f"KOTS {version}",
-                            expires_at="2030-06-01T00:00:00Z", license_type="paid")  # fmt: skip
-        tampered = kots_license(key, version, license_id=lic_id, app_slug="kots-app", name=f"KOTS {version}",
-                                expires_at="2030-06-01T00:00:00Z", tamper={"customerName": "Someone Else"})  # fmt: skip
+        text = kots_license(
+            key,
+            version,
+            license_id=lic_id,
+            app_slug="kots-app",
+            name=f"KOTS {version}",
+            expires_at="2030-06-01T00:00:00Z",
+            license_type="paid",
+        )
+        tampered = kots_license(
+            key,
+            version,
+            license_id=lic_id,
+            app_slug="kots-app",
+            name=f"KOTS {version}",
+            expires_at="2030-06-01T00:00:00Z",
+            tamper={"customerName": "Someone Else"},
+        )
         refused = await api.call("POST", "/license/import", {"license": tampered})
         assert refused.status == 400 and "customerName" in refused.body["message"]
         done = await api.call("POST", "/license/import", {"license": text})
         assert done.status == 201, done.body
         c = done.body["customer"]
         assert (c["name"], c["email"], c["appSlug"], c["licenseType"], c["expiresAt"]) == (
-            f"KOTS {version}", "ops@customer.test", "kots-app", "paid", "2030-06-01T00:00:00Z")
+            f"KOTS {version}",
+            "ops@customer.test",
+            "kots-app",
+            "paid",
+            "2030-06-01T00:00:00Z",
+        )
         again = await api.call("POST", "/license/import", {"license": text})
         assert again.status == 200 and again.body["created"] is False
         # The imported license works as a credential.
         async with aiohttp.ClientSession() as s:
-            async with s.get(vendor_env.server.url + "/v2/token", headers={"Authorization": basic(lic_id)},
-                             params={"scope": "repository:proxy/kots-app/x/y:pull"}) as r:  # fmt: skip
+            async with s.get(
+                vendor_env.server.url + "/v2/token",
+                headers={"Authorization": basic(lic_id)},
+                params={"scope": "repository:proxy/kots-app/x/y:pull"},
+            ) as r:
                 assert r.status == 200
     # The wrong key, or no key: refused.
     other = rsa_key()
@@ -482,8 +595,11 @@ async def test_custom_hostnames(api: VendorClient, beta: VendorClient, vendor_en
     assert (await beta.call("POST", "/custom_hostnames", {"hostname": host})).status == 409
     # Another team neither sees nor touches it.
     assert host not in json.dumps((await beta.call("GET", "/custom_hostnames")).body)
-    for method, path in (("POST", f"/custom_hostname/{host}/verify"), ("DELETE", f"/custom_hostname/{host}"),
-                         ("POST", f"/custom_hostname/{host}/default")):  # fmt: skip
+    for method, path in (
+        ("POST", f"/custom_hostname/{host}/verify"),
+        ("DELETE", f"/custom_hostname/{host}"),
+        ("POST", f"/custom_hostname/{host}/default"),
+    ):
         assert (await beta.call(method, path)).status == 404
     # Not verifiable yet; a pending hostname cannot be the default.
     failed = await api.call("POST", f"/custom_hostname/{host}/verify")
@@ -501,8 +617,11 @@ async def test_custom_hostnames(api: VendorClient, beta: VendorClient, vendor_en
     cert, key = leaf.cert_chain_pems[0].bytes().decode(), leaf.private_key_pem.bytes().decode()
     vendor_env.canaries.append(key.splitlines()[1])
     wrong = ca.issue_cert("other.example")
-    refused = await api.call("PUT", f"/custom_hostname/{host}/certificate",
-                             {"certificate": wrong.cert_chain_pems[0].bytes().decode(), "key": key})  # fmt: skip
+    refused = await api.call(
+        "PUT",
+        f"/custom_hostname/{host}/certificate",
+        {"certificate": wrong.cert_chain_pems[0].bytes().decode(), "key": key},
+    )
     assert refused.status == 400
     up = await api.call("PUT", f"/custom_hostname/{host}/certificate", {"certificate": cert, "key": key})
     assert up.status == 200
@@ -549,15 +668,21 @@ async def test_team_isolation(api: VendorClient, beta: VendorClient, vendor_env:
     # Nothing changed for alpha.
     still = await api.call("PATCH", f"/customer/{c['id']}", {})  # the answer, without the license ID
     assert still.body["customer"]["status"] == "active" and still.body["customer"]["name"] == "Mine"
-    assert (await api.call("PUT", "/external_registry/test", {"endpoint": "mine", "image": "vendor/oci:v1"})
-            ).body["ok"]  # fmt: skip
+    assert (await api.call("PUT", "/external_registry/test", {"endpoint": "mine", "image": "vendor/oci:v1"})).body["ok"]
     # Beta's license cannot pull alpha's app; alpha's cannot pull beta's.
-    assert (await pull(vendor_env, "GET", "/v2/proxy/alpha-app/mine/vendor/oci/manifests/v1",
-                       vendor_env.licenses["beta-cust"]))[0] in (401, 403)  # fmt: skip
-    assert (await pull(vendor_env, "GET", "/v2/proxy/beta-app/beta-anon/vendor/oci/manifests/v1",
-                       c["licenseId"]))[0] in (401, 403)  # fmt: skip
-    assert (await pull(vendor_env, "GET", "/v2/proxy/beta-app/beta-anon/vendor/oci/manifests/v1",
-                       vendor_env.licenses["beta-cust"]))[0] == 200  # fmt: skip
+    assert (
+        await pull(
+            vendor_env, "GET", "/v2/proxy/alpha-app/mine/vendor/oci/manifests/v1", vendor_env.licenses["beta-cust"]
+        )
+    )[0] in (401, 403)
+    assert (await pull(vendor_env, "GET", "/v2/proxy/beta-app/beta-anon/vendor/oci/manifests/v1", c["licenseId"]))[
+        0
+    ] in (401, 403)
+    assert (
+        await pull(
+            vendor_env, "GET", "/v2/proxy/beta-app/beta-anon/vendor/oci/manifests/v1", vendor_env.licenses["beta-cust"]
+        )
+    )[0] == 200
     # Beta's pull log has beta's pull, and none of alpha's.
     logs = await _logs(beta, 1)
     assert logs and {e["appSlug"] for e in logs} == {"beta-app"}
@@ -567,7 +692,8 @@ async def test_team_isolation(api: VendorClient, beta: VendorClient, vendor_env:
 
 async def test_admin_listener_is_not_on_the_proxy_listener(vendor_env: VendorEnv):
     async with aiohttp.ClientSession() as s:
-        async with s.get(vendor_env.server.url + "/vendor/v3/apps",
-                         headers={"Authorization": vendor_env.tokens["alpha"]}) as r:  # fmt: skip
+        async with s.get(
+            vendor_env.server.url + "/vendor/v3/apps", headers={"Authorization": vendor_env.tokens["alpha"]}
+        ) as r:
             assert r.status == 404
             assert "apps" not in (await r.text())

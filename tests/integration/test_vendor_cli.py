@@ -18,16 +18,27 @@ from tests.support.pullgate import REPO_ROOT
 from tests.support.vendor import VendorEnv, kots_license, public_pem, rsa_key
 
 
-def run(env: VendorEnv, *args: str, stdin: str | None = None, token: str | None = "alpha",  # noqa: S107 - a team name
-        check: bool = True) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def run(
+    env: VendorEnv,
+    *args: str,
+    stdin: str | None = None,
+    token: str | None = "alpha",  # noqa: S107 - a team name
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PULLGATE_")}
     environ["PULLGATE_API_ORIGIN"] = env.admin
     if token:
         environ["PULLGATE_API_TOKEN"] = env.tokens.get(token, token)
     proc = subprocess.run(
-        [sys.executable, "-m", "proxy", *args], input=stdin, capture_output=True, text=True, env=environ,
-        cwd=REPO_ROOT, timeout=60, check=False,
-    )  # fmt: skip
+        [sys.executable, "-m", "proxy", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=environ,
+        cwd=REPO_ROOT,
+        timeout=60,
+        check=False,
+    )
     for text in (proc.stdout, proc.stderr):
         env.assert_clean(text, f"the output of pullgate {' '.join(args)}")
     if check:
@@ -47,16 +58,28 @@ def pull_status(env: VendorEnv, path: str, license_id: str) -> int:
         return exc.code
 
 
-
-
-
-
 def test_registry_add_test_rotate_remove(vendor_env: VendorEnv):
     up = vendor_env.basic
     assert up.password
-    add = run(vendor_env, "registry", "add", "other", "--endpoint", "cli.example.test", "--name", "cli-basic",
-              "--url", up.url, "--insecure", "--username", "vendor", "--password-stdin",
-              "--image", "vendor/oci:v1", stdin=up.password + "\n")  # fmt: skip
+    add = run(
+        vendor_env,
+        "registry",
+        "add",
+        "other",
+        "--endpoint",
+        "cli.example.test",
+        "--name",
+        "cli-basic",
+        "--url",
+        up.url,
+        "--insecure",
+        "--username",
+        "vendor",
+        "--password-stdin",
+        "--image",
+        "vendor/oci:v1",
+        stdin=up.password + "\n",
+    )
     header, row = add.stdout.splitlines()[:2]
     assert header.split() == ["NAME", "PROVIDER", "ENDPOINT", "APP_IDS", "AUTHTYPE"]
     assert row.split() == ["cli-basic", "other", "cli.example.test", "password"]
@@ -74,13 +97,23 @@ def test_registry_add_test_rotate_remove(vendor_env: VendorEnv):
 
     # Rotation: a wrong password is refused by the registry test, and the failure is reported as
     # <METHOD> <URL> <status>: <message>.
-    wrong = run(vendor_env, "registry", "update", "cli-basic", "--password-stdin", "--image", "vendor/oci:v1",
-                stdin="wrong-password\n", check=False)  # fmt: skip
+    wrong = run(
+        vendor_env,
+        "registry",
+        "update",
+        "cli-basic",
+        "--password-stdin",
+        "--image",
+        "vendor/oci:v1",
+        stdin="wrong-password\n",
+        check=False,
+    )
     assert wrong.returncode == 1
     assert f"PUT {vendor_env.admin}/vendor/v3/external_registry/cli-basic 400: " in wrong.stderr
     assert "wrong-password" not in wrong.stderr
-    run(vendor_env, "registry", "update", "cli-basic", "--password-stdin", "--image", "vendor/oci:v1",
-        stdin=up.password)  # fmt: skip
+    run(
+        vendor_env, "registry", "update", "cli-basic", "--password-stdin", "--image", "vendor/oci:v1", stdin=up.password
+    )
     assert run(vendor_env, "registry", "test", "cli-basic", "--image", "vendor/oci:v1").returncode == 0
 
     assert "removed" in run(vendor_env, "registry", "rm", "cli-basic").stdout
@@ -120,11 +153,40 @@ def test_customers_pull_and_logs(vendor_env: VendorEnv):
     run(vendor_env, "app", "create", "cli-app", "--name", "CLI App", "--allow", "vendor/*")
     apps = json.loads(run(vendor_env, "app", "ls", "-o", "json").stdout)
     assert next(a for a in apps if a["slug"] == "cli-app")["imageAllowlist"] == ["vendor/*"]
-    run(vendor_env, "registry", "add", "other", "--endpoint", "cli2.example.test", "--name", "cli-reg",
-        "--url", up.url, "--insecure", "--username", "vendor", "--password-stdin", "--app-ids", "cli-app",
-        stdin=up.password)  # fmt: skip
-    created = run(vendor_env, "customer", "create", "--name", "CLI Customer", "--email", "cli@c.test",
-                  "--app", "cli-app", "--type", "trial", "--expires-at", "2031-01-01T00:00:00Z")  # fmt: skip
+    run(
+        vendor_env,
+        "registry",
+        "add",
+        "other",
+        "--endpoint",
+        "cli2.example.test",
+        "--name",
+        "cli-reg",
+        "--url",
+        up.url,
+        "--insecure",
+        "--username",
+        "vendor",
+        "--password-stdin",
+        "--app-ids",
+        "cli-app",
+        stdin=up.password,
+    )
+    created = run(
+        vendor_env,
+        "customer",
+        "create",
+        "--name",
+        "CLI Customer",
+        "--email",
+        "cli@c.test",
+        "--app",
+        "cli-app",
+        "--type",
+        "trial",
+        "--expires-at",
+        "2031-01-01T00:00:00Z",
+    )
     line = next(x for x in created.stdout.splitlines() if x.startswith("License ID"))
     license_id = line.rsplit(" ", 1)[1]
     customer_id = created.stdout.splitlines()[1].split()[0]
@@ -161,12 +223,29 @@ def test_license_import_both_versions_and_tampering(vendor_env: VendorEnv, tmp_p
         license_id = f"clikots{version}" + secrets.token_hex(12)
         vendor_env.canaries.append(license_id)
         good = tmp_path / f"{version}.yaml"
-        good.write_text(kots_license(key, version, license_id=license_id, app_slug="kots-cli",
-                                     name=f"Imported {version}", expires_at="2032-02-02T00:00:00Z"))  # fmt: skip
+        good.write_text(
+            kots_license(
+                key,
+                version,
+                license_id=license_id,
+                app_slug="kots-cli",
+                name=f"Imported {version}",
+                expires_at="2032-02-02T00:00:00Z",
+            )
+        )
         bad = tmp_path / f"{version}-tampered.yaml"
         later = {"entitlements": {"expires_at": {"value": "2099-01-01T00:00:00Z"}}}
-        bad.write_text(kots_license(key, version, license_id=license_id, app_slug="kots-cli",
-                                    name=f"Imported {version}", expires_at="2032-02-02T00:00:00Z", tamper=later))
+        bad.write_text(
+            kots_license(
+                key,
+                version,
+                license_id=license_id,
+                app_slug="kots-cli",
+                name=f"Imported {version}",
+                expires_at="2032-02-02T00:00:00Z",
+                tamper=later,
+            )
+        )
         refused = run(vendor_env, "license", "import", str(bad), check=False)
         assert refused.returncode == 1
         assert f"POST {vendor_env.admin}/vendor/v3/license/import 400: " in refused.stderr
@@ -178,8 +257,11 @@ def test_license_import_both_versions_and_tampering(vendor_env: VendorEnv, tmp_p
         assert pull_status(vendor_env, "/v2/proxy/kots-cli/x/y/manifests/v1", license_id) == 404
     # A license signed by another key is refused.
     forged = tmp_path / "forged.yaml"
-    forged.write_text(kots_license(rsa_key(), "v1beta2", license_id="forged" + secrets.token_hex(12),
-                                   app_slug="kots-cli", name="Forged"))  # fmt: skip
+    forged.write_text(
+        kots_license(
+            rsa_key(), "v1beta2", license_id="forged" + secrets.token_hex(12), app_slug="kots-cli", name="Forged"
+        )
+    )
     out = run(vendor_env, "license", "import", str(forged), check=False)
     assert out.returncode == 1 and "signature" in out.stderr
 
@@ -210,8 +292,9 @@ def test_failures_are_reported_and_exit_non_zero(vendor_env: VendorEnv):
     bad = run(vendor_env, "app", "ls", token="not-a-token", check=False)
     assert bad.returncode == 1
     assert f"GET {vendor_env.admin}/vendor/v3/apps 401: a valid API token is required" in bad.stderr
-    invalid = run(vendor_env, "customer", "create", "--name", "x", "--app", "no-such-app", "--email", "bad",
-                  check=False)  # fmt: skip
+    invalid = run(
+        vendor_env, "customer", "create", "--name", "x", "--app", "no-such-app", "--email", "bad", check=False
+    )
     assert invalid.returncode == 1 and "appSlug" in invalid.stderr and "email" in invalid.stderr
 
 
@@ -224,8 +307,23 @@ def test_masked_prompt_on_a_terminal(vendor_env: VendorEnv):
     assert up.password
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PULLGATE_")}
     environ.update(PULLGATE_API_ORIGIN=vendor_env.admin, PULLGATE_API_TOKEN=vendor_env.tokens["alpha"])
-    argv = [sys.executable, "-m", "proxy", "registry", "add", "other", "--endpoint", "tty.example.test",
-            "--name", "tty-reg", "--url", up.url, "--insecure", "--username", "vendor"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "proxy",
+        "registry",
+        "add",
+        "other",
+        "--endpoint",
+        "tty.example.test",
+        "--name",
+        "tty-reg",
+        "--url",
+        up.url,
+        "--insecure",
+        "--username",
+        "vendor",
+    ]
     pid, fd = pty.fork()
     if pid == 0:  # the child: its controlling terminal is the pty
         os.chdir(REPO_ROOT)

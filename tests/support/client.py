@@ -47,7 +47,11 @@ class ProxyClient:
         return ans
 
     async def token(self, license_id: str, scope: str) -> str:
-        ans = await self.request("GET", "/v2/token", params={"service": self.dep.host, "scope": scope},
-                                 headers={"Authorization": basic(license_id)})  # fmt: skip
+        ans = await self.request(
+            "GET",
+            "/v2/token",
+            params={"service": self.dep.host, "scope": scope},
+            headers={"Authorization": basic(license_id)},
+        )
         assert ans.status == 200, ans.body
         return ans.json()["token"]

@@ -52,9 +52,7 @@ def deployment(
     upstream_token: Registry,
     upstream_anon: Registry,
 ) -> Iterator[Deployment]:
-    licenses = {
-        name: _license(name) for name in ("valid", "expired", "revoke", "other-app", "globex", "sigterm")
-    }
+    licenses = {name: _license(name) for name in ("valid", "expired", "revoke", "other-app", "globex", "sigterm")}
     sentinel = Sentinel()
     front = BreakingFront(upstream_anon.url, upstream_anon.images["big"].blobs[-1][0])
     env = {
@@ -65,8 +63,13 @@ def deployment(
     }
 
     def customer(key: str, app: str, **extra: str) -> dict[str, str]:
-        return {"name": f"Customer {key}", "email": f"{key}@example.test", "app": app,
-                "license_id_env": f"PGT_LIC_{key.upper().replace('-', '_')}", **extra}  # fmt: skip
+        return {
+            "name": f"Customer {key}",
+            "email": f"{key}@example.test",
+            "app": app,
+            "license_id_env": f"PGT_LIC_{key.upper().replace('-', '_')}",
+            **extra,
+        }
 
     teams = [
         {
@@ -74,20 +77,55 @@ def deployment(
             "api_tokens": [{"token_env": "PGT_API_TOKEN"}],
             "apps": [{"slug": "acme", "name": "Acme"}, {"slug": "acme-other"}],
             "registries": [
-                {"slug": "vendor-basic", "provider": "other", "endpoint": "registry.basic.test",
-                 "url": upstream_basic.url, "insecure": True, "username": "vendor", "password_env": "PGT_BASIC_PW"},
-                {"slug": "vendor-token", "provider": "other", "endpoint": "registry.token.test",
-                 "url": upstream_token.url, "insecure": True, "username": "vendor", "password_env": "PGT_TOKEN_PW"},
-                {"slug": "vendor-anon", "provider": "other", "endpoint": "registry.anon.test",
-                 "url": upstream_anon.url, "insecure": True},
-                {"slug": "vendor-breaking", "provider": "other", "endpoint": "registry.breaking.test",
-                 "url": front.url, "insecure": True},
+                {
+                    "slug": "vendor-basic",
+                    "provider": "other",
+                    "endpoint": "registry.basic.test",
+                    "url": upstream_basic.url,
+                    "insecure": True,
+                    "username": "vendor",
+                    "password_env": "PGT_BASIC_PW",
+                },
+                {
+                    "slug": "vendor-token",
+                    "provider": "other",
+                    "endpoint": "registry.token.test",
+                    "url": upstream_token.url,
+                    "insecure": True,
+                    "username": "vendor",
+                    "password_env": "PGT_TOKEN_PW",
+                },
+                {
+                    "slug": "vendor-anon",
+                    "provider": "other",
+                    "endpoint": "registry.anon.test",
+                    "url": upstream_anon.url,
+                    "insecure": True,
+                },
+                {
+                    "slug": "vendor-breaking",
+                    "provider": "other",
+                    "endpoint": "registry.breaking.test",
+                    "url": front.url,
+                    "insecure": True,
+                },
                 # Nothing listens there: connection refused.
-                {"slug": "vendor-down", "provider": "other", "endpoint": "registry.down.test",
-                 "url": f"http://127.0.0.1:{free_port()}", "insecure": True},
+                {
+                    "slug": "vendor-down",
+                    "provider": "other",
+                    "endpoint": "registry.down.test",
+                    "url": f"http://127.0.0.1:{free_port()}",
+                    "insecure": True,
+                },
                 # Linked to the other app only: acme's customers must not reach it.
-                {"slug": "other-only", "provider": "other", "endpoint": "registry.other.test",
-                 "url": sentinel.url, "insecure": True, "apps": ["acme-other"]},
+                {
+                    "slug": "other-only",
+                    "provider": "other",
+                    "endpoint": "registry.other.test",
+                    "url": sentinel.url,
+                    "insecure": True,
+                    "apps": ["acme-other"],
+                },
             ],
             "customers": [
                 customer("valid", "acme"),
@@ -101,12 +139,17 @@ def deployment(
             "name": "globex",
             "apps": [{"slug": "globex"}],
             "registries": [
-                {"slug": "globex-reg", "provider": "other", "endpoint": "registry.globex.test",
-                 "url": sentinel.url, "insecure": True},
+                {
+                    "slug": "globex-reg",
+                    "provider": "other",
+                    "endpoint": "registry.globex.test",
+                    "url": sentinel.url,
+                    "insecure": True,
+                },
             ],
             "customers": [customer("globex", "globex")],
         },
-    ]  # fmt: skip
+    ]
     server = Pullgate(tmp_path_factory.mktemp("pullgate"), teams, env=env).start()
     dep = Deployment(
         server=server,

@@ -135,8 +135,12 @@ class RedirectingFront(_Server):
             relay(req, self.upstream, f"/v2/{repo}/blobs/{digest}")
             return
         if req.headers.get("Authorization") != self.expected:
-            _answer(req, 401, b'{"errors":[{"code":"UNAUTHORIZED","message":"auth"}]}',
-                    {"WWW-Authenticate": 'Basic realm="front"', "Content-Type": "application/json"})  # fmt: skip
+            _answer(
+                req,
+                401,
+                b'{"errors":[{"code":"UNAUTHORIZED","message":"auth"}]}',
+                {"WWW-Authenticate": 'Basic realm="front"', "Content-Type": "application/json"},
+            )
             return
         m = _BLOB_RE.match(path)
         if m and req.command == "GET":

@@ -19,11 +19,17 @@ def _team(**overrides: Any) -> dict[str, Any]:
         "name": "acme",
         "apps": [{"slug": "myapp"}],
         "registries": [
-            {"slug": "vendor", "provider": "other", "endpoint": "registry.acme.example",
-             "url": "https://registry.acme.example", "username": "u", "password_env": "PW"},
+            {
+                "slug": "vendor",
+                "provider": "other",
+                "endpoint": "registry.acme.example",
+                "url": "https://registry.acme.example",
+                "username": "u",
+                "password_env": "PW",
+            },
         ],
         "customers": [{"name": "C", "app": "myapp", "license_id_env": "LIC"}],
-    }  # fmt: skip
+    }
     team.update(overrides)
     return team
 
@@ -65,12 +71,15 @@ def test_defaults_without_a_file() -> None:
         ({"upstream": {"idle_timeot": 1}}, "upstream.idle_timeot"),
         ({"bootstrap": {"teams": [_team(colour="red")]}}, "bootstrap.teams[0].colour"),
         (
-            {"bootstrap": {"teams": [_team(registries=[{"provider": "other", "endpoint": "r.example",
-                                                         "pasword_file": "/x"}])]}},
+            {
+                "bootstrap": {
+                    "teams": [_team(registries=[{"provider": "other", "endpoint": "r.example", "pasword_file": "/x"}])]
+                }
+            },
             "bootstrap.teams[0].registries[0].pasword_file",
         ),
     ],
-)  # fmt: skip
+)
 def test_unknown_key_names_full_path(tmp_path: Path, data: dict[str, Any], key: str) -> None:
     msg = _fails(tmp_path, data, key)
     assert msg.startswith(f"{key}:") and "unknown key" in msg

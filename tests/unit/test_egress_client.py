@@ -75,8 +75,18 @@ async def _client(allow: list[str], **kw: int) -> UpstreamClient:
 
 
 def _reg(url: str, provider: str = "other", **options: str) -> Registry:
-    return Registry(id="r1", team_id="t", slug="unit", provider=provider, endpoint="unit.test", url=url,
-                    insecure=True, username=None, secret_sealed=None, options=options)  # fmt: skip
+    return Registry(
+        id="r1",
+        team_id="t",
+        slug="unit",
+        provider=provider,
+        endpoint="unit.test",
+        url=url,
+        insecure=True,
+        username=None,
+        secret_sealed=None,
+        options=options,
+    )
 
 
 async def test_ecr_and_sts_endpoints_pass_the_policy(servers):
@@ -85,9 +95,14 @@ async def test_ecr_and_sts_endpoints_pass_the_policy(servers):
     try:
         for options in (
             {"region": "us-east-1", "access_key_id": "AKIA", "api_url": f"http://127.0.0.1:{by_port}/"},
-            {"region": "us-east-1", "access_key_id": "AKIA", "api_url": f"http://127.0.0.1:{reg_port}/",
-             "role_arn": "arn:aws:iam::1:role/r", "sts_url": f"http://localhost:{by_port}/"},
-        ):  # fmt: skip
+            {
+                "region": "us-east-1",
+                "access_key_id": "AKIA",
+                "api_url": f"http://127.0.0.1:{reg_port}/",
+                "role_arn": "arn:aws:iam::1:role/r",
+                "sts_url": f"http://localhost:{by_port}/",
+            },
+        ):
             reg = _reg(f"http://127.0.0.1:{reg_port}", "ecr", **options)
             with pytest.raises(EgressRefused) as info:
                 async with c.request(reg, "GET", "/v2/ecr/manifests/v1", {}, "repository:ecr:pull"):

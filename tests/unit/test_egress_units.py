@@ -162,9 +162,12 @@ def test_bootstrap_registry_on_a_refused_literal_address_stops_the_start(tmp_pat
     def load_with(url: str, extra: str = "") -> None:
         p = tmp_path / "c.yaml"
         p.write_text(
-            "admin: {listen: '127.0.0.1:8081'}\n" + extra + "bootstrap:\n  teams:\n  - name: t\n    "
-            + reg.replace("{url}", url) + "\n"
-        )  # fmt: skip
+            "admin: {listen: '127.0.0.1:8081'}\n"
+            + extra
+            + "bootstrap:\n  teams:\n  - name: t\n    "
+            + reg.replace("{url}", url)
+            + "\n"
+        )
         load(p, environ={})
 
     for url in ("127.0.0.1:5001", "169.254.169.254", "[::1]:5001", "10.0.0.1"):

@@ -39,8 +39,9 @@ def test_sessions_survive_key_rotation_and_expire():
     _, cookie = sessions.new("team-1", "tok")
     ring.add_key()
     assert sessions.read(cookie) is not None  # old key still in the ring
-    expired = sessions.sealer.seal({"sid": "x", "tid": "t", "th": "h", "csrf": "c", "exp": int(time.time()) - 1},
-                                   "session")  # fmt: skip
+    expired = sessions.sealer.seal(
+        {"sid": "x", "tid": "t", "th": "h", "csrf": "c", "exp": int(time.time()) - 1}, "session"
+    )
     assert sessions.read(expired) is None
 
 

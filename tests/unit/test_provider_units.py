@@ -33,11 +33,17 @@ KEY = json.dumps({"type": "service_account", "client_email": "a@b.iam.gserviceac
         ("ecr", "registry.example", None, "s", {"access_key_id": "AKIA"}, ["endpoint"]),
         ("ecr", "registry.example", None, "s", {"access_key_id": "AKIA", "region": "eu-west-1"}, []),
         ("ecr", "123456789012.dkr.ecr.us-east-1.amazonaws.com", None, None, {}, ["access_key_id", "secret_access_key"]),
-        ("ecr", "123456789012.dkr.ecr.us-east-1.amazonaws.com", None, "s",
-         {"access_key_id": "A", "role_arn": "nope"}, ["role_arn"]),
+        (
+            "ecr",
+            "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+            None,
+            "s",
+            {"access_key_id": "A", "role_arn": "nope"},
+            ["role_arn"],
+        ),
         ("other", "registry.example", "u", "p", {}, []),
     ],
-)  # fmt: skip
+)
 def test_validation_names_fields_and_never_quotes_secrets(provider, endpoint, username, secret, options, problems):
     found = provider_of(provider).validate(endpoint, username, secret, options)
     assert [p.split(":")[0] for p in found] == problems
@@ -55,8 +61,18 @@ def test_repository_names_and_default_urls():
 
 
 def _reg(endpoint: str, **options: str) -> Registry:
-    return Registry(id="r", team_id="t", slug="s", provider="ecr", endpoint=endpoint, url="https://x",
-                    insecure=False, username=None, secret_sealed=None, options=options)  # fmt: skip
+    return Registry(
+        id="r",
+        team_id="t",
+        slug="s",
+        provider="ecr",
+        endpoint=endpoint,
+        url="https://x",
+        insecure=False,
+        username=None,
+        secret_sealed=None,
+        options=options,
+    )
 
 
 def test_ecr_region_and_token_lifetime():

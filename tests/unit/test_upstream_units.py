@@ -32,30 +32,42 @@ SHA256 = "sha256:" + "a" * 64
             'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
             'scope="repository:library/redis:pull"',
             "bearer",
-            {"realm": "https://auth.docker.io/token", "service": "registry.docker.io",
-             "scope": "repository:library/redis:pull"},
+            {
+                "realm": "https://auth.docker.io/token",
+                "service": "registry.docker.io",
+                "scope": "repository:library/redis:pull",
+            },
         ),
         (
             'Bearer realm="https://ghcr.io/token",service="ghcr.io",scope="repository:user/image:pull"',
             "bearer",
             {"realm": "https://ghcr.io/token", "service": "ghcr.io", "scope": "repository:user/image:pull"},
         ),
-        ('Bearer realm="https://quay.io/v2/auth",service="quay.io"', "bearer",
-         {"realm": "https://quay.io/v2/auth", "service": "quay.io"}),
+        (
+            'Bearer realm="https://quay.io/v2/auth",service="quay.io"',
+            "bearer",
+            {"realm": "https://quay.io/v2/auth", "service": "quay.io"},
+        ),
         (
             'Basic realm="https://123456789012.dkr.ecr.us-east-1.amazonaws.com/",service="ecr.amazonaws.com"',
             "basic",
             {"realm": "https://123456789012.dkr.ecr.us-east-1.amazonaws.com/", "service": "ecr.amazonaws.com"},
         ),
-        ('Bearer realm="https://us-docker.pkg.dev/v2/token",service="us-docker.pkg.dev"', "bearer",
-         {"realm": "https://us-docker.pkg.dev/v2/token", "service": "us-docker.pkg.dev"}),
+        (
+            'Bearer realm="https://us-docker.pkg.dev/v2/token",service="us-docker.pkg.dev"',
+            "bearer",
+            {"realm": "https://us-docker.pkg.dev/v2/token", "service": "us-docker.pkg.dev"},
+        ),
         ('BEARER Realm = "r" , Service=s', "bearer", {"realm": "r", "service": "s"}),
         ('Bearer realm="a\\"b\\\\c",service="x"', "bearer", {"realm": 'a"b\\c', "service": "x"}),
-        ('Bearer realm="r",scope="repository:a:pull,push repository:b:pull"', "bearer",
-         {"realm": "r", "scope": "repository:a:pull,push repository:b:pull"}),
+        (
+            'Bearer realm="r",scope="repository:a:pull,push repository:b:pull"',
+            "bearer",
+            {"realm": "r", "scope": "repository:a:pull,push repository:b:pull"},
+        ),
         ('Bearer realm="r",error="insufficient_scope"', "bearer", {"realm": "r", "error": "insufficient_scope"}),
     ],
-)  # fmt: skip
+)
 def test_real_world_challenges(header: str, scheme: str, params: dict[str, str]) -> None:
     assert parse_www_authenticate(header) == [Challenge(scheme=scheme, params=params)]
 
@@ -73,9 +85,22 @@ def test_several_challenges() -> None:
 
 
 @pytest.mark.parametrize(
-    "header", ["", "   ", ",,,", "Bearer", "Bearer realm=", 'Bearer realm="unterminated', "=== garbage", '"x"',
-               "Bearer ,realm=\"x\"", "Bearer realm=\"x\"\x00", "B\xe9arer realm=x", "Bearer " + "a=b," * 2000]
-)  # fmt: skip
+    "header",
+    [
+        "",
+        "   ",
+        ",,,",
+        "Bearer",
+        "Bearer realm=",
+        'Bearer realm="unterminated',
+        "=== garbage",
+        '"x"',
+        'Bearer ,realm="x"',
+        'Bearer realm="x"\x00',
+        "B\xe9arer realm=x",
+        "Bearer " + "a=b," * 2000,
+    ],
+)
 def test_malformed_challenges_do_not_crash(header: str) -> None:
     got = parse_www_authenticate(header)
     assert isinstance(got, list)
@@ -248,8 +273,17 @@ def test_check_name_refuses(name: str) -> None:
 def test_check_digest() -> None:
     check_digest(SHA256)
     check_digest("sha512:" + "0" * 128)
-    for bad in ("sha256:" + "A" * 64, "sha256:" + "a" * 63, "sha256:" + "g" * 64, "md5:" + "a" * 32,
-                "sha256", "sha256:", ":" + "a" * 64, "SHA256:" + "a" * 64, "sha256:" + "a" * 64 + "\n"):  # fmt: skip
+    for bad in (
+        "sha256:" + "A" * 64,
+        "sha256:" + "a" * 63,
+        "sha256:" + "g" * 64,
+        "md5:" + "a" * 32,
+        "sha256",
+        "sha256:",
+        ":" + "a" * 64,
+        "SHA256:" + "a" * 64,
+        "sha256:" + "a" * 64 + "\n",
+    ):
         with pytest.raises(OCIError) as exc:
             check_digest(bad)
         assert exc.value.code == "DIGEST_INVALID", bad
@@ -308,8 +342,17 @@ def test_decode_path() -> None:
 
 
 def _reg(slug: str, endpoint: str, provider: str = "other") -> Registry:
-    return Registry(id=f"id-{slug}", team_id="t", slug=slug, provider=provider, endpoint=endpoint,
-                    url=f"https://{endpoint}", insecure=False, username=None, secret_sealed=None)  # fmt: skip
+    return Registry(
+        id=f"id-{slug}",
+        team_id="t",
+        slug=slug,
+        provider=provider,
+        endpoint=endpoint,
+        url=f"https://{endpoint}",
+        insecure=False,
+        username=None,
+        secret_sealed=None,
+    )
 
 
 REGS = [
@@ -396,9 +439,11 @@ def test_parse_scopes() -> None:
 
 def test_grant() -> None:
     scopes = parse_scopes(
-        ["repository:proxy/myapp/r/a:pull repository:proxy/myapp/r/b:push registry:catalog:*",
-         "repository:proxy/myapp/r/c:*"]
-    )  # fmt: skip
+        [
+            "repository:proxy/myapp/r/a:pull repository:proxy/myapp/r/b:push registry:catalog:*",
+            "repository:proxy/myapp/r/c:*",
+        ]
+    )
     assert [(a.type, a.name, a.actions) for a in grant(CUSTOMER, scopes)] == [
         ("repository", "proxy/myapp/r/a", ("pull",)),
         ("registry", "catalog", ("*",)),  # Harbor and Nexus list the app's repositories

@@ -8,12 +8,34 @@ import pytest
 from proxy.cli import main
 
 COMMANDS = [
-    [], ["registry"], ["registry", "add"], ["registry", "update"], ["registry", "ls"], ["registry", "rm"],
-    ["registry", "test"], ["registry", "logs"], ["app"], ["app", "create"], ["app", "update"], ["app", "ls"],
-    ["customer"], ["customer", "create"], ["customer", "ls"], ["customer", "revoke"], ["customer", "archive"],
-    ["customer", "restore"], ["license"], ["license", "import"], ["logs"], ["admin"], ["admin", "token"],
-    ["admin", "token", "create"], ["admin", "hostname"], ["admin", "hostname", "ls"], ["admin", "hostname", "rm"],
-]  # fmt: skip
+    [],
+    ["registry"],
+    ["registry", "add"],
+    ["registry", "update"],
+    ["registry", "ls"],
+    ["registry", "rm"],
+    ["registry", "test"],
+    ["registry", "logs"],
+    ["app"],
+    ["app", "create"],
+    ["app", "update"],
+    ["app", "ls"],
+    ["customer"],
+    ["customer", "create"],
+    ["customer", "ls"],
+    ["customer", "revoke"],
+    ["customer", "archive"],
+    ["customer", "restore"],
+    ["license"],
+    ["license", "import"],
+    ["logs"],
+    ["admin"],
+    ["admin", "token"],
+    ["admin", "token", "create"],
+    ["admin", "hostname"],
+    ["admin", "hostname", "ls"],
+    ["admin", "hostname", "rm"],
+]
 
 
 @pytest.mark.parametrize("argv", COMMANDS, ids=lambda a: " ".join(a) or "pullgate")
