@@ -61,6 +61,7 @@ fi
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 
 .venv/bin/ruff check proxy tests bench
+.venv/bin/ruff format --check tests  # proxy/ and bench/ are not formatted yet
 .venv/bin/lint-imports  # the layers of DESIGN.md, declared in pyproject.toml
 # Portal screenshots (tests/integration/test_portal.py) are kept here; .cache/ is gitignored.
 export PULLGATE_ARTIFACTS=${PULLGATE_ARTIFACTS:-$PWD/.cache/artifacts/portal}
