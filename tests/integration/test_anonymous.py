@@ -17,10 +17,7 @@ LICENSE = "lic-anon-test-0123456789abcdef"
 BURST = 40
 
 
-@pytest.fixture(scope="module")
-def server(
-    tmp_path_factory: pytest.TempPathFactory, upstream_anon: Registry, upstream_basic: Registry
-) -> Iterator[Pullgate]:
+def _server(tmp_path_factory: pytest.TempPathFactory, upstream_anon: Registry, upstream_basic: Registry) -> Pullgate:
     teams = [
         {
             "name": "anon",
@@ -49,7 +46,24 @@ def server(
     ]
     env = {"ANON_LICENSE": LICENSE, "ANON_UPSTREAM_PW": upstream_basic.password or ""}
     settings = {"anonymous": {"rate_per_minute": 6, "burst": BURST}}
-    srv = Pullgate(tmp_path_factory.mktemp("anon"), teams, env=env, settings=settings).start()
+    return Pullgate(tmp_path_factory.mktemp("anon"), teams, env=env, settings=settings).start()
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, upstream_anon: Registry, upstream_basic: Registry
+) -> Iterator[Pullgate]:
+    srv = _server(tmp_path_factory, upstream_anon, upstream_basic)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def throttled(
+    tmp_path_factory: pytest.TempPathFactory, upstream_anon: Registry, upstream_basic: Registry
+) -> Iterator[Pullgate]:
+    """A server of its own: the test spends the whole burst, which the others then lack."""
+    srv = _server(tmp_path_factory, upstream_anon, upstream_basic)
     yield srv
     srv.stop()
 
@@ -94,7 +108,8 @@ async def test_only_registries_that_allow_it(server: Pullgate, upstream_basic: R
             assert r.status == 200
 
 
-async def test_rate_limit_per_address(server: Pullgate, upstream_anon: Registry):
+async def test_rate_limit_per_address(throttled: Pullgate, upstream_anon: Registry):
+    server = throttled
     img = upstream_anon.images["oci"]
     url = f"{server.url}/v2/anonymous/public/{img.repo}/manifests/v1"
     statuses = []

@@ -25,6 +25,7 @@ from proxy.domains.verify import WELL_KNOWN
 from tests.support import skopeo
 from tests.support.client import basic
 from tests.support.dns_server import LoopbackDNS
+from tests.support.poll import apoll
 from tests.support.pullgate import REPO_ROOT, Pullgate
 from tests.support.registry import Registry
 from tests.support.tcp_front import TcpFront
@@ -208,9 +209,19 @@ async def test_custom_domain_over_tls_end_to_end(tls_env: Env):
 
 
 async def test_metrics_show_certificate_expiry(tls_env: Env):
-    async with aiohttp.ClientSession() as s, s.get(tls_env.server.admin_url + "/metrics") as r:
-        text = await r.text()
-    assert f'pullgate_certificate_expiry_timestamp_seconds{{hostname="{ACME_HOST}"}}' in text
+    # A hostname of its own with a certificate (it relied on the end-to-end test's, run before it).
+    host = "metrics.acme.test"
+    await _add_and_verify_by_dns(tls_env, "acme", host)
+    leaf = tls_env.ca.issue_cert(host)
+    pems = {"certificate": leaf.cert_chain_pems[0].bytes().decode(), "key": leaf.private_key_pem.bytes().decode()}
+    status, body = await tls_env.api("acme", "PUT", f"/custom_hostname/{host}/certificate", pems)
+    assert status == 200, body
+
+    async def shown() -> bool:
+        async with aiohttp.ClientSession() as s, s.get(tls_env.server.admin_url + "/metrics") as r:
+            return f'pullgate_certificate_expiry_timestamp_seconds{{hostname="{host}"}}' in await r.text()
+
+    await apoll(shown, 10, "the certificate's expiry in /metrics")
 
 
 async def test_http_challenge_verifies_through_the_hostname(tmp_path: Path, upstream_anon: Registry, dns: LoopbackDNS):
