@@ -54,11 +54,14 @@ class Procs:
     def __init__(self) -> None:
         self.running: list[subprocess.Popen[bytes]] = []
 
-    def start(self, argv: list[str], log: Path, env: dict[str, str] | None = None,
-              ) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        argv: list[str],
+        log: Path,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
         with open(log, "ab") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=out, env=env,
-                                    preexec_fn=_die_with_parent)
+            proc = subprocess.Popen(argv, stdout=out, stderr=out, env=env, preexec_fn=_die_with_parent)
         self.running.append(proc)
         return proc
 
@@ -84,8 +87,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_status(url: str, want: int, proc: subprocess.Popen[bytes], log: Path,
-                timeout: float = 30) -> None:
+def wait_status(url: str, want: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -132,8 +134,7 @@ def push_blob(port: int, chunks: Iterator[bytes]) -> tuple[str, int]:
             yield chunk
 
     path = f"{location.path}?{location.query}"
-    conn.request("PATCH", path, body=body(), encode_chunked=True,
-                 headers={"Content-Type": "application/octet-stream"})
+    conn.request("PATCH", path, body=body(), encode_chunked=True, headers={"Content-Type": "application/octet-stream"})
     resp = conn.getresponse()
     resp.read()
     if resp.status != 202:
@@ -155,15 +156,20 @@ def push_image(port: int, big_size: int) -> dict[str, Any]:
     small = push_blob(port, random_chunks(MiB, 2))
     config = push_blob(port, iter([b'{"architecture":"amd64","os":"linux"}']))
     layer = "application/vnd.oci.image.layer.v1.tar"
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": config[0], "size": config[1]},
-        "layers": [{"mediaType": layer, "digest": d, "size": s} for d, s in (big, small)],
-    }).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config[0], "size": config[1]},
+            "layers": [{"mediaType": layer, "digest": d, "size": s} for d, s in (big, small)],
+        }
+    ).encode()
     req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v2/{REPO}/manifests/{TAG}", manifest, method="PUT",
-        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+        f"http://127.0.0.1:{port}/v2/{REPO}/manifests/{TAG}",
+        manifest,
+        method="PUT",
+        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+    )
     urllib.request.urlopen(req, timeout=30).close()  # noqa: S310
     return {"big": big, "small": small}
 
@@ -171,11 +177,16 @@ def push_image(port: int, big_size: int) -> dict[str, Any]:
 def start_registry(procs: Procs, tmp: Path) -> tuple[int, subprocess.Popen[bytes]]:
     port = free_port()
     cfg = tmp / "registry.yml"
-    cfg.write_text(json.dumps({  # JSON is YAML
-        "version": 0.1, "log": {"level": "warn", "accesslog": {"disabled": True}},
-        "storage": {"filesystem": {"rootdirectory": str(tmp / "registry")}},
-        "http": {"addr": f"127.0.0.1:{port}"},
-    }))
+    cfg.write_text(
+        json.dumps(
+            {  # JSON is YAML
+                "version": 0.1,
+                "log": {"level": "warn", "accesslog": {"disabled": True}},
+                "storage": {"filesystem": {"rootdirectory": str(tmp / "registry")}},
+                "http": {"addr": f"127.0.0.1:{port}"},
+            }
+        )
+    )
     log = tmp / "registry.log"
     proc = procs.start([REGISTRY, "serve", str(cfg)], log)
     wait_status(f"http://127.0.0.1:{port}/v2/", 200, proc, log)
@@ -186,15 +197,14 @@ def start_nginx(procs: Procs, tmp: Path, upstream: int) -> tuple[int, subprocess
     port, root = free_port(), tmp / "nginx"
     for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    temp_paths = "\n".join(f"  {s}_temp_path {root / s};" for s in
-                           ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    temp_paths = "\n".join(f"  {s}_temp_path {root / s};" for s in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     user = f"user {os.getenv('USER', 'root')};" if os.geteuid() == 0 else ""
     (root / "nginx.conf").write_text(f"""
 {user}
 daemon off;
 worker_processes 1;
-pid {root / 'nginx.pid'};
-error_log {root / 'error.log'} warn;
+pid {root / "nginx.pid"};
+error_log {root / "error.log"} warn;
 events {{ worker_connections 256; }}
 http {{
   access_log off;
@@ -217,33 +227,51 @@ http {{
 }}
 """)
     log = root / "stderr.log"
-    proc = procs.start([NGINX, "-p", str(root), "-c", str(root / "nginx.conf"),
-                        "-e", str(root / "error.log")], log)
+    proc = procs.start([NGINX, "-p", str(root), "-c", str(root / "nginx.conf"), "-e", str(root / "error.log")], log)
     wait_status(f"http://127.0.0.1:{port}/v2/", 200, proc, root / "error.log")
     return port, proc
 
 
-def start_pullgate(procs: Procs, tmp: Path, upstream: int, name: str, exe_path: str,
-                   ) -> tuple[int, subprocess.Popen[bytes]]:
+def start_pullgate(
+    procs: Procs,
+    tmp: Path,
+    upstream: int,
+    name: str,
+    exe_path: str,
+) -> tuple[int, subprocess.Popen[bytes]]:
     port, admin = free_port(), free_port()
     cfg = tmp / f"{name}.yaml"
-    cfg.write_text(json.dumps({
-        "proxy": {"listen": f"127.0.0.1:{port}", "hosts": [f"127.0.0.1:{port}"]},
-        "admin": {"listen": f"127.0.0.1:{admin}"},
-        "store": f"sqlite:///{tmp / 'pullgate.db'}",  # absolute path: four slashes
-        "keys": {"file": str(tmp / "keys.yaml")},
-        # The loopback registry is an exception to the egress policy, as an on-premises one would be.
-        "upstream": {"egress_allow": [f"127.0.0.1:{upstream}"]},
-        "bootstrap": {"teams": [{
-            "name": "bench",
-            "apps": [{"slug": "bench"}],
-            "registries": [{"slug": "up", "provider": "other",
-                            "endpoint": f"127.0.0.1:{upstream}",
-                            "url": f"http://127.0.0.1:{upstream}", "insecure": True}],
-            "customers": [{"name": "Bench", "app": "bench",
-                           "license_id_env": "BENCH_LICENSE_ID"}],
-        }]},
-    }, indent=1))
+    cfg.write_text(
+        json.dumps(
+            {
+                "proxy": {"listen": f"127.0.0.1:{port}", "hosts": [f"127.0.0.1:{port}"]},
+                "admin": {"listen": f"127.0.0.1:{admin}"},
+                "store": f"sqlite:///{tmp / 'pullgate.db'}",  # absolute path: four slashes
+                "keys": {"file": str(tmp / "keys.yaml")},
+                # The loopback registry is an exception to the egress policy, as an on-premises one would be.
+                "upstream": {"egress_allow": [f"127.0.0.1:{upstream}"]},
+                "bootstrap": {
+                    "teams": [
+                        {
+                            "name": "bench",
+                            "apps": [{"slug": "bench"}],
+                            "registries": [
+                                {
+                                    "slug": "up",
+                                    "provider": "other",
+                                    "endpoint": f"127.0.0.1:{upstream}",
+                                    "url": f"http://127.0.0.1:{upstream}",
+                                    "insecure": True,
+                                }
+                            ],
+                            "customers": [{"name": "Bench", "app": "bench", "license_id_env": "BENCH_LICENSE_ID"}],
+                        }
+                    ]
+                },
+            },
+            indent=1,
+        )
+    )
     exe = Path(exe_path)
     if not exe.exists():
         raise BenchError(f"{exe} not found (give --pullgate, or run the venv's python)")
@@ -255,8 +283,16 @@ def start_pullgate(procs: Procs, tmp: Path, upstream: int, name: str, exe_path: 
 
 
 def curl(url: str, headers: list[str], timeout: float) -> tuple[float, int, int]:
-    argv = ["curl", "-s", "-o", "/dev/null", "--max-time", str(int(timeout)),
-            "-w", "%{speed_download} %{size_download} %{http_code}"]
+    argv = [
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "--max-time",
+        str(int(timeout)),
+        "-w",
+        "%{speed_download} %{size_download} %{http_code}",
+    ]
     for header in headers:
         argv += ["-H", header]
     out = subprocess.run([*argv, url], capture_output=True, text=True, timeout=timeout + 10)
@@ -267,14 +303,11 @@ def curl(url: str, headers: list[str], timeout: float) -> tuple[float, int, int]
 def proxy_auth(port: int, blob: str) -> list[str]:
     """Basic with the license if the proxy takes it on blob routes, else a pull token."""
     basic = "Basic " + base64.b64encode(f"LICENSE_ID:{LICENSE}".encode()).decode()
-    _, _, code = curl(f"http://127.0.0.1:{port}/v2/{PROXY_REPO}/blobs/{blob}",
-                      [f"Authorization: {basic}"], 60)
+    _, _, code = curl(f"http://127.0.0.1:{port}/v2/{PROXY_REPO}/blobs/{blob}", [f"Authorization: {basic}"], 60)
     if code == 200:
         return [f"Authorization: {basic}"]
-    query = urllib.parse.urlencode({"service": f"127.0.0.1:{port}",
-                                    "scope": f"repository:{PROXY_REPO}:pull"})
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v2/token?{query}",
-                                 headers={"Authorization": basic})
+    query = urllib.parse.urlencode({"service": f"127.0.0.1:{port}", "scope": f"repository:{PROXY_REPO}:pull"})
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v2/token?{query}", headers={"Authorization": basic})
     with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
         token = json.load(resp)
     return [f"Authorization: Bearer {token.get('token') or token['access_token']}"]
@@ -308,8 +341,7 @@ def run(args: argparse.Namespace, procs: Procs, tmp: Path) -> dict[str, Any]:
     t0 = time.monotonic()
     blobs = push_image(reg_port, size)
     big, small = blobs["big"][0], blobs["small"][0]
-    print(f"pushed {args.blob_mib} MiB blob {big[:19]}… in {time.monotonic() - t0:.1f}s",
-          file=sys.stderr)
+    print(f"pushed {args.blob_mib} MiB blob {big[:19]}… in {time.monotonic() - t0:.1f}s", file=sys.stderr)
     ng_port, ng_proc = start_nginx(procs, tmp, reg_port)
 
     targets: dict[str, tuple[str, list[str]]] = {
@@ -319,11 +351,9 @@ def run(args: argparse.Namespace, procs: Procs, tmp: Path) -> dict[str, Any]:
     result: dict[str, Any] = {"blob_bytes": size, "repeat": args.repeat}
     if not args.skip_proxy:
         try:
-            pg_port, pg_proc = start_pullgate(procs, tmp, reg_port, "pullgate-throughput",
-                                             args.pullgate)
+            pg_port, pg_proc = start_pullgate(procs, tmp, reg_port, "pullgate-throughput", args.pullgate)
             headers = proxy_auth(pg_port, small)
-            targets["pullgate"] = (f"http://127.0.0.1:{pg_port}/v2/{PROXY_REPO}/blobs/{big}",
-                                   headers)
+            targets["pullgate"] = (f"http://127.0.0.1:{pg_port}/v2/{PROXY_REPO}/blobs/{big}", headers)
             result["pullgate_auth"] = headers[0].split()[1].lower()  # basic or bearer
         except (BenchError, OSError) as exc:  # still measure direct and nginx
             result["proxy_error"] = str(exc)[-1500:]
@@ -351,8 +381,7 @@ def run(args: argparse.Namespace, procs: Procs, tmp: Path) -> dict[str, Any]:
         # Fresh processes, same warm-up, so the only difference is the big transfer.
         hwm = {}
         for label, big_pulls in (("small", 0), ("big", 1)):
-            port, proc = start_pullgate(procs, tmp, reg_port, f"pullgate-rss-{label}",
-                                        args.pullgate)
+            port, proc = start_pullgate(procs, tmp, reg_port, f"pullgate-rss-{label}", args.pullgate)
             headers = proxy_auth(port, small)
             base = f"http://127.0.0.1:{port}/v2/{PROXY_REPO}/blobs/"
             pull_n(base + small, headers, MiB, 3, 60)
@@ -372,13 +401,13 @@ def print_table(r: dict[str, Any]) -> None:
     for name, value in med.items():
         print(f"{name:<10}{value:>10.1f}  {r['mb_per_s_all'][name]}")
     if "ratio_pullgate_direct" in r:
-        print(f"pullgate/direct {r['ratio_pullgate_direct']:.3f}   "
-              f"pullgate/nginx {r['ratio_pullgate_nginx']:.3f}")
-        print(f"pullgate peak RSS (VmHWM, MiB): 1 MiB pulls {r['pullgate_hwm_small_mib']}, "
-              f"+ {r['blob_bytes'] // MiB} MiB pull {r['pullgate_hwm_big_mib']}, "
-              f"delta {r['pullgate_hwm_delta_mib']} (target < 10)")
-    print(f"nginx worker VmHWM {r['nginx_worker_hwm_mib']} MiB, "
-          f"registry VmHWM {r['registry_hwm_mib']} MiB")
+        print(f"pullgate/direct {r['ratio_pullgate_direct']:.3f}   pullgate/nginx {r['ratio_pullgate_nginx']:.3f}")
+        print(
+            f"pullgate peak RSS (VmHWM, MiB): 1 MiB pulls {r['pullgate_hwm_small_mib']}, "
+            f"+ {r['blob_bytes'] // MiB} MiB pull {r['pullgate_hwm_big_mib']}, "
+            f"delta {r['pullgate_hwm_delta_mib']} (target < 10)"
+        )
+    print(f"nginx worker VmHWM {r['nginx_worker_hwm_mib']} MiB, registry VmHWM {r['registry_hwm_mib']} MiB")
 
 
 def main() -> int:

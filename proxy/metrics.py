@@ -52,21 +52,29 @@ UPSTREAM_LATENCY = Histogram(
     registry=REGISTRY,
 )
 UPSTREAM_TOKEN_FETCHES = Counter(
-    "pullgate_upstream_token_fetches", "Credentials fetched from registries' token services", ["registry", "kind"],
+    "pullgate_upstream_token_fetches",
+    "Credentials fetched from registries' token services",
+    ["registry", "kind"],
     registry=REGISTRY,
-)  # fmt: skip
+)
 UPSTREAM_RATELIMIT_REMAINING = Gauge(
-    "pullgate_upstream_ratelimit_remaining", "Pulls left in the registry's rate-limit window (Docker Hub)",
-    ["registry"], registry=REGISTRY,
-)  # fmt: skip
-UPSTREAM_TOKEN_CACHE_HITS = Counter(
-    "pullgate_upstream_token_cache_hits", "Upstream requests served by a cached registry token", ["registry"],
+    "pullgate_upstream_ratelimit_remaining",
+    "Pulls left in the registry's rate-limit window (Docker Hub)",
+    ["registry"],
     registry=REGISTRY,
-)  # fmt: skip
+)
+UPSTREAM_TOKEN_CACHE_HITS = Counter(
+    "pullgate_upstream_token_cache_hits",
+    "Upstream requests served by a cached registry token",
+    ["registry"],
+    registry=REGISTRY,
+)
 CERT_EXPIRY = Gauge(
-    "pullgate_certificate_expiry_timestamp_seconds", "When a served TLS certificate expires (Unix time)",
-    ["hostname"], registry=REGISTRY,
-)  # fmt: skip
+    "pullgate_certificate_expiry_timestamp_seconds",
+    "When a served TLS certificate expires (Unix time)",
+    ["hostname"],
+    registry=REGISTRY,
+)
 ANONYMOUS_LIMITED = Counter(
     "pullgate_anonymous_rate_limited", "Anonymous requests refused by the per-address rate limit", registry=REGISTRY
 )

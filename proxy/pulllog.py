@@ -59,8 +59,19 @@ class PullEvent:
 
     def row(self) -> tuple[object, ...]:
         success = int(self.status < 400 and self.complete)
-        return (self.time, self.team_id, self.customer_id, self.app_slug, self.registry_slug, self.action,
-                self.image, self.reference, self.status, success, self.bytes)  # fmt: skip
+        return (
+            self.time,
+            self.team_id,
+            self.customer_id,
+            self.app_slug,
+            self.registry_slug,
+            self.action,
+            self.image,
+            self.reference,
+            self.status,
+            success,
+            self.bytes,
+        )
 
 
 class PullLog:
@@ -149,6 +160,7 @@ def middleware(pulllog: PullLog) -> Middleware:
 
     Sits outside the OCI error middleware, so refusals are logged with their status.
     """
+
     @web.middleware
     async def record_pull(request: web.Request, handler: Handler) -> web.StreamResponse:
         status = 500
@@ -173,8 +185,19 @@ def middleware(pulllog: PullLog) -> Middleware:
                 # Small JSON answers (tags, token) are not relayed: count their body.
                 if not sent and isinstance(resp, web.Response) and request.method != "HEAD":
                     sent = len(resp.body) if isinstance(resp.body, bytes) else 0
-                event = PullEvent(now_iso(), c.team_id, c.customer_id, c.app, c.registry, c.action, c.image,
-                                  c.reference, status, sent, complete=c.aborted is None)  # fmt: skip
+                event = PullEvent(
+                    now_iso(),
+                    c.team_id,
+                    c.customer_id,
+                    c.app,
+                    c.registry,
+                    c.action,
+                    c.image,
+                    c.reference,
+                    status,
+                    sent,
+                    complete=c.aborted is None,
+                )
                 pulllog.record(event)
 
     return record_pull

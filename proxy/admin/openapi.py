@@ -45,8 +45,13 @@ ERRORS = {
 }
 
 
-def _op(summary: str, responses: dict[str, Any], body: str | None = None, params: list[Any] | None = None,
-        errors: tuple[str, ...] = ("400", "401", "404")) -> dict[str, Any]:
+def _op(
+    summary: str,
+    responses: dict[str, Any],
+    body: str | None = None,
+    params: list[Any] | None = None,
+    errors: tuple[str, ...] = ("400", "401", "404"),
+) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "responses": {**responses, **{e: ERRORS[e] for e in errors}}}
     if body:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
@@ -66,6 +71,7 @@ def _query(name: str, description: str, fmt: str | None = None) -> dict[str, Any
     return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
 
 
+# The schemas read as a table (one property per line, as in the OpenAPI text): not reformatted.
 # fmt: off
 _TIME = {"type": "string", "format": "date-time"}
 _CONFLICT = {"409": _json(_ref("Error"), "The slug is taken")}
@@ -358,8 +364,12 @@ def _document() -> dict[str, Any]:
         "security": [{"apiToken": []}],
         "components": {
             "securitySchemes": {
-                "apiToken": {"type": "apiKey", "in": "header", "name": "Authorization",
-                             "description": "A team API token, bare or as `Bearer <token>`"},
+                "apiToken": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "A team API token, bare or as `Bearer <token>`",
+                },
             },
             "schemas": SCHEMAS,
         },

@@ -188,7 +188,11 @@ class VendorService:
         # The old credentials' upstream tokens must not make a bad new secret look valid.
         self.upstream.tokens.forget_registry(current.id)
         reaches_differently = (reg.secret_sealed, reg.username, reg.url, reg.options) != (
-            current.secret_sealed, current.username, current.url, current.options)
+            current.secret_sealed,
+            current.username,
+            current.url,
+            current.options,
+        )
         if not spec.skip_validation and (reaches_differently or spec.image):
             await self._validate(reg, spec.image)
         await self.store.put_registry(reg)
@@ -279,10 +283,15 @@ class VendorService:
             raise Invalid(problems)
         license_id = new_license_id()
         cid = await self.store.put_customer(
-            team_id=team.id, app_id=app.id, name=name, email=email, license_id=license_id,
+            team_id=team.id,
+            app_id=app.id,
+            name=name,
+            email=email,
+            license_id=license_id,
             seal=lambda value, cid: self.keyring.seal(value, f"customer:{cid}"),
-            license_type=ltype, expires_at=expires,
-        )  # fmt: skip
+            license_type=ltype,
+            expires_at=expires,
+        )
         out = customer_json(await self.customer_obj(team, cid))
         out["licenseId"] = license_id
         return out
@@ -341,10 +350,15 @@ class VendorService:
         if existing is not None and existing.team_id != team.id:
             raise Invalid([LICENSE_NOT_ACCEPTED])
         cid = await self.store.put_customer(
-            team_id=team.id, app_id=app.id, name=lic.customer_name, email=lic.customer_email,
-            license_id=lic.license_id, seal=lambda value, cid: self.keyring.seal(value, f"customer:{cid}"),
-            license_type=lic.license_type, expires_at=lic.expires_at,
-        )  # fmt: skip
+            team_id=team.id,
+            app_id=app.id,
+            name=lic.customer_name,
+            email=lic.customer_email,
+            license_id=lic.license_id,
+            seal=lambda value, cid: self.keyring.seal(value, f"customer:{cid}"),
+            license_type=lic.license_type,
+            expires_at=lic.expires_at,
+        )
         self.read_cache.invalidate()
         await self.store.notify("customer")  # the other replicas' caches
         return customer_json(await self.customer_obj(team, cid)), existing is None
@@ -547,11 +561,20 @@ class _RegistryInput:
     def build(self, rid: str, team_id: str, keyring: Keyring) -> Registry:
         sealed = keyring.seal(self.secret, rid) if self.secret else self.keep_sealed
         return Registry(
-            id=rid, team_id=team_id, slug=self.slug, provider=self.provider, endpoint=self.endpoint,
-            url=self.url, insecure=self.insecure, username=self.username, secret_sealed=sealed,
-            allow_anonymous=self.allow_anonymous, options=self.options, app_ids=self.app_ids,
+            id=rid,
+            team_id=team_id,
+            slug=self.slug,
+            provider=self.provider,
+            endpoint=self.endpoint,
+            url=self.url,
+            insecure=self.insecure,
+            username=self.username,
+            secret_sealed=sealed,
+            allow_anonymous=self.allow_anonymous,
+            options=self.options,
+            app_ids=self.app_ids,
             anonymous_repositories=self.anonymous_repositories,
-        )  # fmt: skip
+        )
 
 
 # The generic request fields; each provider adds its declared ones (proxy.upstream.providers).
@@ -637,12 +660,21 @@ def _registry_input(body: Mapping[str, Any], apps: list[App], current: Registry 
     if problems:
         raise Invalid(problems)
     return _RegistryInput(
-        provider=provider, endpoint=endpoint, slug=slug, url=url.rstrip("/"), insecure=insecure,
-        username=username, secret=secret, keep_sealed=current.secret_sealed if current else None,
-        options=options, app_ids=app_ids, allow_anonymous=anonymous,
+        provider=provider,
+        endpoint=endpoint,
+        slug=slug,
+        url=url.rstrip("/"),
+        insecure=insecure,
+        username=username,
+        secret=secret,
+        keep_sealed=current.secret_sealed if current else None,
+        options=options,
+        app_ids=app_ids,
+        allow_anonymous=anonymous,
         anonymous_repositories=tuple(anonymous_repos) if isinstance(anonymous_repos, list) else (),
-        skip_validation=skip, image=image,
-    )  # fmt: skip
+        skip_validation=skip,
+        image=image,
+    )
 
 
 def _identity(

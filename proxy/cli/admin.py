@@ -28,8 +28,9 @@ def install(sub: Any) -> None:
     tcreate = ts.add_parser("create", help="create an API token for a team (created if missing); printed once")
     tcreate.add_argument("--team", required=True)
     tcreate.add_argument("--name", default="cli", help="a label for the token")
-    tcreate.add_argument("--config", "-c", default=os.environ.get("PULLGATE_CONFIG"),
-                         help="YAML config file (default: $PULLGATE_CONFIG)")  # fmt: skip
+    tcreate.add_argument(
+        "--config", "-c", default=os.environ.get("PULLGATE_CONFIG"), help="YAML config file (default: $PULLGATE_CONFIG)"
+    )
     tcreate.set_defaults(config_call=_token_create)
     host = ads.add_parser("hostname", help="every team's custom hostnames, on the store")
     hs = host.add_subparsers(dest="admin_hostname_command", required=True)

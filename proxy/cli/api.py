@@ -68,16 +68,19 @@ def segment(value: str) -> str:
 
 def install(root: argparse.ArgumentParser) -> None:
     """The flags every API command reads, given before the command."""
-    root.add_argument("--token", dest="api_token", default=None,
-                      help="vendor API token (default: $PULLGATE_API_TOKEN)")  # fmt: skip
-    root.add_argument("--api-origin", default=None,
-                      help=f"admin listener origin (default: $PULLGATE_API_ORIGIN, else {DEFAULT_ORIGIN})")  # fmt: skip
+    root.add_argument("--token", dest="api_token", default=None, help="vendor API token (default: $PULLGATE_API_TOKEN)")
+    root.add_argument(
+        "--api-origin",
+        default=None,
+        help=f"admin listener origin (default: $PULLGATE_API_ORIGIN, else {DEFAULT_ORIGIN})",
+    )
 
 
 def api_token_flag(p: argparse.ArgumentParser) -> None:
     # SUPPRESS: a value given before the command is not overwritten by the default.
-    p.add_argument("--token", dest="api_token", default=argparse.SUPPRESS,
-                   help="vendor API token (default: $PULLGATE_API_TOKEN)")  # fmt: skip
+    p.add_argument(
+        "--token", dest="api_token", default=argparse.SUPPRESS, help="vendor API token (default: $PULLGATE_API_TOKEN)"
+    )
 
 
 def command(parent: Any, name: str, func: Command, help: str, token_flag: bool = True) -> argparse.ArgumentParser:

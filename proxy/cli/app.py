@@ -28,8 +28,12 @@ def install(sub: Any) -> None:
 
 def _app_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="display name")
-    p.add_argument("--allow", action="append", metavar="PATTERN",
-                   help="allowed upstream repository pattern, e.g. 'vendor/*' (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--allow",
+        action="append",
+        metavar="PATTERN",
+        help="allowed upstream repository pattern, e.g. 'vendor/*' (repeatable)",
+    )
     p.add_argument("--kots-public-key", metavar="FILE", help="PEM public key that signs this app's KOTS licenses")
 
 
@@ -53,9 +57,13 @@ def _print_apps(apps: list[dict[str, Any]], output: str) -> None:
     if output == "json":
         print_json(apps)
         return
-    table([[a["slug"], a["name"], a["id"], ",".join(a["imageAllowlist"]) or "*",
-             "yes" if a["kotsPublicKey"] else "no"] for a in apps],
-           ("SLUG", "NAME", "ID", "ALLOWLIST", "KOTS_KEY"))  # fmt: skip
+    table(
+        [
+            [a["slug"], a["name"], a["id"], ",".join(a["imageAllowlist"]) or "*", "yes" if a["kotsPublicKey"] else "no"]
+            for a in apps
+        ],
+        ("SLUG", "NAME", "ID", "ALLOWLIST", "KOTS_KEY"),
+    )
 
 
 def _app_create(api: Api, args: argparse.Namespace) -> int:

@@ -26,8 +26,22 @@ def print_logs(logs: list[dict[str, Any]], output: str) -> None:
     if output == "json":
         print_json(logs)
         return
-    table([[e["time"], e["customerName"] or e["customerId"], e["registry"], e["action"], e["image"],
-             e["reference"], e["status"], e["bytes"]] for e in logs], LOG_HEADERS)  # fmt: skip
+    table(
+        [
+            [
+                e["time"],
+                e["customerName"] or e["customerId"],
+                e["registry"],
+                e["action"],
+                e["image"],
+                e["reference"],
+                e["status"],
+                e["bytes"],
+            ]
+            for e in logs
+        ],
+        LOG_HEADERS,
+    )
 
 
 def _pull_logs(api: Api, args: argparse.Namespace) -> int:

@@ -32,8 +32,9 @@ def install(sub: Any) -> None:
         p.add_argument("--name", help="slug used in pull paths (default: from the endpoint)")
         _secret_flags(p, (provider,))
         output_flag(p)
-    upd = command(rs, "update", _registry_update, "rotate a registry's credentials (or change apps, url)",
-              token_flag=False)  # fmt: skip
+    upd = command(
+        rs, "update", _registry_update, "rotate a registry's credentials (or change apps, url)", token_flag=False
+    )
     upd.add_argument("name")
     _secret_flags(upd, tuple(PROVIDERS.values()))
     output_flag(upd)
@@ -232,8 +233,11 @@ def _registry_test(api: Api, args: argparse.Namespace) -> int:
         return 0
     if res["status"] == 404:
         print(f"MANIFEST_UNKNOWN: {res['reason']}", file=sys.stderr)
-        print("hint: the credentials work; check the repository name and tag (the image is given as it is "
-              "at the registry, e.g. vendor/app:1.0)", file=sys.stderr)  # fmt: skip
+        print(
+            "hint: the credentials work; check the repository name and tag (the image is given as it is "
+            "at the registry, e.g. vendor/app:1.0)",
+            file=sys.stderr,
+        )
     else:
         print(f"failed: status {res['status']}: {res['reason']}", file=sys.stderr)
     return 1

@@ -130,9 +130,7 @@ class HostTable:
                 return await self._challenge(request, host)
             ok, team = self.admits(host)
             if not ok:
-                return OCIError(OCICode.NAME_UNKNOWN, "this host is not served here").response(
-                    request.method == "HEAD"
-                )
+                return OCIError(OCICode.NAME_UNKNOWN, "this host is not served here").response(request.method == "HEAD")
             if team is not None:
                 request[HOST_TEAM] = team
             return await handler(request)

@@ -120,9 +120,14 @@ def verify(doc: dict[str, Any], public_key_pem: str) -> KotsLicense:
 
 
 _SPEC_NAMES = {
-    "api_version": "apiVersion", "license_id": "licenseID", "app_slug": "appSlug", "customer_name": "customerName",
-    "customer_email": "customerEmail", "license_type": "licenseType", "expires_at": "entitlements.expires_at",
-}  # fmt: skip
+    "api_version": "apiVersion",
+    "license_id": "licenseID",
+    "app_slug": "appSlug",
+    "customer_name": "customerName",
+    "customer_email": "customerEmail",
+    "license_type": "licenseType",
+    "expires_at": "entitlements.expires_at",
+}
 
 
 def _fields(spec: dict[str, Any], version: str, signed: bool = True) -> KotsLicense:

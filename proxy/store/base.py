@@ -151,10 +151,16 @@ class Store(abc.ABC):
         existing = await self.registry_id(reg.team_id, reg.slug)
         stmts: list[tuple[str, Sequence[Any]]] = []
         fields = (
-            reg.provider, reg.endpoint, reg.url, int(reg.insecure), reg.username, reg.secret_sealed,
-            int(reg.allow_anonymous), json.dumps(reg.options, sort_keys=True),
+            reg.provider,
+            reg.endpoint,
+            reg.url,
+            int(reg.insecure),
+            reg.username,
+            reg.secret_sealed,
+            int(reg.allow_anonymous),
+            json.dumps(reg.options, sort_keys=True),
             json.dumps(list(reg.anonymous_repositories)),
-        )  # fmt: skip
+        )
         if existing is None:
             stmts.append(
                 (
@@ -238,9 +244,21 @@ class Store(abc.ABC):
                 "INSERT INTO customers (id, team_id, app_id, name, email, license_hash, license_sealed,"
                 " license_type, expires_at, status, created_at, updated_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (cid, team_id, app_id, name, email, h, seal(license_id, cid), license_type, expires_at,
-                 status or "active", now, now),
-            )  # fmt: skip
+                (
+                    cid,
+                    team_id,
+                    app_id,
+                    name,
+                    email,
+                    h,
+                    seal(license_id, cid),
+                    license_type,
+                    expires_at,
+                    status or "active",
+                    now,
+                    now,
+                ),
+            )
             return cid
         cid = row["id"]
         await self.execute(
@@ -281,7 +299,6 @@ class Store(abc.ABC):
         ]
         stmts += [("UPDATE customers SET license_sealed = ? WHERE id = ?", (sealed, cid)) for cid, sealed in licenses]
         await self.execute_many(stmts)
-
 
     # --- vendor API (team-scoped: every query names the team) --------------
     async def team_by_token(self, token: str) -> Team | None:
@@ -410,7 +427,6 @@ class Store(abc.ABC):
     async def purge_pull_logs(self, before: str) -> None:
         await self.execute("DELETE FROM pull_logs WHERE time < ?", (before,))
 
-
     # --- custom hostnames ---------------------------------------------------
     async def add_hostname(self, team_id: str, hostname: str, token: str) -> CustomHostname:
         """Raises Conflict when any team already registered the hostname."""
@@ -447,11 +463,15 @@ class Store(abc.ABC):
         )
 
     async def set_default_hostname(self, team_id: str, hostname: str) -> None:
-        await self.execute_many([
-            ("UPDATE custom_hostnames SET is_default = 0 WHERE team_id = ?", (team_id,)),
-            ("UPDATE custom_hostnames SET is_default = 1, updated_at = ? WHERE hostname = ? AND team_id = ?",
-             (now_iso(), hostname, team_id)),
-        ])  # fmt: skip
+        await self.execute_many(
+            [
+                ("UPDATE custom_hostnames SET is_default = 0 WHERE team_id = ?", (team_id,)),
+                (
+                    "UPDATE custom_hostnames SET is_default = 1, updated_at = ? WHERE hostname = ? AND team_id = ?",
+                    (now_iso(), hostname, team_id),
+                ),
+            ]
+        )
 
     async def set_hostname_certificate(self, hostname: str, cert_pem: str, key_sealed: str, not_after: str) -> None:
         await self.execute(

@@ -95,7 +95,11 @@ def build_conformance(version: str = VERSION) -> Path:
         try:
             dl = subprocess.run(
                 [go, "mod", "download", "-json", f"{MODULE}@{version}"],
-                capture_output=True, text=True, env=env, timeout=600, cwd=out_dir,
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=600,
+                cwd=out_dir,
             )
             info = json.loads(dl.stdout or "{}")
             if dl.returncode or "Dir" not in info:
@@ -107,7 +111,11 @@ def build_conformance(version: str = VERSION) -> Path:
             tmp = out_dir / "conformance.test.tmp"
             built = subprocess.run(
                 [go, "test", "-c", "-o", str(tmp), "."],
-                capture_output=True, text=True, env=env, timeout=900, cwd=src,
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=900,
+                cwd=src,
             )
         except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
             raise ConformanceBuildError(f"building {MODULE}@{version}: {exc}") from exc
@@ -119,23 +127,39 @@ def build_conformance(version: str = VERSION) -> Path:
 
 
 def pull_env(
-    root_url: str, namespace: str, username: str, password: str,
-    tag: str, manifest_digest: str, blob_digest: str, workdir: Path,
+    root_url: str,
+    namespace: str,
+    username: str,
+    password: str,
+    tag: str,
+    manifest_digest: str,
+    blob_digest: str,
+    workdir: Path,
 ) -> dict[str, str]:
     """Environment for the pull workflow against pre-seeded content, never writing."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCI_")}
     env.update(
-        OCI_ROOT_URL=root_url, OCI_NAMESPACE=namespace,
-        OCI_USERNAME=username, OCI_PASSWORD=password,
+        OCI_ROOT_URL=root_url,
+        OCI_NAMESPACE=namespace,
+        OCI_USERNAME=username,
+        OCI_PASSWORD=password,
         # all three given = read-only: no setup pushes, no teardown deletes
-        OCI_TAG_NAME=tag, OCI_MANIFEST_DIGEST=manifest_digest, OCI_BLOB_DIGEST=blob_digest,
-        OCI_TEST_PULL="1", OCI_TEST_PUSH="0",
-        OCI_TEST_CONTENT_DISCOVERY="0", OCI_TEST_CONTENT_MANAGEMENT="0",
-        OCI_HIDE_SKIPPED_WORKFLOWS="1", OCI_DEBUG="0",
-        OCI_REPORT_DIR=str(workdir), OCI_RESULTS_DIR=str(workdir),
+        OCI_TAG_NAME=tag,
+        OCI_MANIFEST_DIGEST=manifest_digest,
+        OCI_BLOB_DIGEST=blob_digest,
+        OCI_TEST_PULL="1",
+        OCI_TEST_PUSH="0",
+        OCI_TEST_CONTENT_DISCOVERY="0",
+        OCI_TEST_CONTENT_MANAGEMENT="0",
+        OCI_HIDE_SKIPPED_WORKFLOWS="1",
+        OCI_DEBUG="0",
+        OCI_REPORT_DIR=str(workdir),
+        OCI_RESULTS_DIR=str(workdir),
         # the rewritten (newer) suite leaves push/delete on whatever the legacy vars say
-        OCI_API_PUSH="false", OCI_API_BLOBS_DELETE="false",
-        OCI_API_MANIFESTS_DELETE="false", OCI_API_TAGS_DELETE="false",
+        OCI_API_PUSH="false",
+        OCI_API_BLOBS_DELETE="false",
+        OCI_API_MANIFESTS_DELETE="false",
+        OCI_API_TAGS_DELETE="false",
         OCI_CONFIGURATION=os.devnull,
     )
     return env
@@ -161,21 +185,32 @@ def parse_junit(path: Path) -> tuple[int, int, int, list[str]]:
 
 
 def run_conformance(
-    root_url: str, namespace: str, username: str, password: str, *,
-    tag: str, manifest_digest: str, blob_digest: str, workdir: Path,
-    timeout: float = 300, version: str = VERSION,
+    root_url: str,
+    namespace: str,
+    username: str,
+    password: str,
+    *,
+    tag: str,
+    manifest_digest: str,
+    blob_digest: str,
+    workdir: Path,
+    timeout: float = 300,
+    version: str = VERSION,
 ) -> ConformanceResult:
     binary = build_conformance(version)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     junit = workdir / "junit.xml"
     junit.unlink(missing_ok=True)
-    env = pull_env(root_url, namespace, username, password,
-                   tag, manifest_digest, blob_digest, workdir)
+    env = pull_env(root_url, namespace, username, password, tag, manifest_digest, blob_digest, workdir)
     try:
         proc = subprocess.run(
             [str(binary), "-test.v", f"-test.timeout={int(timeout)}s"],
-            cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout + 30,
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout + 30,
         )
         output, code = proc.stdout + proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as exc:

@@ -1,6 +1,6 @@
 """Session fixtures: three seeded upstream registries on loopback.
 
-Use from tests/conftest.py with `from tests.support.fixtures import *`.
+A pytest plugin: tests/conftest.py lists it in pytest_plugins.
 Big layer size: env PULLGATE_TEST_BIG_LAYER_MIB (default 100).
 """
 
@@ -17,14 +17,6 @@ import pytest
 
 from tests.support.images import seed_standard_images
 from tests.support.registry import AuthMode, Registry
-
-__all__ = [
-    "big_layer_mib",
-    "upstream_anon",
-    "upstream_basic",
-    "upstream_blob_cache",
-    "upstream_token",
-]
 
 
 @pytest.fixture(scope="session")
@@ -66,3 +58,8 @@ def upstream_token(upstream_blob_cache: Path, big_layer_mib: int) -> Iterator[Re
 def upstream_anon(upstream_blob_cache: Path, big_layer_mib: int) -> Iterator[Registry]:
     """Registry without auth; `.images` seeded."""
     yield from _seeded("none", "anon", upstream_blob_cache, big_layer_mib)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path

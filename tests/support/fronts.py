@@ -135,8 +135,12 @@ class RedirectingFront(_Server):
             relay(req, self.upstream, f"/v2/{repo}/blobs/{digest}")
             return
         if req.headers.get("Authorization") != self.expected:
-            _answer(req, 401, b'{"errors":[{"code":"UNAUTHORIZED","message":"auth"}]}',
-                    {"WWW-Authenticate": 'Basic realm="front"', "Content-Type": "application/json"})  # fmt: skip
+            _answer(
+                req,
+                401,
+                b'{"errors":[{"code":"UNAUTHORIZED","message":"auth"}]}',
+                {"WWW-Authenticate": 'Basic realm="front"', "Content-Type": "application/json"},
+            )
             return
         m = _BLOB_RE.match(path)
         if m and req.command == "GET":
@@ -161,10 +165,12 @@ class ECRApiFront(_Server):
         self.secret = secret
         self.lifetime = lifetime
         self.calls = 0
+        self.last_call = 0.0  # time.monotonic() of the last GetAuthorizationToken
         self.problems: list[str] = []
         super().__init__()
 
     def handle(self, req: BaseHTTPRequestHandler) -> None:
+        self.last_call = time.monotonic()
         length = int(req.headers.get("Content-Length") or 0)
         body = req.rfile.read(length)
         auth = req.headers.get("Authorization", "")

@@ -73,9 +73,7 @@ class Blob:
         return cls(digest, path.stat().st_size, read, diff_id)
 
     @classmethod
-    def from_stream(
-        cls, factory: Callable[[], Iterable[bytes]], diff_id: str | None = None
-    ) -> Blob:
+    def from_stream(cls, factory: Callable[[], Iterable[bytes]], diff_id: str | None = None) -> Blob:
         """Two passes: hash now, stream again at upload time."""
         digest, size = _hash(factory())
         return cls(digest, size, factory, diff_id)
@@ -115,9 +113,7 @@ def synthetic_layer(size: int, seed: int | str) -> Blob:
     return Blob.from_stream(lambda: gzip_stored(synthetic_bytes(size, seed)), diff_id)
 
 
-def big_layer(
-    size: int = 100 * MiB, seed: int | str = "big", cache_dir: Path | None = None
-) -> Blob:
+def big_layer(size: int = 100 * MiB, seed: int | str = "big", cache_dir: Path | None = None) -> Blob:
     """A large synthetic layer; with `cache_dir`, generated once to a file and reused."""
     if cache_dir is None:
         return synthetic_layer(size, seed)
@@ -161,7 +157,10 @@ class Pusher:
     """Pushes blobs and manifests to one registry, answering Basic and Bearer challenges."""
 
     def __init__(
-        self, base_url: str, username: str | None = None, password: str | None = None,
+        self,
+        base_url: str,
+        username: str | None = None,
+        password: str | None = None,
         timeout: float = 120,
     ) -> None:
         u = urllib.parse.urlsplit(base_url)
@@ -177,7 +176,10 @@ class Pusher:
         return cls(reg.url, reg.username, reg.password)
 
     def _raw(
-        self, method: str, target: str, headers: Mapping[str, str],
+        self,
+        method: str,
+        target: str,
+        headers: Mapping[str, str],
         body: Blob | bytes | None = None,
     ) -> Response:
         u = urllib.parse.urlsplit(target)  # Location may be absolute: keep path and query
@@ -204,7 +206,11 @@ class Pusher:
             conn.close()
 
     def request(
-        self, method: str, target: str, repo: str, headers: Mapping[str, str] | None = None,
+        self,
+        method: str,
+        target: str,
+        repo: str,
+        headers: Mapping[str, str] | None = None,
         body: Blob | bytes | None = None,
     ) -> Response:
         """One request; on a 401, answer the challenge once and retry."""
@@ -257,9 +263,7 @@ class Pusher:
             raise PushError(f"PUT blob {repo}@{blob.digest}: {r.status} {r.body[:500]!r}")
 
     def push_manifest(self, repo: str, reference: str, media_type: str, body: bytes) -> str:
-        r = self.request(
-            "PUT", f"/v2/{repo}/manifests/{reference}", repo, {"Content-Type": media_type}, body
-        )
+        r = self.request("PUT", f"/v2/{repo}/manifests/{reference}", repo, {"Content-Type": media_type}, body)
         if r.status != 201:
             raise PushError(f"PUT manifest {repo}:{reference}: {r.status} {r.body[:500]!r}")
         digest = sha256_digest(body)
@@ -334,8 +338,13 @@ def _dumps(obj: object) -> bytes:
 
 
 def image(
-    target: Registry | Pusher, repo: str, tag: str | None, layers: Sequence[LayerSpec],
-    platform: str = "linux/amd64", kind: str = "oci", extra_tags: Sequence[str] = (),
+    target: Registry | Pusher,
+    repo: str,
+    tag: str | None,
+    layers: Sequence[LayerSpec],
+    platform: str = "linux/amd64",
+    kind: str = "oci",
+    extra_tags: Sequence[str] = (),
 ) -> PushedImage:
     """Push the layers, a config, then the manifest (`kind` "oci" or "docker" schema2)."""
     p = _pusher(target)
@@ -357,28 +366,35 @@ def image(
             "schemaVersion": 2,
             "mediaType": manifest_type,
             "config": {"mediaType": config_type, "digest": config_blob.digest, "size": len(config)},
-            "layers": [
-                {"mediaType": layer_type, "digest": b.digest, "size": b.size} for b in blobs
-            ],
+            "layers": [{"mediaType": layer_type, "digest": b.digest, "size": b.size} for b in blobs],
         }
     )
     return _push_tagged(
-        p, repo, tag, extra_tags, manifest_type, body,
+        p,
+        repo,
+        tag,
+        extra_tags,
+        manifest_type,
+        body,
         blobs=[(b.digest, b.size) for b in [config_blob, *blobs]],
-        config_digest=config_blob.digest, config=config, layers=blobs, platform=platform,
+        config_digest=config_blob.digest,
+        config=config,
+        layers=blobs,
+        platform=platform,
     )
 
 
 def index(
-    target: Registry | Pusher, repo: str, tag: str | None,
-    platforms: Sequence[str] = ("linux/amd64", "linux/arm64"), kind: str = "oci",
+    target: Registry | Pusher,
+    repo: str,
+    tag: str | None,
+    platforms: Sequence[str] = ("linux/amd64", "linux/arm64"),
+    kind: str = "oci",
     layer_size: int = 64 * 1024,
 ) -> PushedImage:
     """An OCI index or Docker manifest list whose children (one per platform) are pushed first."""
     p = _pusher(target)
-    children = [
-        image(p, repo, None, [(layer_size, f"{repo}:{kind}:{pf}")], pf, kind) for pf in platforms
-    ]
+    children = [image(p, repo, None, [(layer_size, f"{repo}:{kind}:{pf}")], pf, kind) for pf in platforms]
     index_type = KINDS[kind][3]
     body = _dumps(
         {
@@ -386,7 +402,9 @@ def index(
             "mediaType": index_type,
             "manifests": [
                 {
-                    "mediaType": c.media_type, "digest": c.digest, "size": c.size,
+                    "mediaType": c.media_type,
+                    "digest": c.digest,
+                    "size": c.size,
                     "platform": _platform(c.platform or ""),
                 }
                 for c in children
@@ -397,8 +415,13 @@ def index(
 
 
 def _push_tagged(
-    p: Pusher, repo: str, tag: str | None, extra_tags: Sequence[str], media_type: str,
-    body: bytes, **fields: object,
+    p: Pusher,
+    repo: str,
+    tag: str | None,
+    extra_tags: Sequence[str],
+    media_type: str,
+    body: bytes,
+    **fields: object,
 ) -> PushedImage:
     tags = [t for t in [tag, *extra_tags] if t]
     digest = sha256_digest(body)
@@ -408,16 +431,22 @@ def _push_tagged(
 
 
 def oci_image(
-    target: Registry | Pusher, repo: str, tag: str | None,
-    layers: Sequence[LayerSpec] = ((256 * 1024, 1),), platform: str = "linux/amd64",
+    target: Registry | Pusher,
+    repo: str,
+    tag: str | None,
+    layers: Sequence[LayerSpec] = ((256 * 1024, 1),),
+    platform: str = "linux/amd64",
     extra_tags: Sequence[str] = (),
 ) -> PushedImage:
     return image(target, repo, tag, layers, platform, "oci", extra_tags)
 
 
 def docker_image(
-    target: Registry | Pusher, repo: str, tag: str | None,
-    layers: Sequence[LayerSpec] = ((256 * 1024, 2),), platform: str = "linux/amd64",
+    target: Registry | Pusher,
+    repo: str,
+    tag: str | None,
+    layers: Sequence[LayerSpec] = ((256 * 1024, 2),),
+    platform: str = "linux/amd64",
     extra_tags: Sequence[str] = (),
 ) -> PushedImage:
     return image(target, repo, tag, layers, platform, "docker", extra_tags)
@@ -432,7 +461,9 @@ def docker_manifest_list(target: Registry | Pusher, repo: str, tag: str | None) 
 
 
 def seed_standard_images(
-    registry: Registry, repo_prefix: str = "vendor", big_layer_mib: int = 100,
+    registry: Registry,
+    repo_prefix: str = "vendor",
+    big_layer_mib: int = 100,
     cache_dir: Path | None = None,
 ) -> dict[str, PushedImage]:
     """Push the standard set and store it as `registry.images`:
@@ -447,14 +478,19 @@ def seed_standard_images(
     pre = repo_prefix
     images = {
         "oci": oci_image(
-            p, f"{pre}/oci", "v1", [b"pullgate small layer\n", (300 * 1024, "oci-1")],
+            p,
+            f"{pre}/oci",
+            "v1",
+            [b"pullgate small layer\n", (300 * 1024, "oci-1")],
             extra_tags=[f"v{i}" for i in range(2, 6)],
         ),
         "index": oci_index(p, f"{pre}/index", "v1"),
         "docker": docker_image(p, f"{pre}/docker", "v1", [(200 * 1024, "docker-1")]),
         "dockerlist": docker_manifest_list(p, f"{pre}/dockerlist", "v1"),
         "big": oci_image(
-            p, f"{pre}/big", "v1",
+            p,
+            f"{pre}/big",
+            "v1",
             [(4096, "big-small"), big_layer(big_layer_mib * MiB, "big", cache_dir)],
         ),
     }

@@ -56,11 +56,33 @@ class PostgresCluster:
 
     def start(self) -> PostgresCluster:
         # C locale: text sorts and compares bytewise, as in SQLite (ISO timestamps, slugs).
-        self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
-                  "--no-locale", "-E", "UTF8", "--no-sync")  # fmt: skip
+        self._run(
+            str(self.bindir / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-locale",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
         opts = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections=200"
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"), "-o", opts,
-                  "-w", "-t", "30", "start")  # fmt: skip
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "log"),
+            "-o",
+            opts,
+            "-w",
+            "-t",
+            "30",
+            "start",
+        )
         return self
 
     def dsn(self, database: str = "postgres") -> str:

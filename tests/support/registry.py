@@ -64,7 +64,9 @@ class Registry:
             htpasswd = self.dir / "htpasswd"
             line = subprocess.run(
                 ["htpasswd", "-Bbn", self.username, self.password],
-                check=True, capture_output=True, text=True,
+                check=True,
+                capture_output=True,
+                text=True,
             ).stdout.strip()
             htpasswd.write_text(line + "\n")
             auth_cfg = {"htpasswd": {"realm": "pullgate-test", "path": str(htpasswd)}}
@@ -72,7 +74,9 @@ class Registry:
             if token_server is None:
                 assert self.username and self.password
                 token_server = TokenServer(
-                    {self.username: self.password}, service=service, issuer=issuer,
+                    {self.username: self.password},
+                    service=service,
+                    issuer=issuer,
                     cert_path=self.dir / "token-signer.pem",
                 )
                 self._own_token_server = True
@@ -106,9 +110,7 @@ class Registry:
             cfg_path.write_text(json.dumps(config, indent=2))  # JSON is YAML
             # A clean environment: REGISTRY_* variables would override the file.
             env = {"PATH": "/usr/bin:/bin", "HOME": str(self.dir)}
-            self.proc = ManagedProcess(
-                [REGISTRY_BIN, "serve", str(cfg_path)], self.dir, f"{self.name}-{attempt}", env
-            )
+            self.proc = ManagedProcess([REGISTRY_BIN, "serve", str(cfg_path)], self.dir, f"{self.name}-{attempt}", env)
             try:
                 wait_http(self.url + "/v2/", 15, self.proc)
                 return

@@ -47,9 +47,7 @@ def libtrust_key_id(public_key: rsa.RSAPublicKey) -> str:
     docker-registry 2.8 maps each rootcertbundle certificate's key to this id and uses it
     when a token header has a `kid` but no `x5c`.
     """
-    der = public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     s = base64.b32encode(hashlib.sha256(der).digest()[:30]).decode().rstrip("=")
     return ":".join(s[i : i + 4] for i in range(0, len(s), 4))
 
@@ -104,9 +102,7 @@ class TokenServer:
         self.port = free_port()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), _handler_for(self))
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="token-server", daemon=True
-        )
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="token-server", daemon=True)
         self._thread.start()
 
     # -- what the registry config and tests need ------------------------------------------
@@ -169,9 +165,7 @@ class TokenServer:
         }
         headers: dict[str, object] = {"typ": "JWT"}
         if self.header_mode in ("x5c", "both"):
-            headers["x5c"] = [
-                base64.b64encode(self.cert.public_bytes(serialization.Encoding.DER)).decode()
-            ]
+            headers["x5c"] = [base64.b64encode(self.cert.public_bytes(serialization.Encoding.DER)).decode()]
         if self.header_mode in ("kid", "both"):
             headers["kid"] = self.key_id
         token = jwt.encode(claims, self._key, algorithm="RS256", headers=headers)
@@ -226,9 +220,7 @@ class TokenServer:
             u, ok = self._check_basic(auth)
             user = u or ""
         if not ok:
-            return self._record(
-                h, method, scopes, user or None, 401, {"errors": [{"code": "UNAUTHORIZED"}]}
-            )
+            return self._record(h, method, scopes, user or None, 401, {"errors": [{"code": "UNAUTHORIZED"}]})
         token = self.issue(user, scopes, service)
         issued = dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         body = {
@@ -254,9 +246,7 @@ class TokenServer:
         _reply(h, status, body, extra)
 
 
-def _reply(
-    h: BaseHTTPRequestHandler, status: int, body: object, headers: Mapping[str, str] = {}
-) -> None:
+def _reply(h: BaseHTTPRequestHandler, status: int, body: object, headers: Mapping[str, str] = {}) -> None:
     data = json.dumps(body).encode()
     h.send_response(status)
     h.send_header("Content-Type", "application/json")
@@ -297,9 +287,15 @@ def _self_signed(key: rsa.RSAPrivateKey) -> x509.Certificate:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )

@@ -28,8 +28,6 @@ from tests.support.faults import Sentinel
 from tests.support.pullgate import Pullgate
 from tests.support.registry import Registry
 
-__all__ = ["vendor_env"]
-
 
 @dataclass
 class VendorEnv:
@@ -66,20 +64,35 @@ def vendor_env(
             "name": "beta",
             "api_tokens": [{"token_env": "VT_BETA"}],
             "apps": [{"slug": "beta-app"}],
-            "registries": [{"slug": "beta-anon", "provider": "other", "endpoint": "registry.beta.test",
-                            "url": upstream_anon.url, "insecure": True}],
+            "registries": [
+                {
+                    "slug": "beta-anon",
+                    "provider": "other",
+                    "endpoint": "registry.beta.test",
+                    "url": upstream_anon.url,
+                    "insecure": True,
+                }
+            ],
             "customers": [{"name": "Beta Customer", "app": "beta-app", "license_id_env": "VT_LIC_BETA"}],
         },
-    ]  # fmt: skip
+    ]
     server = Pullgate(
-        tmp_path_factory.mktemp("vendor"), teams, env=env, settings={"pulllog": {"flush_seconds": 0.05},
-                                                          "domains": {"resolver": [dns.nameserver]}},
+        tmp_path_factory.mktemp("vendor"),
+        teams,
+        env=env,
+        settings={"pulllog": {"flush_seconds": 0.05}, "domains": {"resolver": [dns.nameserver]}},
         name="pullgate-vendor",
     ).start()
     ve = VendorEnv(
-        server, tokens, licenses, upstream_basic, upstream_anon, sentinel, dns,
+        server,
+        tokens,
+        licenses,
+        upstream_basic,
+        upstream_anon,
+        sentinel,
+        dns,
         canaries=[p for p in (upstream_basic.password,) if p] + list(licenses.values()),
-    )  # fmt: skip
+    )
     try:
         yield ve
     finally:
@@ -128,8 +141,10 @@ def check_shape(method: str, path: str, status: int, body: Any) -> tuple[str, st
 def _absolute(schema: Any) -> Any:
     """Point the document's local $refs at the registered resource."""
     if isinstance(schema, dict):
-        return {k: ("urn:pullgate-openapi" + v if k == "$ref" and v.startswith("#") else _absolute(v))
-                for k, v in schema.items()}  # fmt: skip
+        return {
+            k: ("urn:pullgate-openapi" + v if k == "$ref" and v.startswith("#") else _absolute(v))
+            for k, v in schema.items()
+        }
     if isinstance(schema, list):
         return [_absolute(v) for v in schema]
     return schema
@@ -151,9 +166,14 @@ class VendorClient:
         return VendorClient(self.env, team)
 
     async def call(
-        self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None,
-        headers: dict[str, str] | None = None, raw: bytes | None = None,
-    ) -> Reply:  # fmt: skip
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+    ) -> Reply:
         hdrs = dict(headers or {})
         if self.token and "Authorization" not in hdrs:
             hdrs["Authorization"] = self.token
@@ -186,9 +206,11 @@ def rsa_key() -> rsa.RSAPrivateKey:
 
 
 def public_pem(key: rsa.RSAPrivateKey) -> str:
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 def kots_license(
@@ -207,10 +229,15 @@ def kots_license(
     over licenseData, wrapped in innerSignature and the outer signature JSON.
     `tamper` changes spec fields of the readable copy after signing."""
     spec: dict[str, Any] = {
-        "appSlug": app_slug, "channelName": "Stable", "customerName": name, "customerEmail": email,
-        "licenseID": license_id, "licenseType": license_type, "licenseSequence": 1,
+        "appSlug": app_slug,
+        "channelName": "Stable",
+        "customerName": name,
+        "customerEmail": email,
+        "licenseID": license_id,
+        "licenseType": license_type,
+        "licenseSequence": 1,
         "entitlements": {"expires_at": {"title": "Expiration", "value": expires_at, "valueType": "String"}},
-    }  # fmt: skip
+    }
     doc = {"apiVersion": f"kots.io/{version}", "kind": "License", "metadata": {"name": app_slug}, "spec": spec}
     data = json.dumps(doc).encode()
     algorithm = hashes.MD5() if version == "v1beta1" else hashes.SHA256()  # noqa: S303 - as KOTS v1beta1 signs

@@ -85,10 +85,14 @@ def tab_providers(tab: str) -> tuple[str, ...]:
 
 # After every tab's own fields.
 COMMON = (
-    Field("image", "Image to validate with", placeholder="vendor/app:1.0",
-          hint="Optional: the credentials are checked by fetching this manifest."),
+    Field(
+        "image",
+        "Image to validate with",
+        placeholder="vendor/app:1.0",
+        hint="Optional: the credentials are checked by fetching this manifest.",
+    ),
     Field("skipValidation", "Skip the credentials check", "checkbox"),
-)  # fmt: skip
+)
 
 
 def credential_fields(provider: str) -> tuple[Field, ...]:
@@ -147,8 +151,11 @@ def echo(form: MultiMapping[Any]) -> dict[str, Any]:
         if key in secrets or key == "csrf":
             continue
         value = form.getall(key)
-        out[key] = [v for v in value if isinstance(v, str)] if key == "apps" else (
-            value[0] if isinstance(value[0], str) else "")
+        out[key] = (
+            [v for v in value if isinstance(v, str)]
+            if key == "apps"
+            else (value[0] if isinstance(value[0], str) else "")
+        )
     return out
 
 

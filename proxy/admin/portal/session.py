@@ -108,8 +108,13 @@ class Sessions:
         self._ended: dict[str, int] = {}
 
     def new(self, team_id: str, token: str) -> tuple[Session, str]:
-        s = Session(secrets.token_urlsafe(16), team_id, token_hash(token), secrets.token_urlsafe(24),
-                    int(time.time()) + SESSION_TTL)  # fmt: skip
+        s = Session(
+            secrets.token_urlsafe(16),
+            team_id,
+            token_hash(token),
+            secrets.token_urlsafe(24),
+            int(time.time()) + SESSION_TTL,
+        )
         payload = {"sid": s.sid, "tid": s.team_id, "th": s.token_hash, "csrf": s.csrf, "exp": s.expires}
         return s, self.sealer.seal(payload, "session")
 

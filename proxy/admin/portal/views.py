@@ -67,8 +67,7 @@ def _url(path: str = "/") -> str:
 
 def _set_cookie(request: web.Request, resp: web.StreamResponse, name: str, value: str, max_age: int) -> None:
     # Secure whenever the browser reached us over TLS (a TLS admin listener or a trusted front).
-    resp.set_cookie(name, value, max_age=max_age, path=PREFIX, httponly=True, samesite="Strict",
-                    secure=request.secure)  # fmt: skip
+    resp.set_cookie(name, value, max_age=max_age, path=PREFIX, httponly=True, samesite="Strict", secure=request.secure)
 
 
 def _see_other(path: str) -> web.Response:
@@ -139,8 +138,13 @@ async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse
 def _error_page(request: web.Request, status: int, message: str) -> web.HTTPException:
     ctx = {"status": status, "message": message}
     html = aiohttp_jinja2.render_string("error.html", request, _context(request, ctx))
-    cls = {403: web.HTTPForbidden, 404: web.HTTPNotFound, 409: web.HTTPConflict, 401: web.HTTPUnauthorized,
-           500: web.HTTPInternalServerError}  # fmt: skip
+    cls = {
+        403: web.HTTPForbidden,
+        404: web.HTTPNotFound,
+        409: web.HTTPConflict,
+        401: web.HTTPUnauthorized,
+        500: web.HTTPInternalServerError,
+    }
     return cls.get(status, web.HTTPBadRequest)(text=html, content_type="text/html")
 
 
@@ -230,10 +234,20 @@ async def images(request: web.Request, extra: dict[str, Any] | None = None, stat
     tab = (extra or {}).get("tab") or _tab(request)
     tabs = forms.tabs()
     ctx = {
-        "registries": registries, "apps": apps, "references": references, "tabs": tabs, "tab": tab,
-        "fields": tabs[tab][1], "common": forms.COMMON, "values": {}, "errors": {}, "test": None,
-        "proxy_host": proxy_host, "test_choice": request.query.get("test", ""), **(extra or {}),
-    }  # fmt: skip
+        "registries": registries,
+        "apps": apps,
+        "references": references,
+        "tabs": tabs,
+        "tab": tab,
+        "fields": tabs[tab][1],
+        "common": forms.COMMON,
+        "values": {},
+        "errors": {},
+        "test": None,
+        "proxy_host": proxy_host,
+        "test_choice": request.query.get("test", ""),
+        **(extra or {}),
+    }
     return render(request, "images.html", ctx, status)
 
 
@@ -271,8 +285,15 @@ async def edit_registry(request: web.Request, extra: dict[str, Any] | None = Non
     svc, team = _service(request), request[TEAM]
     reg = await svc.registry_json(team, request.match_info["slug"])
     current = forms.edit_values(reg)
-    ctx = {"reg": reg, "apps": await svc.list_apps(team), "fields": _edit_fields(reg["provider"]),
-           "common": forms.COMMON, "values": current, "errors": {}, **(extra or {})}  # fmt: skip
+    ctx = {
+        "reg": reg,
+        "apps": await svc.list_apps(team),
+        "fields": _edit_fields(reg["provider"]),
+        "common": forms.COMMON,
+        "values": current,
+        "errors": {},
+        **(extra or {}),
+    }
     return render(request, "registry.html", ctx, status)
 
 
@@ -306,9 +327,15 @@ def _date_in(raw: Any) -> str | None:
 
 async def customers(request: web.Request, extra: dict[str, Any] | None = None, status: int = 200) -> web.Response:
     svc, team = _service(request), request[TEAM]
-    ctx = {"customers": await svc.list_customers(team), "apps": await svc.list_apps(team),
-           "license_types": LICENSE_TYPES, "values": {}, "errors": {}, "import_errors": [],
-           **(extra or {})}  # fmt: skip
+    ctx = {
+        "customers": await svc.list_customers(team),
+        "apps": await svc.list_apps(team),
+        "license_types": LICENSE_TYPES,
+        "values": {},
+        "errors": {},
+        "import_errors": [],
+        **(extra or {}),
+    }
     return render(request, "customers.html", ctx, status)
 
 
@@ -387,8 +414,13 @@ async def pull_logs(request: web.Request) -> web.Response:
         problems = exc.problems
     except NotFound as exc:
         problems = [exc.message]
-    ctx = {"rows": rows, "q": q, "log_problems": problems, "customers": await svc.list_customers(team),
-           "registries": await svc.list_registries(team)}  # fmt: skip
+    ctx = {
+        "rows": rows,
+        "q": q,
+        "log_problems": problems,
+        "customers": await svc.list_customers(team),
+        "registries": await svc.list_registries(team),
+    }
     return render(request, "logs.html", ctx, 400 if problems else 200)
 
 
@@ -400,8 +432,13 @@ def _lines(raw: Any) -> list[str]:
 
 
 async def apps(request: web.Request, extra: dict[str, Any] | None = None, status: int = 200) -> web.Response:
-    ctx = {"apps": await _service(request).list_apps(request[TEAM]), "values": {}, "errors": {},
-           "edit_errors": {}, **(extra or {})}  # fmt: skip
+    ctx = {
+        "apps": await _service(request).list_apps(request[TEAM]),
+        "values": {},
+        "errors": {},
+        "edit_errors": {},
+        **(extra or {}),
+    }
     return render(request, "apps.html", ctx, status)
 
 
@@ -467,9 +504,18 @@ async def hostnames_page(request: web.Request, extra: dict[str, Any] | None = No
     for h in rows:
         h["certState"] = cert_state(h["certificate"])
     hosts = request.app[CONFIG].proxy.hosts
-    ctx = {"hostnames": rows, "config_host": hosts[0] if hosts else "<proxy host>", "values": {}, "errors": [],
-           "http_challenge": request.app[CONFIG].domains.http_challenge,
-           "cert_for": None, "cert_errors": [], "cert_value": "", "row_errors": {}, **(extra or {})}  # fmt: skip
+    ctx = {
+        "hostnames": rows,
+        "config_host": hosts[0] if hosts else "<proxy host>",
+        "values": {},
+        "errors": [],
+        "http_challenge": request.app[CONFIG].domains.http_challenge,
+        "cert_for": None,
+        "cert_errors": [],
+        "cert_value": "",
+        "row_errors": {},
+        **(extra or {}),
+    }
     return render(request, "hostnames.html", ctx, status)
 
 
