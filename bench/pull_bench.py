@@ -325,6 +325,16 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes (all their threads) so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
 def pull_n(url: str, headers: list[str], size: int, n: int, timeout: float) -> list[float]:
     speeds = []
     for _ in range(n):
@@ -359,13 +369,23 @@ def run(args: argparse.Namespace, procs: Procs, tmp: Path) -> dict[str, Any]:
             result["proxy_error"] = str(exc)[-1500:]
             args.skip_proxy = True
 
+    # CPU time the serving process spends per MB: unlike MB/s, hardly moved by other load.
+    servers = {"direct": [reg_proc.pid], "nginx": children(ng_proc.pid)}
+    if "pullgate" in targets:
+        servers["pullgate"] = [pg_proc.pid]
     speeds: dict[str, list[float]] = {name: [] for name in targets}
+    cpu: dict[str, float] = {name: 0.0 for name in targets}
     for i in range(args.repeat):
         order = list(targets) if i % 2 == 0 else list(reversed(targets))  # alternate: no warm bias
         for name in order:
             url, headers = targets[name]
+            before = cpu_seconds(servers[name])
             speeds[name] += pull_n(url, headers, size, 1, args.pull_timeout)
+            cpu[name] += cpu_seconds(servers[name]) - before
     result["mb_per_s"] = {name: round(statistics.median(v), 1) for name, v in speeds.items()}
+    result["server_cpu_ms_per_mb"] = {
+        name: round(1000 * used / (args.repeat * size / 1e6), 3) for name, used in cpu.items()
+    }
     result["mb_per_s_all"] = {name: [round(x, 1) for x in v] for name, v in speeds.items()}
     workers = children(ng_proc.pid)
     nginx_kib = max(map(hwm_kib, workers), default=0)
@@ -397,9 +417,10 @@ def run(args: argparse.Namespace, procs: Procs, tmp: Path) -> dict[str, Any]:
 def print_table(r: dict[str, Any]) -> None:
     med = r["mb_per_s"]
     print(f"\nblob {r['blob_bytes'] // MiB} MiB, median of {r['repeat']} (MB/s = 10^6 B/s)")
-    print(f"{'path':<10}{'MB/s':>10}  runs")
+    print(f"{'path':<10}{'MB/s':>10}{'server CPU ms/MB':>18}  runs")
     for name, value in med.items():
-        print(f"{name:<10}{value:>10.1f}  {r['mb_per_s_all'][name]}")
+        cpu = r["server_cpu_ms_per_mb"][name]
+        print(f"{name:<10}{value:>10.1f}{cpu:>18.3f}  {r['mb_per_s_all'][name]}")
     if "ratio_pullgate_direct" in r:
         print(f"pullgate/direct {r['ratio_pullgate_direct']:.3f}   pullgate/nginx {r['ratio_pullgate_nginx']:.3f}")
         print(
