@@ -140,7 +140,8 @@ def assert_back(server: Pullgate, before: tuple[int, int], upstream_ports: set[i
 
 async def serves(server: Pullgate, url: str, digest: str, size: int) -> None:
     async with aiohttp.ClientSession() as s:
-        assert (await pull_blob(s, url, digest, size)).kind == "ok"
+        outcome = await pull_blob(s, url, digest, size)
+        assert outcome.kind == "ok", outcome
 
 
 def _blob_url(server: Pullgate, slug: str, img: PushedImage) -> tuple[str, str, int]:
