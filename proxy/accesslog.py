@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from proxy import metrics
-from proxy.context import CTX_KEY
+from proxy.context import CTX_KEY, REQUEST_ID
 from proxy.logs import reported_status
 
 
@@ -24,7 +24,7 @@ class AccessLogger(AbstractAccessLogger):
         # aiohttp logs an answer it could not finish sending too: the client had gone.
         unfinished = not getattr(response, "_eof_sent", True)
         fields: dict[str, Any] = {
-            "request_id": request.get("request_id"),
+            "request_id": request.get(REQUEST_ID),
             "method": request.method,
             "route": c.route if c else "other",
             "status": reported_status(response.status, c, unfinished),

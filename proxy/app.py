@@ -28,6 +28,7 @@ from proxy.auth.gate import Gate
 from proxy.auth.proxies import TrustedProxies
 from proxy.auth.tokens import TokenIssuer
 from proxy.config import Config, keys_path, parse_listen
+from proxy.context import REQUEST_ID
 from proxy.domains.names import Reserved
 from proxy.domains.routing import HostTable
 from proxy.domains.service import HostnameService
@@ -105,12 +106,12 @@ async def build_services(cfg: Config) -> Services:
 async def request_id(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    request["request_id"] = secrets.token_hex(8)
+    request[REQUEST_ID] = secrets.token_hex(8)
     return await handler(request)
 
 
 async def _set_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    rid = request.get("request_id")
+    rid = request.get(REQUEST_ID)
     if rid:
         response.headers["X-Request-Id"] = rid
 

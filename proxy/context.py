@@ -51,6 +51,8 @@ class PullContext:
 
 
 CTX_KEY = web.RequestKey("pull_ctx", PullContext)
+# The request id of the access log line and the X-Request-Id header.
+REQUEST_ID = web.RequestKey("request_id", str)
 # Set by the host table on a verified custom hostname: the only team served there.
 HOST_TEAM = web.RequestKey("host_team", str)
 
