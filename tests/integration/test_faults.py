@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import re
 import secrets
 import subprocess
@@ -30,7 +29,7 @@ import pytest
 from tests.support.client import basic
 from tests.support.images import MiB, PushedImage, Pusher, oci_image
 from tests.support.poll import apoll
-from tests.support.postgres import PostgresCluster, unavailable_reason
+from tests.support.postgres import PostgresCluster
 from tests.support.pullgate import REPO_ROOT, Pullgate
 from tests.support.registry import Registry
 from tests.support.slow_servers import ChallengingRegistry, HangingServer, TrickleRegistry
@@ -252,20 +251,6 @@ async def test_token_server_that_hangs(origin: Registry, workdir: Path):
         server.stop()
         registry.stop()
         realm.stop()
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PostgresCluster]:
-    reason = unavailable_reason()
-    if reason:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"PostgreSQL is required in CI: {reason}")
-        pytest.skip(reason)
-    c = PostgresCluster().start()
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 def _restart(cluster: PostgresCluster) -> None:

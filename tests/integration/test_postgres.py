@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import secrets
 import subprocess
 import sys
@@ -32,26 +31,12 @@ from proxy.store.postgres import LISTENER_NAME, PostgresStore
 from proxy.store.schema import MIGRATIONS
 from proxy.store.sqlite import SQLiteStore
 from tests.support.dns_server import LoopbackDNS
-from tests.support.postgres import PostgresCluster, unavailable_reason
+from tests.support.postgres import PostgresCluster
 from tests.support.pullgate import REPO_ROOT, Pullgate
 from tests.support.registry import Registry
 
 OCI = "application/vnd.oci.image.manifest.v1+json"
 PROPAGATION = 1.5  # seconds; the license cache TTL is 5
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PostgresCluster]:
-    reason = unavailable_reason()
-    if reason:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"PostgreSQL is required in CI: {reason}")
-        pytest.skip(reason)
-    c = PostgresCluster().start()
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 async def fresh_db(cluster: PostgresCluster) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.images import seed_standard_images
+from tests.support.postgres import PostgresCluster, unavailable_reason
 from tests.support.registry import AuthMode, Registry
 
 
@@ -63,3 +64,19 @@ def upstream_anon(upstream_blob_cache: Path, big_layer_mib: int) -> Iterator[Reg
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[PostgresCluster]:
+    """A throwaway PostgreSQL cluster of Debian's, one per module (the fault tests restart it).
+    Required in CI; skipped with the reason elsewhere when PostgreSQL cannot be had."""
+    reason = unavailable_reason()
+    if reason:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"PostgreSQL is required in CI: {reason}")
+        pytest.skip(reason)
+    c = PostgresCluster().start()
+    try:
+        yield c
+    finally:
+        c.stop()

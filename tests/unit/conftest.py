@@ -19,6 +19,7 @@ SERVER_FIXTURES = {
     "deployment",
     "pull_proxy",
     "vendor_env",
+    "cluster",
 }
 
 
