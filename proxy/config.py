@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from proxy.dnsname import HOSTNAME_RE
-from proxy.egress import EgressPolicy, listener_of, parse_allow, url_target
+from proxy.egress import EgressPolicy, carries_credentials, listener_of, parse_allow, url_target
 from proxy.oci.allowlist import check_patterns
 from proxy.settings import (
     AdminSection,
@@ -387,7 +387,7 @@ def _check_bootstrap_destinations(cfg: Config, allow: list[Any]) -> None:
             urls = [f.config for f in PROVIDERS[reg.provider].fields if f.url and f.config]
             for name in ("url", *urls):
                 value = reg.url if name == "url" else reg.fields.get(name)
-                if value and "@" in value.split("://", 1)[-1].split("/", 1)[0]:
+                if value and carries_credentials(value):
                     # No secret is written in the file, and a url is shown as written (vendor API, portal).
                     raise ConfigError(
                         f"bootstrap.teams[{t}].registries[{r}].{name}: must not carry credentials (user:password@); "

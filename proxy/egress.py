@@ -254,6 +254,14 @@ def is_ip_address(host: str) -> bool:
     return True
 
 
+def carries_credentials(url: str) -> bool:
+    """Does the URL carry a userinfo part (user:password@)? Judged on the text as typed, so even
+    an empty one counts: a URL is stored and shown as written (API, portal, config), so one
+    holding a secret must be refused, never quoted. Raises ValueError when yarl cannot parse it."""
+    parsed = URL(url)
+    return "@" in url.split("://", 1)[-1].split("/", 1)[0] or bool(parsed.user or parsed.password)
+
+
 def url_target(url: str | URL) -> tuple[str, int] | None:
     """(host, port) a URL connects to; None when it has no usable host."""
     u = URL(url) if isinstance(url, str) else url

@@ -20,11 +20,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from yarl import URL
-
 from proxy import metrics
 from proxy.apierrors import Conflict, Invalid, NotFound, TooManyRequests
-from proxy.egress import is_ip_address, refused_destination, refused_hop, url_target
+from proxy.egress import carries_credentials, is_ip_address, refused_destination, refused_hop, url_target
 from proxy.licenses import kots
 from proxy.oci.allowlist import check_patterns
 from proxy.ratelimit import RateLimiter
@@ -750,10 +748,10 @@ def _credentials(
 def _credentials_in(key: str, url: str | None) -> list[str]:
     """A url is stored and shown as typed: one carrying a user or password is refused, unquoted."""
     try:
-        parsed = URL(url) if url else None
+        credentials = carries_credentials(url) if url else False
     except ValueError:
         return [f"{key}: not a valid URL"]
-    if parsed is not None and (parsed.user or parsed.password):
+    if credentials:
         return [f"{key}: must not carry credentials (user:password@); give them as the registry's secret fields"]
     return []
 

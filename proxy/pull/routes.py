@@ -63,7 +63,8 @@ class OCIRoutes:
         limiter: RateLimiter | None = None,
         limits: LimitsSection | None = None,
     ) -> None:
-        self.limits = limits
+        self.limits = limits or LimitsSection()
+        self.pace = Pace(self.limits.min_stream_rate, self.limits.min_stream_window)
         self.idle_timeout = idle_timeout
         self.limiter = limiter
         self.gate = gate
@@ -72,11 +73,6 @@ class OCIRoutes:
         self.chunk_size = chunk_size
         self.tokens = TokenEndpoint(gate, limiter)
         self.tokens.on_customer = _note_token_customer
-
-    @property
-    def pace(self) -> Pace:
-        limits = self.limits or LimitsSection()
-        return Pace(limits.min_stream_rate, limits.min_stream_window)
 
     def install(self, app: web.Application) -> None:
         app.router.add_route("*", "/v2/", self.base)
@@ -101,7 +97,7 @@ class OCIRoutes:
         """The token form is the one body the proxy reads: like headers, it must arrive within
         `limits.header_timeout`, or a client trickling it would hold its connection for ever."""
         try:
-            async with asyncio.timeout((self.limits or LimitsSection()).header_timeout):
+            async with asyncio.timeout(self.limits.header_timeout):
                 await request.read()  # kept by aiohttp: the form is parsed from it
         except TimeoutError:
             metrics.CONNECTIONS_REFUSED.labels("body_timeout").inc()
