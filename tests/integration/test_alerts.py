@@ -6,13 +6,13 @@ locally and fail under CI=true."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.support.ci import unavailable
 from tests.unit.test_alerts import ALERTS, RULE_TESTS, RULES, RULES_DIR
 
 
@@ -20,10 +20,7 @@ from tests.unit.test_alerts import ALERTS, RULE_TESTS, RULES, RULES_DIR
 def promtool() -> str:
     found = shutil.which("promtool")
     if found is None:
-        reason = "promtool missing (Debian package prometheus)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable("promtool missing (Debian package prometheus)")
     return found
 
 

@@ -23,17 +23,11 @@ import pytest
 
 from tests.support import containerd as ctrd
 from tests.support import gotools
+from tests.support.ci import unavailable
 from tests.support.deployment import Deployment
 from tests.support.images import Blob, PushedImage, image
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
 WRONG = "lic-wrong-0123456789abcdef01234567"  # looks like a license, belongs to nobody
-
-
-def _unavailable(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def _sha256(data: bytes) -> str:
@@ -96,7 +90,7 @@ def rootfs_image(deployment: Deployment) -> PushedImage:
 def containerd() -> Iterator[ctrd.Containerd]:
     reason = ctrd.available()
     if reason:
-        _unavailable(reason)
+        unavailable(reason)
     daemon = ctrd.Containerd().start()
     try:
         yield daemon
@@ -203,7 +197,7 @@ def _go_tool(tool: gotools.GoTool) -> Path:
     try:
         return gotools.build(tool)
     except gotools.GoToolBuildError as exc:
-        _unavailable(f"{tool.name} unavailable: {exc}")
+        unavailable(f"{tool.name} unavailable: {exc}")
         raise
 
 

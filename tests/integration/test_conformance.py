@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
+from tests.support.ci import unavailable
 from tests.support.conformance import ConformanceBuildError, build_conformance, run_conformance
 
 REGISTRY = "/usr/bin/docker-registry"
-IN_CI = os.environ.get("CI", "").lower() == "true"
 # Debian's docker-registry 2.8.2 answers 500 to GET manifests/sha256:totallywrong
 # (the malformed digest reaches its storage driver as a tag path); the spec wants
 # 400 or 404. That is the registry's bug, not the harness's. The proxy must not
@@ -37,19 +37,12 @@ REGISTRY_2_8_BUGS = {
 WRITE_METHODS = ('"PUT ', '"POST ', '"PATCH ', '"DELETE ')
 
 
-def _unavailable(reason: str) -> None:
-    # CI must run this suite: a missing tool there is a failure, not a skip.
-    if IN_CI:
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def conformance_binary() -> Path:
     try:
         return build_conformance()
     except ConformanceBuildError as exc:
-        _unavailable(f"conformance suite unavailable: {exc}")
+        unavailable(f"conformance suite unavailable: {exc}")
         raise
 
 
@@ -125,7 +118,7 @@ def push_image(base: str, name: str, tag: str, auth: str) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def direct_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
     if not os.access(REGISTRY, os.X_OK) or not shutil.which("htpasswd"):
-        _unavailable("docker-registry or htpasswd (apache2-utils) not installed")
+        unavailable("docker-registry or htpasswd (apache2-utils) not installed")
     root = tmp_path_factory.mktemp("registry")
     user, password = "user", "pass"
     htpasswd = subprocess.run(["htpasswd", "-Bbn", user, password], check=True, capture_output=True, text=True).stdout

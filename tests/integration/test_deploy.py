@@ -28,12 +28,12 @@ import yaml
 
 from proxy.config import Config, load
 from tests.support import gotools
+from tests.support.ci import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "pullgate"
 BASE = ROOT / "deploy" / "kubernetes"
 CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
-IN_CI = os.environ.get("CI", "").lower() == "true"
 # helm template assumes an old Kubernetes without a cluster; the chart needs >= 1.25.
 KUBE_VERSION = "1.31.0"
 
@@ -49,17 +49,11 @@ CANARY = "canary-s3cr3t-7f3a9c"
 pytestmark = pytest.mark.timeout(1000)
 
 
-def _unavailable(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
 def _tool(tool: gotools.GoTool) -> Path:
     try:
         return gotools.build(tool)
     except gotools.GoToolBuildError as exc:
-        _unavailable(f"{tool.name} unavailable: {exc}")
+        unavailable(f"{tool.name} unavailable: {exc}")
         raise
 
 

@@ -25,6 +25,7 @@ import trustme
 
 from tests.support import skopeo
 from tests.support.capture import CaptureServer
+from tests.support.ci import unavailable
 from tests.support.dns_server import LoopbackDNS
 from tests.support.pullgate import Pullgate
 from tests.support.registry import Registry
@@ -52,9 +53,7 @@ def _require_browser() -> None:
         missing.append("the playwright package (pip install -e '.[test]')")
     if missing:
         message = "portal browser tests need " + " and ".join(missing)
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ci import IN_CI, unavailable
 from tests.support.images import seed_standard_images
 from tests.support.postgres import PostgresCluster, unavailable_reason
 from tests.support.registry import AuthMode, Registry
@@ -72,9 +73,7 @@ def cluster() -> Iterator[PostgresCluster]:
     Required in CI; skipped with the reason elsewhere when PostgreSQL cannot be had."""
     reason = unavailable_reason()
     if reason:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"PostgreSQL is required in CI: {reason}")
-        pytest.skip(reason)
+        unavailable(f"PostgreSQL is required in CI: {reason}" if IN_CI else reason)
     c = PostgresCluster().start()
     try:
         yield c
