@@ -6,8 +6,10 @@ from __future__ import annotations
 import http.client
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
+
+from tests.support.procs import serve_loopback
 
 CHUNK = 256 * 1024
 
@@ -99,11 +101,8 @@ class BreakingFront:
         self.broken = 0
         self.streaming = 0  # bodies being written right now
         self.paths: list[str] = []
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = serve_loopback(Handler)
         self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
 
     @property
     def url(self) -> str:

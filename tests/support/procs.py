@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+
+def serve_loopback(
+    handler: type[BaseHTTPRequestHandler], ssl_context: ssl.SSLContext | None = None
+) -> ThreadingHTTPServer:
+    """A small HTTP(S) server of the tests' own on a free loopback port, serving from a daemon
+    thread (one more per request) until its `shutdown()`."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    if ssl_context is not None:
+        server.socket = ssl_context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 def free_port() -> int:

@@ -11,7 +11,9 @@ import hashlib
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.support.procs import serve_loopback
 
 
 class HangingServer:
@@ -74,11 +76,8 @@ class ChallengingRegistry:
 
             do_HEAD = do_GET
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = serve_loopback(Handler)
         self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
 
     @property
     def url(self) -> str:
@@ -148,11 +147,8 @@ class TrickleRegistry:
 
         self.requests = 0
         self._stop = threading.Event()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = serve_loopback(Handler)
         self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
         self._deadline = time.monotonic() + max_seconds
 
     @property

@@ -12,7 +12,9 @@ import hashlib
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.support.procs import serve_loopback
 
 SLOW_BLOB = bytes(range(256)) * 256  # 64 KiB
 FAST_BLOB = b"fast blob " * 100
@@ -104,11 +106,8 @@ class TrickleRegistry:
 
             do_GET = do_HEAD = _answer
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = serve_loopback(Handler)
         self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
 
     @property
     def url(self) -> str:
