@@ -27,6 +27,7 @@ from proxy.licenses import kots
 from proxy.oci.allowlist import check_patterns
 from proxy.ratelimit import RateLimiter
 from proxy.secrets import Keyring
+from proxy.store import usage
 from proxy.store.base import Conflict as StoreConflict
 from proxy.store.base import Store, new_id, parse_time, to_stored_time
 from proxy.store.models import App, Customer, Registry, Team
@@ -49,6 +50,7 @@ VALIDATION_IMAGE = "pullgate/credentials-check:latest"
 LICENSE_ALPHABET = string.ascii_letters + string.digits
 LICENSE_LENGTH = 32  # 32 characters of 62: about 190 bits
 MAX_LOGS = 1000
+MAX_THRESHOLD = 2**62  # a BIGINT with room to add a month of bytes to it
 RESERVED_SLUGS = frozenset({"test", "logs"})  # /external_registry/test and /logs
 # A license that verifies but whose licenseID another team holds gets the very answer a
 # wrong signature gets: the import is no oracle of other teams' licenses.
@@ -267,8 +269,9 @@ class VendorService:
         return out
 
     async def create_customer(self, team: Team, body: Mapping[str, Any]) -> dict[str, Any]:
-        problems = _unknown_keys(body, {"name", "email", "appSlug", "licenseType", "expiresAt"})
+        problems = _unknown_keys(body, {"name", "email", "appSlug", "licenseType", "expiresAt", THRESHOLD})
         name, email, expires, ltype = _customer_fields(body, problems, None)
+        threshold = threshold_in(body, problems)
         app_slug = body.get("appSlug")
         app = None
         if not isinstance(app_slug, str) or not app_slug:
@@ -290,17 +293,22 @@ class VendorService:
             license_type=ltype,
             expires_at=expires,
         )
+        if threshold is not None:
+            await usage.set_threshold(self.store, cid, threshold)
         out = customer_json(await self.customer_obj(team, cid))
         out["licenseId"] = license_id
         return out
 
     async def update_customer(self, team: Team, customer_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
         c = await self.customer_obj(team, customer_id)
-        problems = _unknown_keys(body, {"name", "email", "licenseType", "expiresAt"})
+        problems = _unknown_keys(body, {"name", "email", "licenseType", "expiresAt", THRESHOLD})
         name, email, expires, ltype = _customer_fields(body, problems, c)
+        threshold = threshold_in(body, problems)
         if problems:
             raise Invalid(problems)
         await self.store.update_customer(c.id, name=name, email=email, license_type=ltype, expires_at=expires)
+        if THRESHOLD in body:
+            await usage.set_threshold(self.store, c.id, threshold)
         self.read_cache.invalidate()
         await self.store.notify("customer")  # the other replicas' caches
         return customer_json(await self.customer_obj(team, c.id))
@@ -362,15 +370,18 @@ class VendorService:
         return customer_json(await self.customer_obj(team, cid)), existing is None
 
     # --- pull logs ----------------------------------------------------------------
-    async def pull_logs(self, team: Team, query: Mapping[str, str]) -> list[dict[str, Any]]:
+    async def pull_log_filter(
+        self, team: Team, query: Mapping[str, str], max_limit: int | None = MAX_LOGS
+    ) -> PullLogFilter:
+        """The checked filters of a pull-log query; `max_limit` None: no bound, no default (CSV)."""
         problems = _unknown_keys(query, {"customer", "registry", "endpoint", "since", "until", "limit"})
         since = _query_time(query.get("since"), "since", problems)
         until = _query_time(query.get("until"), "until", problems)
-        limit = 500
+        limit = 500 if max_limit is not None else None
         if "limit" in query:
             raw = query["limit"]
-            if not raw.isdigit() or not 1 <= int(raw) <= MAX_LOGS:
-                problems.append(f"limit: a whole number from 1 to {MAX_LOGS}")
+            if not raw.isdigit() or not 1 <= int(raw) <= (max_limit or 2**31):
+                problems.append(f"limit: a whole number from 1 to {max_limit or 2**31}")
             else:
                 limit = int(raw)
         if problems:
@@ -378,10 +389,28 @@ class VendorService:
         customer_id = (await self.customer_obj(team, query["customer"])).id if query.get("customer") else None
         name = query.get("registry") or query.get("endpoint")
         registry_slug = (await self.registry(team, name)).slug if name else None
+        return PullLogFilter(customer_id, registry_slug, since, until, limit)
+
+    async def pull_logs(self, team: Team, query: Mapping[str, str]) -> list[dict[str, Any]]:
+        f = await self.pull_log_filter(team, query)
         rows = await self.store.pull_logs(
-            team.id, customer_id=customer_id, registry_slug=registry_slug, since=since, until=until, limit=limit
+            team.id,
+            customer_id=f.customer_id,
+            registry_slug=f.registry_slug,
+            since=f.since,
+            until=f.until,
+            limit=f.limit or 500,
         )
         return [pull_log_json(r) for r in rows]
+
+
+@dataclass(frozen=True)
+class PullLogFilter:
+    customer_id: str | None
+    registry_slug: str | None
+    since: str | None
+    until: str | None
+    limit: int | None
 
 
 # --- shapes ---------------------------------------------------------------------
@@ -455,6 +484,7 @@ def customer_json(c: Customer) -> dict[str, Any]:
         "expiresAt": _iso_out(c.expires_at),
         "status": c.status,
         "createdAt": c.created_at,
+        THRESHOLD: c.egress_threshold_bytes,
     }
 
 
@@ -479,6 +509,20 @@ def pull_log_json(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def _unknown_keys(body: Mapping[str, Any], known: set[str]) -> list[str]:
     return [f"{k}: unknown field" for k in sorted(set(body) - known)]
+
+
+THRESHOLD = "egressThresholdBytes"
+
+
+def threshold_in(body: Mapping[str, Any], problems: list[str]) -> int | None:
+    """`egressThresholdBytes`: a whole number of bytes per month, or null for none."""
+    raw = body.get(THRESHOLD)
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_THRESHOLD:
+        problems.append(f"{THRESHOLD}: a whole number of bytes per month (at least 1), or null for none")
+        return None
+    return raw
 
 
 def _check_public_key(key: Any) -> list[str]:

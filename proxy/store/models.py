@@ -63,6 +63,8 @@ class Customer:
     created_at: str | None = None
     # The first hex digits of the license's SHA-256: names it in logs without revealing it.
     license_ref: str = ""
+    # Monthly egress (bytes served) past which the team's webhook is told, once a month.
+    egress_threshold_bytes: int | None = None
 
     def refusal(self, now: dt.datetime) -> str | None:
         """Why this license may not pull now, or None when it may."""
