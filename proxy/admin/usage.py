@@ -32,11 +32,6 @@ def this_month() -> str:
     return today().isoformat()[:7]
 
 
-def webhook_aad(team_id: str) -> str:
-    """The associated data a team's webhook secret is sealed with: it opens for that team only."""
-    return f"webhook:{team_id}"
-
-
 @dataclass(frozen=True)
 class EgressQuery:
     since: str
@@ -149,7 +144,7 @@ class UsageService:
         if "secret" not in body and current is not None:
             sealed = current["secret_sealed"]
         else:
-            sealed = self.vendor.keyring.seal(secret, webhook_aad(team.id)) if secret else None
+            sealed = self.vendor.keyring.seal(secret, usage.webhook_aad(team.id)) if secret else None
         await usage.put_webhook(self.store, team.id, url, sealed)
         out = await self.webhook(team)
         assert out is not None

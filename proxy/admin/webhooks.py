@@ -25,11 +25,9 @@ import hmac
 import json
 import logging
 from collections.abc import Iterable
-from typing import Any
 
 import aiohttp
 
-from proxy.admin.usage import webhook_aad
 from proxy.secrets import Keyring
 from proxy.settings import WebhooksSection
 from proxy.store import usage
@@ -165,7 +163,7 @@ class Notifier:
     async def _post(self, hook: Row, body: bytes) -> tuple[int | None, str | None]:
         headers = {"Content-Type": "application/json", "User-Agent": "pullgate-webhook", "X-Pullgate-Event": EVENT}
         if hook["secret_sealed"]:
-            secret = self.keyring.open(hook["secret_sealed"], webhook_aad(hook["team_id"]))
+            secret = self.keyring.open(hook["secret_sealed"], usage.webhook_aad(hook["team_id"]))
             headers[SIGNATURE_HEADER] = signature(secret, body)
         try:
             async with asyncio.timeout(self.cfg.timeout_seconds):
@@ -182,8 +180,3 @@ class Notifier:
         except aiohttp.ClientError as exc:
             return None, f"connection failed ({type(exc).__name__})"
         return status, None if 200 <= status < 300 else f"answered {status}"
-
-
-def deliveries_summary(rows: list[dict[str, Any]]) -> dict[str, int]:
-    """Counts by outcome, for the portal's heading."""
-    return {"ok": sum(1 for r in rows if r["ok"]), "failed": sum(1 for r in rows if not r["ok"])}

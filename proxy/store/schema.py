@@ -99,7 +99,7 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE registries ADD COLUMN anonymous_repositories TEXT NOT NULL DEFAULT '[]'
     """,
-    # 5: egress per customer (issue 13): a daily rollup of the pull log, kept with each batch
+    # 5: egress per customer (issue 13): daily rollups of the pull log, kept with each batch
     # (proxy.store.rollup) and backfilled here from the rows already logged; a monthly egress
     # threshold per customer; the team's webhook, the threshold notifications (one per customer
     # and month: the primary key) and every delivery attempt.
@@ -114,9 +114,41 @@ MIGRATIONS: list[str] = [
         bytes BIGINT NOT NULL DEFAULT 0,
         pulls BIGINT NOT NULL DEFAULT 0,
         requests BIGINT NOT NULL DEFAULT 0,
-        PRIMARY KEY (team_id, day, customer_id, app_slug, registry_slug, image)
+        PRIMARY KEY (customer_id, day, app_slug, registry_slug, image, team_id)
     );
-    CREATE INDEX egress_daily_customer_day ON egress_daily (customer_id, day);
+    CREATE TABLE egress_customer_daily (
+        day TEXT NOT NULL,
+        team_id TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        app_slug TEXT NOT NULL,
+        bytes BIGINT NOT NULL DEFAULT 0,
+        pulls BIGINT NOT NULL DEFAULT 0,
+        requests BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (team_id, day, customer_id, app_slug)
+    );
+    CREATE INDEX egress_customer_daily_customer ON egress_customer_daily (customer_id, day);
+    CREATE TABLE egress_customer_monthly (
+        month TEXT NOT NULL,
+        team_id TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        app_slug TEXT NOT NULL,
+        bytes BIGINT NOT NULL DEFAULT 0,
+        pulls BIGINT NOT NULL DEFAULT 0,
+        requests BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (team_id, month, customer_id, app_slug)
+    );
+    CREATE INDEX egress_customer_monthly_customer ON egress_customer_monthly (customer_id, month);
+    CREATE TABLE egress_image_daily (
+        day TEXT NOT NULL,
+        team_id TEXT NOT NULL,
+        app_slug TEXT NOT NULL,
+        registry_slug TEXT NOT NULL,
+        image TEXT NOT NULL,
+        bytes BIGINT NOT NULL DEFAULT 0,
+        pulls BIGINT NOT NULL DEFAULT 0,
+        requests BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (team_id, day, app_slug, registry_slug, image)
+    );
     INSERT INTO egress_daily (day, team_id, customer_id, app_slug, registry_slug, image, bytes, pulls, requests)
         SELECT substr(time, 1, 10), team_id, customer_id, COALESCE(app_slug, ''), COALESCE(registry_slug, ''),
                COALESCE(image, ''), SUM(bytes), SUM(CASE WHEN action = 'manifest' AND success = 1 THEN 1 ELSE 0 END),
@@ -124,6 +156,15 @@ MIGRATIONS: list[str] = [
         FROM pull_logs WHERE customer_id IS NOT NULL
         GROUP BY substr(time, 1, 10), team_id, customer_id, COALESCE(app_slug, ''), COALESCE(registry_slug, ''),
                  COALESCE(image, '');
+    INSERT INTO egress_customer_daily (day, team_id, customer_id, app_slug, bytes, pulls, requests)
+        SELECT day, team_id, customer_id, app_slug, SUM(bytes), SUM(pulls), SUM(requests) FROM egress_daily
+        GROUP BY day, team_id, customer_id, app_slug;
+    INSERT INTO egress_customer_monthly (month, team_id, customer_id, app_slug, bytes, pulls, requests)
+        SELECT substr(day, 1, 7), team_id, customer_id, app_slug, SUM(bytes), SUM(pulls), SUM(requests)
+        FROM egress_daily GROUP BY substr(day, 1, 7), team_id, customer_id, app_slug;
+    INSERT INTO egress_image_daily (day, team_id, app_slug, registry_slug, image, bytes, pulls, requests)
+        SELECT day, team_id, app_slug, registry_slug, image, SUM(bytes), SUM(pulls), SUM(requests) FROM egress_daily
+        GROUP BY day, team_id, app_slug, registry_slug, image;
     ALTER TABLE customers ADD COLUMN egress_threshold_bytes BIGINT;
     CREATE TABLE team_webhooks (
         team_id TEXT PRIMARY KEY REFERENCES teams(id) ON DELETE CASCADE,

@@ -1,7 +1,7 @@
 """Egress reports, thresholds and the team webhook: the queries, over any Store.
 
-Reports read the daily rollup (`egress_daily`, kept by proxy.store.rollup), never the
-pull log. Every query names the team.
+Reports read the daily rollups (kept by proxy.store.rollup), never the pull log. Every
+query names the team.
 
 Threshold notifications are rows keyed by (customer, month): the INSERT that creates
 one is the whole "once per month" decision, made by the database, so it holds across
@@ -57,16 +57,25 @@ class EgressFilter:
         return sql, params
 
 
+def _table(f: EgressFilter, group_by: str) -> str:
+    """The coarsest rollup that answers: one customer's rows, else the team's images (days,
+    months and apps are sums of either; images is the smaller); customers: _by_customer."""
+    return "egress_daily" if f.customer_id is not None else "egress_image_daily"
+
+
 async def egress(store: Store, f: EgressFilter, group_by: str, limit: int | None = None) -> list[Row]:
-    """Bytes, pulls and requests per group, from the rollup. Sums come back as ints
+    """Bytes, pulls and requests per group, from the rollups. Sums come back as ints
     (PostgreSQL's SUM of a BIGINT is a NUMERIC)."""
-    select, group, order = _GROUPINGS[group_by]
-    where, params = f.where()
-    sql = (
-        f"SELECT {select}, SUM(e.bytes) AS bytes, SUM(e.pulls) AS pulls, SUM(e.requests) AS requests"  # noqa: S608
-        " FROM egress_daily e LEFT JOIN customers c ON c.id = e.customer_id"
-        f"{where} GROUP BY {group} ORDER BY {order}"
-    )
+    if group_by == "customer" and f.customer_id is None:
+        sql, params = _by_customer(f)
+    else:
+        select, group, order = _GROUPINGS[group_by]
+        where, params = f.where()
+        join = " LEFT JOIN customers c ON c.id = e.customer_id" if group_by == "customer" else ""
+        sql = (
+            f"SELECT {select}, SUM(e.bytes) AS bytes, SUM(e.pulls) AS pulls, SUM(e.requests) AS requests"  # noqa: S608
+            f" FROM {_table(f, group_by)} e{join}{where} GROUP BY {group} ORDER BY {order}"
+        )  # the pieces are the fixed strings of _GROUPINGS, _table and where(); values are parameters
     if limit is not None:
         sql, params = sql + " LIMIT ?", [*params, limit]
     rows = await store.fetchall(sql, params)
@@ -76,16 +85,52 @@ async def egress(store: Store, f: EgressFilter, group_by: str, limit: int | None
     return rows
 
 
+def _by_customer(f: EgressFilter) -> tuple[str, list[Any]]:
+    """The team's customers: whole months from the monthly rollup, the days before and
+    after them from the daily one, so a month is one row per customer, not thirty."""
+    first_full = f.since if f.since.endswith("-01") else month_bounds(f.since[:7])[1]
+    last_full = f.until[:7] + "-01"  # the first day of until's month: months before it are whole
+    app = " AND app_slug = ?" if f.app_slug is not None else ""
+    apps = [f.app_slug] if f.app_slug is not None else []
+    parts: list[tuple[str, list[Any]]] = []
+    if first_full < last_full:
+        parts.append(
+            (
+                "SELECT customer_id, app_slug, bytes, pulls, requests FROM egress_customer_monthly"  # noqa: S608
+                " WHERE team_id = ? AND month >= ? AND month < ?" + app,
+                [f.team_id, first_full[:7], last_full[:7], *apps],
+            )
+        )
+        edges = [(f.since, first_full), (last_full, f.until)]
+    else:
+        edges = [(f.since, f.until)]
+    for start, end in edges:
+        if start < end:
+            parts.append(
+                (
+                    "SELECT customer_id, app_slug, bytes, pulls, requests FROM egress_customer_daily"  # noqa: S608
+                    " WHERE team_id = ? AND day >= ? AND day < ?" + app,
+                    [f.team_id, start, end, *apps],
+                )
+            )
+    select, group, order = _GROUPINGS["customer"]
+    union = " UNION ALL ".join(sql for sql, _ in parts)
+    sql = (
+        f"SELECT {select}, SUM(e.bytes) AS bytes, SUM(e.pulls) AS pulls, SUM(e.requests) AS requests"  # noqa: S608
+        f" FROM ({union}) e LEFT JOIN customers c ON c.id = e.customer_id GROUP BY {group} ORDER BY {order}"
+    )
+    return sql, [p for _, params in parts for p in params]
+
+
 async def month_bytes(store: Store, customer_ids: Sequence[str], month: str) -> dict[str, int]:
     """Bytes served this month (YYYY-MM) to each of these customers."""
     if not customer_ids:
         return {}
     marks = ", ".join("?" for _ in customer_ids)
-    start, end = month_bounds(month)
     rows = await store.fetchall(
-        f"SELECT customer_id, SUM(bytes) AS bytes FROM egress_daily WHERE customer_id IN ({marks})"  # noqa: S608
-        " AND day >= ? AND day < ? GROUP BY customer_id",
-        [*customer_ids, start, end],
+        f"SELECT customer_id, SUM(bytes) AS bytes FROM egress_customer_monthly WHERE customer_id IN ({marks})"  # noqa: S608
+        " AND month = ? GROUP BY customer_id",
+        [*customer_ids, month],
     )
     return {r["customer_id"]: int(r["bytes"] or 0) for r in rows}
 
@@ -112,16 +157,15 @@ async def crossed(store: Store, customer_ids: Sequence[str], month: str) -> list
     if not customer_ids:
         return []
     marks = ", ".join("?" for _ in customer_ids)
-    start, end = month_bounds(month)
     rows = await store.fetchall(
         "SELECT c.id AS customer_id, c.team_id, a.slug AS app_slug, c.egress_threshold_bytes AS threshold,"  # noqa: S608
         " SUM(e.bytes) AS bytes FROM customers c JOIN apps a ON a.id = c.app_id"
-        " JOIN egress_daily e ON e.customer_id = c.id AND e.day >= ? AND e.day < ?"
+        " JOIN egress_customer_monthly e ON e.customer_id = c.id AND e.month = ?"
         f" WHERE c.id IN ({marks}) AND c.egress_threshold_bytes IS NOT NULL"
         " AND NOT EXISTS (SELECT 1 FROM egress_notifications n WHERE n.customer_id = c.id AND n.month = ?)"
         " GROUP BY c.id, c.team_id, a.slug, c.egress_threshold_bytes"
         " HAVING SUM(e.bytes) >= c.egress_threshold_bytes",
-        [start, end, *customer_ids, month],
+        [month, *customer_ids, month],
     )
     for row in rows:
         row["bytes"], row["threshold"] = int(row["bytes"]), int(row["threshold"])
@@ -149,6 +193,11 @@ async def notifications_of(store: Store, customer_id: str) -> list[Row]:
 
 
 # --- the team webhook ----------------------------------------------------------------
+
+
+def webhook_aad(team_id: str) -> str:
+    """The associated data a team's webhook secret is sealed with: it opens for that team only."""
+    return f"webhook:{team_id}"
 
 
 async def put_webhook(store: Store, team_id: str, url: str, secret_sealed: str | None) -> None:
@@ -321,3 +370,26 @@ async def iter_pull_logs(
         # A whole page of one millisecond: take that millisecond entirely, then move past it.
         yield await store.fetchall(base + " AND l.time = ? ORDER BY l.time", [*params, last])
         cursor, inclusive = last, False
+
+
+# --- the cache hit ratio ---------------------------------------------------------------
+
+# The pull log's hit|miss column (written by the pull-through cache for manifests and blobs).
+CACHE_COLUMN = "cache"
+
+
+async def cache_hits(store: Store, team_id: str, since: str, until: str) -> tuple[int, int] | None:
+    """(hits, misses) of the team's manifest and blob pulls in [since, until) (days), or None
+    when the pull log has no cache column (a store from before the cache) or nothing counted.
+    Reads the pull log (its team and time index), not a rollup: a panel, not a report."""
+    try:
+        row = await store.fetchone(
+            f"SELECT SUM(CASE WHEN {CACHE_COLUMN} = 'hit' THEN 1 ELSE 0 END) AS hits,"  # noqa: S608
+            f" SUM(CASE WHEN {CACHE_COLUMN} = 'miss' THEN 1 ELSE 0 END) AS misses"
+            " FROM pull_logs WHERE team_id = ? AND time >= ? AND time < ?",
+            (team_id, since, until),
+        )
+    except Exception:  # no such column: "no data", said so on the panel
+        return None
+    hits, misses = int((row or {}).get("hits") or 0), int((row or {}).get("misses") or 0)
+    return (hits, misses) if hits + misses else None

@@ -59,6 +59,15 @@ async def rollup_sums_batches_and_scopes_teams(store: Store) -> None:
     assert [(r["month"], r["bytes"]) for r in by_month] == [("2026-11", 100), ("2026-12", 42)]
     by_customer = await usage.egress(store, f, "customer")
     assert [(r["customer_name"], r["bytes"]) for r in by_customer] == [("Customer c1", 135), ("Customer c2", 7)]
+    # Customers over whole months, part months and both (the monthly and daily rollups together).
+    for since, until, want in (
+        ("2026-11-30", "2027-01-01", [("Customer c1", 135), ("Customer c2", 7)]),
+        ("2026-12-01", "2026-12-02", [("Customer c1", 35)]),
+        ("2026-11-01", "2026-12-02", [("Customer c1", 135)]),
+        ("2026-12-02", "2027-02-01", [("Customer c2", 7)]),
+    ):
+        got = await usage.egress(store, usage.EgressFilter(ids["t1"], since, until), "customer")
+        assert [(r["customer_name"], r["bytes"]) for r in got] == want, (since, until)
     by_image = await usage.egress(store, f, "image", limit=1)
     assert [(r["image"], r["bytes"]) for r in by_image] == [("vendor/app", 137)]
     by_app = await usage.egress(store, usage.EgressFilter(ids["t2"], "2026-12-01", "2026-12-03"), "app")

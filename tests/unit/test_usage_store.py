@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from proxy import keyrotation
+from proxy.secrets import Keyring
 from proxy.store import schema, usage
 from proxy.store.sqlite import SQLiteStore
 from tests.support import usage_scenarios as scenarios
@@ -71,3 +73,15 @@ async def test_the_migration_backfills_the_rollup_from_the_pull_log(tmp_path: Pa
 def test_month_bounds():
     assert usage.month_bounds("2026-12") == ("2026-12-01", "2027-01-01")
     assert usage.month_bounds("2026-02") == ("2026-02-01", "2026-03-01")
+
+
+async def test_key_rotation_reseals_webhook_secrets(store: SQLiteStore, tmp_path: Path):
+    ring = Keyring.load_or_create(tmp_path / "keys.yaml")
+    team = await store.ensure_team("t1")
+    await usage.put_webhook(store, team.id, "https://hooks.example/x", ring.seal("whsec", usage.webhook_aad(team.id)))
+    first = ring.current
+    kid, count = await keyrotation.rotate(store, ring)
+    assert kid != first and count == 1
+    row = await usage.webhook(store, team.id)
+    assert row is not None and kid in row["secret_sealed"]
+    assert ring.open(row["secret_sealed"], usage.webhook_aad(team.id)) == "whsec"
