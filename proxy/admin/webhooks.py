@@ -117,8 +117,10 @@ class Notifier:
 
     async def deliver_due(self) -> None:
         notes = await usage.claim_due(self.store, self.owner, LEASE_SECONDS)
-        if notes:
-            await asyncio.gather(*(self._attempt(n) for n in notes))
+        results = await asyncio.gather(*(self._attempt(n) for n in notes), return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception):  # its lease runs out; a later round tries it again
+                log.error("webhook delivery failed to run (%s)", type(result).__name__)
 
     async def _attempt(self, note: Row) -> None:
         attempt = int(note["attempts"]) + 1
@@ -163,7 +165,10 @@ class Notifier:
     async def _post(self, hook: Row, body: bytes) -> tuple[int | None, str | None]:
         headers = {"Content-Type": "application/json", "User-Agent": "pullgate-webhook", "X-Pullgate-Event": EVENT}
         if hook["secret_sealed"]:
-            secret = self.keyring.open(hook["secret_sealed"], usage.webhook_aad(hook["team_id"]))
+            try:
+                secret = self.keyring.open(hook["secret_sealed"], usage.webhook_aad(hook["team_id"]))
+            except Exception:  # its key left the keyring: an attempt that failed, not a loop that does
+                return None, "the signing secret cannot be decrypted (set the webhook's secret again)"
             headers[SIGNATURE_HEADER] = signature(secret, body)
         try:
             async with asyncio.timeout(self.cfg.timeout_seconds):
