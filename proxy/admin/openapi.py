@@ -301,6 +301,7 @@ PATHS: dict[str, Any] = {
         "delete": _op("Remove an external registry", {"204": {"description": "Removed"}}, errors=("401", "404")),
     },
     "/apps": {"get": _op("List apps", {"200": _json(_wrap("apps", {"type": "array", "items": _ref("App")}))},
+                         params=[_query("excludeChannels", "Accepted and ignored (the replicated CLI sends it)")],
                          errors=("401",))},
     "/app": {"post": _op("Create an app", {"201": _json(_wrap("app", _ref("App")), "Created"), **_CONFLICT},
                          body="AppCreate", errors=("400", "401"))},

@@ -419,6 +419,35 @@ async def test_customers(api: VendorClient, vendor_env: VendorEnv):
     assert (await api.call("GET", "/customers", params={"colour": "x"})).status == 400
 
 
+async def test_release_channels_in_pullgates_spelling(api: VendorClient):
+    app = (await api.call("GET", "/app/alpha-app")).body["app"]
+    assert [(c["name"], c["isDefault"]) for c in app["channels"]] == [
+        ("Stable", True),
+        ("Beta", False),
+        ("Unstable", False),
+    ]
+    assert (await api.call("GET", f"/app/{app['id']}")).body["app"]["slug"] == "alpha-app"  # by id too
+    by_name = await api.call("POST", "/app", {"name": "Named Only"})
+    assert by_name.status == 201 and by_name.body["app"]["slug"] == "named-only"
+    body = {"name": "Chan", "appSlug": "alpha-app", "channels": ["unstable", "Beta"], "customId": "ext-9"}
+    c = (await api.call("POST", "/customer", body)).body["customer"]
+    assert [(ch["name"], ch["isDefaultForCustomer"]) for ch in c["channels"]] == [("Unstable", True), ("Beta", False)]
+    assert c["customId"] == "ext-9" and c["type"] == c["licenseType"] == "prod"
+    moved = await api.call("PATCH", f"/customer/{c['id']}", {"channels": ["Stable"], "customId": None})
+    assert [ch["name"] for ch in moved.body["customer"]["channels"]] == ["Stable"]
+    assert moved.body["customer"]["customId"] is None
+    kept = await api.call("PATCH", f"/customer/{c['id']}", {"name": "Chan 2"})
+    assert [ch["name"] for ch in kept.body["customer"]["channels"]] == ["Stable"]
+    bad = await api.call("PATCH", f"/customer/{c['id']}", {"channels": ["Nightly"], "app_id": "x"})
+    assert bad.status == 400
+    assert bad.body["errors"] == ["app_id: unknown field", "channels[0]: no channel 'Nightly' in app 'alpha-app'"]
+    both = await api.call("POST", "/customer", {**body, "type": "dev", "licenseType": "dev"})
+    assert both.status == 400 and both.body["errors"] == ["licenseType: give type or licenseType, not both"]
+    listed = (await api.call("GET", "/app/alpha-app/channels", params={"channelName": "BETA"})).body["channels"]
+    assert [ch["name"] for ch in listed] == ["Beta"]
+    assert (await api.call("GET", "/app/alpha-app/channels", params={"colour": "x"})).status == 400
+
+
 # --- pulls, the pull log, revocation, allowlist -------------------------------------------
 
 
