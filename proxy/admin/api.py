@@ -231,3 +231,9 @@ def install(
     if extend is not None:
         extend(sub)
     admin.add_subapp(PREFIX, sub)
+
+    async def other_version(request: web.Request) -> web.Response:
+        # Clients of Replicated's other API versions (/vendor/v1...) get a JSON 404 that says why.
+        return web.json_response({"message": f"not found: pullgate serves the vendor API under {PREFIX}"}, status=404)
+
+    admin.router.add_route("*", "/vendor/{tail:.*}", other_version)

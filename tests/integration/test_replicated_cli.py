@@ -113,7 +113,9 @@ class Cli:
         raise AssertionError("the CLI would still be paging")
 
     async def by_name(self, app_id: str, name: str) -> dict[str, Any]:
-        """customer_list.go getCustomerByName: search pages, one exact match, then GET by id."""
+        """customer_list.go GetCustomerByNameOrId: GET by id (a 404 for a name), then
+        getCustomerByName: search pages, one exact match, then GET by id."""
+        await self.send(cli.CUSTOMER_GET, want=404, customerId=quote(name, safe=""))
         found: list[dict[str, Any]] = []
         offset = 0
         while True:
@@ -301,6 +303,10 @@ async def test_what_pullgate_refuses_is_named(alpha: Cli):
         async with aiohttp.ClientSession() as s:
             async with s.get(alpha.env.admin + "/vendor" + path, headers=cli.headers(alpha.token)) as r:
                 assert r.status == 404 and (await r.json())["message"], path
+    # Replicated's older API version (some CLI releases ask it for an app first): a JSON 404 too.
+    async with aiohttp.ClientSession() as s:
+        async with s.get(alpha.env.admin + "/vendor/v1/app/x", headers=cli.headers(alpha.token)) as r:
+            assert r.status == 404 and "/vendor/v3" in (await r.json())["message"]
 
 
 async def test_another_teams_app_is_not_found(alpha: Cli, vendor_env: VendorEnv):
