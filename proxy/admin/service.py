@@ -414,7 +414,7 @@ class VendorService:
         app_key = given.values.get("app")
         app = None
         if not isinstance(app_key, str) or not app_key:
-            checks.append("app: required (appSlug, or app_id as the replicated CLI sends it)")
+            problems.append("appSlug: required (or app_id, as the replicated CLI sends it)")
         else:
             try:
                 app = await self.app(team, app_key)
