@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import secrets
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -227,8 +228,22 @@ async def test_customer_create_ls_inspect(alpha: Cli, vendor_env: VendorEnv):
     assert shown["installationId"] == license_id and shown["channels"][0]["id"] == beta["id"]
     channel = (await alpha.send(cli.CHANNEL_GET, appId=app_id, channel_q=quote(beta["id"], safe="")))["channel"]
     assert channel["name"] == "Beta" and channel["customHostNameOverrides"]["registry"]["hostname"] == ""
+    # The registry host it shows: the team's default verified custom hostname (registryHostname).
+    host = f"cli-{secrets.token_hex(3)}.alpha.example"
+    api = VendorClient(vendor_env, "alpha")
+    made = (await api.call("POST", "/custom_hostnames", {"hostname": host})).body["custom_hostname"]
+    vendor_env.dns.txt[made["verification"]["dnsRecord"]] = [made["verification"]["dnsValue"]]
+    try:
+        verified = await api.call("POST", f"/custom_hostname/{host}/verify")
+        assert verified.body["custom_hostname"]["status"] == "verified"
+        assert (await api.call("POST", f"/custom_hostname/{host}/default")).status == 200
+        hosts = (await alpha.send(cli.CUSTOM_HOSTNAMES, appId=app_id))["Body"]
+        for kind in ("registry", "proxy"):
+            assert [(h["hostname"], h["app_id"]) for h in hosts[kind] if h["is_default"]] == [(host, app_id)]
+    finally:
+        assert (await api.call("DELETE", f"/custom_hostname/{host}")).status == 204  # others expect none
     hosts = (await alpha.send(cli.CUSTOM_HOSTNAMES, appId=app_id))["Body"]
-    assert hosts["registry"] == [] and hosts["proxy"] == []  # alpha verified none
+    assert host not in json.dumps(hosts)
 
 
 async def test_customer_paging_and_test_licenses(alpha: Cli, vendor_env: VendorEnv):
