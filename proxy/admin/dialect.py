@@ -95,7 +95,7 @@ def read_customer(body: Mapping[str, Any], allowed: set[str]) -> CustomerInput:
         if custom in (None, ""):
             values["customId"] = None
         elif not isinstance(custom, str) or len(custom) > MAX_CUSTOM_ID:
-            problems.append(f"customId: must be a string (at most {MAX_CUSTOM_ID} characters)")
+            problems.append(f"{sent['customId']}: must be a string (at most {MAX_CUSTOM_ID} characters)")
             values["customId"] = None
     return out
 

@@ -115,6 +115,8 @@ def test_customer_fields_in_both_spellings():
     assert [c.ref for c in native.channels or []] == ["Beta", "Stable"] and native.problems == []
     update = dialect.read_customer({"appSlug": "x", "is_airgap_enabled": True}, set(dialect.ALIASES) - {"app"})
     assert update.problems == ["appSlug: unknown field", "is_airgap_enabled: unknown field"]
+    too_long = dialect.read_customer({"custom_id": "x" * 201}, set(dialect.ALIASES))
+    assert too_long.problems == ["custom_id: must be a string (at most 200 characters)"]
 
 
 def test_search_reading():
