@@ -311,16 +311,27 @@ async def test_portal_end_to_end(portal: Portal, portal_env: PortalEnv, tmp_path
         await page.fill("#c-email", "ops@portal.test")
         await page.select_option("#c-app", "acme-app")
         await page.fill("#c-exp", "2099-01-31")
+        await page.select_option("#c-channel", "Beta")
+        await page.fill("#c-custom", "crm-portal")
         await portal.submit("form[action$='/customers']")
         assert re.search(r"/portal/customers/[0-9a-f]{32}$", page.url), page.url
         license_id = (await page.inner_text("#license-id")).strip()
         assert len(license_id) >= 32
         assert await page.inner_text("#status") == "active"
-        assert "2099-01-31" in await page.inner_text("dl.facts")
+        facts = await page.inner_text("dl.facts")
+        assert "2099-01-31" in facts and "crm-portal" in facts
+        assert " ".join((await page.inner_text("#channels")).split()) == "Beta (default)"
         customer_url = page.url
         await portal.shot("customer")
+        # Channels changed on the customer's page: Stable added and made the default.
+        await page.check("form[action$='/channels'] input[type=checkbox] >> nth=0")
+        await page.check("form[action$='/channels'] input[type=radio] >> nth=0")
+        await portal.submit("form[action$='/channels']")
+        assert "Channels saved." in await page.inner_text(".flash")
+        assert " ".join((await page.inner_text("#channels")).split()) == "Stable (default), Beta"
         await portal.goto("/customers")
         assert "Portal Customer" in await page.inner_text("#customers")
+        assert "Stable, Beta" in await page.inner_text("#customers")
         assert license_id not in await page.content()  # only on the customer's own page
         await portal.shot("customers")
 

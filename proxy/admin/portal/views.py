@@ -327,9 +327,12 @@ def _date_in(raw: Any) -> str | None:
 
 async def customers(request: web.Request, extra: dict[str, Any] | None = None, status: int = 200) -> web.Response:
     svc, team = _service(request), request[TEAM]
+    apps = await svc.list_apps(team)
     ctx = {
         "customers": await svc.list_customers(team),
-        "apps": await svc.list_apps(team),
+        "apps": apps,
+        # Channel names across the team's apps (each app starts with Stable, Beta, Unstable).
+        "channel_names": list(dict.fromkeys(ch["name"] for a in apps for ch in a["channels"])),
         "license_types": LICENSE_TYPES,
         "values": {},
         "errors": {},
@@ -341,8 +344,12 @@ async def customers(request: web.Request, extra: dict[str, Any] | None = None, s
 
 async def create_customer(request: web.Request) -> web.StreamResponse:
     form = _form(request)
-    body: dict[str, str | None] = {k: str(form.get(k, "")).strip() for k in ("name", "email", "appSlug", "licenseType")}
+    body: dict[str, Any] = {k: str(form.get(k, "")).strip() for k in ("name", "email", "appSlug", "licenseType")}
     body["expiresAt"] = _date_in(form.get("expiresAt"))
+    body["customId"] = str(form.get("customId", "")).strip() or None
+    channel = str(form.get("channel", "")).strip()
+    if channel:
+        body["channels"] = [channel]
     try:
         c = await _service(request).create_customer(request[TEAM], body)
     except Invalid as exc:
@@ -373,8 +380,29 @@ async def customer(request: web.Request, extra: dict[str, Any] | None = None, st
     # The vendor's own page: the one place the portal shows a license ID.
     c = await svc.customer(team, request.match_info["id"], with_license=True)
     hosts = request.app[CONFIG].proxy.hosts
-    ctx = {"c": c, "proxy_host": hosts[0] if hosts else "<proxy host>", "errors": {}, **(extra or {})}
+    ctx = {
+        "c": c,
+        "app_channels": await svc.channels(team, c["appId"]),
+        "proxy_host": hosts[0] if hosts else "<proxy host>",
+        "errors": {},
+        **(extra or {}),
+    }
     return render(request, "customer.html", ctx, status)
+
+
+async def customer_channels(request: web.Request) -> web.StreamResponse:
+    """The checked channels, the one marked default first."""
+    cid, form = request.match_info["id"], _form(request)
+    chosen = [v for v in form.getall("channel", []) if isinstance(v, str)]
+    default = str(form.get("default", ""))
+    ordered = sorted(chosen, key=lambda ch: ch != default)
+    try:
+        if not ordered:
+            raise Invalid(["channels: choose at least one channel"])
+        await _service(request).update_customer(request[TEAM], cid, {"channels": ordered})
+    except Invalid as exc:
+        return await customer(request, {"errors": forms.problems_by_field(exc.problems)}, 400)
+    return _redirect(request, f"/customers/{cid}", "Channels saved.")
 
 
 async def customer_expiry(request: web.Request) -> web.StreamResponse:
@@ -627,6 +655,7 @@ def portal_app(
     r.add_post("/customers/import", import_license)
     r.add_get("/customers/{id}", customer)
     r.add_post("/customers/{id}/expiry", customer_expiry)
+    r.add_post("/customers/{id}/channels", customer_channels)
     r.add_post("/customers/{id}/{action:revoke|archive|restore}", customer_action)
     r.add_get("/logs", pull_logs)
     r.add_get("/apps", apps)
