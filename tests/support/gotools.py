@@ -1,4 +1,4 @@
-"""Go command-line tools (crane, regctl, helm, kustomize) built from the Go module proxy, cached.
+"""Go command-line tools (crane, regctl, helm 3 and 4, oras, kustomize) built from the Go module proxy, cached.
 
 `go install <package>@<version>` with GOBIN=.cache/gotools/<tool>-<version>/, so a
 version is built once and later runs start at once. GOTOOLCHAIN=local: the
@@ -42,6 +42,8 @@ CRANE = GoTool("crane", "github.com/google/go-containerregistry/cmd/crane", "v0.
 REGCTL = GoTool("regctl", "github.com/regclient/regclient/cmd/regctl", "v0.11.7")
 # helm v3.20 needs Go >= 1.25, kustomize v5.8.1 Go >= 1.24 (v5.8.3 needs 1.27).
 HELM = GoTool("helm", "helm.sh/helm/v3/cmd/helm", "v3.20.2")
+HELM4 = GoTool("helm", "helm.sh/helm/v4/cmd/helm", "v4.3.2")
+ORAS = GoTool("oras", "oras.land/oras/cmd/oras", "v1.3.6")
 KUSTOMIZE = GoTool("kustomize", "sigs.k8s.io/kustomize/kustomize/v5", "v5.8.1")
 
 
