@@ -44,6 +44,8 @@ REGCTL = GoTool("regctl", "github.com/regclient/regclient/cmd/regctl", "v0.11.7"
 HELM = GoTool("helm", "helm.sh/helm/v3/cmd/helm", "v3.20.2")
 HELM4 = GoTool("helm", "helm.sh/helm/v4/cmd/helm", "v4.3.2")
 ORAS = GoTool("oras", "oras.land/oras/cmd/oras", "v1.3.6")
+# distribution v3 serves the OCI referrers API, which the Debian docker-registry (2.8) lacks.
+DISTRIBUTION3 = GoTool("registry", "github.com/distribution/distribution/v3/cmd/registry", "v3.1.2")
 KUSTOMIZE = GoTool("kustomize", "sigs.k8s.io/kustomize/kustomize/v5", "v5.8.1")
 
 
