@@ -60,3 +60,16 @@ class Mirror:
             "[[registry.mirror]]\n"
             f'location = "{self.location}"\n' + ("insecure = true\n" if insecure else "")
         )
+
+
+def default_hosts_toml(proxy_host: str, app: str, scheme: str = "https") -> str:
+    """One containerd file for every registry of the app: `certs.d/_default/hosts.toml`.
+    containerd adds `?ns=<image host>` to mirrored requests, and the proxy resolves the
+    registry from it (proxy.pull.resolve). Images of hosts the app has no registry for
+    fail on the proxy (404) and containerd then goes to their own host."""
+    return (
+        "# /etc/containerd/certs.d/_default/hosts.toml\n"
+        f'[host."{scheme}://{proxy_host}/v2/proxy/{app}"]\n'
+        '  capabilities = ["pull", "resolve"]\n'
+        "  override_path = true\n"
+    )

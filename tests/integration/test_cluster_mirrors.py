@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.admin.mirrors import Mirror
+from proxy.admin.mirrors import Mirror, default_hosts_toml
 from tests.support import containerd as ctrd
 from tests.support.ci import unavailable
 from tests.support.deployment import Deployment
@@ -103,6 +103,33 @@ def test_containerd_pulls_by_the_original_name(containerd: ctrd.Containerd, depl
     assert set(refused) == {401} and len(refused) <= 2, [(e["route"], e["status"]) for e in pulls]
     served = [e for e in pulls if e["status"] == 200]
     assert {(e["app"], e["registry"]) for e in served} == {("acme", "vendor-basic")}
+
+
+def test_containerd_one_default_mirror_for_every_registry(
+    containerd: ctrd.Containerd, deployment: Deployment, tmp_path: Path
+):
+    """certs.d/_default: the mirror URL holds no registry; containerd's `?ns=` names it."""
+    hosts = tmp_path / "certs.d"
+    (hosts / "_default").mkdir(parents=True)
+    (hosts / "_default" / "hosts.toml").write_text(default_hosts_toml(deployment.host, "acme", scheme="http"))
+    img = deployment.upstreams["vendor-basic"].images["docker"]
+    original = f"{ENDPOINT}/{img.repo}:{img.tag}"
+    mark = len(deployment.server.log_text().splitlines())
+    res = containerd.ctr(
+        [
+            "content",
+            "fetch",
+            "--hosts-dir",
+            str(hosts),
+            "--user",
+            f"LICENSE_ID:{deployment.licenses['valid']}",
+            original,
+        ]
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert containerd.ctr_bytes(["content", "get", img.digest]) == img.manifest
+    served = [e for e in _access(deployment, mark) if e["route"] in ("manifests", "blobs") and e["status"] == 200]
+    assert served and {(e["app"], e["registry"]) for e in served} == {("acme", "vendor-basic")}
 
 
 def test_containerd_mirror_with_a_wrong_license_fails(
