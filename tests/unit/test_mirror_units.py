@@ -4,6 +4,7 @@ name resolves to (with and without containerd's `?ns=`), and the snippets the po
 from __future__ import annotations
 
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -123,3 +124,22 @@ def test_default_hosts_toml_has_no_registry_in_its_url():
     assert doc["host"] == {
         "https://proxy.example.com/v2/proxy/myapp": {"capabilities": ["pull", "resolve"], "override_path": True}
     }
+
+
+README_EXAMPLES = [
+    ("ecr", "123456789012.dkr.ecr.us-east-1.amazonaws.com"),
+    ("hub", "docker.io"),
+    ("ghcr", "ghcr.io"),
+    ("gar", "us-docker.pkg.dev"),
+    ("quay", "quay.io"),
+    ("vendor", "registry.vendor.example"),
+]
+
+
+@pytest.mark.parametrize(("slug", "endpoint"), README_EXAMPLES)
+def test_the_readme_shows_what_the_portal_renders(slug: str, endpoint: str):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    mirror = Mirror("proxy.vendor.example", "myapp", slug, endpoint)
+    assert mirror.hosts_toml() in readme
+    assert mirror.registries_conf() in readme
+    assert default_hosts_toml("proxy.vendor.example", "myapp") in readme

@@ -13,7 +13,7 @@ import json
 import pytest
 from multidict import CIMultiDict
 
-from proxy.pull.relay import upstream_error
+from proxy.pull.relay import passed_headers, upstream_error
 
 
 class Upstream404:
@@ -64,3 +64,16 @@ async def test_an_unknown_repository_stays_name_unknown():
 async def test_other_routes_keep_their_404_codes(kind: str):
     err = await upstream_error(Upstream404(b"404 page not found\n", "text/plain"), kind, "up")  # type: ignore[arg-type]
     assert err.status == 404 and err.code.value != "UNSUPPORTED"
+
+
+def test_an_upstream_index_keeps_its_filter_header_and_content_type():
+    """A registry with the API: `OCI-Filters-Applied` (the `artifactType` filter it applied)
+    and the exact index media type (oras checks it) reach the client."""
+    upstream = Upstream404(b"", "application/vnd.oci.image.index.v1+json")
+    upstream.headers["OCI-Filters-Applied"] = "artifactType"
+    upstream.headers["X-Internal"] = "not relayed"
+    headers = passed_headers(upstream)  # type: ignore[arg-type]
+    assert headers == {
+        "Content-Type": "application/vnd.oci.image.index.v1+json",
+        "OCI-Filters-Applied": "artifactType",
+    }
