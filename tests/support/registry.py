@@ -1,4 +1,4 @@
-"""A real docker-registry (distribution 2.8, or a given v3 binary) on 127.0.0.1: auth none, htpasswd or token."""
+"""A real docker-registry (distribution 2.8) on 127.0.0.1: auth none, htpasswd or token."""
 
 from __future__ import annotations
 
@@ -39,10 +39,8 @@ class Registry:
         issuer: str = "pullgate-test-issuer",
         workdir: Path | None = None,
         name: str = "registry",
-        binary: str = REGISTRY_BIN,
     ) -> None:
         self.auth: AuthMode = auth
-        self.binary = binary  # distribution v3 (built by tests.support.gotools) serves the referrers API
         self.name = name
         self.username: str | None = None if auth == "none" else username
         self.password: str | None = None
@@ -112,7 +110,7 @@ class Registry:
             cfg_path.write_text(json.dumps(config, indent=2))  # JSON is YAML
             # A clean environment: REGISTRY_* variables would override the file.
             env = {"PATH": "/usr/bin:/bin", "HOME": str(self.dir)}
-            self.proc = ManagedProcess([self.binary, "serve", str(cfg_path)], self.dir, f"{self.name}-{attempt}", env)
+            self.proc = ManagedProcess([REGISTRY_BIN, "serve", str(cfg_path)], self.dir, f"{self.name}-{attempt}", env)
             try:
                 wait_http(self.url + "/v2/", 15, self.proc)
                 return
