@@ -105,6 +105,32 @@ def test_containerd_pulls_by_the_original_name(containerd: ctrd.Containerd, depl
     assert {(e["app"], e["registry"]) for e in served} == {("acme", "vendor-basic")}
 
 
+def test_containerd_pulls_and_unpacks_by_the_original_name(
+    containerd: ctrd.Containerd, deployment: Deployment, rootfs_image: PushedImage, tmp_path: Path
+):
+    """`ctr images pull` as the README shows it: fetched through the mirror, then unpacked."""
+    original = f"{ENDPOINT}/{rootfs_image.repo}:{rootfs_image.tag}"
+    res = containerd.ctr(
+        [
+            "images",
+            "pull",
+            "--hosts-dir",
+            str(_hosts_dir(deployment, tmp_path)),
+            "--platform",
+            "linux/amd64",
+            "--user",
+            f"LICENSE_ID:{deployment.licenses['valid']}",
+            original,
+        ]
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    deployment.assert_clean(res.stdout + res.stderr, "ctr output")
+    check = containerd.ctr(["images", "check"]).stdout
+    row = next(line for line in check.splitlines() if line.startswith(original + " "))
+    assert "complete" in row and row.split()[-1] == "true", check  # fetched and unpacked
+    assert rootfs_image.digest in row
+
+
 def test_containerd_one_default_mirror_for_every_registry(
     containerd: ctrd.Containerd, deployment: Deployment, tmp_path: Path
 ):

@@ -289,6 +289,8 @@ async def test_portal_end_to_end(portal: Portal, portal_env: PortalEnv, tmp_path
             f'[host."https://{env.server.host}/v2/proxy/acme-app/portal-basic"]' in toml
             and "override_path = true" in toml
         )
+        default = await page.locator("#mirrors-acme-app pre.hosts-toml-default").text_content()
+        assert default is not None and f'[host."https://{env.server.host}/v2/proxy/acme-app"]' in default, default
         conf = await page.locator("#mirrors-acme-app pre.registries-conf[data-registry=portal-basic]").text_content()
         assert conf is not None and f'location = "{env.server.host}/proxy/acme-app/portal-basic"' in conf, conf
         await portal.shot("images")
