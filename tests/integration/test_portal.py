@@ -282,6 +282,17 @@ async def test_portal_end_to_end(portal: Portal, portal_env: PortalEnv, tmp_path
         assert "other" in await row.inner_text() and "password" in await row.inner_text()
         refs = await page.inner_text("ul.refs")
         assert f"{env.server.host}/proxy/acme-app/portal-basic/<repo>:<tag>" in refs
+        # The cluster mirror snippets for the team (containerd hosts.toml, registries.conf).
+        toml = await page.locator("#mirrors-acme-app pre.hosts-toml[data-registry=portal-basic]").text_content()
+        assert toml is not None and toml.startswith("# /etc/containerd/certs.d/portal-basic.test/hosts.toml"), toml
+        assert (
+            f'[host."https://{env.server.host}/v2/proxy/acme-app/portal-basic"]' in toml
+            and "override_path = true" in toml
+        )
+        default = await page.locator("#mirrors-acme-app pre.hosts-toml-default").text_content()
+        assert default is not None and f'[host."https://{env.server.host}/v2/proxy/acme-app"]' in default, default
+        conf = await page.locator("#mirrors-acme-app pre.registries-conf[data-registry=portal-basic]").text_content()
+        assert conf is not None and f'location = "{env.server.host}/proxy/acme-app/portal-basic"' in conf, conf
         await portal.shot("images")
 
     async with portal.step("test-registry"):

@@ -19,6 +19,7 @@ import jinja2
 from aiohttp import web
 from multidict import MultiDict, MultiMapping
 
+from proxy.admin.mirrors import Mirror, default_hosts_toml
 from proxy.admin.portal import forms
 from proxy.admin.portal.session import (
     FLASH_COOKIE,
@@ -230,7 +231,10 @@ async def images(request: web.Request, extra: dict[str, Any] | None = None, stat
     for app in apps:
         serving = [r for r in registries if not r["appIds"] or app["id"] in r["appIds"]]
         refs = [f"{proxy_host}/proxy/{app['slug']}/{r['slug']}/<repo>:<tag>" for r in serving]
-        references.append({"app": app, "refs": refs})
+        # Cluster mirrors: the same images by their original names (containerd, podman/CRI-O).
+        mirrors = [Mirror(proxy_host, app["slug"], r["slug"], r["endpoint"]) for r in serving]
+        default = default_hosts_toml(proxy_host, app["slug"])
+        references.append({"app": app, "refs": refs, "mirrors": mirrors, "default_toml": default})
     tab = (extra or {}).get("tab") or _tab(request)
     tabs = forms.tabs()
     ctx = {
