@@ -174,7 +174,10 @@ def admin_app(services: Services) -> web.Application:
     # One budget of KOTS license imports per team, for the API and the portal together.
     per_minute = services.cfg.limits.license_imports_per_minute
     imports = RateLimiter(per_minute, per_minute, max_keys=10_000, key=str)
-    vendor = VendorService(services.store, services.keyring, services.read_cache, services.upstream, imports)
+    public_host = services.cfg.proxy.hosts[0] if services.cfg.proxy.hosts else None
+    vendor = VendorService(
+        services.store, services.keyring, services.read_cache, services.upstream, imports, public_host
+    )
 
     def extend(sub: web.Application) -> None:
         if hostnames is not None:
@@ -185,7 +188,7 @@ def admin_app(services: Services) -> web.Application:
     # The web portal: the same team-scoped service layer, behind a browser session.
     portal.install(
         app,
-        VendorService(services.store, services.keyring, services.read_cache, services.upstream, imports),
+        VendorService(services.store, services.keyring, services.read_cache, services.upstream, imports, public_host),
         services.cfg,
         hostnames,
     )

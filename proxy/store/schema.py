@@ -99,7 +99,38 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE registries ADD COLUMN anonymous_repositories TEXT NOT NULL DEFAULT '[]'
     """,
-    # 5: egress per customer (issue 13): daily rollups of the pull log, kept with each batch
+    # 5 (release channels, for the `replicated` CLI): every app has channels (Stable,
+    # Beta, Unstable to begin with); a customer is on one or more, one of them its default;
+    # a customer may carry the vendor's own id (custom_id). Existing customers go on Stable.
+    """
+    CREATE TABLE app_channels (
+        id TEXT PRIMARY KEY,
+        app_id TEXT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        slug TEXT NOT NULL,
+        position INTEGER NOT NULL DEFAULT 0,
+        is_default INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        UNIQUE (app_id, slug)
+    );
+    INSERT INTO app_channels (id, app_id, name, slug, position, is_default, created_at)
+        SELECT id || '-stable', id, 'Stable', 'stable', 0, 1, created_at FROM apps;
+    INSERT INTO app_channels (id, app_id, name, slug, position, is_default, created_at)
+        SELECT id || '-beta', id, 'Beta', 'beta', 1, 0, created_at FROM apps;
+    INSERT INTO app_channels (id, app_id, name, slug, position, is_default, created_at)
+        SELECT id || '-unstable', id, 'Unstable', 'unstable', 2, 0, created_at FROM apps;
+    CREATE TABLE customer_channels (
+        customer_id TEXT NOT NULL REFERENCES customers(id) ON DELETE CASCADE,
+        channel_id TEXT NOT NULL REFERENCES app_channels(id) ON DELETE CASCADE,
+        is_default INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (customer_id, channel_id)
+    );
+    CREATE INDEX customer_channels_channel ON customer_channels (channel_id);
+    INSERT INTO customer_channels (customer_id, channel_id, is_default)
+        SELECT id, app_id || '-stable', 1 FROM customers;
+    ALTER TABLE customers ADD COLUMN custom_id TEXT
+    """,
+    # 6: egress per customer (issue 13): daily rollups of the pull log, kept with each batch
     # (proxy.store.rollup) and backfilled here from the rows already logged; a monthly egress
     # threshold per customer; the team's webhook, the threshold notifications (one per customer
     # and month: the primary key) and every delivery attempt.

@@ -20,6 +20,7 @@ from aiohttp import web
 from multidict import MultiDict, MultiMapping
 
 from proxy.admin import csvexport
+from proxy.admin.mirrors import Mirror, default_hosts_toml
 from proxy.admin.portal import forms, usage_pages
 from proxy.admin.portal.session import (
     FLASH_COOKIE,
@@ -232,7 +233,10 @@ async def images(request: web.Request, extra: dict[str, Any] | None = None, stat
     for app in apps:
         serving = [r for r in registries if not r["appIds"] or app["id"] in r["appIds"]]
         refs = [f"{proxy_host}/proxy/{app['slug']}/{r['slug']}/<repo>:<tag>" for r in serving]
-        references.append({"app": app, "refs": refs})
+        # Cluster mirrors: the same images by their original names (containerd, podman/CRI-O).
+        mirrors = [Mirror(proxy_host, app["slug"], r["slug"], r["endpoint"]) for r in serving]
+        default = default_hosts_toml(proxy_host, app["slug"])
+        references.append({"app": app, "refs": refs, "mirrors": mirrors, "default_toml": default})
     tab = (extra or {}).get("tab") or _tab(request)
     tabs = forms.tabs()
     ctx = {
@@ -329,9 +333,12 @@ def _date_in(raw: Any) -> str | None:
 
 async def customers(request: web.Request, extra: dict[str, Any] | None = None, status: int = 200) -> web.Response:
     svc, team = _service(request), request[TEAM]
+    apps = await svc.list_apps(team)
     ctx = {
         "customers": await svc.list_customers(team),
-        "apps": await svc.list_apps(team),
+        "apps": apps,
+        # Channel names across the team's apps (each app starts with Stable, Beta, Unstable).
+        "channel_names": list(dict.fromkeys(ch["name"] for a in apps for ch in a["channels"])),
         "license_types": LICENSE_TYPES,
         "values": {},
         "errors": {},
@@ -343,8 +350,12 @@ async def customers(request: web.Request, extra: dict[str, Any] | None = None, s
 
 async def create_customer(request: web.Request) -> web.StreamResponse:
     form = _form(request)
-    body: dict[str, str | None] = {k: str(form.get(k, "")).strip() for k in ("name", "email", "appSlug", "licenseType")}
+    body: dict[str, Any] = {k: str(form.get(k, "")).strip() for k in ("name", "email", "appSlug", "licenseType")}
     body["expiresAt"] = _date_in(form.get("expiresAt"))
+    body["customId"] = str(form.get("customId", "")).strip() or None
+    channel = str(form.get("channel", "")).strip()
+    if channel:
+        body["channels"] = [channel]
     try:
         c = await _service(request).create_customer(request[TEAM], body)
     except Invalid as exc:
@@ -375,9 +386,30 @@ async def customer(request: web.Request, extra: dict[str, Any] | None = None, st
     # The vendor's own page: the one place the portal shows a license ID.
     c = await svc.customer(team, request.match_info["id"], with_license=True)
     hosts = request.app[CONFIG].proxy.hosts
-    ctx = {"c": c, "proxy_host": hosts[0] if hosts else "<proxy host>", "errors": {}, **(extra or {})}
+    ctx = {
+        "c": c,
+        "app_channels": await svc.channels(team, c["appId"]),
+        "proxy_host": hosts[0] if hosts else "<proxy host>",
+        "errors": {},
+        **(extra or {}),
+    }
     ctx |= await usage_pages.customer_usage(UsageService(svc), team, c["id"], PREFIX)
     return render(request, "customer.html", ctx, status)
+
+
+async def customer_channels(request: web.Request) -> web.StreamResponse:
+    """The checked channels, the one marked default first."""
+    cid, form = request.match_info["id"], _form(request)
+    chosen = [v for v in form.getall("channel", []) if isinstance(v, str)]
+    default = str(form.get("default", ""))
+    ordered = sorted(chosen, key=lambda ch: ch != default)
+    try:
+        if not ordered:
+            raise Invalid(["channels: choose at least one channel"])
+        await _service(request).update_customer(request[TEAM], cid, {"channels": ordered})
+    except Invalid as exc:
+        return await customer(request, {"errors": forms.problems_by_field(exc.problems)}, 400)
+    return _redirect(request, f"/customers/{cid}", "Channels saved.")
 
 
 async def customer_threshold(request: web.Request) -> web.StreamResponse:
@@ -707,6 +739,7 @@ def portal_app(
     r.add_get("/customers/{id}", customer)
     r.add_post("/customers/{id}/expiry", customer_expiry)
     r.add_post("/customers/{id}/threshold", customer_threshold)
+    r.add_post("/customers/{id}/channels", customer_channels)
     r.add_post("/customers/{id}/{action:revoke|archive|restore}", customer_action)
     r.add_get("/logs", pull_logs)
     r.add_get("/logs.csv", pull_logs_csv)
