@@ -16,8 +16,10 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.admin import csvexport
 from proxy.admin.openapi import document
 from proxy.admin.service import VendorService
+from proxy.admin.usage import UsageService
 from proxy.apierrors import Invalid, Unauthorized, VendorError
 from proxy.store.models import Team
 
@@ -193,8 +195,14 @@ def api_app(service: VendorService) -> web.Application:
         return json_answer({"customer": customer, "created": created}, 201 if created else 200)
 
     # -- pull logs
-    async def pull_logs(request: web.Request) -> web.Response:
-        return json_answer({"logs": await svc.pull_logs(team(request), dict(request.query))})
+    async def pull_logs(request: web.Request) -> web.StreamResponse:
+        if csvexport.wants_csv(request):  # every matching row, oldest first, streamed
+            pages = await UsageService(svc).pull_log_pages(team(request), request.query)
+            return await csvexport.stream(request, "pull-logs.csv", csvexport.PULL_LOG_COLUMNS, pages)
+        query = dict(request.query)
+        if query.pop("format", "json") != "json":
+            raise Invalid(["format: json or csv"])
+        return json_answer({"logs": await svc.pull_logs(team(request), query)})
 
     r.add_get("/openapi.json", openapi)
     r.add_get("/external_registries", registries)

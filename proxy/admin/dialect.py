@@ -24,6 +24,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "expiresAt": ("expiresAt", "expires_at"),
     "customId": ("customId", "custom_id"),
     "channels": ("channels",),
+    "egressThresholdBytes": ("egressThresholdBytes",),  # monthly egress threshold (proxy.admin.usage)
 }
 # Feature flags of a Replicated license: accepted, ignored (pullgate has nothing they switch).
 IGNORED_FLAG = re.compile(r"^is_[a-z0-9_]+$")

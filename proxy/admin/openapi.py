@@ -60,6 +60,11 @@ def _op(
     return op
 
 
+def _with_csv(response: dict[str, Any]) -> dict[str, Any]:
+    """The same answer, also offered as CSV (`?format=csv` or `Accept: text/csv`)."""
+    return {**response, "content": {**response["content"], "text/csv": {"schema": {"type": "string"}}}}
+
+
 def _path_param(name: str, description: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "description": description, "schema": {"type": "string"}}
 
@@ -74,6 +79,8 @@ def _query(name: str, description: str, fmt: str | None = None) -> dict[str, Any
 # The schemas read as a table (one property per line, as in the OpenAPI text): not reformatted.
 # fmt: off
 _TIME = {"type": "string", "format": "date-time"}
+_THRESHOLD = _nullable("integer", minimum=1, description="Monthly egress (bytes served) past which the team's "
+                       "webhook is told, once a month (event egress.threshold_reached); null: none")
 _CONFLICT = {"409": _json(_ref("Error"), "The slug is taken")}
 
 SCHEMAS: dict[str, Any] = {
@@ -178,13 +185,14 @@ SCHEMAS: dict[str, Any] = {
          "status": {"type": "string", "enum": ["active", "revoked", "archived"]},
          "createdAt": _nullable("string", format="date-time"),
          "customId": _nullable("string", description="The vendor's own id of the customer"),
+         "egressThresholdBytes": _THRESHOLD,
          "channels": {"type": "array", "items": _ref("ChannelRef"), "minItems": 1,
                       "description": "Its release channels, its default first"},
          "licenseId": _nullable("string", description="Only at creation and in GET /customer/{id}"),
          "installationId": _nullable("string", description="= licenseId (the replicated CLI's name); only "
                                      "where licenseId is shown")},
         ["id", "name", "email", "appSlug", "appId", "licenseType", "type", "expiresAt", "status", "createdAt",
-         "customId", "channels"],
+         "customId", "channels", "egressThresholdBytes"],
     ),
     "CustomerCreate": {
         "type": "object",
@@ -202,6 +210,7 @@ SCHEMAS: dict[str, Any] = {
             "expiresAt": _nullable("string", description="ISO 8601 time; empty or null: never"),
             "expires_at": _nullable("string", description="ISO 8601 time; empty or null: never"),
             "customId": _nullable("string"), "custom_id": _nullable("string"),
+            "egressThresholdBytes": _THRESHOLD,
             "channels": {"type": ["array", "null"], "description": "Channel names, slugs or ids, or the CLI's "
                          "objects; none given: the app's default channel (Stable)",
                          "items": {"oneOf": [{"type": "string"}, _ref("CustomerChannelChoice")]}},
@@ -224,7 +233,7 @@ SCHEMAS: dict[str, Any] = {
         {"name": {"type": "string"}, "email": _nullable("string"),
          "licenseType": {"type": "string", "enum": list(LICENSE_TYPES)},
          "expiresAt": _nullable("string", format="date-time"),
-         "customId": _nullable("string"),
+         "customId": _nullable("string"), "egressThresholdBytes": _THRESHOLD,
          "channels": {"type": "array", "items": {"type": "string"}, "description": "Channel names, slugs or "
                       "ids, the default first; replaces the customer's channels"}},
     ),
@@ -264,8 +273,11 @@ _LOG_FILTERS = [
     _query("registry", "Registry slug or endpoint"),
     _query("since", "From this time (inclusive), ISO 8601", "date-time"),
     _query("until", "Before this time, ISO 8601", "date-time"),
-    _query("limit", "At most this many rows (1-1000, default 500), newest first"),
+    _query("limit", "At most this many rows (1-1000, default 500), newest first; with CSV, no default bound"),
+    _query("format", "json (default) or csv (also chosen by Accept: text/csv): every matching row, oldest "
+           "first, streamed; cells starting with = + - @ are prefixed with '"),
 ]
+
 
 PATHS: dict[str, Any] = {
     "/openapi.json": {"get": {"summary": "This document", "security": [],
@@ -340,8 +352,8 @@ PATHS: dict[str, Any] = {
         ),
     },
     "/pull_logs": {
-        "get": _op("Pull log, newest first", {"200": _json(_wrap("logs", {"type": "array",
-                   "items": _ref("PullLog")}))}, params=_LOG_FILTERS),
+        "get": _op("Pull log, newest first (CSV: oldest first)", {"200": _with_csv(_json(_wrap("logs", {"type": "array",
+                   "items": _ref("PullLog")})))}, params=_LOG_FILTERS),
     },
 }
 
@@ -442,6 +454,78 @@ PATHS["/customers/search"] = {
                                        "total_hits": {"type": "integer"}}, ["customers", "total_hits"]))},
                    body="CustomerSearch"),
              "tags": _CLI},
+}
+
+# Egress per customer (from the daily rollup), thresholds and the team webhook.
+_SUMS = {"bytes": {"type": "integer", "description": "Bytes served"},
+         "pulls": {"type": "integer", "description": "Successful manifest GETs"},
+         "requests": {"type": "integer", "description": "Requests of every kind"}}
+SCHEMAS["EgressRow"] = _obj(
+    {"day": {"type": "string", "format": "date"}, "month": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
+     "customerId": {"type": "string"}, "customerName": _nullable("string"), "appSlug": {"type": "string"},
+     "registry": _nullable("string"), "image": _nullable("string"), **_SUMS},
+    ["bytes", "pulls", "requests"],
+)
+SCHEMAS["Egress"] = _obj(
+    {"since": {"type": "string", "format": "date"}, "until": {"type": "string", "format": "date"},
+     "groupBy": {"enum": ["day", "month", "customer", "app", "image"]},
+     "customer": _nullable("string"), "app": _nullable("string"),
+     "totals": _obj(_SUMS, ["bytes", "pulls", "requests"]),
+     "rows": {"type": "array", "items": _ref("EgressRow")}},
+    ["since", "until", "groupBy", "customer", "app", "totals", "rows"],
+)
+SCHEMAS["CustomerEgress"] = _obj(
+    {"month": {"type": "string"}, "bytes": {"type": "integer"}, "thresholdBytes": _nullable("integer"),
+     "reached": {"type": "boolean"}, "percent": _nullable("number"),
+     "notification": {"oneOf": [{"type": "null"}, _obj({"state": {"enum": ["pending", "delivered", "failed",
+                      "no_webhook"]}, "attempts": {"type": "integer"}, "at": {"type": "string"}},
+                      ["state", "attempts", "at"])]}},
+    ["month", "bytes", "thresholdBytes", "reached", "percent", "notification"],
+)
+SCHEMAS["Webhook"] = _obj(
+    {"url": {"type": "string"}, "secretSet": {"type": "boolean", "description": "The secret itself is never shown"},
+     "updatedAt": {"type": "string"}},
+    ["url", "secretSet", "updatedAt"],
+)
+SCHEMAS["WebhookUpdate"] = _obj(
+    {"url": {"type": "string", "description": "http(s) URL; must pass the egress policy (400 names the rule)"},
+     "secret": {"type": ["string", "null"], "writeOnly": True, "description": "HMAC-SHA256 key of "
+                "X-Pullgate-Signature (stored encrypted); null: none; left out: kept (the url unchanged)"}},
+    ["url"],
+)
+SCHEMAS["WebhookDelivery"] = _obj(
+    {"id": {"type": "string"}, "event": {"type": "string"}, "customerId": _nullable("string"),
+     "month": _nullable("string"), "attempt": {"type": "integer"}, "time": _TIME, "url": {"type": "string"},
+     "status": _nullable("integer", description="The receiver's HTTP status; null when none came"),
+     "error": _nullable("string"), "ok": {"type": "boolean"}},
+    ["id", "event", "customerId", "month", "attempt", "time", "url", "status", "error", "ok"],
+)
+PATHS["/egress"] = {
+    "get": _op("Egress (bytes served) per day, month, customer, app or image, from the daily rollup",
+               {"200": _with_csv(_json(_ref("Egress")))},
+               params=[_query("customer", "Customer id"), _query("app", "App slug"),
+                       _query("since", "First day (UTC, inclusive), YYYY-MM-DD or an ISO time; default: the "
+                              "first of this month", "date"),
+                       _query("until", "Day after the last (exclusive); default: tomorrow", "date"),
+                       _query("groupBy", "day (default), month, customer, app or image"),
+                       _query("format", "json (default) or csv (also chosen by Accept: text/csv)")]),
+}
+PATHS["/customer/{id}/egress"] = {
+    "parameters": [_path_param("id", "Customer id")],
+    "get": _op("This month's egress against the customer's threshold, and its notification",
+               {"200": _json(_wrap("egress", _ref("CustomerEgress")))}, errors=("401", "404")),
+}
+PATHS["/team/webhook"] = {
+    "get": _op("The team's webhook (url, and whether a secret is set); null when none",
+               {"200": _json(_wrap("webhook", {"oneOf": [{"type": "null"}, _ref("Webhook")]}))}, errors=("401",)),
+    "put": _op("Set the team's webhook (egress.threshold_reached events, signed with the secret)",
+               {"200": _json(_wrap("webhook", _ref("Webhook")))}, body="WebhookUpdate", errors=("400", "401")),
+    "delete": _op("Remove the team's webhook", {"204": {"description": "Removed"}}, errors=("401", "404")),
+}
+PATHS["/team/webhook/deliveries"] = {
+    "get": _op("Every delivery attempt, newest first",
+               {"200": _json(_wrap("deliveries", {"type": "array", "items": _ref("WebhookDelivery")}))},
+               params=[_query("customer", "Customer id"), _query("limit", "At most this many (1-500, default 100)")]),
 }
 
 for _action, _what in (("revoke", "Revoke"), ("archive", "Archive"), ("restore", "Restore (make active again)")):

@@ -28,6 +28,7 @@ from proxy.licenses import kots
 from proxy.oci.allowlist import check_patterns
 from proxy.ratelimit import RateLimiter
 from proxy.secrets import Keyring
+from proxy.store import usage
 from proxy.store.base import Conflict as StoreConflict
 from proxy.store.base import Store, new_id, parse_time, to_stored_time
 from proxy.store.models import App, Channel, Customer, Registry, Team
@@ -50,6 +51,7 @@ VALIDATION_IMAGE = "pullgate/credentials-check:latest"
 LICENSE_ALPHABET = string.ascii_letters + string.digits
 LICENSE_LENGTH = 32  # 32 characters of 62: about 190 bits
 MAX_LOGS = 1000
+MAX_THRESHOLD = 2**62  # a BIGINT with room to add a month of bytes to it
 RESERVED_SLUGS = frozenset({"test", "logs"})  # /external_registry/test and /logs
 # A license that verifies but whose licenseID another team holds gets the very answer a
 # wrong signature gets: the import is no oracle of other teams' licenses.
@@ -411,6 +413,7 @@ class VendorService:
         problems = given.problems
         checks: list[str] = []
         name, email, expires, ltype = _customer_fields(given.values, checks, None)
+        threshold = threshold_in(given.values, checks)
         app_key = given.values.get("app")
         app = None
         if not isinstance(app_key, str) or not app_key:
@@ -437,6 +440,8 @@ class VendorService:
             custom_id=given.values.get("customId"),
             channels=channels or None,
         )
+        if threshold is not None:
+            await usage.set_threshold(self.store, cid, threshold)
         out = await self._out(team, cid)
         _show_license(out, license_id)
         return out
@@ -446,6 +451,7 @@ class VendorService:
         given = dialect.read_customer(body, set(dialect.ALIASES) - {"app"})
         checks: list[str] = []
         name, email, expires, ltype = _customer_fields(given.values, checks, c)
+        threshold = threshold_in(given.values, checks)
         app = await self.app(team, c.app_id)
         channels = await self._channel_links(team, app, given.channels, checks)
         problems = given.problems + given.rename(checks)
@@ -460,6 +466,8 @@ class VendorService:
             custom_id=given.values["customId"] if "customId" in given.values else c.custom_id,
             channels=channels,
         )
+        if THRESHOLD in given.values:
+            await usage.set_threshold(self.store, c.id, threshold)
         self.read_cache.invalidate()
         await self.store.notify("customer")  # the other replicas' caches
         return await self._out(team, c.id)
@@ -543,15 +551,18 @@ class VendorService:
         return await self._out(team, cid), existing is None
 
     # --- pull logs ----------------------------------------------------------------
-    async def pull_logs(self, team: Team, query: Mapping[str, str]) -> list[dict[str, Any]]:
+    async def pull_log_filter(
+        self, team: Team, query: Mapping[str, str], max_limit: int | None = MAX_LOGS
+    ) -> PullLogFilter:
+        """The checked filters of a pull-log query; `max_limit` None: no bound, no default (CSV)."""
         problems = _unknown_keys(query, {"customer", "registry", "endpoint", "since", "until", "limit"})
         since = _query_time(query.get("since"), "since", problems)
         until = _query_time(query.get("until"), "until", problems)
-        limit = 500
+        limit = 500 if max_limit is not None else None
         if "limit" in query:
             raw = query["limit"]
-            if not raw.isdigit() or not 1 <= int(raw) <= MAX_LOGS:
-                problems.append(f"limit: a whole number from 1 to {MAX_LOGS}")
+            if not raw.isdigit() or not 1 <= int(raw) <= (max_limit or 2**31):
+                problems.append(f"limit: a whole number from 1 to {max_limit or 2**31}")
             else:
                 limit = int(raw)
         if problems:
@@ -559,10 +570,28 @@ class VendorService:
         customer_id = (await self.customer_obj(team, query["customer"])).id if query.get("customer") else None
         name = query.get("registry") or query.get("endpoint")
         registry_slug = (await self.registry(team, name)).slug if name else None
+        return PullLogFilter(customer_id, registry_slug, since, until, limit)
+
+    async def pull_logs(self, team: Team, query: Mapping[str, str]) -> list[dict[str, Any]]:
+        f = await self.pull_log_filter(team, query)
         rows = await self.store.pull_logs(
-            team.id, customer_id=customer_id, registry_slug=registry_slug, since=since, until=until, limit=limit
+            team.id,
+            customer_id=f.customer_id,
+            registry_slug=f.registry_slug,
+            since=f.since,
+            until=f.until,
+            limit=f.limit or 500,
         )
         return [pull_log_json(r) for r in rows]
+
+
+@dataclass(frozen=True)
+class PullLogFilter:
+    customer_id: str | None
+    registry_slug: str | None
+    since: str | None
+    until: str | None
+    limit: int | None
 
 
 # --- shapes ---------------------------------------------------------------------
@@ -659,6 +688,7 @@ def customer_json(c: Customer, channels: list[tuple[Channel, bool]]) -> dict[str
         "createdAt": c.created_at,
         "customId": c.custom_id,
         "channels": [channel_ref(ch, default) for ch, default in channels],
+        THRESHOLD: c.egress_threshold_bytes,
     }
 
 
@@ -693,6 +723,20 @@ def pull_log_json(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def _unknown_keys(body: Mapping[str, Any], known: set[str]) -> list[str]:
     return [f"{k}: unknown field" for k in sorted(set(body) - known)]
+
+
+THRESHOLD = "egressThresholdBytes"
+
+
+def threshold_in(body: Mapping[str, Any], problems: list[str]) -> int | None:
+    """`egressThresholdBytes`: a whole number of bytes per month, or null for none."""
+    raw = body.get(THRESHOLD)
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_THRESHOLD:
+        problems.append(f"{THRESHOLD}: a whole number of bytes per month (at least 1), or null for none")
+        return None
+    return raw
 
 
 def _check_public_key(key: Any) -> list[str]:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from proxy.oci.errors import OCIError, PullgateCode
+from proxy.store import rollup
 from proxy.store.models import App, Channel, Customer, CustomHostname, Registry, Team
 from proxy.store.schema import MIGRATIONS
 
@@ -451,15 +452,17 @@ class Store(abc.ABC):
     # --- pull log -------------------------------------------------------------
     async def insert_pull_logs(self, rows: Sequence[Sequence[Any]]) -> None:
         """Rows of (time, team_id, customer_id, app_slug, registry_slug, action, image, reference,
-        status, success, bytes), written in one transaction."""
-        await self.execute_many(
+        status, success, bytes), written in one transaction with what they add to the daily
+        egress rollup (proxy.store.rollup)."""
+        stmts: list[tuple[str, Sequence[Any]]] = [
             (
                 "INSERT INTO pull_logs (time, team_id, customer_id, app_slug, registry_slug, action, image,"
                 " reference, status, success, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 row,
             )
             for row in rows
-        )
+        ]
+        await self.execute_many(stmts + rollup.statements(rows))
 
     async def pull_logs(
         self,
@@ -601,7 +604,8 @@ def _app(row: Row) -> App:
 
 _CUSTOMER_SELECT = (
     "SELECT c.id, c.team_id, c.app_id, a.slug AS app_slug, c.name, c.email, c.license_type,"
-    " c.expires_at, c.status, c.created_at, substr(c.license_hash, 1, 12) AS license_ref, c.custom_id"
+    " c.expires_at, c.status, c.created_at, substr(c.license_hash, 1, 12) AS license_ref, c.custom_id,"
+    " c.egress_threshold_bytes"
     " FROM customers c JOIN apps a ON a.id = c.app_id"
 )
 

@@ -78,6 +78,8 @@ class Customer:
     license_ref: str = ""
     # The vendor's own identifier of this customer (the `replicated` CLI's --custom-id).
     custom_id: str | None = None
+    # Monthly egress (bytes served) past which the team's webhook is told, once a month.
+    egress_threshold_bytes: int | None = None
 
     def refusal(self, now: dt.datetime) -> str | None:
         """Why this license may not pull now, or None when it may."""

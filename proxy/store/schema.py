@@ -130,4 +130,107 @@ MIGRATIONS: list[str] = [
         SELECT id, app_id || '-stable', 1 FROM customers;
     ALTER TABLE customers ADD COLUMN custom_id TEXT
     """,
+    # 6: egress per customer (issue 13): daily rollups of the pull log, kept with each batch
+    # (proxy.store.rollup) and backfilled here from the rows already logged; a monthly egress
+    # threshold per customer; the team's webhook, the threshold notifications (one per customer
+    # and month: the primary key) and every delivery attempt.
+    """
+    CREATE TABLE egress_daily (
+        day TEXT NOT NULL,
+        team_id TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        app_slug TEXT NOT NULL,
+        registry_slug TEXT NOT NULL,
+        image TEXT NOT NULL,
+        bytes BIGINT NOT NULL DEFAULT 0,
+        pulls BIGINT NOT NULL DEFAULT 0,
+        requests BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (customer_id, day, app_slug, registry_slug, image, team_id)
+    );
+    CREATE TABLE egress_customer_daily (
+        day TEXT NOT NULL,
+        team_id TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        app_slug TEXT NOT NULL,
+        bytes BIGINT NOT NULL DEFAULT 0,
+        pulls BIGINT NOT NULL DEFAULT 0,
+        requests BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (team_id, day, customer_id, app_slug)
+    );
+    CREATE INDEX egress_customer_daily_customer ON egress_customer_daily (customer_id, day);
+    CREATE TABLE egress_customer_monthly (
+        month TEXT NOT NULL,
+        team_id TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        app_slug TEXT NOT NULL,
+        bytes BIGINT NOT NULL DEFAULT 0,
+        pulls BIGINT NOT NULL DEFAULT 0,
+        requests BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (team_id, month, customer_id, app_slug)
+    );
+    CREATE INDEX egress_customer_monthly_customer ON egress_customer_monthly (customer_id, month);
+    CREATE TABLE egress_image_daily (
+        day TEXT NOT NULL,
+        team_id TEXT NOT NULL,
+        app_slug TEXT NOT NULL,
+        registry_slug TEXT NOT NULL,
+        image TEXT NOT NULL,
+        bytes BIGINT NOT NULL DEFAULT 0,
+        pulls BIGINT NOT NULL DEFAULT 0,
+        requests BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (team_id, day, app_slug, registry_slug, image)
+    );
+    INSERT INTO egress_daily (day, team_id, customer_id, app_slug, registry_slug, image, bytes, pulls, requests)
+        SELECT substr(time, 1, 10), team_id, customer_id, COALESCE(app_slug, ''), COALESCE(registry_slug, ''),
+               COALESCE(image, ''), SUM(bytes), SUM(CASE WHEN action = 'manifest' AND success = 1 THEN 1 ELSE 0 END),
+               COUNT(*)
+        FROM pull_logs WHERE customer_id IS NOT NULL
+        GROUP BY substr(time, 1, 10), team_id, customer_id, COALESCE(app_slug, ''), COALESCE(registry_slug, ''),
+                 COALESCE(image, '');
+    INSERT INTO egress_customer_daily (day, team_id, customer_id, app_slug, bytes, pulls, requests)
+        SELECT day, team_id, customer_id, app_slug, SUM(bytes), SUM(pulls), SUM(requests) FROM egress_daily
+        GROUP BY day, team_id, customer_id, app_slug;
+    INSERT INTO egress_customer_monthly (month, team_id, customer_id, app_slug, bytes, pulls, requests)
+        SELECT substr(day, 1, 7), team_id, customer_id, app_slug, SUM(bytes), SUM(pulls), SUM(requests)
+        FROM egress_daily GROUP BY substr(day, 1, 7), team_id, customer_id, app_slug;
+    INSERT INTO egress_image_daily (day, team_id, app_slug, registry_slug, image, bytes, pulls, requests)
+        SELECT day, team_id, app_slug, registry_slug, image, SUM(bytes), SUM(pulls), SUM(requests) FROM egress_daily
+        GROUP BY day, team_id, app_slug, registry_slug, image;
+    ALTER TABLE customers ADD COLUMN egress_threshold_bytes BIGINT;
+    CREATE TABLE team_webhooks (
+        team_id TEXT PRIMARY KEY REFERENCES teams(id) ON DELETE CASCADE,
+        url TEXT NOT NULL,
+        secret_sealed TEXT,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE egress_notifications (
+        customer_id TEXT NOT NULL REFERENCES customers(id) ON DELETE CASCADE,
+        month TEXT NOT NULL,
+        team_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at TEXT NOT NULL,
+        lease_owner TEXT,
+        lease_until TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (customer_id, month)
+    );
+    CREATE INDEX egress_notifications_due ON egress_notifications (state, next_attempt_at);
+    CREATE TABLE webhook_deliveries (
+        id TEXT PRIMARY KEY,
+        team_id TEXT NOT NULL REFERENCES teams(id) ON DELETE CASCADE,
+        event TEXT NOT NULL,
+        customer_id TEXT,
+        month TEXT,
+        attempt INTEGER NOT NULL,
+        time TEXT NOT NULL,
+        url TEXT NOT NULL,
+        status INTEGER,
+        error TEXT,
+        ok INTEGER NOT NULL
+    );
+    CREATE INDEX webhook_deliveries_team_time ON webhook_deliveries (team_id, time)
+    """,
 ]

@@ -419,6 +419,33 @@ async def test_customers(api: VendorClient, vendor_env: VendorEnv):
     assert (await api.call("GET", "/customers", params={"colour": "x"})).status == 400
 
 
+async def test_egress_threshold_and_webhook_routes(api: VendorClient, vendor_env: VendorEnv):
+    """Each route once, shapes checked (tests/integration/test_usage.py and test_webhooks.py go deeper)."""
+    c = (await api.call("POST", "/customer", {"name": "Metered", "appSlug": "alpha-app",
+                                               "egressThresholdBytes": 5_000_000})).body["customer"]  # fmt: skip
+    vendor_env.canaries.append(c["licenseId"])
+    assert c["egressThresholdBytes"] == 5_000_000
+    bad = await api.call("PATCH", f"/customer/{c['id']}", {"egressThresholdBytes": -1})
+    assert bad.status == 400 and bad.body["errors"][0].startswith("egressThresholdBytes:")
+    state = (await api.call("GET", f"/customer/{c['id']}/egress")).body["egress"]
+    assert (state["bytes"], state["thresholdBytes"], state["reached"], state["notification"]) == (
+        0,
+        5_000_000,
+        False,
+        None,
+    )
+    report = await api.call("GET", "/egress", params={"customer": c["id"], "groupBy": "image"})
+    assert report.status == 200 and report.body["rows"] == [] and report.body["totals"]["bytes"] == 0
+    assert (await api.call("GET", "/team/webhook")).body == {"webhook": None}
+    put = await api.call("PUT", "/team/webhook", {"url": "http://127.0.0.1:9/hook", "secret": "whsec-canary-1"})
+    assert put.status == 200 and put.body["webhook"]["secretSet"] is True
+    assert "whsec-canary-1" not in json.dumps((await api.call("GET", "/team/webhook")).body)
+    assert (await api.call("GET", "/team/webhook/deliveries")).body == {"deliveries": []}
+    assert (await api.call("GET", "/team/webhook/deliveries", params={"limit": "0"})).status == 400
+    assert (await api.call("DELETE", "/team/webhook")).status == 204
+    assert (await api.call("DELETE", "/team/webhook")).status == 404
+
+
 async def test_release_channels_in_pullgates_spelling(api: VendorClient):
     app = (await api.call("GET", "/app/alpha-app")).body["app"]
     assert [(c["name"], c["isDefault"]) for c in app["channels"]] == [
