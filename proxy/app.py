@@ -27,19 +27,23 @@ from proxy.admin.service import VendorService
 from proxy.auth.gate import Gate
 from proxy.auth.proxies import TrustedProxies
 from proxy.auth.tokens import TokenIssuer
-from proxy.config import Config, keys_path, parse_listen
+from proxy.cache.fs import FilesystemBackend
+from proxy.cache.service import Cache
+from proxy.config import Config, ConfigError, keys_path, parse_listen
 from proxy.context import REQUEST_ID
 from proxy.domains.names import Reserved
 from proxy.domains.routing import HostTable
 from proxy.domains.service import HostnameService
 from proxy.domains.tls import SNIContexts
 from proxy.listener import GuardedAppRunner
+from proxy.pull.cached import CachedPulls
 from proxy.pull.limits import StreamSlots
 from proxy.pull.middleware import oci_errors
 from proxy.pull.routes import OCIRoutes
 from proxy.pulllog import PullLog
 from proxy.ratelimit import RateLimiter
 from proxy.secrets import Keyring
+from proxy.settings import cache_path, parse_size
 from proxy.store import Store, open_store
 from proxy.store.readcache import StoreReadCache
 from proxy.upstream.client import UpstreamClient
@@ -60,10 +64,13 @@ class Services:
     pulllog: PullLog | None = None
     hosts: HostTable | None = None
     hostnames: HostnameService | None = None
+    cache: Cache | None = None
 
     async def close(self) -> None:
         if self.pulllog is not None:
             await self.pulllog.close()  # writes what is still queued, before the store closes
+        if self.cache is not None:
+            await self.cache.close()  # the index's last changes, before the store closes
         await self.upstream.close()
         await self.store.close()
 
@@ -99,7 +106,29 @@ async def build_services(cfg: Config) -> Services:
         hosts.changed()
 
     await store.listen(changed_elsewhere)
-    return Services(cfg, store, keyring, read_cache, upstream, gate, PullLog(store, cfg.pulllog), hosts, hostnames)
+    cache = await _open_cache(cfg, store)
+    return Services(
+        cfg, store, keyring, read_cache, upstream, gate, PullLog(store, cfg.pulllog), hosts, hostnames, cache
+    )
+
+
+async def _open_cache(cfg: Config, store: Store) -> Cache | None:
+    """The pull-through cache of `cache.backend` (none: every pull goes upstream)."""
+    if cfg.cache.backend == "none":
+        return None
+    if cfg.cache.backend != "filesystem":
+        raise ConfigError(f"cache.backend: {cfg.cache.backend} is not available in this build (use filesystem)")
+    c = cfg.cache
+    cache = Cache(
+        FilesystemBackend(cache_path(cfg)),
+        store,
+        parse_size(c.max_size, "cache.max_size"),
+        c.tag_ttl,
+        c.serve_stale,
+        c.hit_io,
+    )
+    await cache.start()
+    return cache
 
 
 @web.middleware
@@ -136,6 +165,8 @@ def proxy_app(services: Services) -> web.Application:
     routes.slots = StreamSlots(
         limits.streams_per_license, limits.streams_per_address, max(1, up.pool_per_registry // 2)
     )
+    if services.cache is not None:
+        routes.cached = CachedPulls(services.cache, services.upstream, up.idle_timeout)
     routes.install(app)
     app.on_response_prepare.append(_set_request_id)
     return app
