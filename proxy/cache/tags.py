@@ -16,13 +16,16 @@ STALE_WARNING = '110 - "Response is Stale"'
 
 def accept_kind(accept: str) -> str:
     """The manifest media types an Accept header names, as one canonical key
-    (order, spacing and q-values aside); `*` when it names none (the proxy asks for all)."""
+    (order, spacing and q-values aside); `*` when it names none or all of them (the
+    proxy then asks the upstream for every type: the same answer)."""
     named = set()
     for part in accept.split(","):
         media = part.split(";", 1)[0].strip().lower()
         if media in MANIFEST_TYPES:
             named.add(media)
-    return ",".join(sorted(named)) or "*"
+    if not named or named == set(MANIFEST_TYPES):
+        return "*"
+    return ",".join(sorted(named))
 
 
 def fresh(tag: TagEntry, now: float, ttl: float) -> bool:
