@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import secrets
 import sqlite3
 import time
 import urllib.request
@@ -17,13 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 
+from proxy.cache.fs import FilesystemBackend
+from proxy.cache.service import Cache
+from proxy.store import open_store
+from proxy.store.models import Registry as RegistryRow
 from tests.support import skopeo
 from tests.support.client import basic
 from tests.support.hostile import Body, HostileRegistry, repeated, repeated_digest
 from tests.support.images import MiB, Pusher, big_layer, oci_image
 from tests.support.poll import apoll
+from tests.support.postgres import PostgresCluster
 from tests.support.pullgate import Pullgate
 from tests.support.registry import Registry
 
@@ -473,3 +480,44 @@ async def test_an_index_lost_from_the_store_is_rebuilt_from_disk(workdir: Path, 
         assert _metric(srv, "pullgate_cache_hits_total") == 1
     finally:
         srv.stop()
+
+
+# --- the index in PostgreSQL ------------------------------------------------------------------
+
+
+async def test_the_index_round_trips_through_postgresql(cluster: PostgresCluster, tmp_path: Path):
+    name = "t_" + secrets.token_hex(6)
+    conn = await asyncpg.connect(cluster.dsn())
+    try:
+        await conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        await conn.close()
+    store = await open_store(cluster.dsn(name), tmp_path)
+    try:
+        team = await store.ensure_team("acme")
+        reg = RegistryRow("r1", team.id, "up", "other", "up.test", "http://up.test", True, None, None)
+        await store.put_registry(reg)
+        cache = Cache(FilesystemBackend(tmp_path / "c"), store, 1 << 20, 60, True)
+        await cache.start()
+        body = b'{"schemaVersion": 2}'
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        await cache.keep(digest, body, OCI_ACCEPT["Accept"], ("r1", "vendor/a"))
+        await cache.keep(digest, body, OCI_ACCEPT["Accept"], ("r1", "vendor/a"))  # upserts, idempotent
+        cache.set_tag(("r1", "vendor/a", "v1", "*"), digest, OCI_ACCEPT["Accept"])
+        cache.set_tag(("r1", "vendor/a", "v1", "*"), digest, OCI_ACCEPT["Accept"])
+        await cache.open(digest)
+        await cache.close()
+        again = Cache(FilesystemBackend(tmp_path / "c"), store, 1 << 20, 60, True)
+        await again.start()
+        assert again.bound(digest, ("r1", "vendor/a")) and again.tag(("r1", "vendor/a", "v1", "*")) is not None
+        assert (await again.purge({"r1"})).deleted == 1
+        await again.close()
+        rows = await store.fetchall("SELECT COUNT(*) AS n FROM cache_entries")
+        assert rows[0]["n"] == 0
+        # A deleted registry takes its bindings and tags along.
+        await again.keep(digest, body, OCI_ACCEPT["Accept"], ("r1", "vendor/a"))
+        await again.persist.flush()
+        await store.delete_registry(team.id, "up")
+        assert (await store.fetchall("SELECT COUNT(*) AS n FROM cache_bindings"))[0]["n"] == 0
+    finally:
+        await store.close()
