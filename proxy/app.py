@@ -21,6 +21,7 @@ from aiohttp.typedefs import Middleware
 
 from proxy import accesslog, bootstrap, logs, metrics, pulllog
 from proxy.admin import api as vendor_api
+from proxy.admin import cache as cache_api
 from proxy.admin import hostnames as hostname_api
 from proxy.admin import portal
 from proxy.admin.service import VendorService
@@ -194,11 +195,14 @@ def admin_app(services: Services) -> web.Application:
     # One budget of KOTS license imports per team, for the API and the portal together.
     per_minute = services.cfg.limits.license_imports_per_minute
     imports = RateLimiter(per_minute, per_minute, max_keys=10_000, key=str)
-    vendor_api.install(
-        app,
-        VendorService(services.store, services.keyring, services.read_cache, services.upstream, imports),
-        extend=(lambda sub: hostname_api.install(sub, hostnames)) if hostnames else None,
-    )
+    vendor = VendorService(services.store, services.keyring, services.read_cache, services.upstream, imports)
+
+    def extend(sub: web.Application) -> None:
+        if hostnames:
+            hostname_api.install(sub, hostnames)
+        cache_api.install(sub, cache_api.CacheService(vendor, services.cache))
+
+    vendor_api.install(app, vendor, extend=extend)
     # The web portal: the same team-scoped service layer, behind a browser session.
     portal.install(
         app,

@@ -411,6 +411,37 @@ async def test_customers(api: VendorClient, vendor_env: VendorEnv):
     assert (await api.call("GET", "/customers", params={"colour": "x"})).status == 400
 
 
+# --- the pull-through cache ----------------------------------------------------------------
+
+
+async def test_the_cache_shows_and_purges_only_a_teams_own_entries(api: VendorClient, vendor_env: VendorEnv):
+    beta = api.as_team("beta")
+    img = vendor_env.anon.images["oci"]
+    digest, size = img.blobs[-1]
+    base = "/v2/proxy/beta-app/beta-anon/vendor/oci"
+    lic = vendor_env.licenses["beta-cust"]
+    assert (await pull(vendor_env, "GET", f"{base}/manifests/v1", lic))[0] == 200
+    assert (await pull(vendor_env, "GET", f"{base}/blobs/{digest}", lic))[0] == 200
+    stats = (await beta.call("GET", "/cache")).body["cache"]
+    assert stats["enabled"] and stats["teamEntries"] >= 2 and stats["sizeBytes"] >= size
+    entries = (await beta.call("GET", "/cache/entries", params={"repo": "vendor/oci"})).body["entries"]
+    assert {(e["registry"], e["digest"]) for e in entries} >= {("beta-anon", digest), ("beta-anon", img.digest)}
+    # Another team sees nothing of it and purges nothing of it.
+    assert (await api.call("GET", "/cache/entries")).body["entries"] == []
+    assert (await api.call("GET", "/cache")).body["cache"]["teamEntries"] == 0
+    assert (await api.call("DELETE", "/cache/entries", params={"digest": digest})).body["purged"]["bindings"] == 0
+    assert (await api.call("GET", "/cache/entries", params={"registry": "beta-anon"})).status == 404
+    assert (await beta.call("GET", "/cache/entries", params={"digest": "sha256:nothex"})).status == 400
+    assert (await beta.call("GET", "/cache/entries", params={"colour": "red"})).status == 400
+    # The owner purges it: the next pull is a miss.
+    purged = (await beta.call("DELETE", "/cache/entries", params={"registry": "beta-anon", "digest": digest})).body
+    assert purged["purged"] == {"bindings": 1, "deleted": 1, "tags": 0}
+    assert (await beta.call("GET", "/cache/entries", params={"digest": digest})).body["entries"] == []
+    assert (await pull(vendor_env, "GET", f"{base}/blobs/{digest}", lic))[0] == 200
+    logs = await _logs(beta, 3)
+    assert [e["cache"] for e in logs if e["action"] == "blob"][:2] == ["miss", "miss"]
+
+
 # --- pulls, the pull log, revocation, allowlist -------------------------------------------
 
 
