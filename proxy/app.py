@@ -204,12 +204,8 @@ def admin_app(services: Services) -> web.Application:
 
     vendor_api.install(app, vendor, extend=extend)
     # The web portal: the same team-scoped service layer, behind a browser session.
-    portal.install(
-        app,
-        VendorService(services.store, services.keyring, services.read_cache, services.upstream, imports),
-        services.cfg,
-        hostnames,
-    )
+    portal_vendor = VendorService(services.store, services.keyring, services.read_cache, services.upstream, imports)
+    portal.install(app, portal_vendor, services.cfg, hostnames, cache_api.CacheService(portal_vendor, services.cache))
     return app
 
 
