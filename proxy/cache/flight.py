@@ -61,6 +61,7 @@ class Flight:
         self.fd: int | None = None  # a read descriptor on the growing file, shared by the readers
         self._progress: asyncio.Future[None] = self.started.get_loop().create_future()
         self.task: asyncio.Task[None] | None = None
+        self.unregister: Callable[[], None] = lambda: None
 
     # --- readers ----------------------------------------------------------------
     def join(self) -> None:
@@ -128,9 +129,11 @@ class Flight:
             if not isinstance(exc, Exception):
                 raise
         finally:
+            self.unregister()  # at once: no new reader joins a flight that has ended
             if upload is not None and not self.kept:
                 with contextlib.suppress(OSError):
                     await upload.discard()
+            # Readers learn of a failure only now, when nothing of it is left on disk.
             self.finished = True
             try:
                 done(self)
@@ -140,23 +143,44 @@ class Flight:
 
     async def _copy(self, source: Source, upload: Upload) -> None:
         verifier = Verifier(self.digest)
+        # One chunk is hashed and written (in parallel, off the loop: both release the GIL)
+        # while the next one is received: at most two chunks held.
+        pending: asyncio.Future[int] | None = None
+        received = 0
         try:
             async for chunk in source.chunks:
-                if self.length is not None and self.written + len(chunk) > self.length:
+                received += len(chunk)
+                if self.length is not None and received > self.length:
                     raise FetchFailed("upstream")  # more than announced
-                # Hashing and writing, in parallel, off the loop (both release the GIL).
-                await asyncio.gather(off_loop(verifier.update, chunk), upload.write(chunk))
-                self.written += len(chunk)
-                self._notify()
+                if pending is not None:
+                    self._wrote(await pending)
+                pending = asyncio.ensure_future(self._store(verifier, upload, chunk))
+            if pending is not None:
+                self._wrote(await pending)
+                pending = None
         except FetchFailed:
             raise
         except Exception as exc:
             log.warning("cache fetch of %s broke after %d bytes: %s", self.digest, self.written, type(exc).__name__)
             raise FetchFailed("upstream") from None
+        finally:
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending  # the write in its thread ends before the file is discarded
         if self.length is not None and self.written != self.length:
             raise FetchFailed("upstream")
         if not verifier.matches():
             raise FetchFailed("digest")
+
+    @staticmethod
+    async def _store(verifier: Verifier, upload: Upload, chunk: bytes) -> int:
+        await asyncio.gather(off_loop(verifier.update, chunk), upload.write(chunk))
+        return len(chunk)
+
+    def _wrote(self, n: int) -> None:
+        self.written += n
+        self._notify()
 
 
 class Flights:
@@ -175,9 +199,9 @@ class Flights:
         flight = Flight(digest, origin)
         self.running[digest] = flight
 
-        def finished(f: Flight) -> None:
+        def unregister() -> None:
             self.running.pop(digest, None)
-            done(f)
 
-        flight.task = asyncio.create_task(flight.run(backend, opener, finished), name=f"cache-fetch-{digest[:19]}")
+        flight.unregister = unregister
+        flight.task = asyncio.create_task(flight.run(backend, opener, done), name=f"cache-fetch-{digest[:19]}")
         return flight

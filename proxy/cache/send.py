@@ -185,12 +185,10 @@ async def send_growing(
                 await sender.send(offset, limit - offset)
                 offset = limit
                 continue
-            if flight.failed is not None:
-                raise ReaderAborted(flight.failed.reason, offset)
+            if flight.verified and offset >= flight.written:
+                break  # not waiting for the publish (an fsync): the bytes are whole and right
             if flight.finished:
-                if flight.verified and offset >= flight.written:
-                    break
-                raise ReaderAborted("upstream", offset)
+                raise ReaderAborted(flight.failed.reason if flight.failed else "upstream", offset)
             try:
                 async with asyncio.timeout(idle * 2):
                     await flight.progress()

@@ -91,6 +91,12 @@ class Cache:
         self.persist.start()
 
     async def close(self) -> None:
+        """Fetches still running are let finish (publish included), briefly; then the index is written."""
+        tasks = [f.task for f in self.flights.running.values() if f.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=15)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
         await self.persist.close()
 
     # --- lookups --------------------------------------------------------------------

@@ -196,7 +196,8 @@ async def test_twenty_concurrent_misses_make_one_upstream_get(workdir: Path, ups
         await apoll(lambda: _upstream_gets(upstream, path) > before, 10, "the upstream's access log line")
         assert _upstream_gets(upstream, path) - before == 1
         assert _metric(srv, "pullgate_cache_coalesced_waiters_total") >= 1
-        # Now a hit: no upstream GET at all.
+        # Now a hit (once published: the clients may finish before the fsync): no upstream GET at all.
+        await apoll(lambda: _metric(srv, "pullgate_cache_entries") == 1, 20, "the blob published")
         status, _, body, _ = await _get(_url(srv, img.repo, "blobs", digest))
         assert status == 200 and hashlib.sha256(body).hexdigest() == digest.split(":")[1]
         assert _upstream_gets(upstream, path) - before == 1
@@ -269,7 +270,7 @@ async def test_wrong_bytes_fail_every_reader_and_nothing_is_kept(workdir: Path):
         status, _, body, failure = await _get(url)
         assert (status, failure, body == good) == (200, None, True)
         assert len(hostile.requests_for(path)) == 2
-        assert len(_cached_files(srv)) == 1
+        await apoll(lambda: len(_cached_files(srv)) == 1, 10, "the verified blob published")
     finally:
         srv.stop()
         hostile.stop()
@@ -409,7 +410,8 @@ async def test_eviction_never_breaks_a_reader(workdir: Path):
         srv = _proxy(workdir, reg.url, max_size="40MiB")
         assert (await _get(_url(srv, a.repo, "blobs", da)))[0] == 200
         path_a = workdir / "cache" / "blobs" / "sha256" / da[7:9] / da[7:]
-        assert path_a.exists()
+        await apoll(path_a.exists, 10, "A published")
+        await apoll(lambda: _metric(srv, "pullgate_cache_entries") == 1, 10, "A in the index")
         h = hashlib.sha256()
         got = 0
         async with aiohttp.ClientSession(read_bufsize=64 * 1024) as s:
