@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from proxy.cache.backend import Backend, Upload
 from proxy.cache.index import Binding
-from proxy.cache.io import off_loop
+from proxy.cache.offload import off_loop
 from proxy.oci.digest import Verifier
 
 log = logging.getLogger("pullgate.cache")

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from proxy.cache.backend import StoredObject
-from proxy.cache.io import off_loop
+from proxy.cache.offload import off_loop
 from proxy.oci.grammar import KNOWN_DIGESTS
 
 

@@ -20,6 +20,8 @@ from proxy.store.cacheindex import Statement
 
 log = logging.getLogger("pullgate.cache")
 
+MAX_PENDING = 100_000
+
 
 class Persistence:
     def __init__(
@@ -34,9 +36,13 @@ class Persistence:
         self.flush_seconds = flush_seconds
         self.touch_seconds = touch_seconds
         self.pending: list[Statement] = []
+        self.dropped = 0
         self._task: asyncio.Task[None] | None = None
 
     def queue(self, *statements: Statement) -> None:
+        if len(self.pending) >= MAX_PENDING:  # the store is down for long: the disk stays the truth
+            self.dropped += len(statements)
+            return
         self.pending.extend(statements)
 
     def start(self) -> None:

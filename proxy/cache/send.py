@@ -19,7 +19,7 @@ from aiohttp import web
 from proxy.cache import metrics
 from proxy.cache.backend import Opened
 from proxy.cache.flight import Flight
-from proxy.cache.io import off_loop
+from proxy.cache.offload import off_loop
 
 READ_SIZE = 4 * 1024 * 1024
 # sendfile in slices, each bounded in time: a client that stops reading is dropped.

@@ -25,11 +25,14 @@ from proxy.cache.fs import FilesystemBackend
 from proxy.cache.service import Cache
 from proxy.store import open_store
 from proxy.store.models import Registry as RegistryRow
+from tests.support import containerd as ctrd
 from tests.support import skopeo
+from tests.support.ci import unavailable
 from tests.support.client import basic
+from tests.support.fronts import CDN, RedirectingFront
 from tests.support.hostile import Body, HostileRegistry, repeated, repeated_digest
 from tests.support.images import MiB, Pusher, big_layer, oci_image
-from tests.support.poll import apoll
+from tests.support.poll import apoll, poll
 from tests.support.postgres import PostgresCluster
 from tests.support.pullgate import Pullgate
 from tests.support.registry import Registry
@@ -523,3 +526,67 @@ async def test_the_index_round_trips_through_postgresql(cluster: PostgresCluster
         assert (await store.fetchall("SELECT COUNT(*) AS n FROM cache_bindings"))[0]["n"] == 0
     finally:
         await store.close()
+
+
+# --- providers and clients --------------------------------------------------------------------
+
+
+async def test_a_redirected_blob_is_cached_never_the_redirect(workdir: Path):
+    """ECR/Docker Hub/GHCR answer blob GETs with a redirect to S3 or a CDN: the bytes are
+    cached, and a hit is a 200 with them (no redirect, no signed URL, no second CDN GET)."""
+    anon = Registry("none", name="cache-redirect-origin")
+    cdn = CDN(anon.url)
+    front = RedirectingFront(anon.url, "vendor", "canary-front-pw", cdn)
+    srv = None
+    try:
+        img = oci_image(anon, "redirect/app", "v1", layers=[(1_500_000, "redirected")])
+        teams = _teams(front.url)
+        teams[0]["registries"][0] |= {"username": "vendor", "password_env": "PGT_FRONT_PW"}
+        settings = {"cache": {"backend": "filesystem", "path": str(workdir / "cache")}}
+        env = {"PGT_CACHE_LICENSE": LICENSE, "PGT_FRONT_PW": "canary-front-pw"}
+        srv = Pullgate(workdir / "pg", teams, env=env, settings=settings).start()
+        digest, size = img.blobs[1]
+        url = _url(srv, img.repo, "blobs", digest)
+        for _ in range(3):
+            status, headers, body, failure = await _get(url)
+            assert (status, failure, len(body)) == (200, None, size)
+            assert "Location" not in headers and hashlib.sha256(body).hexdigest() == digest[7:]
+            await apoll(lambda: _metric(srv, "pullgate_cache_entries") >= 1, 20, "the blob published")
+        assert (front.redirected, cdn.served, cdn.with_credentials) == (1, 1, 0)
+        assert _metric(srv, "pullgate_cache_hits_total") == 2
+        assert "X-Amz-Signature" not in srv.log_text() and "canary-front-pw" not in srv.log_text()
+    finally:
+        if srv is not None:
+            srv.stop()
+        front.stop()
+        cdn.stop()
+        anon.stop()
+
+
+def test_containerd_pulls_from_the_cache(workdir: Path, upstream: Registry):
+    """Two nodes (two containerd daemons, each with its own content store) fetch one image:
+    the second gets every manifest and blob from the cache."""
+    reason = ctrd.available()
+    if reason:
+        unavailable(reason)
+    img = upstream.images["small"]
+    srv = _proxy(workdir, upstream.url)
+    try:
+        ref = f"{srv.host}/proxy/acme/up/{img.repo}:{img.tag}"
+        paths = [f"/v2/{img.repo}/blobs/{d}" for d, _ in img.blobs]
+        before = sum(_upstream_gets(upstream, p) for p in paths)
+        for node in range(2):
+            with ctrd.Containerd() as daemon:
+                res = daemon.ctr(["content", "fetch", "--plain-http", "--user", f"LICENSE_ID:{LICENSE}", ref])
+                assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+                assert daemon.ctr_bytes(["content", "get", img.digest]) == img.manifest
+                for d, _ in img.blobs:
+                    assert hashlib.sha256(daemon.ctr_bytes(["content", "get", d])).hexdigest() == d[7:]
+            if node == 0:
+                poll(lambda: _metric(srv, "pullgate_cache_entries") >= 3, 20, "manifest and blobs published")
+        assert sum(_upstream_gets(upstream, p) for p in paths) - before == len(paths)  # the first node's only
+        assert _metric(srv, "pullgate_cache_hits_total") >= 1 + len(paths)
+        marks = poll(lambda: _cache_marks(srv, "blob"), 10, "pull log rows")
+        assert "hit" in marks
+    finally:
+        srv.stop()
