@@ -35,6 +35,8 @@ from pull_bench import (
     VENV_BIN,
     BenchError,
     Procs,
+    children,
+    cpu_seconds,
     curl,
     free_port,
     hwm_kib,
@@ -164,11 +166,11 @@ def fanout(url: str, headers: list[str], size: int, n: int, timeout: float) -> f
 
 def run(args: argparse.Namespace, procs: Procs, tmp: Path) -> dict[str, Any]:
     size, fan_size = args.blob_mib * MiB, args.fanout_mib * MiB
-    reg_port, _ = start_registry(procs, tmp)
+    reg_port, reg_proc = start_registry(procs, tmp)
     blobs = push_image(reg_port, size)
     big, small = blobs["big"][0], blobs["small"][0]
     fan_blob, _ = push_blob(reg_port, random_chunks(fan_size, 7))
-    ng_port, _ = start_nginx(procs, tmp, reg_port)
+    ng_port, ng_proc = start_nginx(procs, tmp, reg_port)
     pg = {
         mode: start_pullgate(procs, tmp, reg_port, f"pg-{mode}", args.pullgate, mode) for mode in ("sendfile", "read")
     }
@@ -200,13 +202,29 @@ def run(args: argparse.Namespace, procs: Procs, tmp: Path) -> dict[str, Any]:
         "warm_read": (base["read"] + big, auth),
         **{name: (f"http://127.0.0.1:{port}/blob", []) for name, port in bare.items()},
     }
+    # CPU time the serving process spends per MB: unlike MB/s, hardly moved by other load.
+    servers = {
+        "direct": [reg_proc.pid],
+        "nginx": children(ng_proc.pid),
+        "warm_sendfile": [pg["sendfile"][2].pid],
+        "warm_read": [pg["read"][2].pid],
+        "cold": [pg["sendfile"][2].pid],
+    }
+    cpu: dict[str, float] = dict.fromkeys(servers, 0.0)
+
+    def measured(name: str, url: str, headers: list[str]) -> None:
+        pids = servers.get(name, [])
+        before = cpu_seconds(pids)
+        speeds[name] += pull_n(url, headers, size, 1, args.pull_timeout)
+        if name in cpu:
+            cpu[name] += cpu_seconds(pids) - before
+
     for i in range(args.repeat):
         order = list(targets) if i % 2 == 0 else list(reversed(targets))
         for name in order:
-            url, headers = targets[name]
-            speeds[name] += pull_n(url, headers, size, 1, args.pull_timeout)
+            measured(name, *targets[name])
         purge(sendfile_admin, big)
-        speeds["cold"] += pull_n(base["sendfile"] + big, auth, size, 1, args.pull_timeout)
+        measured("cold", base["sendfile"] + big, auth)
     hwm_big = hwm_kib(pg["sendfile"][2].pid) / 1024
 
     # 20 concurrent cold pulls of one blob against one cold pull (medians of --fan-repeat).
@@ -226,6 +244,7 @@ def run(args: argparse.Namespace, procs: Procs, tmp: Path) -> dict[str, Any]:
         "repeat": args.repeat,
         "mb_per_s": med,
         "mb_per_s_all": {k: [round(x, 1) for x in v] for k, v in speeds.items()},
+        "server_cpu_ms_per_mb": {k: round(1000 * used / (args.repeat * size / 1e6), 3) for k, used in cpu.items()},
         "ratio_cold_nginx": round(med["cold"] / med["nginx"], 3),
         "ratio_warm_best_bare": round(best_warm / best_bare, 3),
         "ratio_warm_direct": round(best_warm / med["direct"], 3),
@@ -244,6 +263,7 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"\nblob {r['blob_bytes'] // MiB} MiB, median of {r['repeat']} (MB/s = 10^6 B/s)")
     for name, value in r["mb_per_s"].items():
         print(f"  {name:<15}{value:>10.1f}  {r['mb_per_s_all'][name]}")
+    print(f"server CPU ms/MB: {r['server_cpu_ms_per_mb']}")
     print(f"cold/nginx {r['ratio_cold_nginx']} (target >= 0.8)")
     print(
         f"warm/faster bare {r['ratio_warm_best_bare']} (target >= 0.95), warm/direct {r['ratio_warm_direct']} (>= 0.9)"
@@ -254,7 +274,8 @@ def print_table(r: dict[str, Any]) -> None:
         f"one: {r['fanout_one_s']}s, ratio {r['ratio_fanout']} (target <= 1.5)"
     )
     print(
-        f"pullgate VmHWM: after 1 MiB pulls {r['pullgate_hwm_small_mib']} MiB, after all {r['pullgate_hwm_big_mib']} MiB"
+        f"pullgate VmHWM: after 1 MiB pulls {r['pullgate_hwm_small_mib']} MiB, "
+        f"after all {r['pullgate_hwm_big_mib']} MiB"
     )
 
 

@@ -24,6 +24,9 @@ from proxy.oci.digest import Verifier
 
 log = logging.getLogger("pullgate.cache")
 
+# Chunks received but not yet hashed and written, per fetch (each up to a few MiB).
+DEPTH = 4
+
 
 @dataclass
 class Source:
@@ -142,45 +145,50 @@ class Flight:
                 self._maybe_close()
 
     async def _copy(self, source: Source, upload: Upload) -> None:
+        """Receive on the loop; hash and write in a task of its own, up to DEPTH chunks behind,
+        so a thread that waits for a CPU does not stall the upstream socket."""
         verifier = Verifier(self.digest)
-        # One chunk is hashed and written (in parallel, off the loop: both release the GIL)
-        # while the next one is received: at most two chunks held.
-        pending: asyncio.Future[int] | None = None
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=DEPTH)
+        writer = asyncio.ensure_future(self._drain(queue, verifier, upload))
         received = 0
         try:
             async for chunk in source.chunks:
                 received += len(chunk)
                 if self.length is not None and received > self.length:
                     raise FetchFailed("upstream")  # more than announced
-                if pending is not None:
-                    self._wrote(await pending)
-                pending = asyncio.ensure_future(self._store(verifier, upload, chunk))
-            if pending is not None:
-                self._wrote(await pending)
-                pending = None
+                await queue.put(chunk)
+            await queue.put(None)
+            await writer
         except FetchFailed:
             raise
         except Exception as exc:
             log.warning("cache fetch of %s broke after %d bytes: %s", self.digest, self.written, type(exc).__name__)
             raise FetchFailed("upstream") from None
         finally:
-            if pending is not None:
-                pending.cancel()
+            if not writer.done():
+                writer.cancel()
                 with contextlib.suppress(BaseException):
-                    await pending  # the write in its thread ends before the file is discarded
+                    await writer  # the write in its thread ends before the file is discarded
         if self.length is not None and self.written != self.length:
             raise FetchFailed("upstream")
         if not verifier.matches():
             raise FetchFailed("digest")
 
-    @staticmethod
-    async def _store(verifier: Verifier, upload: Upload, chunk: bytes) -> int:
-        await asyncio.gather(off_loop(verifier.update, chunk), upload.write(chunk))
-        return len(chunk)
-
-    def _wrote(self, n: int) -> None:
-        self.written += n
-        self._notify()
+    async def _drain(self, queue: asyncio.Queue[bytes | None], verifier: Verifier, upload: Upload) -> None:
+        failure: Exception | None = None
+        while (chunk := await queue.get()) is not None:
+            if failure is not None:
+                continue  # keep taking, so the receiver never waits on a full queue
+            try:
+                # Hashing and writing in parallel, off the loop (both release the GIL).
+                await asyncio.gather(off_loop(verifier.update, chunk), upload.write(chunk))
+            except Exception as exc:  # the disk: raised once the receiver is done
+                failure = exc
+                continue
+            self.written += len(chunk)
+            self._notify()
+        if failure is not None:
+            raise failure
 
 
 class Flights:

@@ -11,7 +11,13 @@ from typing import TypeVar
 T = TypeVar("T")
 
 _POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="pullgate-cache-io")
+# Blocking sendfiles of hits (proxy.cache.send): each holds a thread while its client reads.
+_SEND_POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="pullgate-cache-send")
 
 
 async def off_loop(fn: Callable[..., T], *args: object) -> T:
     return await asyncio.get_running_loop().run_in_executor(_POOL, fn, *args)
+
+
+async def off_loop_send(fn: Callable[..., T], *args: object) -> T:
+    return await asyncio.get_running_loop().run_in_executor(_SEND_POOL, fn, *args)

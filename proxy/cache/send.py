@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import socket
+import struct
 from collections.abc import Mapping
 
 from aiohttp import web
@@ -19,7 +21,7 @@ from aiohttp import web
 from proxy.cache import metrics
 from proxy.cache.backend import Opened
 from proxy.cache.flight import Flight
-from proxy.cache.offload import off_loop
+from proxy.cache.offload import off_loop, off_loop_send
 
 READ_SIZE = 4 * 1024 * 1024
 # sendfile in slices, each bounded in time: a client that stops reading is dropped.
@@ -58,6 +60,27 @@ class Sender:
         transport = self.request.transport
         if transport is None:
             raise ConnectionResetError
+        sock = transport.get_extra_info("socket")
+        if sock is None or _Blocking.active >= _Blocking.limit:
+            await self._loop_sendfile(offset, count)
+            return
+        # As the bare server does: one blocking sendfile in a thread, the kernel waiting on the
+        # socket (no wakeup of the loop per socket buffer). The loop stops reading this
+        # connection meanwhile, and aiohttp's buffered bytes (the headers) go out first.
+        await _drained(self.request)
+        transport.pause_reading()
+        _Blocking.active += 1
+        try:
+            self.sent += await off_loop_send(_blocking_sendfile, sock.fileno(), self.fd, offset, count, self.idle)
+        finally:
+            _Blocking.active -= 1
+            if not transport.is_closing():
+                transport.resume_reading()
+
+    async def _loop_sendfile(self, offset: int, count: int) -> None:
+        """asyncio's sendfile: non-blocking, on the loop (when many blocking sends run already)."""
+        transport = self.request.transport
+        assert transport is not None
         loop = asyncio.get_running_loop()
         # A view of the shared descriptor: loop.sendfile wants a file object; offsets are explicit.
         with io.FileIO(self.fd, "r", closefd=False) as f:
@@ -84,6 +107,51 @@ class Sender:
                 await self.resp.write(chunk)
             offset += len(chunk)
             self.sent += len(chunk)
+
+
+class _Blocking:
+    """Hits sent by a blocking sendfile in a thread right now; beyond `limit`, the loop's own."""
+
+    active = 0
+    limit = 32
+
+
+def _blocking_sendfile(transport_fd: int, file_fd: int, offset: int, count: int, idle: float) -> int:
+    """Send `count` bytes at `offset`; each wait for the client bounded by `idle` (SO_SNDTIMEO).
+    On a descriptor of our own: if the loop closes the transport's meanwhile, its number can
+    never be reused under this thread for another client's connection."""
+    sock_fd = os.dup(transport_fd)
+    was_blocking = os.get_blocking(sock_fd)
+    sock = socket.socket(fileno=sock_fd)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(idle), 0))
+        os.set_blocking(sock_fd, True)
+        sent = 0
+        while sent < count:
+            try:
+                n = os.sendfile(sock_fd, file_fd, offset + sent, count - sent)
+            except BlockingIOError:  # SO_SNDTIMEO passed with no progress: the client stopped reading
+                raise TimeoutError from None
+            if n == 0:
+                raise ConnectionResetError("the file ended early")
+            sent += n
+        return sent
+    finally:
+        os.set_blocking(sock_fd, was_blocking)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 0, 0))
+        sock.close()  # our duplicate only
+
+
+async def _drained(request: web.Request) -> None:
+    """Until the transport's buffer is empty (a zero high-water mark pauses the writer till then)."""
+    transport = request.transport
+    if transport is None or transport.get_write_buffer_size() == 0:
+        return
+    transport.set_write_buffer_limits(high=0)
+    try:
+        await request.writer.drain()
+    finally:
+        transport.set_write_buffer_limits()
 
 
 def parse_range(value: str | None, size: int) -> tuple[int, int] | bool | None:
