@@ -79,7 +79,7 @@ async def batch_write_ms(
     def batch() -> list[tuple[Any, ...]]:
         return [
             (f"{MONTH}-30T12:00:00.000+00:00", team_id, rng.choice(ids), "bench-app", "up", "blob",
-             f"vendor/image-{rng.randrange(10):02d}", "sha256:x", 200, 1, rng.randrange(1, 10**8))
+             f"vendor/image-{rng.randrange(10):02d}", "sha256:x", 200, 1, rng.randrange(1, 10**8), "miss")
             for _ in range(500)
         ]  # fmt: skip
 

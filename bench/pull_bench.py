@@ -250,6 +250,8 @@ def start_pullgate(
                 "keys": {"file": str(tmp / "keys.yaml")},
                 # The loopback registry is an exception to the egress policy, as an on-premises one would be.
                 "upstream": {"egress_allow": [f"127.0.0.1:{upstream}"]},
+                # The relay is measured here; the cache has bench/cache_bench.py.
+                "cache": {"backend": "none"},
                 "bootstrap": {
                     "teams": [
                         {

@@ -21,6 +21,7 @@ from aiohttp.typedefs import Middleware
 
 from proxy import accesslog, bootstrap, logs, metrics, pulllog
 from proxy.admin import api as vendor_api
+from proxy.admin import cache as cache_api
 from proxy.admin import hostnames as hostname_api
 from proxy.admin import portal, usage_api
 from proxy.admin.service import VendorService
@@ -29,19 +30,23 @@ from proxy.admin.webhooks import Notifier
 from proxy.auth.gate import Gate
 from proxy.auth.proxies import TrustedProxies
 from proxy.auth.tokens import TokenIssuer
-from proxy.config import Config, keys_path, parse_listen
+from proxy.cache.fs import FilesystemBackend
+from proxy.cache.service import Cache
+from proxy.config import Config, ConfigError, keys_path, parse_listen
 from proxy.context import REQUEST_ID
 from proxy.domains.names import Reserved
 from proxy.domains.routing import HostTable
 from proxy.domains.service import HostnameService
 from proxy.domains.tls import SNIContexts
 from proxy.listener import GuardedAppRunner
+from proxy.pull.cached import CachedPulls
 from proxy.pull.limits import StreamSlots
 from proxy.pull.middleware import oci_errors
 from proxy.pull.routes import OCIRoutes
 from proxy.pulllog import PullLog
 from proxy.ratelimit import RateLimiter
 from proxy.secrets import Keyring
+from proxy.settings import cache_path, parse_size
 from proxy.store import Store, open_store
 from proxy.store.readcache import StoreReadCache
 from proxy.upstream.client import UpstreamClient
@@ -63,12 +68,15 @@ class Services:
     hosts: HostTable | None = None
     hostnames: HostnameService | None = None
     notifier: Notifier | None = None
+    cache: Cache | None = None
 
     async def close(self) -> None:
         if self.pulllog is not None:
             await self.pulllog.close()  # writes what is still queued, before the store closes
         if self.notifier is not None:
             await self.notifier.close()
+        if self.cache is not None:
+            await self.cache.close()  # the index's last changes, before the store closes
         await self.upstream.close()
         await self.store.close()
 
@@ -110,7 +118,27 @@ async def build_services(cfg: Config) -> Services:
         await notifier.pulls_written((e.customer_id, e.time) for e in batch if e.customer_id)
 
     pulls = PullLog(store, cfg.pulllog, on_written=thresholds)
-    return Services(cfg, store, keyring, read_cache, upstream, gate, pulls, hosts, hostnames, notifier)
+    cache = await _open_cache(cfg, store)
+    return Services(cfg, store, keyring, read_cache, upstream, gate, pulls, hosts, hostnames, notifier, cache)
+
+
+async def _open_cache(cfg: Config, store: Store) -> Cache | None:
+    """The pull-through cache of `cache.backend` (none: every pull goes upstream)."""
+    if cfg.cache.backend == "none":
+        return None
+    if cfg.cache.backend != "filesystem":
+        raise ConfigError(f"cache.backend: {cfg.cache.backend} is not available in this build (use filesystem)")
+    c = cfg.cache
+    cache = Cache(
+        FilesystemBackend(cache_path(cfg)),
+        store,
+        parse_size(c.max_size, "cache.max_size"),
+        c.tag_ttl,
+        c.serve_stale,
+        c.hit_io,
+    )
+    await cache.start()
+    return cache
 
 
 @web.middleware
@@ -147,6 +175,8 @@ def proxy_app(services: Services) -> web.Application:
     routes.slots = StreamSlots(
         limits.streams_per_license, limits.streams_per_address, max(1, up.pool_per_registry // 2)
     )
+    if services.cache is not None:
+        routes.cached = CachedPulls(services.cache, services.upstream, up.idle_timeout)
     routes.install(app)
     app.on_response_prepare.append(_set_request_id)
     return app
@@ -183,15 +213,14 @@ def admin_app(services: Services) -> web.Application:
         if hostnames is not None:
             hostname_api.install(sub, hostnames)
         usage_api.install(sub, UsageService(vendor))
+        cache_api.install(sub, cache_api.CacheService(vendor, services.cache))
 
     vendor_api.install(app, vendor, extend=extend)
     # The web portal: the same team-scoped service layer, behind a browser session.
-    portal.install(
-        app,
-        VendorService(services.store, services.keyring, services.read_cache, services.upstream, imports, public_host),
-        services.cfg,
-        hostnames,
+    portal_vendor = VendorService(
+        services.store, services.keyring, services.read_cache, services.upstream, imports, public_host
     )
+    portal.install(app, portal_vendor, services.cfg, hostnames, cache_api.CacheService(portal_vendor, services.cache))
     return app
 
 

@@ -30,6 +30,8 @@ from proxy.settings import (
     AppSpec,
     AuthSection,
     BootstrapSection,
+    CacheS3Section,
+    CacheSection,
     Config,
     ConfigError,
     CustomerSpec,
@@ -45,6 +47,7 @@ from proxy.settings import (
     WebhooksSection,
     keys_path,
     parse_listen,
+    parse_size,
     read_secret,
     sqlite_path,
 )
@@ -59,6 +62,8 @@ __all__ = [
     "AppSpec",
     "AuthSection",
     "BootstrapSection",
+    "CacheS3Section",
+    "CacheSection",
     "Config",
     "ConfigError",
     "CustomerSpec",
@@ -304,6 +309,7 @@ def _validate(cfg: Config) -> None:
     _validate_webhooks(cfg.webhooks)
     _validate_domains(cfg.domains)
     _validate_limits(cfg.limits)
+    _validate_cache(cfg.cache)
     if cfg.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("log.level: must be DEBUG, INFO, WARNING or ERROR")
     for t, team in enumerate(cfg.bootstrap.teams):
@@ -345,6 +351,27 @@ def _validate_domains(domains: DomainsSection) -> None:
         bare = name.lower().rstrip(".").removeprefix("*.")
         if not HOSTNAME_RE.match(bare):
             raise ConfigError(f"domains.reserved[{i}]: not a DNS name (e.g. corp.example or *.corp.example): {name!r}")
+
+
+def _validate_cache(cache: CacheSection) -> None:
+    if cache.backend not in ("none", "filesystem", "s3"):
+        raise ConfigError("cache.backend: must be none, filesystem or s3")
+    if parse_size(cache.max_size, "cache.max_size") < 1 << 20:
+        raise ConfigError("cache.max_size: must be at least 1MiB")
+    if not 0 <= cache.tag_ttl <= 86400:
+        raise ConfigError("cache.tag_ttl: must be between 0 and 86400 seconds")
+    if cache.hit_io not in ("sendfile", "read"):
+        raise ConfigError("cache.hit_io: must be sendfile or read")
+    if cache.backend == "filesystem" and not cache.path:
+        raise ConfigError("cache.path: required for the filesystem backend")
+    if cache.backend == "s3":
+        s3 = cache.s3
+        if not s3.bucket:
+            raise ConfigError("cache.s3.bucket: required when cache.backend is s3")
+        if s3.secret_access_key_file and s3.secret_access_key_env:
+            raise ConfigError("cache.s3.secret_access_key_file: give secret_access_key_file or _env, not both")
+        if s3.endpoint_url and not s3.endpoint_url.startswith(("https://", "http://")):
+            raise ConfigError("cache.s3.endpoint_url: must start with https:// (or http://)")
 
 
 def _validate_limits(limits: LimitsSection) -> None:

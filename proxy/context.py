@@ -43,6 +43,7 @@ class PullContext:
     image: str | None = None
     reference: str | None = None
     license_ref: str | None = None  # a short hash of the license, never the license
+    cache: str | None = None  # hit | miss, for manifests and blobs when the cache is on
 
     def note(self, customer: Customer) -> None:
         """Whose request this is, for the access and pull logs."""

@@ -56,6 +56,7 @@ class PullEvent:
     # False when the body was cut (the upstream broke, or its bytes missed the digest):
     # the status line said 200, but the pull did not succeed.
     complete: bool = True
+    cache: str | None = None  # hit | miss (manifests and blobs, when the cache is on)
 
     def row(self) -> tuple[object, ...]:
         success = int(self.status < 400 and self.complete)
@@ -71,6 +72,7 @@ class PullEvent:
             self.status,
             success,
             self.bytes,
+            self.cache,
         )
 
 
@@ -217,6 +219,7 @@ def middleware(pulllog: PullLog) -> Middleware:
                     status,
                     sent,
                     complete=c.aborted is None,
+                    cache=c.cache,
                 )
                 pulllog.record(event)
 

@@ -138,6 +138,37 @@ class LimitsSection:
 
 
 @dataclass
+class CacheS3Section:
+    # Read by the S3 backend (cache.backend: s3); validated here so a typo stops the start.
+    bucket: str = ""
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key_file: str | None = None
+    secret_access_key_env: str | None = None
+    # A blob hit answers 307 to a presigned URL instead of moving the bytes.
+    redirect: bool = False
+
+
+@dataclass
+class CacheSection:
+    # The pull-through cache (proxy.cache): none | filesystem | s3.
+    backend: str = "filesystem"
+    # The filesystem backend's directory (relative paths: to the config file's working dir).
+    path: str = "/var/lib/pullgate/cache"
+    # Least-recently-used content goes beyond this: bytes, or with KB/MB/GB/TB or KiB/MiB/GiB/TiB.
+    max_size: str = "20GiB"
+    # A cached tag is revalidated upstream (HEAD) once older than this many seconds.
+    tag_ttl: float = 60.0
+    # Serve the last known digest of a tag (with a Warning header) when the upstream fails.
+    serve_stale: bool = True
+    # How a hit's bytes go out: sendfile (zero copy) or read (4 MiB reads in a thread).
+    hit_io: str = "sendfile"
+    s3: CacheS3Section = field(default_factory=CacheS3Section)
+
+
+@dataclass
 class ApiTokenSpec:
     token_env: str | None = None
     token_file: str | None = None
@@ -212,6 +243,7 @@ class Config:
     webhooks: WebhooksSection = field(default_factory=WebhooksSection)
     domains: DomainsSection = field(default_factory=DomainsSection)
     anonymous: AnonymousSection = field(default_factory=AnonymousSection)
+    cache: CacheSection = field(default_factory=CacheSection)
     bootstrap: BootstrapSection = field(default_factory=BootstrapSection)
     # Where relative paths in the file are anchored.
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
@@ -247,6 +279,40 @@ def read_secret(
             raise ConfigError(f"{key}_env: environment variable {env_ref} is not set")
         return environ[env_ref]
     return None
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "tib": 1 << 40,
+}
+
+
+def parse_size(value: str, key: str) -> int:
+    """ "20GiB", "500MB", "1048576" -> bytes; the error names the key."""
+    text = value.strip().lower().replace(" ", "")
+    number = text.rstrip("kmgtib")
+    unit = text[len(number) :]
+    try:
+        amount = float(number)
+    except ValueError:
+        amount = -1.0
+    if unit not in _SIZE_UNITS or amount < 0:
+        raise ConfigError(f"{key}: a size such as 20GiB, 500MB or a number of bytes, got {value!r}")
+    return int(amount * _SIZE_UNITS[unit])
+
+
+def cache_path(cfg: Config) -> Path:
+    """The filesystem cache's directory (`cache.path`, relative to the config file's directory)."""
+    p = Path(cfg.cache.path)
+    return p if p.is_absolute() else cfg.base_dir / p
 
 
 def keys_path(cfg: Config) -> Path:

@@ -86,6 +86,7 @@ PULL_LOG_COLUMNS = (
     ("status", "status"),
     ("success", "success"),
     ("bytes", "bytes"),
+    ("cache", "cache"),
 )
 
 EGRESS_KEYS = {

@@ -262,9 +262,11 @@ SCHEMAS: dict[str, Any] = {
          "appSlug": _nullable("string"), "registry": _nullable("string"),
          "action": {"type": "string", "enum": ["auth", "manifest", "HEAD", "blob", "tags", "referrers"]},
          "image": _nullable("string"), "reference": _nullable("string"), "status": {"type": "integer"},
-         "success": {"type": "boolean"}, "bytes": {"type": "integer"}},
+         "success": {"type": "boolean"}, "bytes": {"type": "integer"},
+         "cache": {"type": ["string", "null"], "enum": ["hit", "miss", None],
+                   "description": "Manifests and blobs: served from the pull-through cache, or fetched upstream"}},
         ["time", "createdAt", "statusCode", "isSuccess", "customerId", "customerName", "appSlug", "registry",
-         "action", "image", "reference", "status", "success", "bytes"],
+         "action", "image", "reference", "status", "success", "bytes", "cache"],
     ),
 }
 
@@ -555,6 +557,47 @@ def provider_properties() -> dict[str, Any]:
             prop["writeOnly"] = True
         props[name] = prop
     return props
+
+
+# The pull-through cache, scoped to the team's registries (proxy/admin/cache.py).
+# fmt: off
+SCHEMAS["CacheStats"] = _obj(
+    {"enabled": {"type": "boolean", "description": "false when the operator set cache.backend: none"},
+     "sizeBytes": {"type": "integer", "description": "The whole cache (every team)"},
+     "maxSizeBytes": {"type": "integer"}, "entries": {"type": "integer"},
+     "hits": {"type": "integer", "description": "Since the process started"}, "misses": {"type": "integer"},
+     "hitRatio": {"type": "number"},
+     "teamEntries": {"type": "integer", "description": "Objects bound to this team's registries"},
+     "teamBytes": {"type": "integer"}},
+    ["enabled"],
+)
+SCHEMAS["CacheEntry"] = _obj(
+    {"registry": {"type": "string"}, "repository": {"type": "string", "description": "Upstream repository"},
+     "digest": {"type": "string"}, "size": {"type": "integer"}, "mediaType": _nullable("string"),
+     "lastAccess": {"type": "string", "format": "date-time"}},
+    ["registry", "repository", "digest", "size", "mediaType", "lastAccess"],
+)
+_CACHE_FILTERS = [
+    _query("registry", "Registry slug or endpoint (of this team)"),
+    _query("repo", "Upstream repository, e.g. vendor/app"),
+    _query("digest", "sha256:<hex>"),
+]
+PATHS["/cache"] = {
+    "get": _op("Pull-through cache: size and hit ratio, and what this team's registries hold",
+               {"200": _json(_wrap("cache", _ref("CacheStats")))}, errors=("401",)),
+}
+PATHS["/cache/entries"] = {
+    "get": _op("Cached objects bound to this team's registries (one row per registry and repository)",
+               {"200": _json(_wrap("entries", {"type": "array", "items": _ref("CacheEntry")}))},
+               params=_CACHE_FILTERS),
+    "delete": _op("Purge: remove these bindings and tags (an object another team also holds stays on disk)",
+                  {"200": _json(_wrap("purged", _obj({"bindings": {"type": "integer"},
+                                                      "deleted": {"type": "integer"},
+                                                      "tags": {"type": "integer"}},
+                                                     ["bindings", "deleted", "tags"])))},
+                  params=_CACHE_FILTERS),
+}
+# fmt: on
 
 
 def _registry_request() -> dict[str, Any]:

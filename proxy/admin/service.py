@@ -715,6 +715,7 @@ def pull_log_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "status": row["status"],
         "success": bool(row["success"]),
         "bytes": row["bytes"],
+        "cache": row.get("cache"),  # hit | miss; null when the cache was off or not involved
     }
 
 

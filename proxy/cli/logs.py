@@ -20,7 +20,7 @@ def install(sub: Any) -> None:
     output_flag(pl, csv=True)
 
 
-LOG_HEADERS = ("TIME", "CUSTOMER", "REGISTRY", "ACTION", "IMAGE", "REFERENCE", "STATUS", "BYTES")
+LOG_HEADERS = ("TIME", "CUSTOMER", "REGISTRY", "ACTION", "IMAGE", "REFERENCE", "STATUS", "BYTES", "CACHE")
 
 
 def print_logs(logs: list[dict[str, Any]], output: str) -> None:
@@ -38,6 +38,7 @@ def print_logs(logs: list[dict[str, Any]], output: str) -> None:
                 e["reference"],
                 e["status"],
                 e["bytes"],
+                e.get("cache") or "-",
             ]
             for e in logs
         ],

@@ -26,6 +26,7 @@ from proxy.oci.errors import OCICode, OCIError, PullgateCode
 from proxy.oci.grammar import MANIFEST_TYPES, Route, check_page_size, decode_path, parse_route, split_proxy_name
 from proxy.oci.names import is_anonymous
 from proxy.pull.anonymous import anonymous_allows, resolve_anonymous
+from proxy.pull.cached import CachedPulls
 from proxy.pull.limits import Slot, StreamSlots
 from proxy.pull.relay import Pace, StreamAborted, abort_connection, passed_headers, relay, upstream_error
 from proxy.pull.resolve import resolve
@@ -52,6 +53,7 @@ SLOT_KEY = web.RequestKey("stream_slot", Slot)
 
 class OCIRoutes:
     slots: StreamSlots | None = None  # concurrent bodies per license and address (proxy.pull.limits)
+    cached: CachedPulls | None = None  # the pull-through cache, when it is on (proxy.pull.cached)
 
     def __init__(
         self,
@@ -136,6 +138,10 @@ class OCIRoutes:
         self._hold_stream_slot(request, route, registry)
         path = _upstream_path(route, repo, request)
         headers = _upstream_headers(request, route)
+        if self.cached is not None:  # after the license and allowlist checks above, always
+            answer = await self.cached.answer(request, route, registry, repo, headers, API_VERSION)
+            if answer is not None:
+                return answer
         try:
             async with self.upstream.request(
                 registry, request.method, path, headers, scope=f"repository:{repo}:pull"
@@ -165,7 +171,10 @@ class OCIRoutes:
             return await self._tags(request, upstream, route.name, repo)
         extra = _rewrite_link(upstream, repo, route.name) | API_VERSION
         if route.kind == "manifests" and request.method == "GET" and upstream.status == 200:
-            return await self._manifest(request, upstream, route, registry.slug, extra)
+            manifest = await self._manifest(request, upstream, route, registry.slug, extra)
+            if self.cached is not None:
+                await self.cached.keep_manifest(request, registry, repo, route.reference, manifest)
+            return manifest
         # Only a whole blob can be checked against its digest; a 206 range is relayed as is.
         verify = route.reference if route.kind == "blobs" and upstream.status == 200 else None
         try:

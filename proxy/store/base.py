@@ -452,12 +452,12 @@ class Store(abc.ABC):
     # --- pull log -------------------------------------------------------------
     async def insert_pull_logs(self, rows: Sequence[Sequence[Any]]) -> None:
         """Rows of (time, team_id, customer_id, app_slug, registry_slug, action, image, reference,
-        status, success, bytes), written in one transaction with what they add to the daily
-        egress rollup (proxy.store.rollup)."""
+        status, success, bytes, cache), written in one transaction with what they add to the
+        daily egress rollup (proxy.store.rollup)."""
         stmts: list[tuple[str, Sequence[Any]]] = [
             (
                 "INSERT INTO pull_logs (time, team_id, customer_id, app_slug, registry_slug, action, image,"
-                " reference, status, success, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " reference, status, success, bytes, cache) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 row,
             )
             for row in rows
@@ -477,7 +477,7 @@ class Store(abc.ABC):
         """Newest first. `since`/`until` are ISO times in the stored form (UTC, +00:00)."""
         sql = (
             "SELECT l.time, l.customer_id, c.name AS customer_name, l.app_slug, l.registry_slug, l.action,"
-            " l.image, l.reference, l.status, l.success, l.bytes FROM pull_logs l"
+            " l.image, l.reference, l.status, l.success, l.bytes, l.cache FROM pull_logs l"
             " LEFT JOIN customers c ON c.id = l.customer_id WHERE l.team_id = ?"
         )
         params: list[Any] = [team_id]

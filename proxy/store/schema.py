@@ -233,4 +233,33 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX webhook_deliveries_team_time ON webhook_deliveries (team_id, time)
     """,
+    # 7: the pull-through cache's index (proxy.cache): what is held, through which
+    # repositories, and tags; times in epoch milliseconds. And a hit/miss mark on the pull log.
+    """
+    CREATE TABLE cache_entries (
+        digest TEXT PRIMARY KEY,
+        size BIGINT NOT NULL,
+        media_type TEXT,
+        last_access BIGINT NOT NULL
+    );
+    CREATE TABLE cache_bindings (
+        registry_id TEXT NOT NULL REFERENCES registries(id) ON DELETE CASCADE,
+        repository TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (registry_id, repository, digest)
+    );
+    CREATE INDEX cache_bindings_digest ON cache_bindings (digest);
+    CREATE TABLE cache_tags (
+        registry_id TEXT NOT NULL REFERENCES registries(id) ON DELETE CASCADE,
+        repository TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        accept TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        media_type TEXT NOT NULL,
+        checked_at BIGINT NOT NULL,
+        PRIMARY KEY (registry_id, repository, tag, accept)
+    );
+    ALTER TABLE pull_logs ADD COLUMN cache TEXT
+    """,
 ]

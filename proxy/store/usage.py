@@ -340,7 +340,7 @@ async def iter_pull_logs(
     it, fetched whole (rows of one millisecond are few)."""
     base = (
         "SELECT l.time, l.customer_id, c.name AS customer_name, l.app_slug, l.registry_slug, l.action,"
-        " l.image, l.reference, l.status, l.success, l.bytes FROM pull_logs l"
+        " l.image, l.reference, l.status, l.success, l.bytes, l.cache FROM pull_logs l"
         " LEFT JOIN customers c ON c.id = l.customer_id WHERE l.team_id = ?"
     )
     params: list[Any] = [team_id]

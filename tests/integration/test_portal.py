@@ -108,7 +108,11 @@ def portal_env(tmp_path_factory: pytest.TempPathFactory, upstream_basic: Registr
     ]
     # Hostname ownership checks ask a DNS server of the test's own, on loopback.
     dns = LoopbackDNS()
-    settings = {"pulllog": {"flush_seconds": 0.05}, "domains": {"resolver": [dns.nameserver]}}
+    settings = {
+        "pulllog": {"flush_seconds": 0.05},
+        "domains": {"resolver": [dns.nameserver]},
+        "cache": {"backend": "filesystem"},  # the Images page shows its size and hit ratio
+    }
     try:
         server = Pullgate(
             tmp_path_factory.mktemp("portal"), teams, env=env, settings=settings, name="pullgate-portal"
@@ -360,7 +364,11 @@ async def test_portal_end_to_end(portal: Portal, portal_env: PortalEnv, tmp_path
             await asyncio.sleep(0.1)
         table = await page.inner_text("#logs")
         assert "Portal Customer" in table and "manifest" in table and "blob" in table
+        assert "miss" in table  # the cache's mark: the first pull went upstream
         await portal.shot("pull-logs")
+        await portal.goto("/images")
+        assert await page.inner_text("#cache .cache-size") != "0 B"
+        assert await page.inner_text("#cache .cache-ratio") == "0.0 %"  # misses only, so far
         await portal.goto("/logs?since=2000-01-01T00:00&until=2000-01-02T00:00")
         assert "No pulls match" in await page.inner_text("main")
 

@@ -167,8 +167,22 @@ async def test_round_trip(cluster: PostgresCluster):
                     200,
                     1,
                     big,
+                    "miss",
                 ),
-                ("2030-01-02T00:00:00+00:00", team.id, cid, "app-a", "reg", "manifest", "vendor/x", "v1", 404, 0, 0),
+                (
+                    "2030-01-02T00:00:00+00:00",
+                    team.id,
+                    cid,
+                    "app-a",
+                    "reg",
+                    "manifest",
+                    "vendor/x",
+                    "v1",
+                    404,
+                    0,
+                    0,
+                    None,
+                ),
             ]
         )
         logs = await store.pull_logs(team.id, since="2030-01-01T00:00:00+00:00", limit=1)

@@ -25,6 +25,7 @@ from openapi_spec_validator import validate
 
 from proxy.admin.openapi import document
 from tests.support.capture import CaptureServer
+from tests.support.images import oci_image
 from tests.support.vendor import (
     VendorClient,
     VendorEnv,
@@ -473,6 +474,46 @@ async def test_release_channels_in_pullgates_spelling(api: VendorClient):
     listed = (await api.call("GET", "/app/alpha-app/channels", params={"channelName": "BETA"})).body["channels"]
     assert [ch["name"] for ch in listed] == ["Beta"]
     assert (await api.call("GET", "/app/alpha-app/channels", params={"colour": "x"})).status == 400
+
+
+# --- the pull-through cache ----------------------------------------------------------------
+
+
+async def test_the_cache_shows_and_purges_only_a_teams_own_entries(api: VendorClient, vendor_env: VendorEnv):
+    beta = api.as_team("beta")
+    # An image of its own: the seeded ones share digests with what other tests pull.
+    img = oci_image(vendor_env.anon, "vendor/cache-own", "v1", [(64 * 1024, "cache-own-" + secrets.token_hex(4))])
+    digest, size = img.blobs[-1]
+    base = "/v2/proxy/beta-app/beta-anon/vendor/cache-own"
+    lic = vendor_env.licenses["beta-cust"]
+    assert (await pull(vendor_env, "GET", f"{base}/manifests/v1", lic))[0] == 200
+    assert (await pull(vendor_env, "GET", f"{base}/blobs/{digest}", lic))[0] == 200
+
+    async def listed() -> list[dict[str, Any]]:  # the blob lands once fsynced, maybe after its client is done
+        return (await beta.call("GET", "/cache/entries", params={"repo": "vendor/cache-own"})).body["entries"]
+
+    deadline = time.monotonic() + 10
+    while len(await listed()) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert {(e["registry"], e["digest"]) for e in await listed()} == {("beta-anon", digest), ("beta-anon", img.digest)}
+    stats = (await beta.call("GET", "/cache")).body["cache"]
+    assert stats["enabled"] and stats["teamEntries"] >= 2 and stats["sizeBytes"] >= size
+    # Another team sees nothing of it and purges nothing of it.
+    assert all(e["registry"] != "beta-anon" for e in (await api.call("GET", "/cache/entries")).body["entries"])
+    assert (await api.call("DELETE", "/cache/entries", params={"digest": digest})).body["purged"]["bindings"] == 0
+    assert (await api.call("GET", "/cache/entries", params={"registry": "beta-anon"})).status == 404
+    assert (await beta.call("GET", "/cache/entries", params={"digest": "sha256:nothex"})).status == 400
+    assert (await beta.call("GET", "/cache/entries", params={"colour": "red"})).status == 400
+    # The owner purges it: the next pull is a miss.
+    purged = (await beta.call("DELETE", "/cache/entries", params={"registry": "beta-anon", "digest": digest})).body
+    assert purged["purged"] == {"bindings": 1, "deleted": 1, "tags": 0}
+    assert (await beta.call("GET", "/cache/entries", params={"digest": digest})).body["entries"] == []
+    assert (await pull(vendor_env, "GET", f"{base}/blobs/{digest}", lic))[0] == 200
+    logs = await _logs(beta, 3, registry="beta-anon")
+    assert [e["cache"] for e in logs if e["action"] == "blob" and e["image"] == "vendor/cache-own"][:2] == [
+        "miss",
+        "miss",
+    ]
 
 
 # --- pulls, the pull log, revocation, allowlist -------------------------------------------

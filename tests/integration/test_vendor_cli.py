@@ -363,3 +363,21 @@ def test_masked_prompt_on_a_terminal(vendor_env: VendorEnv):
     vendor_env.assert_clean(out, "the terminal")
     assert b"tty-reg" in out
     assert run(vendor_env, "registry", "test", "tty-reg", "--image", "vendor/oci:v1").returncode == 0
+
+
+def test_cache_stats_ls_purge(vendor_env: VendorEnv):
+    img = vendor_env.anon.images["docker"]
+    base = f"/v2/proxy/beta-app/beta-anon/{img.repo}"
+    assert pull_status(vendor_env, f"{base}/manifests/{img.digest}", vendor_env.licenses["beta-cust"]) == 200
+    stats = json.loads(run(vendor_env, "cache", "stats", "-o", "json", token="beta").stdout)
+    assert stats["enabled"] and stats["teamEntries"] >= 1
+    assert "hit ratio" in run(vendor_env, "cache", "stats", token="beta").stdout
+    table = run(vendor_env, "cache", "ls", "--repo", img.repo, token="beta").stdout
+    assert img.digest in table and "beta-anon" in table.splitlines()[1]
+    assert "beta-anon" not in run(vendor_env, "cache", "ls", "--repo", img.repo).stdout  # alpha: its own only
+    refused = run(vendor_env, "cache", "purge", token="beta", check=False)
+    assert refused.returncode == 2 and "--all" in refused.stdout
+    out = run(vendor_env, "cache", "purge", "--repo", img.repo, "--digest", img.digest, "-o", "json", token="beta")
+    # Deleted from disk unless another team's registry holds it too (the session's env is shared).
+    assert json.loads(out.stdout)["bindings"] == 1
+    assert img.digest not in run(vendor_env, "cache", "ls", "--repo", img.repo, token="beta").stdout

@@ -51,6 +51,8 @@ class Pullgate:
                 # The test registries listen on loopback, which the egress policy refuses by default.
                 "egress_allow": ["127.0.0.0/8"],
             },
+            # Off unless a test turns it on: the other tests count upstream requests.
+            "cache": {"backend": "none", "path": str(workdir / "cache")},
             "bootstrap": {"teams": teams},
         }
         for section, values in (settings or {}).items():

@@ -32,7 +32,7 @@ def row(
 ) -> tuple[Any, ...]:
     team = "t2" if customer == "c3" else "t1"
     app = "a2" if customer == "c3" else "a1"
-    return (time, ids[team], ids[customer], app, "reg", action, image, "sha256:x", 200, 1, size)
+    return (time, ids[team], ids[customer], app, "reg", action, image, "sha256:x", 200, 1, size, "miss")
 
 
 async def rollup_sums_batches_and_scopes_teams(store: Store) -> None:

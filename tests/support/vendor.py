@@ -80,7 +80,11 @@ def vendor_env(
         tmp_path_factory.mktemp("vendor"),
         teams,
         env=env,
-        settings={"pulllog": {"flush_seconds": 0.05}, "domains": {"resolver": [dns.nameserver]}},
+        settings={
+            "pulllog": {"flush_seconds": 0.05},
+            "domains": {"resolver": [dns.nameserver]},
+            "cache": {"backend": "filesystem"},  # the cache routes answer for real
+        },
         name="pullgate-vendor",
     ).start()
     ve = VendorEnv(

@@ -51,7 +51,7 @@ async def test_the_migration_backfills_the_rollup_from_the_pull_log(tmp_path: Pa
     ]
     await old.execute_many(
         ("INSERT INTO pull_logs (time, team_id, customer_id, app_slug, registry_slug, action, image, reference,"
-         " status, success, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", r)
+         " status, success, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", r[:11])
         for r in rows
     )  # fmt: skip
     await old.close()

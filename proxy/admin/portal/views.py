@@ -20,6 +20,7 @@ from aiohttp import web
 from multidict import MultiDict, MultiMapping
 
 from proxy.admin import csvexport
+from proxy.admin.cache import CacheService
 from proxy.admin.mirrors import Mirror, default_hosts_toml
 from proxy.admin.portal import forms, usage_pages
 from proxy.admin.portal.session import (
@@ -46,6 +47,7 @@ SERVICE = web.AppKey("portal_service", VendorService)
 SESSIONS = web.AppKey("portal_sessions", Sessions)
 CONFIG = web.AppKey("portal_config", Config)
 HOSTNAMES = web.AppKey("portal_hostnames", HostnameService)
+CACHE = web.AppKey("portal_cache", CacheService)
 TEAM = web.RequestKey("portal_team", Team)
 SESSION = web.RequestKey("portal_session", Session)
 FORM = web.RequestKey("portal_form", MultiDict)
@@ -252,6 +254,7 @@ async def images(request: web.Request, extra: dict[str, Any] | None = None, stat
         "test": None,
         "proxy_host": proxy_host,
         "test_choice": request.query.get("test", ""),
+        "cache": await request.app[CACHE].stats(team) if CACHE in request.app else None,
         **(extra or {}),
     }
     return render(request, "images.html", ctx, status)
@@ -712,12 +715,18 @@ def _size(n: int | None) -> str:
 
 
 def portal_app(
-    service: VendorService, sessions: Sessions, cfg: Config, hostnames: HostnameService | None = None
+    service: VendorService,
+    sessions: Sessions,
+    cfg: Config,
+    hostnames: HostnameService | None = None,
+    cache: CacheService | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[guard], client_max_size=MAX_LICENSE_FILE + 64 * 1024)
     app[SERVICE], app[SESSIONS], app[CONFIG] = service, sessions, cfg
     if hostnames is not None:
         app[HOSTNAMES] = hostnames
+    if cache is not None:
+        app[CACHE] = cache
     env = aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
     env.filters["when"] = _when
     env.filters["size"] = _size
@@ -769,11 +778,15 @@ async def _stylesheet(_: web.Request) -> web.FileResponse:
 
 
 def install(
-    admin: web.Application, service: VendorService, cfg: Config, hostnames: HostnameService | None = None
+    admin: web.Application,
+    service: VendorService,
+    cfg: Config,
+    hostnames: HostnameService | None = None,
+    cache: CacheService | None = None,
 ) -> None:
     """Mount at /portal/ on the admin app; `/` sends a browser there."""
     sessions = Sessions(service.keyring)
-    admin.add_subapp(PREFIX, portal_app(service, sessions, cfg, hostnames))
+    admin.add_subapp(PREFIX, portal_app(service, sessions, cfg, hostnames, cache))
 
     async def root(_: web.Request) -> web.StreamResponse:
         raise web.HTTPFound(_url("/"))

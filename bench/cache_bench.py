@@ -1,0 +1,321 @@
+"""The pull-through cache: a 1 GiB blob cold (miss: fetch, hash, write) and warm (hit), against
+the baselines of pull_bench.py (docker-registry direct, nginx with 256 KiB buffers) and two bare
+reference servers serving the cached file (os.sendfile; 4 MiB read/write); then 20 concurrent
+cold pulls of one 200 MiB blob against one. Medians of --repeat runs; pullgate's peak RSS.
+
+Usage: .venv/bin/python bench/cache_bench.py [--blob-mib 1024] [--repeat 5] [--fanout 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from pull_bench import (
+    LICENSE,
+    NGINX,
+    PROXY_REPO,
+    REGISTRY,
+    REPO,
+    VENV_BIN,
+    BenchError,
+    Procs,
+    children,
+    cpu_seconds,
+    curl,
+    free_port,
+    hwm_kib,
+    pull_n,
+    push_blob,
+    push_image,
+    random_chunks,
+    start_nginx,
+    start_registry,
+    wait_status,
+)
+
+MiB = 1 << 20
+API_TOKEN = "bench-cache-api-token"
+BASIC = "Basic " + base64.b64encode(f"LICENSE_ID:{LICENSE}".encode()).decode()
+
+# The two bare servers: the practical limit of a hit on this machine. One request, then exit.
+SENDFILE_SERVER = """
+import os, socket, sys
+path, port = sys.argv[1], int(sys.argv[2])
+srv = socket.create_server(("127.0.0.1", port)); print("ready", flush=True)
+while True:
+    conn, _ = srv.accept(); conn.recv(65536); fd = os.open(path, os.O_RDONLY); size = os.fstat(fd).st_size
+    conn.sendall(f"HTTP/1.1 200 OK\\r\\nContent-Length: {size}\\r\\nConnection: close\\r\\n\\r\\n".encode())
+    off = 0
+    while off < size: off += os.sendfile(conn.fileno(), fd, off, size - off)
+    os.close(fd); conn.close()
+"""
+READ_SERVER = """
+import os, socket, sys
+path, port = sys.argv[1], int(sys.argv[2])
+srv = socket.create_server(("127.0.0.1", port)); print("ready", flush=True)
+while True:
+    conn, _ = srv.accept(); conn.recv(65536); size = os.path.getsize(path)
+    conn.sendall(f"HTTP/1.1 200 OK\\r\\nContent-Length: {size}\\r\\nConnection: close\\r\\n\\r\\n".encode())
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(4 << 20): conn.sendall(chunk)
+    conn.close()
+"""
+
+
+def start_pullgate(procs: Procs, tmp: Path, upstream: int, name: str, exe: str, hit_io: str) -> tuple[int, int, Any]:
+    port, admin = free_port(), free_port()
+    cfg = tmp / f"{name}.yaml"
+    cfg.write_text(
+        json.dumps(
+            {
+                "proxy": {"listen": f"127.0.0.1:{port}", "hosts": [f"127.0.0.1:{port}"]},
+                "admin": {"listen": f"127.0.0.1:{admin}"},
+                "store": f"sqlite:///{tmp / (name + '.db')}",
+                "keys": {"file": str(tmp / f"{name}-keys.yaml")},
+                "upstream": {"egress_allow": [f"127.0.0.1:{upstream}"]},
+                "limits": {"min_stream_rate": 0},
+                "log": {"access_log": False},
+                "cache": {"backend": "filesystem", "path": str(tmp / f"{name}-cache"), "hit_io": hit_io},
+                "bootstrap": {
+                    "teams": [
+                        {
+                            "name": "bench",
+                            "api_tokens": [{"token_env": "BENCH_API_TOKEN"}],
+                            "apps": [{"slug": "bench"}],
+                            "registries": [
+                                {
+                                    "slug": "up",
+                                    "provider": "other",
+                                    "endpoint": f"127.0.0.1:{upstream}",
+                                    "url": f"http://127.0.0.1:{upstream}",
+                                    "insecure": True,
+                                }
+                            ],
+                            "customers": [{"name": "Bench", "app": "bench", "license_id_env": "BENCH_LICENSE_ID"}],
+                        }
+                    ]
+                },
+            }
+        )
+    )
+    log = tmp / f"{name}.log"
+    env = {**os.environ, "BENCH_LICENSE_ID": LICENSE, "BENCH_API_TOKEN": API_TOKEN}
+    proc = procs.start([exe, "serve", "--config", str(cfg)], log, env)
+    wait_status(f"http://127.0.0.1:{port}/v2/", 401, proc, log, timeout=60)
+    return port, admin, proc
+
+
+def purge(admin: int, digest: str) -> None:
+    query = urllib.parse.urlencode({"digest": digest})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{admin}/vendor/v3/cache/entries?{query}",
+        method="DELETE",
+        headers={"Authorization": API_TOKEN},
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - loopback
+        json.load(r)
+
+
+def start_bare(procs: Procs, tmp: Path, script: str, path: Path, name: str) -> int:
+    port = free_port()
+    log = tmp / f"{name}.log"
+    proc = procs.start([sys.executable, "-c", textwrap.dedent(script), str(path), str(port)], log)
+    deadline = time.monotonic() + 10
+    while not (log.exists() and "ready" in log.read_text()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise BenchError(f"{name} did not start")
+        time.sleep(0.05)
+    return port
+
+
+def fanout(url: str, headers: list[str], size: int, n: int, timeout: float) -> float:
+    """Seconds until all `n` concurrent pulls are done (each checked for status and size)."""
+    errors: list[str] = []
+
+    def one() -> None:
+        _, got, code = curl(url, headers, timeout)
+        if code != 200 or got != size:
+            errors.append(f"HTTP {code}, {got} bytes")
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise BenchError(f"{url}: {errors[:3]}")
+    return time.monotonic() - start
+
+
+def run(args: argparse.Namespace, procs: Procs, tmp: Path) -> dict[str, Any]:
+    size, fan_size = args.blob_mib * MiB, args.fanout_mib * MiB
+    reg_port, reg_proc = start_registry(procs, tmp)
+    blobs = push_image(reg_port, size)
+    big, small = blobs["big"][0], blobs["small"][0]
+    fan_blob, _ = push_blob(reg_port, random_chunks(fan_size, 7))
+    ng_port, ng_proc = start_nginx(procs, tmp, reg_port)
+    pg = {
+        mode: start_pullgate(procs, tmp, reg_port, f"pg-{mode}", args.pullgate, mode) for mode in ("sendfile", "read")
+    }
+    auth = [f"Authorization: {BASIC}"]
+    base = {mode: f"http://127.0.0.1:{port}/v2/{PROXY_REPO}/blobs/" for mode, (port, _, _) in pg.items()}
+    for mode in pg:
+        pull_n(base[mode] + small, auth, MiB, 2, 60)  # warm-up: auth, store, connections
+    hwm_small = hwm_kib(pg["sendfile"][2].pid) / 1024
+
+    speeds: dict[str, list[float]] = {k: [] for k in ("direct", "nginx", "cold", "warm_sendfile", "warm_read")}
+    sendfile_admin = pg["sendfile"][1]
+    for mode in pg:  # each pullgate holds the blob once
+        pull_n(base[mode] + big, auth, size, 1, args.pull_timeout)
+    cached = tmp / "pg-sendfile-cache" / "blobs" / "sha256" / big[7:9] / big[7:]
+    if not cached.exists():
+        raise BenchError(f"the cold pull did not cache {big}")
+    bare_copy = tmp / "bare-blob"
+    shutil.copyfile(cached, bare_copy)  # the bare servers read their own copy: the cache's may be purged
+    bare = {
+        "bare_sendfile": start_bare(procs, tmp, SENDFILE_SERVER, bare_copy, "bare-sendfile"),
+        "bare_read4m": start_bare(procs, tmp, READ_SERVER, bare_copy, "bare-read"),
+    }
+    for name in bare:
+        speeds[name] = []
+    targets = {
+        "direct": (f"http://127.0.0.1:{reg_port}/v2/{REPO}/blobs/{big}", []),
+        "nginx": (f"http://127.0.0.1:{ng_port}/v2/{REPO}/blobs/{big}", []),
+        "warm_sendfile": (base["sendfile"] + big, auth),
+        "warm_read": (base["read"] + big, auth),
+        **{name: (f"http://127.0.0.1:{port}/blob", []) for name, port in bare.items()},
+    }
+    # CPU time the serving process spends per MB: unlike MB/s, hardly moved by other load.
+    servers = {
+        "direct": [reg_proc.pid],
+        "nginx": children(ng_proc.pid),
+        "warm_sendfile": [pg["sendfile"][2].pid],
+        "warm_read": [pg["read"][2].pid],
+        "cold": [pg["sendfile"][2].pid],
+    }
+    cpu: dict[str, float] = dict.fromkeys(servers, 0.0)
+
+    def measured(name: str, url: str, headers: list[str]) -> None:
+        pids = servers.get(name, [])
+        before = cpu_seconds(pids)
+        speeds[name] += pull_n(url, headers, size, 1, args.pull_timeout)
+        if name in cpu:
+            cpu[name] += cpu_seconds(pids) - before
+
+    for i in range(args.repeat):
+        order = list(targets) if i % 2 == 0 else list(reversed(targets))
+        for name in order:
+            measured(name, *targets[name])
+        purge(sendfile_admin, big)
+        measured("cold", base["sendfile"] + big, auth)
+    hwm_big = hwm_kib(pg["sendfile"][2].pid) / 1024
+
+    # 20 concurrent cold pulls of one blob against one cold pull (medians of --fan-repeat).
+    fan_url = base["sendfile"] + fan_blob
+    one, many = [], []
+    for _ in range(args.fan_repeat):
+        purge(sendfile_admin, fan_blob)
+        one.append(fanout(fan_url, auth, fan_size, 1, args.pull_timeout))
+        purge(sendfile_admin, fan_blob)
+        many.append(fanout(fan_url, auth, fan_size, args.fanout, args.pull_timeout))
+
+    med = {k: round(statistics.median(v), 1) for k, v in speeds.items()}
+    best_bare = max(med["bare_sendfile"], med["bare_read4m"])
+    best_warm = max(med["warm_sendfile"], med["warm_read"])
+    return {
+        "blob_bytes": size,
+        "repeat": args.repeat,
+        "mb_per_s": med,
+        "mb_per_s_all": {k: [round(x, 1) for x in v] for k, v in speeds.items()},
+        "server_cpu_ms_per_mb": {k: round(1000 * used / (args.repeat * size / 1e6), 3) for k, used in cpu.items()},
+        "ratio_cold_nginx": round(med["cold"] / med["nginx"], 3),
+        "ratio_warm_best_bare": round(best_warm / best_bare, 3),
+        "ratio_warm_direct": round(best_warm / med["direct"], 3),
+        "faster_hit_io": "sendfile" if med["warm_sendfile"] >= med["warm_read"] else "read",
+        "fanout": args.fanout,
+        "fanout_bytes": fan_size,
+        "fanout_one_s": round(statistics.median(one), 2),
+        "fanout_many_s": round(statistics.median(many), 2),
+        "ratio_fanout": round(statistics.median(many) / statistics.median(one), 3),
+        "pullgate_hwm_small_mib": round(hwm_small, 1),
+        "pullgate_hwm_big_mib": round(hwm_big, 1),
+    }
+
+
+def print_table(r: dict[str, Any]) -> None:
+    print(f"\nblob {r['blob_bytes'] // MiB} MiB, median of {r['repeat']} (MB/s = 10^6 B/s)")
+    for name, value in r["mb_per_s"].items():
+        print(f"  {name:<15}{value:>10.1f}  {r['mb_per_s_all'][name]}")
+    print(f"server CPU ms/MB: {r['server_cpu_ms_per_mb']}")
+    print(f"cold/nginx {r['ratio_cold_nginx']} (target >= 0.8)")
+    print(
+        f"warm/faster bare {r['ratio_warm_best_bare']} (target >= 0.95), warm/direct {r['ratio_warm_direct']} (>= 0.9)"
+    )
+    print(f"faster hit path here: {r['faster_hit_io']}")
+    print(
+        f"{r['fanout']} concurrent cold pulls of {r['fanout_bytes'] // MiB} MiB: {r['fanout_many_s']}s, "
+        f"one: {r['fanout_one_s']}s, ratio {r['ratio_fanout']} (target <= 1.5)"
+    )
+    print(
+        f"pullgate VmHWM: after 1 MiB pulls {r['pullgate_hwm_small_mib']} MiB, "
+        f"after all {r['pullgate_hwm_big_mib']} MiB"
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--blob-mib", type=int, default=1024)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--fanout", type=int, default=20)
+    ap.add_argument("--fanout-mib", type=int, default=200)
+    ap.add_argument("--fan-repeat", type=int, default=3)
+    ap.add_argument("--pullgate", default=str(VENV_BIN / "pullgate"), help="executable")
+    ap.add_argument("--pull-timeout", type=float, default=600, help="seconds per pull")
+    ap.add_argument("--budget", type=int, default=3600, help="seconds for the whole run")
+    args = ap.parse_args()
+    for tool in (REGISTRY, NGINX, shutil.which("curl")):
+        if not tool or not os.access(tool, os.X_OK):
+            print(f"missing tool: {tool or 'curl'}", file=sys.stderr)
+            return 2
+
+    def over_budget(*_: object) -> None:
+        raise TimeoutError(f"bench exceeded --budget {args.budget}s")
+
+    signal.signal(signal.SIGALRM, over_budget)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.alarm(args.budget)
+    procs = Procs()
+    tmp = Path(tempfile.mkdtemp(prefix="pullgate-cache-bench-"))
+    try:
+        result = run(args, procs, tmp)
+    except (BenchError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
+        print(f"bench failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        signal.alarm(0)
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print_table(result)
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

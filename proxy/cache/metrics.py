@@ -1,0 +1,25 @@
+"""The cache's Prometheus collectors (on the proxy's one registry). Labels: kind only."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+from proxy.metrics import REGISTRY
+
+HITS = Counter("pullgate_cache_hits", "Requests answered from the cache", ["kind"], registry=REGISTRY)
+MISSES = Counter("pullgate_cache_misses", "Cacheable requests that went upstream", ["kind"], registry=REGISTRY)
+COALESCED = Counter(
+    "pullgate_cache_coalesced_waiters", "Misses that joined another request's upstream fetch", registry=REGISTRY
+)
+BYTES = Counter(
+    "pullgate_cache_bytes", "Bytes into the cache from upstream, and out of it", ["source"], registry=REGISTRY
+)  # source: upstream | cache
+STALE = Counter("pullgate_cache_stale_serves", "Tags served stale because the upstream failed", registry=REGISTRY)
+VERIFICATION_FAILURES = Counter(
+    "pullgate_cache_verification_failures",
+    "Fetches into the cache whose bytes did not hash to their digest (nothing was kept)",
+    registry=REGISTRY,
+)
+EVICTIONS = Counter("pullgate_cache_evictions", "Objects evicted (least recently used)", registry=REGISTRY)
+SIZE = Gauge("pullgate_cache_size_bytes", "Bytes held by the cache", registry=REGISTRY)
+ENTRIES = Gauge("pullgate_cache_entries", "Objects held by the cache", registry=REGISTRY)

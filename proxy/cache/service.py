@@ -1,0 +1,266 @@
+"""`Cache`: the backend, the index, the fetches in flight, eviction and the store behind it.
+
+The one object the pull facade (proxy.pull.cached) and the vendor API talk to. It knows
+nothing of licenses (checked before it is asked) nor of registries' protocols (the facade
+hands it the upstream's answer as a `Source`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.cache import metrics
+from proxy.cache.backend import Backend, Opened
+from proxy.cache.flight import Flight, Flights, Opener
+from proxy.cache.index import Binding, CacheIndex, Entry, TagEntry, TagKey
+from proxy.cache.persist import Persistence
+from proxy.store import cacheindex
+from proxy.store.base import Store
+
+log = logging.getLogger("pullgate.cache")
+
+
+@dataclass(frozen=True)
+class Purged:
+    bindings: int  # bindings removed
+    deleted: int  # objects deleted (no binding of anyone left)
+    tags: int  # tags forgotten
+
+
+class Cache:
+    def __init__(
+        self,
+        backend: Backend,
+        store: Store,
+        max_size: int,
+        tag_ttl: float,
+        serve_stale: bool,
+        hit_io: str = "sendfile",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.backend = backend
+        self.store = store
+        self.index = CacheIndex(max_size)
+        self.flights = Flights()
+        self.tag_ttl = tag_ttl
+        self.serve_stale = serve_stale
+        self.hit_io = hit_io
+        self.clock = clock
+        self.persist = Persistence(store, self.index.take_touched)
+        self.hits = 0
+        self.misses = 0
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    # --- life -----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Temporaries removed; the index loaded from the store and checked against what is
+        on disk: an entry whose file is gone is forgotten, a file the store does not know
+        is taken in (with no binding: served to a repository only once the upstream confirms)."""
+        await self.backend.start()
+        rows, bindings, tags = await cacheindex.load(self.store)
+        on_disk = {obj.digest: obj async for obj in self.backend.listing()}
+        gone = []
+        for row in rows:
+            obj = on_disk.pop(row["digest"], None)
+            if obj is None:
+                gone.append(row["digest"])
+                continue
+            self.index.add(Entry(row["digest"], obj.size, row["media_type"], row["last_access"] / 1000))
+        for obj in sorted(on_disk.values(), key=lambda o: o.mtime):
+            self.index.add(Entry(obj.digest, obj.size, None, obj.mtime))
+            self.persist.queue(cacheindex.put_entry(obj.digest, obj.size, None, obj.mtime))
+        for b in bindings:
+            if b["digest"] in self.index.entries:
+                self.index.bind(b["digest"], (b["registry_id"], b["repository"]))
+        for t in tags:
+            key = (t["registry_id"], t["repository"], t["tag"], t["accept"])
+            self.index.set_tag(key, TagEntry(t["digest"], t["media_type"], t["checked_at"] / 1000))
+        for digest in gone:
+            self.persist.queue(*cacheindex.forget(digest))
+        if gone or on_disk:
+            log.info("cache index: %d forgotten (file gone), %d taken in from disk", len(gone), len(on_disk))
+        await self._evict()
+        self._gauges()
+        await self.persist.flush()
+        self.persist.start()
+
+    async def close(self) -> None:
+        """Fetches still running are let finish (publish included), briefly; then the index is written."""
+        tasks = [f.task for f in self.flights.running.values() if f.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=15)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        await self.persist.close()
+
+    # --- lookups --------------------------------------------------------------------
+    def held(self, digest: str) -> Entry | None:
+        return self.index.get(digest)
+
+    def bound(self, digest: str, binding: Binding) -> bool:
+        return self.index.bound(digest, binding)
+
+    def bind(self, digest: str, binding: Binding) -> None:
+        if self.index.bind(digest, binding):
+            self.persist.queue(cacheindex.bind(*binding, digest, self.clock()))
+
+    async def open(self, digest: str) -> Opened | None:
+        """The object, opened (it stays readable even if evicted meanwhile), its use noted."""
+        opened = await self.backend.open(digest)
+        if opened is None:
+            if self.index.remove(digest) is not None:  # deleted behind our back
+                self.persist.queue(*cacheindex.forget(digest))
+                self._gauges()
+            return None
+        self.index.touch(digest, self.clock())
+        return opened
+
+    async def read_small(self, digest: str) -> bytes | None:
+        """A manifest's bytes."""
+        opened = await self.open(digest)
+        if opened is None:
+            return None
+        try:
+            return await opened.read(0, opened.size)
+        finally:
+            await opened.close()
+
+    # --- filling --------------------------------------------------------------------
+    def fetch(self, digest: str, origin: Binding, opener: Opener) -> tuple[Flight, bool]:
+        """The flight for this digest, started if none runs; True when this joined one."""
+        flight = self.flights.get(digest)
+        if flight is not None:
+            metrics.COALESCED.inc()
+            return flight, True
+        return self.flights.start(digest, origin, self.backend, opener, self._landed), False
+
+    def _landed(self, flight: Flight) -> None:
+        if flight.failed is not None and flight.failed.reason == "digest":
+            metrics.VERIFICATION_FAILURES.inc()
+        if flight.written:
+            metrics.BYTES.labels("upstream").inc(flight.written)
+        if not flight.kept:
+            return
+        self._add(Entry(flight.digest, flight.written, flight.media_type, self.clock()), flight.bindings)
+
+    async def keep(self, digest: str, data: bytes, media_type: str | None, binding: Binding) -> None:
+        """A small verified object (a manifest), written at once."""
+        if self.index.get(digest) is None:
+            try:
+                await self.backend.put(digest, data)
+            except OSError as exc:
+                log.error("cache: could not keep %s: %s", digest, exc.strerror)
+                return
+            self._add(Entry(digest, len(data), media_type, self.clock()), {binding})
+        else:
+            self.bind(digest, binding)
+
+    def _add(self, entry: Entry, bindings: set[Binding]) -> None:
+        if entry.size > self.index.max_size:
+            # Larger than the whole cache: served, never kept.
+            self._schedule(self.backend.delete(entry.digest))
+            return
+        self.index.add(entry)
+        self.persist.queue(cacheindex.put_entry(entry.digest, entry.size, entry.media_type, entry.last_access))
+        for binding in bindings:
+            self.bind(entry.digest, binding)
+        self._schedule(self._evict())
+        self._gauges()
+
+    def _schedule(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)  # held, so it is not collected mid-way
+        task.add_done_callback(self._tasks.discard)
+
+    async def _evict(self) -> None:
+        for entry in self.index.victims():
+            metrics.EVICTIONS.inc()
+            self.persist.queue(*cacheindex.forget(entry.digest))
+            # A reader that has it open keeps reading: unlink leaves its descriptor whole.
+            with contextlib.suppress(OSError):
+                await self.backend.delete(entry.digest)
+        self._gauges()
+
+    # --- tags -----------------------------------------------------------------------
+    def tag(self, key: TagKey) -> TagEntry | None:
+        return self.index.tag(key)
+
+    def set_tag(self, key: TagKey, digest: str, media_type: str) -> None:
+        entry = TagEntry(digest, media_type, self.clock())
+        self.index.set_tag(key, entry)
+        self.persist.queue(cacheindex.put_tag(key, digest, media_type, entry.checked_at))
+
+    def drop_tag(self, key: TagKey) -> None:
+        self.index.drop_tag(key)
+        self.persist.queue(cacheindex.drop_tag(key))
+
+    # --- counting -------------------------------------------------------------------
+    def hit(self, kind: str) -> None:
+        self.hits += 1
+        metrics.HITS.labels(kind).inc()
+
+    def miss(self, kind: str) -> None:
+        self.misses += 1
+        metrics.MISSES.labels(kind).inc()
+
+    def _gauges(self) -> None:
+        metrics.SIZE.set(self.index.total)
+        metrics.ENTRIES.set(len(self.index.entries))
+
+    # --- the vendor API -------------------------------------------------------------
+    def stats(self, registry_ids: set[str] | None = None) -> dict[str, int | float]:
+        """The whole cache's size and hit ratio; with `registry_ids`, also what those registries bound."""
+        total = self.hits + self.misses
+        out: dict[str, int | float] = {
+            "sizeBytes": self.index.total,
+            "maxSizeBytes": self.index.max_size,
+            "entries": len(self.index.entries),
+            "hits": self.hits,
+            "misses": self.misses,
+            "hitRatio": round(self.hits / total, 4) if total else 0.0,
+        }
+        if registry_ids is not None:
+            pairs = self.index.select(registry_ids)
+            digests = {d for d, _ in pairs}
+            out["teamEntries"] = len(digests)
+            out["teamBytes"] = sum(e.size for d in digests if (e := self.index.get(d)) is not None)
+        return out
+
+    def entries(
+        self, registry_ids: set[str], repository: str | None = None, digest: str | None = None
+    ) -> list[tuple[str, Binding, Entry]]:
+        out = []
+        for d, b in self.index.select(registry_ids, repository, digest):
+            entry = self.index.get(d)
+            if entry is not None:
+                out.append((d, b, entry))
+        return out
+
+    async def purge(self, registry_ids: set[str], repository: str | None = None, digest: str | None = None) -> Purged:
+        """Remove these registries' bindings (and tags); an object goes from disk only when
+        no binding of anyone is left on it: another team's copy is never deleted."""
+        pairs = self.index.select(registry_ids, repository, digest)
+        touched = set()
+        for d, b in pairs:
+            self.index.unbind(d, b)
+            self.persist.queue(cacheindex.unbind(*b, d))
+            touched.add(d)
+        tags = self.index.tags_of(registry_ids, repository, digest)
+        for key in tags:
+            self.drop_tag(key)
+        deleted = 0
+        for d in touched:
+            if not self.index.bindings.get(d) and self.index.remove(d) is not None:
+                self.persist.queue(*cacheindex.forget(d))
+                with contextlib.suppress(OSError):
+                    await self.backend.delete(d)
+                deleted += 1
+        self._gauges()
+        await self.persist.flush()
+        return Purged(len(pairs), deleted, len(tags))
