@@ -114,6 +114,10 @@ LICENSE_IMPORTS_THROTTLED = Counter(
 )
 
 
+LOG_DROPPED = Counter(
+    "pullgate_log_dropped", "Log lines dropped because the log writer's queue was full", registry=REGISTRY
+)
+
 ASYNCIO_TASKS = Gauge(
     "pullgate_asyncio_tasks", "asyncio tasks alive in the process when scraped (leak detection)", registry=REGISTRY
 )

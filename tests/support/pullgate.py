@@ -26,9 +26,11 @@ class Pullgate:
         env: dict[str, str] | None = None,
         settings: dict[str, Any] | None = None,
         name: str = "pullgate",
+        args: list[str] | None = None,
     ) -> None:
         self.workdir = workdir
         self.name = name
+        self.args = list(args or [])  # more `serve` arguments, e.g. ["--workers", "2"]
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.admin_port = free_port()
@@ -76,7 +78,7 @@ class Pullgate:
         return f"http://127.0.0.1:{self.admin_port}"
 
     def start(self) -> Pullgate:
-        argv = [sys.executable, "-m", "proxy", "serve", "--config", str(self.config_path)]
+        argv = [sys.executable, "-m", "proxy", "serve", "--config", str(self.config_path), *self.args]
         self.proc = ManagedProcess(argv, self.workdir, self.name, env=self.env, cwd=REPO_ROOT)
         # Both listeners are up before the admin one answers (and it is plain HTTP even
         # when the proxy listener speaks TLS).
