@@ -4,7 +4,7 @@ A request only puts an event on a bounded in-memory queue (never awaits, never
 blocks); a background task writes events in batches, one transaction each.
 When the queue is full the event is dropped and counted (`dropped`, and the
 `pullgate_pull_log_dropped` metric): a slow database must never slow a pull.
-Rows older than the retention are deleted hourly.
+Rows older than the retention are deleted hourly (by one worker of several).
 """
 
 from __future__ import annotations
@@ -75,9 +75,11 @@ class PullEvent:
 
 
 class PullLog:
-    def __init__(self, store: Store, cfg: PullLogSection) -> None:
+    def __init__(self, store: Store, cfg: PullLogSection, purge: bool = True) -> None:
         self.store = store
         self.cfg = cfg
+        # With several workers on one store, one of them deletes old rows (app.Worker).
+        self.purges = purge
         self._queue: asyncio.Queue[PullEvent] = asyncio.Queue(cfg.queue_size)
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
@@ -122,7 +124,7 @@ class PullLog:
                 except TimeoutError:
                     break
             await self._write(batch)
-            if self.cfg.retention_days and loop.time() >= next_purge:
+            if self.purges and self.cfg.retention_days and loop.time() >= next_purge:
                 next_purge = loop.time() + PURGE_EVERY
                 await self.purge()
 
