@@ -161,7 +161,7 @@ async def readiness(services: Services) -> tuple[bool, dict[str, object]]:
     checks: dict[str, bool] = dict(zip(names, results, strict=True))
     checks["keyring"] = bool(services.keyring.keys)
     failed = [name for name, ok in checks.items() if not ok]
-    body: dict[str, object] = {"status": "ready" if not failed else "unready", **checks}
+    body: dict[str, object] = dict(checks)
     if failed:
         body["reason"] = "unreachable or not loaded: " + ", ".join(failed)
     return not failed, body
