@@ -1,6 +1,7 @@
 """Manifest GET latency and requests/s: through pullgate vs direct from a token-auth registry.
 
-Usage: .venv/bin/python bench/manifest_bench.py [--seconds 10] [--workers 1] [--profile DIR]
+Usage: .venv/bin/python bench/manifest_bench.py [--seconds 10] [--rounds 1] [--workers 1]
+       [--baseline /work/main] [--profile DIR] [--no-access-log]
 See bench/README.md for what it prints.
 """
 
@@ -136,64 +137,75 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             }
         ]
         env = {"BENCH_LICENSE_ID": LICENSE, "BENCH_UPSTREAM_PASSWORD": reg.password or ""}
-        settings: dict[str, Any] = {
-            "log": {"access_log": not args.no_access_log}
-        }  # level INFO: the access line is written
-        server = Pullgate(
-            tmp / "pullgate",
-            teams,
-            env=env,
-            settings=settings,
-            args=["--workers", str(args.workers)] if args.workers > 1 else [],
-        )
-        server.start()
+        # Level INFO (the default): the access line of every request is written, as in production.
+        settings: dict[str, Any] = {"log": {"access_log": not args.no_access_log}}
+        servers = {
+            "pullgate": Pullgate(
+                tmp / "pullgate",
+                teams,
+                env=env,
+                settings=settings,
+                args=["--workers", str(args.workers)] if args.workers > 1 else [],
+            )
+        }
+        if args.baseline:  # another checkout's pullgate (one process), measured in the same run
+            servers["baseline"] = Pullgate(tmp / "baseline", teams, env=env, settings=settings, name="baseline")
+            servers["baseline"].root = args.baseline
         try:
-            scope = f"repository:proxy/bench/up/{REPO}:pull"
-            q = urllib.parse.urlencode({"service": server.host, "scope": scope})
-            proxy_token = get_json(f"{server.url}/v2/token?{q}", basic("LICENSE_ID", LICENSE))["token"]
+            for server in servers.values():
+                server.start()
             q = urllib.parse.urlencode({"service": reg.token_server.service, "scope": f"repository:{REPO}:pull"})
             direct_token = get_json(f"{reg.token_server.realm}?{q}", basic(reg.username or "", reg.password or ""))[
                 "token"
             ]
-            targets = {
-                "direct": (f"{reg.url}/v2/{REPO}/manifests/{TAG}", direct_token),
-                "pullgate": (f"{server.url}/v2/proxy/bench/up/{REPO}/manifests/{TAG}", proxy_token),
-            }
+            targets = {"direct": (f"{reg.url}/v2/{REPO}/manifests/{TAG}", direct_token)}
+            for name, server in servers.items():
+                scope = f"repository:proxy/bench/up/{REPO}:pull"
+                q = urllib.parse.urlencode({"service": server.host, "scope": scope})
+                token = get_json(f"{server.url}/v2/token?{q}", basic("LICENSE_ID", LICENSE))["token"]
+                targets[name] = (f"{server.url}/v2/proxy/bench/up/{REPO}/manifests/{TAG}", token)
             for url, token in targets.values():  # warm: connections, upstream token
                 wrk(url, token, 1, 1)
             result: dict[str, Any] = {
                 "seconds": args.seconds,
                 "workers": args.workers,
                 "access_log": not args.no_access_log,
+                "baseline": str(args.baseline) if args.baseline else None,
                 "manifest_bytes": image.size,
-                "loadavg_before": os.getloadavg()[0],
+                "loadavg_before": round(os.getloadavg()[0], 2),
             }
             for conns in (1, 16):
-                for name in ("direct", "pullgate") if args.rounds % 2 else ("pullgate", "direct"):
-                    runs = []
-                    for _ in range(args.rounds):
+                runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+                for i in range(args.rounds):
+                    # Alternate the order each round: load that drifts during the run hits all alike.
+                    for name in list(targets) if i % 2 == 0 else list(reversed(targets)):
                         spy = None
-                        if args.profile and name == "pullgate" and conns == 16 and not runs:
+                        if args.profile and name == "pullgate" and conns == 16 and i == 0:
                             args.profile.mkdir(parents=True, exist_ok=True)
-                            spy = profile(server.pid, args.seconds, args.profile / "pullgate-16.raw")
-                        runs.append(wrk(*targets[name], conns, args.seconds))
+                            spy = profile(servers[name].pid, args.seconds, args.profile / "pullgate-16.raw")
+                        runs[name].append(wrk(*targets[name], conns, args.seconds))
                         if spy is not None:
                             spy.wait(60)
-                    best = max(runs, key=lambda r: r["rps"])
-                    best["all_rps"] = [r["rps"] for r in runs]
+                for name, done in runs.items():
+                    best = max(done, key=lambda r: r["rps"])
+                    best["all_rps"] = [r["rps"] for r in done]
                     result[f"{name}_c{conns}"] = best
-            d1, p1 = result["direct_c1"], result["pullgate_c1"]
-            d16, p16 = result["direct_c16"], result["pullgate_c16"]
-            result["added_p50_ms_c1"] = round(p1["p50_ms"] - d1["p50_ms"], 3)
-            result["ratio_rps_c16"] = round(p16["rps"] / d16["rps"], 3)
-            result["ratio_rps_c1"] = round(p1["rps"] / d1["rps"], 3)
-            result["loadavg_after"] = os.getloadavg()[0]
+            for name in servers:
+                d1, p1 = result["direct_c1"], result[f"{name}_c1"]
+                d16, p16 = result["direct_c16"], result[f"{name}_c16"]
+                suffix = "" if name == "pullgate" else f"_{name}"
+                result[f"added_p50_ms_c1{suffix}"] = round(p1["p50_ms"] - d1["p50_ms"], 3)
+                result[f"ratio_rps_c16{suffix}"] = round(p16["rps"] / d16["rps"], 3)
+                result[f"ratio_rps_c1{suffix}"] = round(p1["rps"] / d1["rps"], 3)
+            result["loadavg_after"] = round(os.getloadavg()[0], 2)
             if args.profile:
                 raw = args.profile / "pullgate-16.raw"
                 if raw.exists():
                     result["profile"] = summarize(raw)
         finally:
-            server.stop()
+            for server in servers.values():
+                if server.proc is not None:
+                    server.stop()
     finally:
         reg.stop()
     return result
@@ -206,6 +218,7 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=1, help="pullgate serve --workers N")
     p.add_argument("--no-access-log", action="store_true", help="log.access_log: false")
     p.add_argument("--profile", type=Path, help="py-spy the 16-connection run; raw stacks written here")
+    p.add_argument("--baseline", type=Path, help="also measure the pullgate of this checkout (e.g. /work/main)")
     args = p.parse_args()
     if not 1 <= args.seconds <= 120 or not 1 <= args.rounds <= 5:
         p.error("--seconds 1..120, --rounds 1..5")
@@ -220,11 +233,15 @@ def main() -> int:
         t0 = time.monotonic()
         result = run(args, Path(d))
         result["wall_seconds"] = round(time.monotonic() - t0, 1)
+    names = ["direct", "pullgate"] + (["baseline"] if args.baseline else [])
     for conns in (1, 16):
-        for name in ("direct", "pullgate"):
+        for name in names:
             r = result[f"{name}_c{conns}"]
             print(f"{name:9} c={conns:<3} {r['rps']:9.1f} req/s  p50 {r['p50_ms']:7.3f} ms  p99 {r['p99_ms']:7.3f} ms")
     print(f"added p50 at 1 connection: {result['added_p50_ms_c1']} ms; req/s ratio at 16: {result['ratio_rps_c16']}")
+    if args.baseline:
+        added, ratio = result["added_p50_ms_c1_baseline"], result["ratio_rps_c16_baseline"]
+        print(f"baseline: added p50 at 1 connection: {added} ms; req/s ratio at 16: {ratio}")
     prof = result.get("profile", {})
     for name, share in prof.get("groups_pct", {}).items():
         print(f"  {share:5.1f}%  {name} (inclusive)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -160,6 +161,23 @@ def observe_ratelimit(slug: str, remaining: str | None) -> None:
         head = remaining.split(";", 1)[0].strip()
         if head.isdigit():
             UPSTREAM_RATELIMIT_REMAINING.labels(slug).set(int(head))
+
+
+# The hot path's labelled children, found once: `labels()` validates and locks on every call.
+# Bounded like the label space itself (configured names, routes, statuses).
+_CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
+_CHILDREN_MAX = 50_000
+
+
+def child(metric: Any, *values: str) -> Any:
+    """`metric.labels(*values)`, memoized (not for a metric whose series get removed)."""
+    key = (id(metric), values)
+    found = _CHILDREN.get(key)
+    if found is None:
+        if len(_CHILDREN) >= _CHILDREN_MAX:
+            _CHILDREN.clear()
+        found = _CHILDREN[key] = metric.labels(*values)
+    return found
 
 
 def multiprocess_dir() -> str | None:

@@ -169,7 +169,7 @@ class UpstreamClient:
         target = AuthTarget(registry.id, registry.slug, base, registry.insecure)
         cached = auth.cached(target, scope)
         if cached is not None:
-            metrics.UPSTREAM_TOKEN_CACHE_HITS.labels(registry.slug).inc()
+            metrics.child(metrics.UPSTREAM_TOKEN_CACHE_HITS, registry.slug).inc()
 
         async def answer(step: Answer) -> str:
             # A cached credential that was refused may be out of date (an ECR token): refresh it.
@@ -284,8 +284,8 @@ class UpstreamClient:
             except EgressDenied as exc:
                 record_refusal(registry.slug, exc, "the registry" if hop == 0 else "a redirect to")
                 raise EgressRefused(registry.slug, exc.refusal) from None
-            metrics.UPSTREAM_LATENCY.labels(registry.slug).observe(time.monotonic() - started)
-            metrics.UPSTREAM_REQUESTS.labels(registry.slug, str(resp.status)).inc()
+            metrics.child(metrics.UPSTREAM_LATENCY, registry.slug).observe(time.monotonic() - started)
+            metrics.child(metrics.UPSTREAM_REQUESTS, registry.slug, str(resp.status)).inc()
             location = resp.headers.get("Location")
             if resp.status not in REDIRECTS or not location:
                 return resp

@@ -43,7 +43,7 @@ class RegistrySlots:
         except BaseException:
             self._leave(key)
             raise
-        metrics.UPSTREAM_POOL_IN_USE.labels(slug).inc()
+        metrics.child(metrics.UPSTREAM_POOL_IN_USE, slug).inc()
         released = False
 
         def release() -> None:
@@ -52,7 +52,7 @@ class RegistrySlots:
                 return
             released = True
             sem.release()
-            metrics.UPSTREAM_POOL_IN_USE.labels(slug).dec()
+            metrics.child(metrics.UPSTREAM_POOL_IN_USE, slug).dec()
             self._leave(key)
 
         return release
