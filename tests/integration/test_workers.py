@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import sys
 import time
 from collections.abc import Iterator
@@ -184,6 +185,37 @@ async def test_sigterm_stops_every_worker_cleanly(server: Pullgate):
     log = server.log_text()
     assert log.count('"stopped"') == 2, log[-3000:]  # each worker drained and closed its store
     assert "stopped all workers" in log
+
+
+async def test_sqlite_writers_take_turns(server: Pullgate, upstream_anon: Registry):
+    """Both workers write pull-log batches while `keys rotate` reseals every secret in the
+    same SQLite file, twice: every row is written, nothing is dropped or refused as locked."""
+    url = _manifest_url(server, upstream_anon)
+    rotate = [sys.executable, "-m", "proxy", "keys", "rotate", "--config", str(server.config_path)]
+
+    async def rotations() -> list[int]:
+        codes = []
+        for _ in range(2):
+            p = await asyncio.create_subprocess_exec(*rotate, cwd=REPO_ROOT, stdout=asyncio.subprocess.DEVNULL)
+            codes.append(await p.wait())
+        return codes
+
+    rounds = 5
+    pulls, codes = await asyncio.gather(asyncio.gather(*(_statuses(url) for _ in range(rounds))), rotations())
+    assert codes == [0, 0]
+    assert all(s == [200] * FRESH for s in pulls)
+
+    def logged() -> int:
+        with sqlite3.connect(server.db_path, timeout=10) as db:
+            return int(db.execute("SELECT COUNT(*) FROM pull_logs WHERE action = 'manifest'").fetchone()[0])
+
+    poll(lambda: logged() == rounds * FRESH, 20, "every pull in the pull log")
+    text = await _metrics(server)
+    assert _sample(text, "pullgate_pull_log_dropped_total") == 0
+    assert _sample(text, "pullgate_pull_log_written_total") >= rounds * FRESH
+    assert "locked" not in server.log_text()
+    # The rotated keyring reached both workers: pulls still open the (resealed) registry secrets.
+    assert await _statuses(url) == [200] * FRESH
 
 
 def test_workers_that_keep_dying_stop_the_supervisor(workdir: Path, upstream_anon: Registry):
