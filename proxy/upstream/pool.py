@@ -34,7 +34,10 @@ class RegistrySlots:
             sem = self._sems[key] = asyncio.Semaphore(self.per_registry)
         self._users[key] = self._users.get(key, 0) + 1
         try:
-            async with asyncio.timeout(self.wait):
+            if sem.locked():
+                async with asyncio.timeout(self.wait):
+                    await sem.acquire()
+            else:  # a free slot is taken at once: no timer to arm and cancel (the usual case)
                 await sem.acquire()
         except TimeoutError:
             self._leave(key)
