@@ -1,7 +1,8 @@
 """Logging: JSON lines on stderr, written off the event loop. Never a secret.
 
 A log call only puts the record on a bounded queue; one thread formats what has
-queued up and writes it to stderr in one write. A full queue drops the record
+queued up and writes it to stderr in few writes (whole lines, at most PIPE_BUF
+bytes each, so the lines of several workers sharing a pipe never interleave). A full queue drops the record
 and counts it (`pullgate_log_dropped`; the writer says how many it lost once it
 catches up): a slow stderr (a full pipe, a stalled log collector) must never
 stall requests. `shutdown()` (run at exit) writes everything still queued.
@@ -22,6 +23,7 @@ import logging
 import queue
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 from aiohttp import web
@@ -30,7 +32,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from proxy import metrics
 
 QUEUE_SIZE = 10_000  # records waiting for the writer; beyond, dropped and counted
-BATCH = 512  # records written per write() at most
+BATCH = 512  # records taken from the queue at once
+WRITE_MAX = 4096  # PIPE_BUF on Linux: a pipe write of this size is never split
 
 
 class JSONFormatter(logging.Formatter):
@@ -108,11 +111,10 @@ class LogWriter:
             lines.append(
                 json.dumps({"level": "warning", "logger": "pullgate.logs", "msg": f"{lost} log line(s) dropped"})
             )
-        if not lines:
-            return
         try:
-            self.stream.write("\n".join(lines) + "\n")
-            self.stream.flush()
+            for chunk in chunks(lines):
+                self.stream.write(chunk)
+                self.stream.flush()
         except (OSError, ValueError):  # stderr closed: nothing to do about it
             pass
 
@@ -125,6 +127,24 @@ class LogWriter:
         except queue.Full:
             return
         self._thread.join(timeout)
+
+
+def chunks(lines: list[str], limit: int = WRITE_MAX) -> Iterator[str]:
+    """Whole lines joined into writes of at most `limit` bytes (a longer line goes alone).
+
+    Several workers share one stderr, often a pipe: a write of up to PIPE_BUF bytes
+    reaches it whole, so lines of two processes never interleave mid-line."""
+    buf: list[str] = []
+    size = 0
+    for line in lines:
+        n = len(line.encode()) + 1
+        if buf and size + n > limit:
+            yield "".join(buf)
+            buf, size = [], 0
+        buf.append(line + "\n")
+        size += n
+    if buf:
+        yield "".join(buf)
 
 
 _writer: LogWriter | None = None

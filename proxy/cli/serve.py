@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import os
 import sys
 from typing import Any
 
@@ -28,8 +29,9 @@ def install(sub: Any) -> None:
     serve.add_argument(
         "--workers",
         type=_workers,
-        default=1,
-        help="server processes sharing the ports (SO_REUSEPORT), under a supervisor (default 1: no supervisor)",
+        default=os.environ.get("PULLGATE_WORKERS", "1"),  # a string default goes through `type` too
+        help="server processes sharing the ports (SO_REUSEPORT), under a supervisor "
+        "(default: $PULLGATE_WORKERS, else 1: no supervisor)",
     )
     # Given by the supervisor to the processes it starts; not for people.
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)

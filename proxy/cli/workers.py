@@ -125,6 +125,8 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         await startup_jobs(self.cfg)
+        if self.stopping.is_set():  # told to stop while migrating: start nothing
+            return 0
         keepers: list[asyncio.Task[None]] = []
         try:
             for i in range(self.count):

@@ -71,3 +71,12 @@ def test_shutdown_restores_direct_logging(capsys) -> None:
     logging.getLogger("pullgate.test").info("direct line")
     err = capsys.readouterr().err
     assert "queued line" in err and "direct line" in err
+
+
+def test_writes_are_whole_lines_within_pipe_buf() -> None:
+    lines = [f"line {i} " + "x" * (i % 300) for i in range(400)] + ["y" * 9000]
+    got = list(logs.chunks(lines))
+    assert "".join(got) == "".join(line + "\n" for line in lines)
+    assert all(c.endswith("\n") for c in got)
+    assert all(len(c.encode()) <= logs.WRITE_MAX for c in got if "y" * 9000 not in c)
+    assert len(got) < len(lines) / 5  # batched
