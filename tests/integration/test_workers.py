@@ -164,6 +164,7 @@ async def test_revocation_through_one_worker_bites_on_every_worker(server: Pullg
 
 async def test_a_killed_worker_is_restarted(server: Pullgate, upstream_anon: Registry):
     url = _manifest_url(server, upstream_anon)
+    assert await _statuses(url) == [200] * FRESH
     before = workers_of(server)
     victim = before[0]
     os.kill(victim, signal.SIGKILL)
@@ -174,9 +175,13 @@ async def test_a_killed_worker_is_restarted(server: Pullgate, upstream_anon: Reg
     await apoll(lambda: "listening: proxy" in server.log_text().split(f"(pid {victim})")[-1], 30, "the new one up")
     assert await _statuses(url) == [200] * FRESH
     assert "restarting in" in server.log_text()
+    # The killed worker's counts stay in the totals: they never go back.
+    text = await _metrics(server)
+    assert _sample(text, "pullgate_requests_total", route="manifests", status="200") == 2 * FRESH
 
 
-async def test_sigterm_stops_every_worker_cleanly(server: Pullgate):
+async def test_sigterm_stops_every_worker_cleanly(server: Pullgate, upstream_anon: Registry):
+    assert await _statuses(_manifest_url(server, upstream_anon)) == [200] * FRESH
     pids = workers_of(server)
     server.terminate()
     assert server.wait(30) == 0
@@ -185,6 +190,8 @@ async def test_sigterm_stops_every_worker_cleanly(server: Pullgate):
     log = server.log_text()
     assert log.count('"stopped"') == 2, log[-3000:]  # each worker drained and closed its store
     assert "stopped all workers" in log
+    # Every access line queued before the stop was written: none lost at shutdown.
+    assert log.count('"route": "manifests", "status": 200') == FRESH
 
 
 async def test_sqlite_writers_take_turns(server: Pullgate, upstream_anon: Registry):
