@@ -60,6 +60,17 @@ def _ms(value: str) -> float:
     return round(float(m.group(1)) * scale, 3)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its children that are alive (the workers)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    kids = Path(f"/proc/{pid}/task/{pid}/children")
+    for p in [pid, *(int(k) for k in (kids.read_text().split() if kids.exists() else []))]:
+        fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
 def get_json(url: str, auth: str) -> dict[str, Any]:
     req = urllib.request.Request(url, headers={"Authorization": auth})  # noqa: S310 (loopback)
     with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 (loopback)
@@ -183,12 +194,21 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                         if args.profile and name == "pullgate" and conns == 16 and i == 0:
                             args.profile.mkdir(parents=True, exist_ok=True)
                             spy = profile(servers[name].pid, args.seconds, args.profile / "pullgate-16.raw")
-                        runs[name].append(wrk(*targets[name], conns, args.seconds))
+                        used = cpu_seconds(servers[name].pid) if name in servers else 0.0
+                        run = wrk(*targets[name], conns, args.seconds)
+                        if name in servers:
+                            # CPU per request hardly moves with other load on the machine, unlike req/s.
+                            used = cpu_seconds(servers[name].pid) - used
+                            requests = run["rps"] * args.seconds
+                            run["cpu_ms_per_request"] = round(1000 * used / requests, 3) if requests else None
+                        runs[name].append(run)
                         if spy is not None:
                             spy.wait(60)
                 for name, done in runs.items():
                     best = max(done, key=lambda r: r["rps"])
                     best["all_rps"] = [r["rps"] for r in done]
+                    if name in servers:
+                        best["cpu_ms_per_request"] = min(r["cpu_ms_per_request"] or 1e9 for r in done)
                     result[f"{name}_c{conns}"] = best
             for name in servers:
                 d1, p1 = result["direct_c1"], result[f"{name}_c1"]
@@ -237,7 +257,9 @@ def main() -> int:
     for conns in (1, 16):
         for name in names:
             r = result[f"{name}_c{conns}"]
-            print(f"{name:9} c={conns:<3} {r['rps']:9.1f} req/s  p50 {r['p50_ms']:7.3f} ms  p99 {r['p99_ms']:7.3f} ms")
+            cpu = f"  CPU {r['cpu_ms_per_request']:.3f} ms/request" if "cpu_ms_per_request" in r else ""
+            lat = f"p50 {r['p50_ms']:7.3f} ms  p99 {r['p99_ms']:7.3f} ms"
+            print(f"{name:9} c={conns:<3} {r['rps']:9.1f} req/s  {lat}{cpu}")
     print(f"added p50 at 1 connection: {result['added_p50_ms_c1']} ms; req/s ratio at 16: {result['ratio_rps_c16']}")
     if args.baseline:
         added, ratio = result["added_p50_ms_c1_baseline"], result["ratio_rps_c16_baseline"]
