@@ -45,7 +45,7 @@ METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 
 
 def record_metrics(route: str, method: str, status: int, seconds: float, c: Any) -> None:
-    metrics.REQUESTS.labels(route, method if method in METHOD_LABELS else "other", str(status)).inc()
-    metrics.DURATION.labels(route).observe(seconds)
+    metrics.child(metrics.REQUESTS, route, method if method in METHOD_LABELS else "other", str(status)).inc()
+    metrics.child(metrics.DURATION, route).observe(seconds)
     if c is not None and c.bytes_sent and route in ("manifests", "blobs"):
-        metrics.BYTES_SENT.labels(route.rstrip("s")).inc(c.bytes_sent)
+        metrics.child(metrics.BYTES_SENT, route.rstrip("s")).inc(c.bytes_sent)

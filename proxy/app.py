@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
+import os
+import random
 import signal
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -56,6 +57,26 @@ log = logging.getLogger("pullgate")
 MAX_HEADER = 16 * 1024
 
 
+ReadyCheck = Callable[[], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class Worker:
+    """This process's place among `pullgate serve --workers N` (index 0 of 1 without a supervisor)."""
+
+    index: int = 0
+    count: int = 1
+
+    @property
+    def supervised(self) -> bool:
+        return self.count > 1
+
+    @property
+    def runs_singletons(self) -> bool:
+        # Jobs one process does for all (pull-log purge): worker 0, restarted if it dies.
+        return self.index == 0
+
+
 @dataclass
 class Services:
     cfg: Config
@@ -69,6 +90,10 @@ class Services:
     hostnames: HostnameService | None = None
     notifier: Notifier | None = None
     cache: Cache | None = None
+    # /readyz: (name, check) pairs, each answering True when its dependency is reachable. The
+    # store's is registered here; a cache backend appends its own when it is built.
+    ready_checks: list[tuple[str, ReadyCheck]] = field(default_factory=list)
+    worker: Worker = field(default_factory=Worker)
 
     async def close(self) -> None:
         if self.pulllog is not None:
@@ -84,15 +109,29 @@ class Services:
 SERVICES = web.AppKey("services", Services)
 
 
-async def build_services(cfg: Config) -> Services:
+async def startup_jobs(cfg: Config) -> None:
+    """What one process does before the workers start (`serve --workers N`): create the
+    keyring, migrate the schema, apply the bootstrap. The workers then only open them."""
     keyring = await asyncio.to_thread(Keyring.load_or_create, keys_path(cfg))
     store = await open_store(cfg.store, cfg.base_dir)
     try:
-        async with store.exclusive():  # replicas starting together must not race their inserts
+        async with store.exclusive():
             await bootstrap.apply(cfg, store, keyring)
-    except BaseException:
-        await store.close()  # its worker thread would keep the process alive
-        raise
+    finally:
+        await store.close()
+
+
+async def build_services(cfg: Config, worker: Worker | None = None) -> Services:
+    worker = worker or Worker()
+    keyring = await asyncio.to_thread(Keyring.load_or_create, keys_path(cfg))
+    store = await open_store(cfg.store, cfg.base_dir)
+    if not worker.supervised:  # a supervisor ran the bootstrap once for all its workers
+        try:
+            async with store.exclusive():  # replicas starting together must not race their inserts
+                await bootstrap.apply(cfg, store, keyring)
+        except BaseException:
+            await store.close()  # its worker thread would keep the process alive
+            raise
     read_cache = StoreReadCache(store, cfg.auth.license_cache_seconds)
     upstream = UpstreamClient(cfg.upstream, keyring, listens=(cfg.proxy.listen, cfg.admin.listen))
     await upstream.start()
@@ -117,9 +156,15 @@ async def build_services(cfg: Config) -> Services:
     async def thresholds(batch: list[pulllog.PullEvent]) -> None:
         await notifier.pulls_written((e.customer_id, e.time) for e in batch if e.customer_id)
 
-    pulls = PullLog(store, cfg.pulllog, on_written=thresholds)
+    pull_log = PullLog(store, cfg.pulllog, on_written=thresholds, purge=worker.runs_singletons)
     cache = await _open_cache(cfg, store)
-    return Services(cfg, store, keyring, read_cache, upstream, gate, pulls, hosts, hostnames, notifier, cache)
+    services = Services(
+        cfg, store, keyring, read_cache, upstream, gate, pull_log, hosts, hostnames, notifier, cache, worker=worker
+    )
+    services.ready_checks.append(("store", store.ping))
+    if cache is not None:
+        services.ready_checks.append(("cache", cache.ready))
+    return services
 
 
 async def _open_cache(cfg: Config, store: Store) -> Cache | None:
@@ -141,12 +186,42 @@ async def _open_cache(cfg: Config, store: Store) -> Cache | None:
     return cache
 
 
-@web.middleware
-async def request_id(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    request[REQUEST_ID] = secrets.token_hex(8)
-    return await handler(request)
+READY_CHECK_SECONDS = 2.0
+
+
+async def readiness(services: Services) -> tuple[bool, dict[str, object]]:
+    """Every registered check at once, each bounded; a check that raises or times out failed."""
+
+    async def one(check: ReadyCheck) -> bool:
+        try:
+            return bool(await asyncio.wait_for(check(), READY_CHECK_SECONDS))
+        except Exception:
+            return False
+
+    names = [name for name, _ in services.ready_checks]
+    results = await asyncio.gather(*(one(check) for _, check in services.ready_checks))
+    checks: dict[str, bool] = dict(zip(names, results, strict=True))
+    checks["keyring"] = bool(services.keyring.keys)
+    failed = [name for name, ok in checks.items() if not ok]
+    body: dict[str, object] = dict(checks)
+    if failed:
+        body["reason"] = "unreachable or not loaded: " + ", ".join(failed)
+    return not failed, body
+
+
+def request_id(worker: Worker) -> Middleware:
+    served = metrics.WORKER_REQUESTS.labels(str(worker.index))  # bound once, not per request
+
+    @web.middleware
+    async def with_request_id(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        # A correlation id, not a secret: the non-cryptographic generator is enough (no syscall).
+        request[REQUEST_ID] = f"{random.getrandbits(64):016x}"
+        served.inc()
+        return await handler(request)
+
+    return with_request_id
 
 
 async def _set_request_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -156,7 +231,7 @@ async def _set_request_id(request: web.Request, response: web.StreamResponse) ->
 
 
 def proxy_app(services: Services) -> web.Application:
-    middlewares: list[Middleware] = [request_id, oci_errors]
+    middlewares: list[Middleware] = [request_id(services.worker), oci_errors]
     if services.hosts is not None:
         middlewares.insert(1, services.hosts.middleware())
     if services.pulllog is not None:
@@ -190,12 +265,8 @@ def admin_app(services: Services) -> web.Application:
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
-        try:
-            ok = await asyncio.wait_for(services.store.ping(), 2)
-        except Exception:
-            ok = False
-        ready = ok and bool(services.keyring.keys)
-        return web.json_response({"store": ok, "keyring": bool(services.keyring.keys)}, status=200 if ready else 503)
+        ready, body = await readiness(services)
+        return web.json_response(body, status=200 if ready else 503)
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -224,6 +295,24 @@ def admin_app(services: Services) -> web.Application:
     return app
 
 
+async def _watch_parent(stop: asyncio.Event, every: float = 1.0) -> None:
+    """A supervised worker stops when its supervisor is gone (its parent changes)."""
+    parent = os.getppid()
+    while True:  # no event to wait on: the kernel re-parents us silently
+        await asyncio.sleep(every)
+        if os.getppid() != parent:
+            break
+    log.warning("supervisor gone: stopping")
+    stop.set()
+
+
+async def _sample_tasks(every: float = 5.0) -> None:
+    """The task-count gauge, kept current in every worker (not only the one scraped)."""
+    while True:
+        metrics.ASYNCIO_TASKS.set(len(asyncio.all_tasks()))
+        await asyncio.sleep(every)
+
+
 async def _watch_keyring(keyring: Keyring, every: float = 2.0) -> None:
     """A key rotation done by the CLI reaches this process within seconds."""
     while True:
@@ -244,9 +333,14 @@ def _tls_context(cfg: Config) -> ssl.SSLContext | None:
     return ctx
 
 
-async def serve(cfg: Config, ready: Callable[[], None] | None = None) -> None:
-    """Run both listeners until SIGTERM/SIGINT; then drain and exit."""
-    services = await build_services(cfg)
+async def serve(cfg: Config, ready: Callable[[], None] | None = None, worker: Worker | None = None) -> None:
+    """Run both listeners until SIGTERM/SIGINT; then drain and exit.
+
+    A supervised worker (`serve --workers N`) binds its listeners with SO_REUSEPORT beside
+    its siblings: the kernel spreads new connections over them. A listener that cannot
+    be bound ends the process (the store closed first, or its thread would keep it alive)."""
+    worker = worker or Worker()
+    services = await build_services(cfg, worker)
     grace = cfg.proxy.shutdown_grace_seconds
     handler_args = {"max_field_size": MAX_HEADER, "max_line_size": MAX_HEADER}
     proxy_runner = GuardedAppRunner(
@@ -260,34 +354,43 @@ async def serve(cfg: Config, ready: Callable[[], None] | None = None) -> None:
         **handler_args,
     )
     admin_runner = web.AppRunner(admin_app(services), access_log=None, shutdown_timeout=2)
-    await proxy_runner.setup()
-    await admin_runner.setup()
-    phost, pport = parse_listen(cfg.proxy.listen, "proxy.listen")
-    ahost, aport = parse_listen(cfg.admin.listen, "admin.listen")
-    sni = services.hosts.sni if services.hosts else None
-    await web.TCPSite(proxy_runner, phost, pport, ssl_context=sni.default if sni else None, backlog=1024).start()
-    await web.TCPSite(admin_runner, ahost, aport).start()
-    log.info("listening: proxy on %s, admin on %s", cfg.proxy.listen, cfg.admin.listen)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    watcher = asyncio.create_task(_watch_keyring(services.keyring))
-    host_refresher = asyncio.create_task(services.hosts.run()) if services.hosts else None
-    if services.pulllog is not None:
-        services.pulllog.start()
-    if services.notifier is not None:
-        services.notifier.start()  # and delivers what a previous run left pending
-    if ready is not None:
-        ready()
-    await stop.wait()
-    watcher.cancel()
-    if host_refresher is not None:
-        host_refresher.cancel()
-    log.info("stopping: no new connections; running streams get up to %.0fs", grace)
-    # Stop accepting, let in-flight requests finish (up to the grace), then close.
-    await proxy_runner.cleanup()
-    await admin_runner.cleanup()
-    with contextlib.suppress(Exception):
-        await services.close()
+    background: list[asyncio.Task[None]] = []
+    try:
+        await proxy_runner.setup()
+        await admin_runner.setup()
+        phost, pport = parse_listen(cfg.proxy.listen, "proxy.listen")
+        ahost, aport = parse_listen(cfg.admin.listen, "admin.listen")
+        sni = services.hosts.sni if services.hosts else None
+        shared = worker.supervised or None  # reuse_port=None leaves the option unset
+        ssl_ctx = sni.default if sni else None
+        await web.TCPSite(proxy_runner, phost, pport, ssl_context=ssl_ctx, backlog=1024, reuse_port=shared).start()
+        await web.TCPSite(admin_runner, ahost, aport, reuse_port=shared).start()
+        where = f" (worker {worker.index} of {worker.count}, pid {os.getpid()})" if worker.supervised else ""
+        log.info("listening: proxy on %s, admin on %s%s", cfg.proxy.listen, cfg.admin.listen, where)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        background.append(asyncio.create_task(_watch_keyring(services.keyring)))
+        if services.hosts is not None:
+            background.append(asyncio.create_task(services.hosts.run()))
+        background.append(asyncio.create_task(_sample_tasks()))
+        if worker.supervised:
+            background.append(asyncio.create_task(_watch_parent(stop)))
+        if services.pulllog is not None:
+            services.pulllog.start()
+        if services.notifier is not None:
+            services.notifier.start()  # and delivers what a previous run left pending
+        if ready is not None:
+            ready()
+        await stop.wait()
+        log.info("stopping: no new connections; running streams get up to %.0fs", grace)
+    finally:
+        for task in background:
+            task.cancel()
+        # Stop accepting, let in-flight requests finish (up to the grace), then close.
+        await proxy_runner.cleanup()
+        await admin_runner.cleanup()
+        with contextlib.suppress(Exception):
+            await services.close()
     log.info("stopped")

@@ -86,7 +86,7 @@ __all__ = [
 ]
 
 # CLI-side variables that share the prefix but are not settings.
-_NOT_SETTINGS = {"PULLGATE_API_ORIGIN", "PULLGATE_API_TOKEN", "PULLGATE_CONFIG"}
+_NOT_SETTINGS = {"PULLGATE_API_ORIGIN", "PULLGATE_API_TOKEN", "PULLGATE_CONFIG", "PULLGATE_WORKERS"}
 
 
 class DuplicateKey(yaml.YAMLError):

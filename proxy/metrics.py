@@ -1,14 +1,27 @@
 """Prometheus collectors. Labels come only from configured names (routes,
-registry and app slugs) and status codes: never a license, customer or IP."""
+registry and app slugs) and status codes: never a license, customer or IP.
+
+Several workers (`pullgate serve --workers N`): the supervisor sets
+PROMETHEUS_MULTIPROC_DIR before they start, so prometheus_client keeps every
+value in a per-process file there, and `/metrics`, whichever worker answers it,
+reads them all: counters and histograms are summed over the workers (dead ones
+included, so totals never go back), and each gauge says how it combines
+(`multiprocess_mode`: `livesum` for things in flight, `mostrecent` for values
+read from outside). A new Gauge must choose its mode too.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess as prometheus_multiprocess
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 REQUESTS = Counter("pullgate_requests", "Proxy requests answered", ["route", "method", "status"], registry=REGISTRY)
 DURATION = Histogram(
@@ -19,7 +32,9 @@ DURATION = Histogram(
     registry=REGISTRY,
 )
 BYTES_SENT = Counter("pullgate_bytes_sent", "Body bytes streamed to clients", ["kind"], registry=REGISTRY)
-STREAMS_IN_FLIGHT = Gauge("pullgate_streams_in_flight", "Bodies being streamed right now", registry=REGISTRY)
+STREAMS_IN_FLIGHT = Gauge(
+    "pullgate_streams_in_flight", "Bodies being streamed right now", registry=REGISTRY, multiprocess_mode="livesum"
+)
 STREAMS_ABORTED = Counter(
     "pullgate_streams_aborted",
     "Streams cut mid-body, by reason: upstream | client | slow | digest",
@@ -62,6 +77,7 @@ UPSTREAM_RATELIMIT_REMAINING = Gauge(
     "Pulls left in the registry's rate-limit window (Docker Hub)",
     ["registry"],
     registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )
 UPSTREAM_TOKEN_CACHE_HITS = Counter(
     "pullgate_upstream_token_cache_hits",
@@ -74,6 +90,7 @@ CERT_EXPIRY = Gauge(
     "When a served TLS certificate expires (Unix time)",
     ["hostname"],
     registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )
 ANONYMOUS_LIMITED = Counter(
     "pullgate_anonymous_rate_limited", "Anonymous requests refused by the per-address rate limit", registry=REGISTRY
@@ -90,6 +107,7 @@ UPSTREAM_POOL_IN_USE = Gauge(
     "Upstream connections held per registry (upstream.pool_per_registry)",
     ["registry"],
     registry=REGISTRY,
+    multiprocess_mode="livesum",
 )
 UPSTREAM_POOL_REFUSED = Counter(
     "pullgate_upstream_pool_refused",
@@ -99,7 +117,12 @@ UPSTREAM_POOL_REFUSED = Counter(
 )
 
 # What the limits (DESIGN "Limits") refused.
-CONNECTIONS_OPEN = Gauge("pullgate_connections_open", "Open connections on the proxy listener", registry=REGISTRY)
+CONNECTIONS_OPEN = Gauge(
+    "pullgate_connections_open",
+    "Open connections on the proxy listener",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
 CONNECTIONS_REFUSED = Counter(
     "pullgate_connections_refused", "Proxy connections closed by a limit", ["reason"], registry=REGISTRY
 )  # reason: max_connections | header_timeout | body_timeout (the token form, trickled)
@@ -114,8 +137,21 @@ LICENSE_IMPORTS_THROTTLED = Counter(
 )
 
 
+LOG_DROPPED = Counter(
+    "pullgate_log_dropped", "Log lines dropped because the log writer's queue was full", registry=REGISTRY
+)
+
 ASYNCIO_TASKS = Gauge(
-    "pullgate_asyncio_tasks", "asyncio tasks alive in the process when scraped (leak detection)", registry=REGISTRY
+    "pullgate_asyncio_tasks",
+    "asyncio tasks alive in the process (workers summed), sampled every few seconds (leak detection)",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+WORKER_REQUESTS = Counter(
+    "pullgate_worker_requests",
+    "Proxy requests taken, by worker index (serve --workers N): how evenly the kernel spreads them",
+    ["worker"],
+    registry=REGISTRY,
 )
 
 
@@ -127,9 +163,41 @@ def observe_ratelimit(slug: str, remaining: str | None) -> None:
             UPSTREAM_RATELIMIT_REMAINING.labels(slug).set(int(head))
 
 
+# The hot path's labelled children, found once: `labels()` validates and locks on every call.
+# Bounded like the label space itself (configured names, routes, statuses).
+_CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
+_CHILDREN_MAX = 50_000
+
+
+def child(metric: Any, *values: str) -> Any:
+    """`metric.labels(*values)`, memoized (not for a metric whose series get removed)."""
+    key = (id(metric), values)
+    found = _CHILDREN.get(key)
+    if found is None:
+        if len(_CHILDREN) >= _CHILDREN_MAX:
+            _CHILDREN.clear()
+        found = _CHILDREN[key] = metric.labels(*values)
+    return found
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def exposition() -> bytes:
+    """This process's metrics, or every worker's combined when several share the directory."""
+    if multiprocess_dir() is None:
+        return generate_latest(REGISTRY)
+    combined = CollectorRegistry()
+    prometheus_multiprocess.MultiProcessCollector(combined)
+    return generate_latest(combined)
+
+
 async def handler(_: web.Request) -> web.Response:
     ASYNCIO_TASKS.set(len(asyncio.all_tasks()))
-    resp = web.Response(body=generate_latest(REGISTRY))
+    # Reading every worker's files is file I/O: off the event loop.
+    body = await asyncio.to_thread(exposition) if multiprocess_dir() else exposition()
+    resp = web.Response(body=body)
     resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     resp.charset = "utf-8"
     return resp

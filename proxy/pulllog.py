@@ -4,7 +4,7 @@ A request only puts an event on a bounded in-memory queue (never awaits, never
 blocks); a background task writes events in batches, one transaction each.
 When the queue is full the event is dropped and counted (`dropped`, and the
 `pullgate_pull_log_dropped` metric): a slow database must never slow a pull.
-Rows older than the retention are deleted hourly.
+Rows older than the retention are deleted hourly (by one worker of several).
 """
 
 from __future__ import annotations
@@ -80,11 +80,15 @@ WrittenHook = Callable[[list[PullEvent]], Awaitable[None]]
 
 
 class PullLog:
-    def __init__(self, store: Store, cfg: PullLogSection, on_written: WrittenHook | None = None) -> None:
+    def __init__(
+        self, store: Store, cfg: PullLogSection, on_written: WrittenHook | None = None, purge: bool = True
+    ) -> None:
         self.store = store
         self.cfg = cfg
         # Told of each batch once it (and the egress rollup with it) is stored: thresholds.
         self.on_written = on_written
+        # With several workers on one store, one of them deletes old rows (app.Worker).
+        self.purges = purge
         self._queue: asyncio.Queue[PullEvent] = asyncio.Queue(cfg.queue_size)
         self._task: asyncio.Task[None] | None = None
         self._idle = True  # waiting for an event: holds nothing, safe to cancel
@@ -139,7 +143,7 @@ class PullLog:
                 except TimeoutError:
                     break
             await self._write(batch)
-            if self.cfg.retention_days and loop.time() >= next_purge and not self._closing:
+            if self.purges and self.cfg.retention_days and loop.time() >= next_purge and not self._closing:
                 next_purge = loop.time() + PURGE_EVERY
                 await self.purge()
 

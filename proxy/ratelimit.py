@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import time
@@ -9,6 +10,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 
+@functools.lru_cache(maxsize=4096)  # parsed twice a request otherwise; a pure function of its input
 def address_key(address: str) -> str:
     """The key throttles count a client under: an IPv4 address as it is, an IPv6
     address by its /64 (one subscriber's whole prefix, which it can rotate through

@@ -32,6 +32,7 @@ declare -A want=(
   [htpasswd]=apache2-utils
   [go]=golang-go
   [curl]=curl
+  [wrk]=wrk  # bench/manifest_bench.py
   [promtool]=prometheus
   [chromium]=chromium
   [unshare]=util-linux

@@ -143,7 +143,7 @@ def _usable(customer: Customer | None) -> bool:
         metrics.LICENSE_CHECKS.labels("unknown").inc()
         return False
     refusal = customer.refusal(dt.datetime.now(dt.UTC))
-    metrics.LICENSE_CHECKS.labels(refusal or "ok").inc()
+    metrics.child(metrics.LICENSE_CHECKS, refusal or "ok").inc()
     return refusal is None
 
 

@@ -91,3 +91,7 @@ class Backend(Protocol):
     async def presigned_url(self, digest: str, seconds: int) -> str | None:
         """A URL a client may GET the object from directly (S3 redirects), or None."""
         ...
+
+    async def ready(self) -> bool:
+        """Whether objects can be read and written now (`/readyz`)."""
+        ...

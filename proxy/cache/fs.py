@@ -84,6 +84,23 @@ class FsOpened:
             os.close(fd)
 
 
+def _writer_alive(name: str) -> bool:
+    """Whether the process named in a temporary's name (`<digest>.<pid>.<hex>.part`) still runs."""
+    parts = name.split(".")
+    if len(parts) != 4 or not parts[1].isdigit():
+        return False  # an older or foreign name: nobody can be writing it
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False  # this process is starting: nothing of its own is in flight
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
 class FilesystemBackend:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -97,8 +114,16 @@ class FilesystemBackend:
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
         for leftover in self.tmp.iterdir():  # a crash's half-written objects: never published
+            if _writer_alive(leftover.name):
+                continue  # another worker of `serve --workers N` is filling it right now
             with contextlib.suppress(OSError):
                 leftover.unlink()
+
+    async def ready(self) -> bool:
+        def usable() -> bool:  # a lost or read-only volume fails readiness instead of every miss
+            return self.blobs.is_dir() and os.access(self.tmp, os.W_OK | os.X_OK)
+
+        return await off_loop(usable)
 
     def local_path(self, digest: str) -> Path | None:
         algorithm, _, hexpart = digest.partition(":")
@@ -114,7 +139,9 @@ class FilesystemBackend:
 
     async def begin(self, digest: str) -> FsUpload:
         final = self._final(digest)
-        temp = self.tmp / f"{digest.replace(':', '-')}.{secrets.token_hex(6)}.part"
+        # The writer's pid in the name: a worker (re)starting beside others removes only the
+        # temporaries of processes that are gone.
+        temp = self.tmp / f"{digest.replace(':', '-')}.{os.getpid()}.{secrets.token_hex(6)}.part"
         fd = await off_loop(os.open, temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         return FsUpload(final, temp, fd)
 

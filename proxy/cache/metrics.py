@@ -21,5 +21,9 @@ VERIFICATION_FAILURES = Counter(
     registry=REGISTRY,
 )
 EVICTIONS = Counter("pullgate_cache_evictions", "Objects evicted (least recently used)", registry=REGISTRY)
-SIZE = Gauge("pullgate_cache_size_bytes", "Bytes held by the cache", registry=REGISTRY)
-ENTRIES = Gauge("pullgate_cache_entries", "Objects held by the cache", registry=REGISTRY)
+# One disk, several workers (`serve --workers N`): each reports its own view of it; the
+# freshest one stands for the whole (summing would count the same files N times).
+SIZE = Gauge("pullgate_cache_size_bytes", "Bytes held by the cache", registry=REGISTRY, multiprocess_mode="mostrecent")
+ENTRIES = Gauge(
+    "pullgate_cache_entries", "Objects held by the cache", registry=REGISTRY, multiprocess_mode="mostrecent"
+)

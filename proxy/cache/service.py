@@ -90,6 +90,9 @@ class Cache:
         await self.persist.flush()
         self.persist.start()
 
+    async def ready(self) -> bool:
+        return await self.backend.ready()
+
     async def close(self) -> None:
         """Fetches still running are let finish (publish included), briefly; then the index is written."""
         tasks = [f.task for f in self.flights.running.values() if f.task is not None]

@@ -13,6 +13,8 @@ import aiosqlite
 
 from proxy.store.base import Row, Store
 
+BUSY_TIMEOUT_MS = 10_000
+
 
 class SQLiteStore(Store):
     def __init__(self, path: Path) -> None:
@@ -28,9 +30,12 @@ class SQLiteStore(Store):
         self._db.row_factory = aiosqlite.Row
         if fresh:
             os.chmod(self.path, 0o600)
-        # WAL lets the CLI and tests read while the server writes.
+        # Several writers (the workers of `serve --workers N`, the CLI) take turns: a writer
+        # waits up to this long for another's transaction (all are short: a pull-log batch,
+        # a bootstrap step, a key rotation's reseal). Set first: switching to WAL writes too.
+        await self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        # WAL lets readers (other workers, the CLI, tests) read while one process writes.
         await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA busy_timeout=5000")
         await self._db.execute("PRAGMA foreign_keys=ON")
         await self.migrate()
 

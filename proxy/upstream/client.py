@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -96,6 +97,9 @@ class UpstreamClient:
             trust_env=False,
             skip_auto_headers=("User-Agent",),
             headers={"User-Agent": "pullgate"},
+            # One session serves every customer: no cookie state is kept or sent (and no
+            # per-request cookie filtering to pay for).
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         self._auth = Authenticator(self.tokens, self.run)
 
@@ -160,12 +164,12 @@ class UpstreamClient:
     ) -> aiohttp.ClientResponse:
         assert self._auth is not None
         auth = self._auth
-        base = URL(registry.url)
+        base = _base_url(registry.url)
         url = base.join(URL(path_and_query, encoded=True))
         target = AuthTarget(registry.id, registry.slug, base, registry.insecure)
         cached = auth.cached(target, scope)
         if cached is not None:
-            metrics.UPSTREAM_TOKEN_CACHE_HITS.labels(registry.slug).inc()
+            metrics.child(metrics.UPSTREAM_TOKEN_CACHE_HITS, registry.slug).inc()
 
         async def answer(step: Answer) -> str:
             # A cached credential that was refused may be out of date (an ECR token): refresh it.
@@ -268,7 +272,7 @@ class UpstreamClient:
     async def _send(
         self, registry: Registry, method: str, url: URL, headers: Mapping[str, str], auth: str | None
     ) -> aiohttp.ClientResponse:
-        base = URL(registry.url)
+        base = _base_url(registry.url)
         for hop in range(self.cfg.max_redirects + 1):
             send_headers = dict(headers)
             if auth and same_origin(url, base):
@@ -280,8 +284,8 @@ class UpstreamClient:
             except EgressDenied as exc:
                 record_refusal(registry.slug, exc, "the registry" if hop == 0 else "a redirect to")
                 raise EgressRefused(registry.slug, exc.refusal) from None
-            metrics.UPSTREAM_LATENCY.labels(registry.slug).observe(time.monotonic() - started)
-            metrics.UPSTREAM_REQUESTS.labels(registry.slug, str(resp.status)).inc()
+            metrics.child(metrics.UPSTREAM_LATENCY, registry.slug).observe(time.monotonic() - started)
+            metrics.child(metrics.UPSTREAM_REQUESTS, registry.slug, str(resp.status)).inc()
             location = resp.headers.get("Location")
             if resp.status not in REDIRECTS or not location:
                 return resp
@@ -299,6 +303,12 @@ class UpstreamClient:
                     continue
             raise UpstreamUnavailable(registry.slug, f"registry {registry.slug!r} sent an unusable redirect")
         raise UpstreamUnavailable(registry.slug, f"registry {registry.slug!r} redirected too many times")
+
+
+@functools.lru_cache(maxsize=1024)
+def _base_url(url: str) -> URL:
+    """A registry's parsed URL (parsed once, not on every request; URLs are immutable)."""
+    return URL(url)
 
 
 async def _read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:

@@ -34,7 +34,10 @@ class RegistrySlots:
             sem = self._sems[key] = asyncio.Semaphore(self.per_registry)
         self._users[key] = self._users.get(key, 0) + 1
         try:
-            async with asyncio.timeout(self.wait):
+            if sem.locked():
+                async with asyncio.timeout(self.wait):
+                    await sem.acquire()
+            else:  # a free slot is taken at once: no timer to arm and cancel (the usual case)
                 await sem.acquire()
         except TimeoutError:
             self._leave(key)
@@ -43,7 +46,7 @@ class RegistrySlots:
         except BaseException:
             self._leave(key)
             raise
-        metrics.UPSTREAM_POOL_IN_USE.labels(slug).inc()
+        metrics.child(metrics.UPSTREAM_POOL_IN_USE, slug).inc()
         released = False
 
         def release() -> None:
@@ -52,7 +55,7 @@ class RegistrySlots:
                 return
             released = True
             sem.release()
-            metrics.UPSTREAM_POOL_IN_USE.labels(slug).dec()
+            metrics.child(metrics.UPSTREAM_POOL_IN_USE, slug).dec()
             self._leave(key)
 
         return release

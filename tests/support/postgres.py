@@ -69,6 +69,11 @@ class PostgresCluster:
             "UTF8",
             "--no-sync",
         )
+        self.resume()
+        return self
+
+    def resume(self) -> None:
+        """Start the server (again, after pause()) on the same port and data."""
         opts = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections=200"
         self._run(
             str(self.bindir / "pg_ctl"),
@@ -83,7 +88,10 @@ class PostgresCluster:
             "30",
             "start",
         )
-        return self
+
+    def pause(self) -> None:
+        """Stop the server (clients disconnected at once), keeping its data for resume()."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def dsn(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"

@@ -26,9 +26,12 @@ class Pullgate:
         env: dict[str, str] | None = None,
         settings: dict[str, Any] | None = None,
         name: str = "pullgate",
+        args: list[str] | None = None,
     ) -> None:
         self.workdir = workdir
         self.name = name
+        self.args = list(args or [])  # more `serve` arguments, e.g. ["--workers", "2"]
+        self.root = REPO_ROOT  # the checkout whose `proxy` runs (python -m proxy from there)
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.admin_port = free_port()
@@ -78,8 +81,8 @@ class Pullgate:
         return f"http://127.0.0.1:{self.admin_port}"
 
     def start(self) -> Pullgate:
-        argv = [sys.executable, "-m", "proxy", "serve", "--config", str(self.config_path)]
-        self.proc = ManagedProcess(argv, self.workdir, self.name, env=self.env, cwd=REPO_ROOT)
+        argv = [sys.executable, "-m", "proxy", "serve", "--config", str(self.config_path), *self.args]
+        self.proc = ManagedProcess(argv, self.workdir, self.name, env=self.env, cwd=self.root)
         # Both listeners are up before the admin one answers (and it is plain HTTP even
         # when the proxy listener speaks TLS).
         wait_http(f"{self.admin_url}/healthz", timeout=20, proc=self.proc)

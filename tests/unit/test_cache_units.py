@@ -336,3 +336,28 @@ async def test_purge_removes_a_teams_bindings_and_only_unshared_files(tmp_path: 
     assert cache.held(sha(shared)) is not None and cache.bound(sha(shared), ("reg-other-team", "vendor/x"))
     assert await cache.backend.size(sha(shared)) == 100 and await cache.backend.size(sha(own)) is None
     await cache.close()
+
+
+async def test_start_removes_only_temporaries_of_writers_that_are_gone(tmp_path: Path):
+    """`serve --workers N`: a worker (re)starting must not delete what another is filling."""
+    backend = FilesystemBackend(tmp_path / "c")
+    (tmp_path / "c" / "tmp").mkdir(parents=True)
+    gone = int(Path("/proc/sys/kernel/pid_max").read_text())  # pids are below it: no process has it
+    names = {
+        "live": f"sha256-{'a' * 64}.{os.getppid()}.0a0b0c0d0e0f.part",  # the test runner's parent runs
+        "dead": f"sha256-{'b' * 64}.{gone}.0a0b0c0d0e0f.part",
+        "old": "sha256-dead.beef.part",  # a name from before pids were recorded
+        "own": f"sha256-{'c' * 64}.{os.getpid()}.0a0b0c0d0e0f.part",
+    }
+    for name in names.values():
+        (tmp_path / "c" / "tmp" / name).write_bytes(b"x")
+    await backend.start()
+    assert sorted(p.name for p in (tmp_path / "c" / "tmp").iterdir()) == [names["live"]]
+
+
+async def test_readiness_fails_when_the_cache_directory_is_gone(tmp_path: Path):
+    backend = FilesystemBackend(tmp_path / "c")
+    await backend.start()
+    assert await backend.ready()
+    (tmp_path / "c" / "tmp").rmdir()
+    assert not await backend.ready()
