@@ -1,4 +1,4 @@
-"""Go command-line tools (crane, regctl, helm, kustomize) built from the Go module proxy, cached.
+"""Go command-line tools (crane, regctl, helm, kustomize, versitygw) built from the Go module proxy, cached.
 
 `go install <package>@<version>` with GOBIN=.cache/gotools/<tool>-<version>/, so a
 version is built once and later runs start at once. GOTOOLCHAIN=local: the
@@ -43,6 +43,8 @@ REGCTL = GoTool("regctl", "github.com/regclient/regclient/cmd/regctl", "v0.11.7"
 # helm v3.20 needs Go >= 1.25, kustomize v5.8.1 Go >= 1.24 (v5.8.3 needs 1.27).
 HELM = GoTool("helm", "helm.sh/helm/v3/cmd/helm", "v3.20.2")
 KUSTOMIZE = GoTool("kustomize", "sigs.k8s.io/kustomize/kustomize/v5", "v5.8.1")
+# The Versity S3 Gateway (Apache-2.0): a real S3 API over a POSIX directory, for the S3 cache.
+VERSITYGW = GoTool("versitygw", "github.com/versity/versitygw/cmd/versitygw", "v1.8.0")
 
 
 def find_go() -> str | None:
