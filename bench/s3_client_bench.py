@@ -237,7 +237,9 @@ class Pullgate:
         from proxy.upstream.connector import GuardedConnector
 
         policy = EgressPolicy(parse_allow(["127.0.0.0/8"]))
-        ep = S3Endpoint(self.cfg["endpoint"], self.cfg["region"], self.cfg["bucket"], self.cfg["key"], self.cfg["secret"])
+        ep = S3Endpoint(
+            self.cfg["endpoint"], self.cfg["region"], self.cfg["bucket"], self.cfg["key"], self.cfg["secret"]
+        )
         self.c = S3Client(ep, lambda: GuardedConnector(policy, limit=16, keepalive_timeout=30))
         return self
 
@@ -273,7 +275,7 @@ class Pullgate:
 
     async def list(self, prefix: str) -> int:
         n = 0
-        async for _ in self.c.list(prefix):
+        async for _ in self.c.list_objects(prefix):
             n += 1
         return n
 
@@ -345,14 +347,20 @@ def main() -> int:
         print(json.dumps(asyncio.run(child(args.child, cfg, args.mib * MiB))))
         return 0
 
-    from tests.support.s3gw import S3Gateway
     from tests.support.gotools import VERSITYGW, build
+    from tests.support.s3gw import S3Gateway
 
     deadline = time.monotonic() + args.budget
     rows: list[dict[str, Any]] = []
     with S3Gateway(build(VERSITYGW)) as gw:
         bucket = gw.create_bucket("bench")
-        cfg = {"endpoint": gw.url, "region": "us-east-1", "bucket": bucket, "key": gw.access_key, "secret": gw.secret_key}
+        cfg = {
+            "endpoint": gw.url,
+            "region": "us-east-1",
+            "bucket": bucket,
+            "key": gw.access_key,
+            "secret": gw.secret_key,
+        }
         env = dict(os.environ, S3_BENCH_CFG=json.dumps(cfg))
         for _ in range(args.repeat):
             for name in args.clients.split(","):
@@ -373,8 +381,10 @@ def main() -> int:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print()
-    print(f"{'client':12} {'upload MiB/s':>12} {'up RSS MiB':>14} {'get MiB/s':>10} {'get RSS':>12} "
-          f"{'range':>7} {'head ms':>8} {'del ms':>7} {'list500':>8} {'presign us':>10}")
+    print(
+        f"{'client':12} {'upload MiB/s':>12} {'up RSS MiB':>14} {'get MiB/s':>10} {'get RSS':>12} "
+        f"{'range':>7} {'head ms':>8} {'del ms':>7} {'list500':>8} {'presign us':>10}"
+    )
     for r in rows:
         print(
             f"{r['client']:12} {r['upload_mibs']:12.0f} {r['upload_rss_mib'][0]:6.0f}->{r['upload_rss_mib'][1]:<6.0f} "

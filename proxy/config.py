@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -30,6 +31,7 @@ from proxy.settings import (
     AppSpec,
     AuthSection,
     BootstrapSection,
+    CacheS3Section,
     Config,
     ConfigError,
     CustomerSpec,
@@ -58,6 +60,7 @@ __all__ = [
     "AppSpec",
     "AuthSection",
     "BootstrapSection",
+    "CacheS3Section",
     "Config",
     "ConfigError",
     "CustomerSpec",
@@ -76,7 +79,16 @@ __all__ = [
     "read_secret",
     "registry_fields",
     "sqlite_path",
+    "validate_cache_s3",
 ]
+
+# S3 bucket names (the rules every S3-compatible server keeps: 3-63 characters, lower case,
+# digits, dots and hyphens, a letter or digit at both ends); prefixes and regions are kept to
+# the characters that need no escaping in a signed request.
+BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+S3_PREFIX_RE = re.compile(r"^[A-Za-z0-9._/-]*$")
+S3_REGION_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ACCESS_KEY_RE = re.compile(r"^[A-Za-z0-9/+=._-]{1,128}$")
 
 # CLI-side variables that share the prefix but are not settings.
 _NOT_SETTINGS = {"PULLGATE_API_ORIGIN", "PULLGATE_API_TOKEN", "PULLGATE_CONFIG"}
@@ -408,3 +420,51 @@ def _check_bootstrap_destinations(cfg: Config, allow: list[Any]) -> None:
                         f"refused by the egress policy; {refusal.advice()}"
                         + (f" (e.g. {host}:{port})" if refusal.overridable else "")
                     )
+
+
+def validate_cache_s3(s3: CacheS3Section, cfg: Config, key: str = "cache.s3") -> None:
+    """The `cache.s3` section, when `cache.backend` is s3: every key checked, and a literal
+    endpoint address the egress policy refuses named now (a name is judged at connect time,
+    as for every outbound connection). The secret must be given by reference."""
+    if not BUCKET_RE.match(s3.bucket) or ".." in s3.bucket:
+        raise ConfigError(f"{key}.bucket: required, an S3 bucket name (3-63 of a-z 0-9 . -)")
+    if not S3_PREFIX_RE.match(s3.prefix) or ".." in s3.prefix.split("/") or "//" in s3.prefix:
+        raise ConfigError(f"{key}.prefix: only letters, digits and . _ - / (no empty or .. segment)")
+    if not S3_REGION_RE.match(s3.region):
+        raise ConfigError(f"{key}.region: a region name such as us-east-1")
+    if not ACCESS_KEY_RE.match(s3.access_key_id):
+        raise ConfigError(f"{key}.access_key_id: required (the bucket's access key id)")
+    if bool(s3.secret_access_key_file) == bool(s3.secret_access_key_env):
+        raise ConfigError(
+            f"{key}.secret_access_key_file: give secret_access_key_file or secret_access_key_env (one of them)"
+        )
+    url = s3.endpoint_url
+    if carries_credentials(url):
+        raise ConfigError(f"{key}.endpoint_url: must not carry credentials (user:password@)")
+    target = url_target(url) if url.startswith(("http://", "https://")) else None
+    path = url.split("://", 1)[-1].partition("/")[2]
+    if target is None or path or "?" in url or "#" in url:
+        raise ConfigError(f"{key}.endpoint_url: must be https://host[:port] (or http://), without a path")
+    host, port = target
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return  # a name: judged at connect time
+    refusal = _process_policy(cfg).check(host, port)
+    if refusal is not None:
+        raise ConfigError(
+            f"{key}.endpoint_url: {host}:{port} is {refusal.reason}, refused by the egress policy; "
+            f"{refusal.advice()}" + (f" (e.g. {host}:{port})" if refusal.overridable else "")
+        )
+
+
+def _process_policy(cfg: Config) -> EgressPolicy:
+    listeners = [
+        listener_of(*parse_listen(v, k))
+        for v, k in ((cfg.proxy.listen, "proxy.listen"), (cfg.admin.listen, "admin.listen"))
+    ]
+    try:
+        allow = parse_allow(cfg.upstream.egress_allow)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return EgressPolicy(allow, listeners)

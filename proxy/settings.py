@@ -128,6 +128,21 @@ class LimitsSection:
 
 
 @dataclass
+class CacheS3Section:
+    """`cache.s3`: the bucket of `cache.backend: s3` (validated by proxy.config.validate_cache_s3)."""
+
+    bucket: str = ""
+    prefix: str = ""  # keys are <prefix>blobs/<algorithm>/<2 hex>/<hex>
+    endpoint_url: str = "https://s3.us-east-1.amazonaws.com"
+    region: str = "us-east-1"
+    access_key_id: str = ""
+    secret_access_key_file: str | None = None
+    secret_access_key_env: str | None = None
+    # A blob hit answers 307 to a presigned GET valid for 60 s: the proxy moves no bytes.
+    redirect: bool = False
+
+
+@dataclass
 class ApiTokenSpec:
     token_env: str | None = None
     token_file: str | None = None

@@ -21,8 +21,9 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from urllib.parse import quote, urlsplit
-from xml.etree.ElementTree import Element  # noqa: S405 - type only; parsing is defusedxml's
+from xml.etree.ElementTree import Element
 
 import aiohttp
 from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
@@ -149,7 +150,7 @@ class S3Client:
         key: str = "",
         params: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
-        data: bytes | None = None,
+        data: bytes | bytearray | None = None,
         ok: Sequence[int] = (200,),
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """One signed request; a status not in `ok` becomes S3Error (S3NotFound for 404)."""
@@ -202,8 +203,8 @@ class S3Client:
         async with self.request("DeleteObject", "DELETE", key, ok=(200, 204)):
             pass
 
-    async def list(self, prefix: str) -> AsyncIterator[tuple[str, int]]:
-        """(key, size) of every object under `prefix`, page by page (ListObjectsV2)."""
+    async def list_objects(self, prefix: str) -> AsyncIterator[tuple[str, int, float]]:
+        """(key, size, last modified) of every object under `prefix`, page by page (ListObjectsV2)."""
         token = ""
         while True:
             params = {"list-type": "2", "prefix": prefix, "max-keys": "1000"}
@@ -212,7 +213,8 @@ class S3Client:
             async with self.request("ListObjectsV2", "GET", params=params) as resp:
                 root = await self._xml(resp, "ListObjectsV2")
             for item in _children(root, "Contents"):
-                yield _text(item, "Key"), int(_text(item, "Size") or 0)
+                modified = parse_s3_time(_text(item, "LastModified")) or 0.0
+                yield _text(item, "Key"), int(_text(item, "Size") or 0), modified
             token = _text(root, "NextContinuationToken")
             if _text(root, "IsTruncated") != "true" or not token:
                 return
@@ -237,7 +239,7 @@ class S3Client:
             raise S3Error("CreateMultipartUpload", 200, "NoUploadId")
         return upload_id
 
-    async def upload_part(self, key: str, upload_id: str, number: int, body: bytes) -> str:
+    async def upload_part(self, key: str, upload_id: str, number: int, body: bytes | bytearray) -> str:
         params = {"partNumber": str(number), "uploadId": upload_id}
         async with self.request("UploadPart", "PUT", key, params=params, data=body) as resp:
             return resp.headers.get("ETag", "")
@@ -254,17 +256,22 @@ class S3Client:
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         try:
-            async with self.request("AbortMultipartUpload", "DELETE", key, params={"uploadId": upload_id}, ok=(200, 204)):
+            async with self.request(
+                "AbortMultipartUpload", "DELETE", key, params={"uploadId": upload_id}, ok=(200, 204)
+            ):
                 pass
         except S3NotFound:
             pass  # already gone
 
-    async def list_multipart(self, prefix: str) -> list[tuple[str, str]]:
-        """(key, upload id) of the uploads begun and neither completed nor aborted, under `prefix`
+    async def list_uploads(self, prefix: str) -> list[tuple[str, str, float | None]]:
+        """(key, upload id, initiated) of the uploads begun and neither completed nor aborted, under `prefix`
         (first 1000: enough to sweep a crash's leftovers at start, again at the next)."""
         async with self.request("ListMultipartUploads", "GET", params={"uploads": "", "prefix": prefix}) as resp:
             root = await self._xml(resp, "ListMultipartUploads")
-        return [(_text(u, "Key"), _text(u, "UploadId")) for u in _children(root, "Upload")]
+        return [
+            (_text(u, "Key"), _text(u, "UploadId"), parse_s3_time(_text(u, "Initiated")))
+            for u in _children(root, "Upload")
+        ]
 
 
 async def _read_upto(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
@@ -276,6 +283,14 @@ async def _read_upto(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
             return bytes(buf)
         buf += chunk
     return None
+
+
+def parse_s3_time(text: str) -> float | None:
+    """S3's ISO 8601 timestamps (2026-12-02T10:00:00.000Z) as epoch seconds."""
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def _xml_escape(text: str) -> str:
