@@ -335,13 +335,16 @@ async def child(name: str, cfg: dict[str, str], total: int) -> dict[str, Any]:
 
 
 def main() -> int:
+    global INFLIGHT
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mib", type=int, default=1024)
     ap.add_argument("--clients", default="aiobotocore,obstore,pullgate")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--inflight", type=int, default=2, help="parts in flight per upload")
     ap.add_argument("--budget", type=float, default=1800)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    INFLIGHT = args.inflight
     if args.child:
         cfg = json.loads(os.environ["S3_BENCH_CFG"])
         print(json.dumps(asyncio.run(child(args.child, cfg, args.mib * MiB))))
@@ -368,14 +371,23 @@ def main() -> int:
                 if left <= 0:
                     raise SystemExit("budget spent")
                 out = subprocess.run(
-                    [sys.executable, __file__, "--child", name, "--mib", str(args.mib)],
+                    [
+                        sys.executable,
+                        __file__,
+                        "--child",
+                        name,
+                        "--mib",
+                        str(args.mib),
+                        "--inflight",
+                        f"{args.inflight}",
+                    ],
                     env=env,
                     capture_output=True,
                     text=True,
                     timeout=left,
                 )
                 if out.returncode:
-                    print(f"{name} failed:\n{out.stderr[-3000:]}", file=sys.stderr)
+                    print(f"{name} failed (exit {out.returncode}):\n{out.stderr[-3000:]}", file=sys.stderr)
                     continue
                 row = json.loads(out.stdout.strip().splitlines()[-1])
                 rows.append(row)

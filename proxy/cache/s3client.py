@@ -192,7 +192,9 @@ class S3Client:
     async def get(self, key: str, rng: tuple[int, int] | None = None) -> AsyncIterator[aiohttp.ClientResponse]:
         """The object's body as a response to stream from; `rng` is [start, end) in bytes."""
         headers = {"Range": f"bytes={rng[0]}-{rng[1] - 1}"} if rng else None
-        async with self.request("GetObject", "GET", key, headers=headers, ok=(200, 206)) as resp:
+        # A ranged GET must answer 206: a server that ignored the Range would hand over bytes
+        # from the wrong offset.
+        async with self.request("GetObject", "GET", key, headers=headers, ok=(206,) if rng else (200,)) as resp:
             yield resp
 
     async def put(self, key: str, data: bytes) -> None:

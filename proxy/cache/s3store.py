@@ -257,11 +257,12 @@ class S3Opened:
             return
         async with self._client.get(self.key, (start, end)) as resp:
             left = end - start
-            async for piece in resp.content.iter_chunked(chunk):
+            while left > 0:
+                piece = await resp.content.read(min(chunk, left))
+                if not piece:
+                    raise S3Error("GetObject", 0, "ShortBody")
                 left -= len(piece)
                 yield piece
-            if left:
-                raise S3Error("GetObject", 0, "ShortBody")
 
     async def _reopen(self, offset: int) -> None:
         await self._close_stream()
