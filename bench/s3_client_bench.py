@@ -13,9 +13,11 @@ operations the S3 cache needs:
 - presign: 1000 presigned GETs (µs each), and one fetched with urllib.
 
 Figures: MiB/s for upload/get/range, and RSS: the child's RSS before the phase and its peak
-during it (VmHWM, reset before each phase through /proc/self/clear_refs). The aiobotocore and
-obstore packages must be installed in the venv (they are not pullgate dependencies);
-"pullgate" is proxy/cache/s3client.py. The run is bounded by --budget seconds.
+during it (VmHWM, reset before each phase through /proc/self/clear_refs). "pullgate" is
+proxy/cache/s3client.py. aiobotocore and obstore are not pullgate dependencies: install them
+in a scratch venv (`python3 -m venv /tmp/s3b && /tmp/s3b/bin/pip install -e . aiobotocore
+obstore`; aiobotocore pins botocore below pullgate's floor, so not in the project's venv).
+The run is bounded by --budget seconds.
 """
 
 from __future__ import annotations
@@ -387,7 +389,10 @@ def main() -> int:
                     timeout=left,
                 )
                 if out.returncode:
-                    print(f"{name} failed (exit {out.returncode}):\n{out.stderr[-3000:]}", file=sys.stderr)
+                    print(
+                        f"{name} failed (exit {out.returncode}):\n{out.stdout[-500:]}{out.stderr[-3000:]}",
+                        file=sys.stderr,
+                    )
                     continue
                 row = json.loads(out.stdout.strip().splitlines()[-1])
                 rows.append(row)

@@ -1,22 +1,30 @@
 """A small S3 client for the cache: the dozen S3 calls it makes, on aiohttp, signed by
 botocore's SigV4 signer (as the ECR provider signs its calls).
 
-Why not aiobotocore or obstore (bench/s3_client_bench.py; figures in the S3 store's notes):
-both move the same bytes no faster against a real S3 server, aiobotocore pins botocore
-below the version pullgate already needs, and obstore opens its connections in Rust where
-the egress policy cannot see them. Here every connection is made by the aiohttp connector
-the caller gives (the egress-guarded one in production, so the endpoint's addresses are
-judged at connect time like every other outbound connection), bodies are streamed with the
-caller's chunk sizes, and nothing is buffered but the one part being sent.
+Why not aiobotocore or obstore (measured in bench/s3_client_bench.py against versitygw; the
+figures are in bench/README.md): all three move bytes at the server's pace, so the choice
+rests on the rest. obstore has the lowest per-call latency and upload memory, but opens its
+connections in Rust, where the egress policy cannot judge the addresses a name resolves to
+at connect time (only a check at start, which DNS can defeat). aiobotocore runs on aiohttp,
+but its connector is reached only through a private session class, its calls cost several
+times more (HEAD 3-29 ms against 1-2 ms), and it pins botocore below the release pullgate
+already requires (3.10.0 wants botocore < 1.43.118; pullgate's floor is 1.44.8). Here every
+connection is made by the aiohttp connector the caller gives (the egress-guarded one in
+production, as for registries), bodies stream in the caller's chunk sizes, nothing is
+buffered but the parts being sent, and no dependency is added.
 
 Requests are path-style (`<endpoint>/<bucket>/<key>`), which every S3-compatible server
-speaks. Payloads are sent `UNSIGNED-PAYLOAD` (the cache verifies the blob's own digest; a
-second SHA-256 of every part would double the hashing). The secret key lives only in the
-botocore Credentials object: never in an exception, a log line or a repr.
+speaks. Over https, payloads are sent `UNSIGNED-PAYLOAD` (TLS protects them, and a second
+SHA-256 of every part would double the cache's hashing); over plain http the signature
+covers each body's SHA-256 (hashed off the event loop), so bytes altered on the way are
+refused by the server. The secret key lives only in the botocore Credentials object: never
+in an exception, a log line or a repr.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -38,11 +46,16 @@ UNSIGNED = "UNSIGNED-PAYLOAD"
 MAX_XML = 16 * 1024 * 1024  # a ListObjectsV2 page of 1000 keys is ~300 KiB
 
 
-class _UnsignedPayloadAuth(S3SigV4Auth):
-    """botocore hashes the body it is given (none here: it streams past the signer)."""
+class _PayloadAuth(S3SigV4Auth):
+    """botocore would hash the body it is given (none here: it goes past the signer); the
+    payload's hash is the one computed beforehand, or UNSIGNED-PAYLOAD."""
+
+    def __init__(self, credentials: Credentials, region: str, payload_hash: str) -> None:
+        super().__init__(credentials, "s3", region)
+        self._payload_hash = payload_hash
 
     def payload(self, request: AWSRequest) -> str:
-        return UNSIGNED
+        return self._payload_hash
 
 
 class S3Error(Exception):
@@ -137,9 +150,11 @@ class S3Client:
         path = f"/{self.endpoint.bucket}" + (f"/{quote(key, safe='/-_.~')}" if key else "/")
         return f"{self._base}{path}" + (f"?{_query(params)}" if params else "")
 
-    def _signed(self, method: str, url: str, headers: dict[str, str] | None = None) -> dict[str, str]:
+    def _signed(
+        self, method: str, url: str, headers: dict[str, str] | None = None, payload_hash: str = UNSIGNED
+    ) -> dict[str, str]:
         req = AWSRequest(method=method, url=url, headers=headers or {})
-        _UnsignedPayloadAuth(self._creds, "s3", self.endpoint.region).add_auth(req)
+        _PayloadAuth(self._creds, self.endpoint.region, payload_hash).add_auth(req)
         return dict(req.headers.items())
 
     @asynccontextmanager
@@ -155,7 +170,11 @@ class S3Client:
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """One signed request; a status not in `ok` becomes S3Error (S3NotFound for 404)."""
         url = self.url(key, params)
-        signed = self._signed(method, url, headers)
+        payload_hash = UNSIGNED
+        if not self._base.startswith("https://"):
+            body = data or b""
+            payload_hash = await asyncio.to_thread(_sha256, body) if len(body) > 65536 else _sha256(body)
+        signed = self._signed(method, url, headers, payload_hash)
         try:
             async with self._http().request(method, URL(url, encoded=True), headers=signed, data=data) as resp:
                 if resp.status not in ok:
@@ -293,6 +312,10 @@ def parse_s3_time(text: str) -> float | None:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
+
+
+def _sha256(data: bytes | bytearray) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _xml_escape(text: str) -> str:

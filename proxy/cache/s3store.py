@@ -55,6 +55,7 @@ READ_CHUNK = 1 * MiB
 MAX_PARTS = 10_000
 PRESIGN_SECONDS = 60
 STALE_UPLOAD_SECONDS = 24 * 3600
+DISCARD_WAIT = 30.0
 
 
 def object_key(prefix: str, digest: str) -> str:
@@ -198,9 +199,14 @@ class S3Upload:
             return
         self._done = True
         self._buf = bytearray()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        # Parts in flight are let finish first: one the server completes after the abort would
+        # bring the upload back (S3 says so: "abort again"). At most `inflight` parts, bounded.
+        tasks = list(self._tasks)
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=DISCARD_WAIT)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         upload_id, self._upload_id = self._upload_id, None
         if upload_id is not None:
             try:
