@@ -248,11 +248,15 @@ class S3Opened:
             await self._reopen(offset)
         assert self._resp is not None
         out = bytearray()
-        while len(out) < length:
-            chunk = await self._resp.content.read(length - len(out))
-            if not chunk:
-                raise S3Error("GetObject", 0, "ShortBody")
-            out += chunk
+        try:
+            while len(out) < length:
+                chunk = await self._resp.content.read(length - len(out))
+                if not chunk:
+                    raise S3Error("GetObject", 0, "ShortBody")
+                out += chunk
+        except aiohttp.ClientError as exc:  # the body broke off after the headers
+            await self._close_stream()
+            raise S3Error("GetObject", 0, type(exc).__name__) from None
         self._pos = offset + length
         return bytes(out)
 

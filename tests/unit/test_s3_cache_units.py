@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -14,6 +15,7 @@ from proxy.cache.s3store import (
     MAX_PART_SIZE,
     MAX_PARTS,
     PART_SIZE,
+    S3Backend,
     digest_of_key,
     normalize_prefix,
     object_key,
@@ -177,3 +179,16 @@ def test_an_endpoint_with_a_path_is_refused() -> None:
 def test_s3_timestamps() -> None:
     assert parse_s3_time("1970-01-01T00:01:00.000Z") == 60.0
     assert parse_s3_time("garbage") is None
+
+
+def test_the_backend_reads_its_secret_by_reference(tmp_path: Path) -> None:
+    secret_file = tmp_path / "s3-secret"
+    secret_file.write_text(SECRET + "\n")
+    section = _valid(secret_access_key_env=None, secret_access_key_file=str(secret_file), prefix="/a/b")
+    b = S3Backend.from_config(section, tmp_path / "spool", make_connector)
+    assert b.client.endpoint.secret_access_key == SECRET
+    assert b.prefix == "a/b/" and b.key(f"sha256:{HEX}").startswith("a/b/blobs/sha256/")
+    assert SECRET not in repr(b.client.endpoint)
+    missing = _valid(secret_access_key_env="PULLGATE_TEST_NO_SUCH_VARIABLE")
+    with pytest.raises(ConfigError, match=r"cache\.s3\.secret_access_key_env: environment variable"):
+        S3Backend.from_config(missing, tmp_path / "spool", make_connector)
