@@ -33,6 +33,10 @@ MiB = 1 << 20
 PART = 5 * MiB  # S3's smallest part: several parts from small test blobs
 ROOT = Path(__file__).resolve().parents[2]
 
+# The first test to ask for the gateway builds versitygw from source (about 4 minutes on two
+# busy cores, once per version): above the suite's 300 s, within gotools' 900 s build bound.
+pytestmark = pytest.mark.timeout(1000)
+
 
 def blob(n: int, seed: bytes = b"s3") -> bytes:
     return hashlib.shake_256(seed).digest(n)
