@@ -40,6 +40,8 @@ from botocore.credentials import Credentials
 from defusedxml.ElementTree import fromstring
 from yarl import URL
 
+from proxy.egress import Refusal
+
 log = logging.getLogger("pullgate.cache.s3")
 
 UNSIGNED = "UNSIGNED-PAYLOAD"
@@ -62,11 +64,12 @@ class S3Error(Exception):
     """An S3 call failed: `status` (HTTP, 0 for no answer) and S3's error `code`. The message
     names the operation and the code, never a URL (a presigned one carries a signature)."""
 
-    def __init__(self, op: str, status: int, code: str) -> None:
+    def __init__(self, op: str, status: int, code: str, refusal: Refusal | None = None) -> None:
         super().__init__(f"S3 {op}: {code or 'error'} (HTTP {status})" if status else f"S3 {op}: {code}")
         self.op = op
         self.status = status
         self.code = code
+        self.refusal = refusal  # set when the egress policy refused the endpoint
 
 
 class S3NotFound(S3Error):
@@ -183,6 +186,17 @@ class S3Client:
                 yield resp
         except aiohttp.ClientError as exc:
             # The exception's own text may carry the URL: only its kind goes on.
+            refusal = getattr(exc, "refusal", None)  # the guarded connector's EgressDenied
+            if isinstance(refusal, Refusal):
+                # For the operator: which rule, and where to allow it (the endpoint is theirs).
+                log.warning(
+                    "S3 cache: the bucket's endpoint %s was refused by the egress policy: %s; rule %s; %s",
+                    self._base,
+                    refusal.reason,
+                    refusal.rule,
+                    refusal.advice(),
+                )
+                raise S3Error(op, 0, "EgressDenied", refusal) from None
             raise S3Error(op, 0, type(exc).__name__) from None
 
     async def _xml(self, resp: aiohttp.ClientResponse, op: str) -> Element:

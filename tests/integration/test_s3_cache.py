@@ -203,7 +203,9 @@ async def test_a_presigned_get_works_for_a_plain_client_and_expires(backend: S3B
     assert (await asyncio.to_thread(_fetch, url))[0] == 200  # the 60 s one still works
 
 
-async def test_readiness_and_refusals(s3gw: S3Gateway, s3_bucket: str, tmp_path: Path) -> None:
+async def test_readiness_and_refusals(
+    s3gw: S3Gateway, s3_bucket: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     ok = make_backend(s3gw, s3_bucket, tmp_path / "a")
     await ok.ready()
     await ok.close()
@@ -217,6 +219,9 @@ async def test_readiness_and_refusals(s3gw: S3Gateway, s3_bucket: str, tmp_path:
     with pytest.raises(S3Error) as info:
         await refused.ready()
     assert info.value.code == "EgressDenied" and "127.0.0.1" not in str(info.value)
+    assert info.value.refusal is not None and info.value.refusal.rule == "loopback"
+    assert f"endpoint {s3gw.url} was refused by the egress policy" in caplog.text  # the operator's log
+    assert "upstream.egress_allow" in caplog.text
     await refused.close()
     ep = S3Endpoint(s3gw.url, "us-east-1", s3_bucket, s3gw.access_key, "wrong-secret")
     bad = S3Backend(S3Client(ep, lambda: guarded(["127.0.0.0/8"])), "", tmp_path / "d")
@@ -224,6 +229,7 @@ async def test_readiness_and_refusals(s3gw: S3Gateway, s3_bucket: str, tmp_path:
         await bad.ready()
     assert info.value.status == 403
     assert "wrong-secret" not in str(info.value) and s3gw.secret_key not in str(info.value)
+    assert "wrong-secret" not in caplog.text and s3gw.secret_key not in caplog.text
     await bad.close()
 
 
