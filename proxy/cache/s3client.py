@@ -24,6 +24,7 @@ in an exception, a log line or a repr.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -45,6 +46,24 @@ from proxy.egress import Refusal
 log = logging.getLogger("pullgate.cache.s3")
 
 UNSIGNED = "UNSIGNED-PAYLOAD"
+# Calls that are safe to send twice (an UploadPart replaces its part; a second
+# CreateMultipartUpload or CompleteMultipartUpload would not be).
+RETRIED = frozenset(
+    {
+        "HeadObject",
+        "GetObject",
+        "PutObject",
+        "DeleteObject",
+        "ListObjectsV2",
+        "HeadBucket",
+        "UploadPart",
+        "AbortMultipartUpload",
+        "ListMultipartUploads",
+    }
+)
+RETRIES = 2
+BACKOFF = (0.1, 0.5)
+RETRY_STATUSES = frozenset({500, 502, 503, 504})
 MAX_XML = 16 * 1024 * 1024  # a ListObjectsV2 page of 1000 keys is ~300 KiB
 
 
@@ -171,33 +190,58 @@ class S3Client:
         data: bytes | bytearray | None = None,
         ok: Sequence[int] = (200,),
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """One signed request; a status not in `ok` becomes S3Error (S3NotFound for 404)."""
+        """One signed request; a status not in `ok` becomes S3Error (S3NotFound for 404).
+
+        An idempotent call (RETRIED) is tried again after a dropped connection or a 5xx
+        (S3's 503 SlowDown included), up to RETRIES times with a short backoff, as the AWS
+        SDKs do; a timeout is not retried (it has already cost its full wait)."""
         url = self.url(key, params)
         payload_hash = UNSIGNED
         if not self._base.startswith("https://"):
             body = data or b""
             payload_hash = await asyncio.to_thread(_sha256, body) if len(body) > 65536 else _sha256(body)
-        signed = self._signed(method, url, headers, payload_hash)
-        try:
-            async with self._http().request(method, URL(url, encoded=True), headers=signed, data=data) as resp:
-                if resp.status not in ok:
-                    code = await _error_code(resp)
-                    raise (S3NotFound if resp.status == 404 else S3Error)(op, resp.status, code)
+        tries = RETRIES + 1 if op in RETRIED else 1
+        async with contextlib.AsyncExitStack() as stack:
+            for attempt in range(tries):
+                last = attempt == tries - 1
+                signed = self._signed(method, url, headers, payload_hash)  # a fresh date each try
+                try:
+                    resp = await stack.enter_async_context(
+                        self._http().request(method, URL(url, encoded=True), headers=signed, data=data)
+                    )
+                except aiohttp.ClientError as exc:
+                    if last or not _transient(exc):
+                        raise self._failure(op, exc) from None
+                    await asyncio.sleep(BACKOFF[attempt])
+                    continue
+                if resp.status in RETRY_STATUSES and not last:
+                    await stack.aclose()  # this answer is dropped; its connection with it
+                    await asyncio.sleep(BACKOFF[attempt])
+                    continue
+                break
+            if resp.status not in ok:
+                code = await _error_code(resp)
+                raise (S3NotFound if resp.status == 404 else S3Error)(op, resp.status, code)
+            try:
                 yield resp
-        except aiohttp.ClientError as exc:
-            # The exception's own text may carry the URL: only its kind goes on.
-            refusal = getattr(exc, "refusal", None)  # the guarded connector's EgressDenied
-            if isinstance(refusal, Refusal):
-                # For the operator: which rule, and where to allow it (the endpoint is theirs).
-                log.warning(
-                    "S3 cache: the bucket's endpoint %s was refused by the egress policy: %s; rule %s; %s",
-                    self._base,
-                    refusal.reason,
-                    refusal.rule,
-                    refusal.advice(),
-                )
-                raise S3Error(op, 0, "EgressDenied", refusal) from None
-            raise S3Error(op, 0, type(exc).__name__) from None
+            except aiohttp.ClientError as exc:  # the body broke off after the headers
+                raise self._failure(op, exc) from None
+
+    def _failure(self, op: str, exc: aiohttp.ClientError) -> S3Error:
+        """The S3Error for a call that got no answer. The exception's own text may carry the
+        URL: only its kind goes on."""
+        refusal = getattr(exc, "refusal", None)  # the guarded connector's EgressDenied
+        if isinstance(refusal, Refusal):
+            # For the operator: which rule, and where to allow it (the endpoint is theirs).
+            log.warning(
+                "S3 cache: the bucket's endpoint %s was refused by the egress policy: %s; rule %s; %s",
+                self._base,
+                refusal.reason,
+                refusal.rule,
+                refusal.advice(),
+            )
+            return S3Error(op, 0, "EgressDenied", refusal)
+        return S3Error(op, 0, type(exc).__name__)
 
     async def _xml(self, resp: aiohttp.ClientResponse, op: str) -> Element:
         body = await _read_upto(resp, MAX_XML)
@@ -326,6 +370,15 @@ def parse_s3_time(text: str) -> float | None:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
+
+
+def _transient(exc: aiohttp.ClientError) -> bool:
+    """A dropped or refused connection, worth one more try; not a timeout, not the egress policy."""
+    return (
+        isinstance(exc, aiohttp.ClientConnectionError)
+        and not isinstance(exc, asyncio.TimeoutError)
+        and getattr(exc, "refusal", None) is None
+    )
 
 
 def _sha256(data: bytes | bytearray) -> str:

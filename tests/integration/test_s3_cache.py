@@ -13,8 +13,10 @@ import asyncio
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -28,6 +30,7 @@ from proxy.egress import EgressPolicy, parse_allow
 from proxy.upstream.connector import GuardedConnector
 from tests.support.poll import apoll, poll
 from tests.support.s3gw import S3Gateway, gateway_binary
+from tests.support.tcp_front import TcpFront, _pump
 
 MiB = 1 << 20
 PART = 5 * MiB  # S3's smallest part: several parts from small test blobs
@@ -268,6 +271,54 @@ async def test_a_failed_part_fails_the_write_and_discard_cleans_up(backend: S3Ba
     await upload.discard()
     assert await listed(backend) == []
     assert await backend.client.list_uploads("") == []
+
+
+class DroppingFront(TcpFront):
+    """A relay to the gateway that cuts the first `drops` connections as soon as a request
+    arrives (the client sees the connection close before any answer), then relays."""
+
+    def __init__(self, target_port: int, drops: int) -> None:
+        self.drops = drops
+        self.accepted = 0
+        super().__init__(target_port)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            if self.drops > 0:
+                self.drops -= 1
+                client.recv(65536)  # the request's first bytes, then nothing
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(src, dst), daemon=True).start()
+
+
+async def test_a_dropped_connection_is_retried_for_idempotent_calls_only(
+    s3gw: S3Gateway, s3_bucket: str, tmp_path: Path
+) -> None:
+    data = blob(PART + 3, b"retry")
+    digest = digest_of(data)
+    front = DroppingFront(s3gw.port, drops=2)
+    ep = S3Endpoint(f"http://127.0.0.1:{front.port}", "us-east-1", s3_bucket, s3gw.access_key, s3gw.secret_key)
+    b = S3Backend(S3Client(ep, lambda: guarded(["127.0.0.0/8"])), "pg/", tmp_path / "spool", part_size=PART)
+    try:
+        await b.put(digest, data)  # PutObject: two dropped connections, then through
+        assert front.accepted == 3
+        assert await b.size(digest) == len(data)
+        front.drops = 1
+        with pytest.raises(S3Error) as info:  # CreateMultipartUpload is never sent twice
+            await b.client.create_multipart("pg/x")
+        assert info.value.status == 0
+        assert await b.client.list_uploads("pg/") == []
+    finally:
+        await b.close()
+        front.stop()
 
 
 @pytest.mark.slow
