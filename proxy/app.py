@@ -22,8 +22,10 @@ from aiohttp.typedefs import Middleware
 from proxy import accesslog, bootstrap, logs, metrics, pulllog
 from proxy.admin import api as vendor_api
 from proxy.admin import hostnames as hostname_api
-from proxy.admin import portal
+from proxy.admin import portal, usage_api
 from proxy.admin.service import VendorService
+from proxy.admin.usage import UsageService
+from proxy.admin.webhooks import Notifier
 from proxy.auth.gate import Gate
 from proxy.auth.proxies import TrustedProxies
 from proxy.auth.tokens import TokenIssuer
@@ -60,10 +62,13 @@ class Services:
     pulllog: PullLog | None = None
     hosts: HostTable | None = None
     hostnames: HostnameService | None = None
+    notifier: Notifier | None = None
 
     async def close(self) -> None:
         if self.pulllog is not None:
             await self.pulllog.close()  # writes what is still queued, before the store closes
+        if self.notifier is not None:
+            await self.notifier.close()
         await self.upstream.close()
         await self.store.close()
 
@@ -99,7 +104,13 @@ async def build_services(cfg: Config) -> Services:
         hosts.changed()
 
     await store.listen(changed_elsewhere)
-    return Services(cfg, store, keyring, read_cache, upstream, gate, PullLog(store, cfg.pulllog), hosts, hostnames)
+    notifier = Notifier(store, keyring, upstream, cfg.webhooks)
+
+    async def thresholds(batch: list[pulllog.PullEvent]) -> None:
+        await notifier.pulls_written((e.customer_id, e.time) for e in batch if e.customer_id)
+
+    pulls = PullLog(store, cfg.pulllog, on_written=thresholds)
+    return Services(cfg, store, keyring, read_cache, upstream, gate, pulls, hosts, hostnames, notifier)
 
 
 @web.middleware
@@ -163,15 +174,21 @@ def admin_app(services: Services) -> web.Application:
     # One budget of KOTS license imports per team, for the API and the portal together.
     per_minute = services.cfg.limits.license_imports_per_minute
     imports = RateLimiter(per_minute, per_minute, max_keys=10_000, key=str)
-    vendor_api.install(
-        app,
-        VendorService(services.store, services.keyring, services.read_cache, services.upstream, imports),
-        extend=(lambda sub: hostname_api.install(sub, hostnames)) if hostnames else None,
+    public_host = services.cfg.proxy.hosts[0] if services.cfg.proxy.hosts else None
+    vendor = VendorService(
+        services.store, services.keyring, services.read_cache, services.upstream, imports, public_host
     )
+
+    def extend(sub: web.Application) -> None:
+        if hostnames is not None:
+            hostname_api.install(sub, hostnames)
+        usage_api.install(sub, UsageService(vendor))
+
+    vendor_api.install(app, vendor, extend=extend)
     # The web portal: the same team-scoped service layer, behind a browser session.
     portal.install(
         app,
-        VendorService(services.store, services.keyring, services.read_cache, services.upstream, imports),
+        VendorService(services.store, services.keyring, services.read_cache, services.upstream, imports, public_host),
         services.cfg,
         hostnames,
     )
@@ -230,6 +247,8 @@ async def serve(cfg: Config, ready: Callable[[], None] | None = None) -> None:
     host_refresher = asyncio.create_task(services.hosts.run()) if services.hosts else None
     if services.pulllog is not None:
         services.pulllog.start()
+    if services.notifier is not None:
+        services.notifier.start()  # and delivers what a previous run left pending
     if ready is not None:
         ready()
     await stop.wait()

@@ -44,6 +44,7 @@ from proxy.settings import (
     RegistrySpec,
     TeamSpec,
     UpstreamSection,
+    WebhooksSection,
     keys_path,
     parse_listen,
     read_secret,
@@ -73,6 +74,7 @@ __all__ = [
     "RegistrySpec",
     "TeamSpec",
     "UpstreamSection",
+    "WebhooksSection",
     "keys_path",
     "load",
     "parse_listen",
@@ -311,6 +313,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("pulllog.queue_size: queue_size and batch_size must be at least 1")
     if not 0.01 <= cfg.pulllog.flush_seconds <= 60:
         raise ConfigError("pulllog.flush_seconds: must be between 0.01 and 60")
+    _validate_webhooks(cfg.webhooks)
     _validate_domains(cfg.domains)
     _validate_limits(cfg.limits)
     if cfg.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -420,6 +423,15 @@ def _check_bootstrap_destinations(cfg: Config, allow: list[Any]) -> None:
                         f"refused by the egress policy; {refusal.advice()}"
                         + (f" (e.g. {host}:{port})" if refusal.overridable else "")
                     )
+
+
+def _validate_webhooks(w: WebhooksSection) -> None:
+    if not 1 <= w.max_attempts <= 20:
+        raise ConfigError("webhooks.max_attempts: must be between 1 and 20")
+    if not 0.01 <= w.backoff_seconds <= w.max_backoff_seconds <= 86400:
+        raise ConfigError("webhooks.backoff_seconds: must be at least 0.01 and at most max_backoff_seconds (<= 86400)")
+    if not 0.1 <= w.timeout_seconds <= 120:
+        raise ConfigError("webhooks.timeout_seconds: must be between 0.1 and 120")
 
 
 def validate_cache_s3(s3: CacheS3Section, cfg: Config, key: str = "cache.s3") -> None:

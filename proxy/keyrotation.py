@@ -5,6 +5,7 @@ is a row sealed under a key the file does not hold."""
 from __future__ import annotations
 
 from proxy.secrets import Keyring
+from proxy.store import usage
 from proxy.store.base import Store
 
 
@@ -20,4 +21,9 @@ async def rotate(store: Store, keyring: Keyring) -> tuple[str, int]:
         for cid, sealed in await store.sealed_licenses()
     ]
     await store.reseal(registry_secrets, licenses)
-    return kid, len(registry_secrets) + len(licenses)
+    hooks = [
+        (tid, keyring.seal(keyring.open(sealed, usage.webhook_aad(tid)), usage.webhook_aad(tid)))
+        for tid, sealed in await usage.sealed_webhook_secrets(store)
+    ]
+    await usage.reseal_webhook_secrets(store, hooks)
+    return kid, len(registry_secrets) + len(licenses) + len(hooks)

@@ -74,12 +74,19 @@ class PullEvent:
         )
 
 
+WrittenHook = Callable[[list[PullEvent]], Awaitable[None]]
+
+
 class PullLog:
-    def __init__(self, store: Store, cfg: PullLogSection) -> None:
+    def __init__(self, store: Store, cfg: PullLogSection, on_written: WrittenHook | None = None) -> None:
         self.store = store
         self.cfg = cfg
+        # Told of each batch once it (and the egress rollup with it) is stored: thresholds.
+        self.on_written = on_written
         self._queue: asyncio.Queue[PullEvent] = asyncio.Queue(cfg.queue_size)
         self._task: asyncio.Task[None] | None = None
+        self._idle = True  # waiting for an event: holds nothing, safe to cancel
+        self._closing = False
         self.dropped = 0
         self.written = 0
 
@@ -96,9 +103,15 @@ class PullLog:
             self._task = asyncio.create_task(self._run(), name="pull-log-writer")
 
     async def close(self) -> None:
-        """Stop the writer and write what is still queued."""
+        """Stop the writer and write what is still queued.
+
+        A writer holding a batch (gathering or writing it) finishes that batch first:
+        cancelled there, the events it took off the queue would be lost (the rollup and
+        thresholds with them) and a write cut mid-transaction might or might not land."""
         if self._task is not None:
-            self._task.cancel()
+            self._closing = True
+            if self._idle:
+                self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
@@ -108,12 +121,14 @@ class PullLog:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         next_purge = loop.time()
-        while True:
+        while not self._closing:
+            self._idle = True
             first = await self._queue.get()
+            self._idle = False
             # Gather for a moment so a busy proxy writes few, large transactions.
             deadline = loop.time() + self.cfg.flush_seconds
             batch = [first]
-            while len(batch) < self.cfg.batch_size:
+            while len(batch) < self.cfg.batch_size and not self._closing:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
@@ -122,7 +137,7 @@ class PullLog:
                 except TimeoutError:
                     break
             await self._write(batch)
-            if self.cfg.retention_days and loop.time() >= next_purge:
+            if self.cfg.retention_days and loop.time() >= next_purge and not self._closing:
                 next_purge = loop.time() + PURGE_EVERY
                 await self.purge()
 
@@ -143,6 +158,11 @@ class PullLog:
             return
         self.written += len(batch)
         WRITTEN.inc(len(batch))
+        if self.on_written is not None:
+            try:
+                await self.on_written(batch)
+            except Exception as exc:  # the batch is stored; a failed check is tried with the next one
+                log.error("after-write hook failed (%s)", type(exc).__name__)
 
     async def purge(self) -> None:
         before = dt.datetime.now(dt.UTC) - dt.timedelta(days=self.cfg.retention_days)

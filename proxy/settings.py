@@ -86,6 +86,16 @@ class PullLogSection:
 
 
 @dataclass
+class WebhooksSection:
+    # A threshold notification is tried this many times in all, the waits doubling from
+    # backoff_seconds (at most max_backoff_seconds); each attempt is recorded.
+    max_attempts: int = 6
+    backoff_seconds: float = 5.0
+    max_backoff_seconds: float = 300.0
+    timeout_seconds: float = 10.0
+
+
+@dataclass
 class DomainsSection:
     # Nameservers ("ip" or "ip:port") for ownership checks; empty: the system's.
     resolver: list[str] = field(default_factory=list)
@@ -214,6 +224,7 @@ class Config:
     limits: LimitsSection = field(default_factory=LimitsSection)
     log: LogSection = field(default_factory=LogSection)
     pulllog: PullLogSection = field(default_factory=PullLogSection)
+    webhooks: WebhooksSection = field(default_factory=WebhooksSection)
     domains: DomainsSection = field(default_factory=DomainsSection)
     anonymous: AnonymousSection = field(default_factory=AnonymousSection)
     bootstrap: BootstrapSection = field(default_factory=BootstrapSection)

@@ -37,6 +37,7 @@ declare -A want=(
   [unshare]=util-linux
   [containerd]=containerd
   [ctr]=containerd
+  [podman]=podman
 )
 missing=()
 for prog in "${!want[@]}"; do

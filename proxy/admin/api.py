@@ -16,8 +16,10 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.admin import csvexport
 from proxy.admin.openapi import document
-from proxy.admin.service import VendorService, app_json
+from proxy.admin.service import VendorService
+from proxy.admin.usage import UsageService
 from proxy.apierrors import Invalid, Unauthorized, VendorError
 from proxy.store.models import Team
 
@@ -127,11 +129,36 @@ def api_app(service: VendorService) -> web.Application:
         return json_answer({"app": await svc.create_app(team(request), await json_body(request))}, 201)
 
     async def get_app(request: web.Request) -> web.Response:
-        return json_answer({"app": app_json(await svc.app(team(request), request.match_info["slug"]))})
+        t = team(request)
+        return json_answer({"app": await svc.app_out(t, await svc.app(t, request.match_info["slug"]))})
 
     async def update_app(request: web.Request) -> web.Response:
         body = await json_body(request)
         return json_answer({"app": await svc.update_app(team(request), request.match_info["slug"], body)})
+
+    # -- release channels, an app's customers and hostnames, as the `replicated` CLI asks for them
+    async def channels(request: web.Request) -> web.Response:
+        unknown = sorted(set(request.query) - {"channelName", "excludeDetail"})
+        if unknown:
+            raise Invalid([f"{k}: unknown query parameter" for k in unknown])
+        name = request.query.get("channelName")
+        return json_answer({"channels": await svc.channels(team(request), request.match_info["app"], name)})
+
+    async def channel(request: web.Request) -> web.Response:
+        app, cid = request.match_info["app"], request.match_info["channel"]
+        return json_answer({"channel": await svc.channel(team(request), app, cid)})
+
+    async def app_customers(request: web.Request) -> web.Response:
+        page, total = await svc.customers_page(team(request), request.match_info["app"], request.query)
+        return json_answer({"customers": page, "totalCustomers": total})
+
+    async def app_hostnames(request: web.Request) -> web.Response:
+        # `Body`: the CLI decodes into a struct field of that name, without a JSON tag.
+        return json_answer({"Body": await svc.app_custom_hostnames(team(request), request.match_info["app"])})
+
+    async def search_customers(request: web.Request) -> web.Response:
+        hits, total = await svc.search_customers(team(request), await json_body(request))
+        return json_answer({"customers": hits, "total_hits": total})
 
     # -- customers
     async def customers(request: web.Request) -> web.Response:
@@ -168,8 +195,14 @@ def api_app(service: VendorService) -> web.Application:
         return json_answer({"customer": customer, "created": created}, 201 if created else 200)
 
     # -- pull logs
-    async def pull_logs(request: web.Request) -> web.Response:
-        return json_answer({"logs": await svc.pull_logs(team(request), dict(request.query))})
+    async def pull_logs(request: web.Request) -> web.StreamResponse:
+        if csvexport.wants_csv(request):  # every matching row, oldest first, streamed
+            pages = await UsageService(svc).pull_log_pages(team(request), request.query)
+            return await csvexport.stream(request, "pull-logs.csv", csvexport.PULL_LOG_COLUMNS, pages)
+        query = dict(request.query)
+        if query.pop("format", "json") != "json":
+            raise Invalid(["format: json or csv"])
+        return json_answer({"logs": await svc.pull_logs(team(request), query)})
 
     r.add_get("/openapi.json", openapi)
     r.add_get("/external_registries", registries)
@@ -183,6 +216,11 @@ def api_app(service: VendorService) -> web.Application:
     r.add_post("/app", create_app)
     r.add_get("/app/{slug}", get_app)
     r.add_patch("/app/{slug}", update_app)
+    r.add_get("/app/{app}/channels", channels)
+    r.add_get("/app/{app}/channel/{channel}", channel)
+    r.add_get("/app/{app}/customers", app_customers)
+    r.add_get("/app/{app}/custom-hostnames", app_hostnames)
+    r.add_post("/customers/search", search_customers)
     r.add_get("/customers", customers)
     r.add_post("/customer", create_customer)
     r.add_get("/customer/{id}", get_customer)
@@ -201,3 +239,9 @@ def install(
     if extend is not None:
         extend(sub)
     admin.add_subapp(PREFIX, sub)
+
+    async def other_version(request: web.Request) -> web.Response:
+        # Clients of Replicated's other API versions (/vendor/v1...) get a JSON 404 that says why.
+        return web.json_response({"message": f"not found: pullgate serves the vendor API under {PREFIX}"}, status=404)
+
+    admin.router.add_route("*", "/vendor/{tail:.*}", other_version)

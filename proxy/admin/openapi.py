@@ -60,6 +60,11 @@ def _op(
     return op
 
 
+def _with_csv(response: dict[str, Any]) -> dict[str, Any]:
+    """The same answer, also offered as CSV (`?format=csv` or `Accept: text/csv`)."""
+    return {**response, "content": {**response["content"], "text/csv": {"schema": {"type": "string"}}}}
+
+
 def _path_param(name: str, description: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "description": description, "schema": {"type": "string"}}
 
@@ -74,6 +79,8 @@ def _query(name: str, description: str, fmt: str | None = None) -> dict[str, Any
 # The schemas read as a table (one property per line, as in the OpenAPI text): not reformatted.
 # fmt: off
 _TIME = {"type": "string", "format": "date-time"}
+_THRESHOLD = _nullable("integer", minimum=1, description="Monthly egress (bytes served) past which the team's "
+                       "webhook is told, once a month (event egress.threshold_reached); null: none")
 _CONFLICT = {"409": _json(_ref("Error"), "The slug is taken")}
 
 SCHEMAS: dict[str, Any] = {
@@ -129,15 +136,40 @@ SCHEMAS: dict[str, Any] = {
     "App": _obj(
         {"id": {"type": "string"}, "slug": {"type": "string"}, "name": {"type": "string"},
          "imageAllowlist": {"type": "array", "items": {"type": "string"}},
-         "kotsPublicKey": _nullable("string")},
-        ["id", "slug", "name", "imageAllowlist", "kotsPublicKey"],
+         "kotsPublicKey": _nullable("string"),
+         "channels": {"type": "array", "items": _ref("ChannelRef")}},
+        ["id", "slug", "name", "imageAllowlist", "kotsPublicKey", "channels"],
     ),
     "AppCreate": _obj(
-        {"slug": {"type": "string"}, "name": {"type": "string"},
+        {"slug": {"type": "string", "description": "Name in pull paths; without it, derived from the name "
+                  "(with -2, -3... when taken), as `replicated app create NAME` expects"},
+         "name": {"type": "string"},
          "imageAllowlist": {"type": "array", "items": {"type": "string"},
                             "description": "fnmatch patterns on the upstream repository, e.g. vendor/*"},
          "kotsPublicKey": _nullable("string", description="PEM RSA public key that signs KOTS licenses")},
-        ["slug"],
+    ),
+    "ChannelRef": _obj(
+        {"id": {"type": "string"}, "name": {"type": "string"}, "slug": {"type": "string"},
+         "description": {"type": "string"}, "releaseSequence": {"type": "integer", "description": "Always 0: "
+                         "pullgate ships no releases"}, "releaseLabel": {"type": "string"},
+         "isArchived": {"type": "boolean"}, "isDefault": {"type": "boolean", "description": "The app's default "
+                        "channel (new customers go on it)"},
+         "isDefaultForCustomer": {"type": "boolean", "description": "In a customer: its default channel"}},
+        ["id", "name", "slug", "description", "releaseSequence", "releaseLabel", "isArchived", "isDefault"],
+    ),
+    "Channel": _obj(
+        {"id": {"type": "string"}, "appId": {"type": "string"}, "name": {"type": "string"},
+         "slug": {"type": "string"}, "channelSlug": {"type": "string"}, "description": {"type": "string"},
+         "isDefault": {"type": "boolean"}, "isArchived": {"type": "boolean"},
+         "releaseSequence": {"type": "integer"}, "channelSequence": {"type": "integer"},
+         "currentVersion": {"type": "string"}, "numReleases": {"type": "integer"},
+         "created": _nullable("string", format="date-time"),
+         "replicatedRegistryDomain": {"type": "string", "description": "The proxy's public host (proxy.hosts[0])"},
+         "customHostNameOverrides": _obj({k: _obj({"hostname": {"type": "string"}}, ["hostname"])
+                                          for k in ("registry", "proxy", "downloadPortal", "replicatedApp")}),
+         "chartReleases": {"type": "array", "maxItems": 0}},
+        ["id", "appId", "name", "slug", "channelSlug", "isDefault", "isArchived", "releaseSequence", "created",
+         "replicatedRegistryDomain", "customHostNameOverrides"],
     ),
     "AppUpdate": _obj(
         {"name": {"type": "string"}, "imageAllowlist": {"type": "array", "items": {"type": "string"}},
@@ -145,33 +177,94 @@ SCHEMAS: dict[str, Any] = {
     ),
     "Customer": _obj(
         {"id": {"type": "string"}, "name": {"type": "string"}, "email": _nullable("string"),
-         "appSlug": {"type": "string"}, "licenseType": {"type": "string", "enum": list(LICENSE_TYPES)},
+         "appSlug": {"type": "string"}, "appId": {"type": "string"},
+         "licenseType": {"type": "string", "enum": list(LICENSE_TYPES)},
+         "type": {"type": "string", "enum": list(LICENSE_TYPES), "description": "= licenseType (the replicated "
+                  "CLI's name)"},
          "expiresAt": _nullable("string", format="date-time"),
          "status": {"type": "string", "enum": ["active", "revoked", "archived"]},
          "createdAt": _nullable("string", format="date-time"),
-         "licenseId": {"type": "string", "description": "Only at creation and in GET /customer/{id}"}},
-        ["id", "name", "email", "appSlug", "licenseType", "expiresAt", "status", "createdAt"],
+         "customId": _nullable("string", description="The vendor's own id of the customer"),
+         "egressThresholdBytes": _THRESHOLD,
+         "channels": {"type": "array", "items": _ref("ChannelRef"), "minItems": 1,
+                      "description": "Its release channels, its default first"},
+         "licenseId": _nullable("string", description="Only at creation and in GET /customer/{id}"),
+         "installationId": _nullable("string", description="= licenseId (the replicated CLI's name); only "
+                                     "where licenseId is shown")},
+        ["id", "name", "email", "appSlug", "appId", "licenseType", "type", "expiresAt", "status", "createdAt",
+         "customId", "channels", "egressThresholdBytes"],
     ),
-    "CustomerCreate": _obj(
-        {"name": {"type": "string"}, "email": {"type": "string"}, "appSlug": {"type": "string"},
-         "licenseType": {"type": "string", "enum": list(LICENSE_TYPES)},
-         "expiresAt": _nullable("string", format="date-time")},
-        ["name", "appSlug"],
+    "CustomerCreate": {
+        "type": "object",
+        "description": "pullgate's spelling (appSlug, licenseType, expiresAt, customId, channels as names) or "
+        "the replicated CLI's (app_id, type, expires_at, custom_id, channels as objects); one spelling per "
+        "field. The CLI's license feature flags (is_airgap_enabled, is_snapshot_supported, ... every is_* "
+        "boolean) are accepted and IGNORED: pullgate has nothing they would switch.",
+        "properties": {
+            "name": {"type": "string"}, "email": {"type": "string"},
+            "appSlug": {"type": "string", "description": "The app's slug (or id)"},
+            "appId": {"type": "string", "description": "The app's id (or slug)"},
+            "app_id": {"type": "string", "description": "The app's id or slug (replicated CLI)"},
+            "licenseType": {"type": "string", "enum": list(LICENSE_TYPES)},
+            "type": {"type": "string", "enum": list(LICENSE_TYPES)},
+            "expiresAt": _nullable("string", description="ISO 8601 time; empty or null: never"),
+            "expires_at": _nullable("string", description="ISO 8601 time; empty or null: never"),
+            "customId": _nullable("string"), "custom_id": _nullable("string"),
+            "egressThresholdBytes": _THRESHOLD,
+            "channels": {"type": ["array", "null"], "description": "Channel names, slugs or ids, or the CLI's "
+                         "objects; none given: the app's default channel (Stable)",
+                         "items": {"oneOf": [{"type": "string"}, _ref("CustomerChannelChoice")]}},
+            "channel_id": {"type": "string", "description": "One channel (older replicated CLI releases)"},
+            "entitlementValues": {"type": ["array", "null"], "maxItems": 0,
+                                  "description": "pullgate has no entitlements: only null or [] (400 otherwise)"},
+        },
+        "patternProperties": {"^is_[a-z0-9_]+$": {"type": ["boolean", "null"],
+                                                 "description": "Accepted and ignored"}},
+        "additionalProperties": False,
+    },
+    "CustomerChannelChoice": _obj(
+        {"channel_id": {"type": "string", "description": "Channel id (or name, or slug)"},
+         "pinned_channel_sequence": {"type": "null", "description": "pullgate has no releases to pin (400 "
+                                     "unless null)"},
+         "is_default_for_customer": {"type": "boolean"}},
+        ["channel_id"],
     ),
     "CustomerUpdate": _obj(
         {"name": {"type": "string"}, "email": _nullable("string"),
          "licenseType": {"type": "string", "enum": list(LICENSE_TYPES)},
-         "expiresAt": _nullable("string", format="date-time")},
+         "expiresAt": _nullable("string", format="date-time"),
+         "customId": _nullable("string"), "egressThresholdBytes": _THRESHOLD,
+         "channels": {"type": "array", "items": {"type": "string"}, "description": "Channel names, slugs or "
+                      "ids, the default first; replaces the customer's channels"}},
     ),
+    "CustomerSearch": {
+        "type": "object",
+        "properties": {
+            "app_id": {"type": "string", "description": "App id or slug"},
+            "offset": {"type": "integer", "minimum": 0}, "page_size": {"type": "integer", "minimum": 1,
+                                                                      "maximum": 100},
+            "query": {"type": "string", "description": "name:TEXT, email:TEXT, customId:TEXT or TEXT (any of "
+                      "them): a case-insensitive substring match"},
+            "instance_preview": {"type": "boolean", "description": "Accepted and ignored"},
+            **{f: {"type": "boolean"} for f in ("include_active", "include_inactive", "include_archived",
+                                                "include_dev", "include_trial", "include_paid",
+                                                "include_community", "include_test")},
+        },
+        "required": ["app_id"],
+        "additionalProperties": False,
+    },
     "LicenseImport": _obj({"license": {"type": "string", "description": "KOTS License YAML"}}, ["license"]),
     "PullLog": _obj(
-        {"time": _TIME, "customerId": _nullable("string"), "customerName": _nullable("string"),
+        {"time": _TIME, "createdAt": {**_TIME, "description": "= time (the replicated CLI's name)"},
+         "statusCode": {"type": "integer", "description": "= status"},
+         "isSuccess": {"type": "boolean", "description": "= success"},
+         "customerId": _nullable("string"), "customerName": _nullable("string"),
          "appSlug": _nullable("string"), "registry": _nullable("string"),
          "action": {"type": "string", "enum": ["auth", "manifest", "HEAD", "blob", "tags", "referrers"]},
          "image": _nullable("string"), "reference": _nullable("string"), "status": {"type": "integer"},
          "success": {"type": "boolean"}, "bytes": {"type": "integer"}},
-        ["time", "customerId", "customerName", "appSlug", "registry", "action", "image", "reference", "status",
-         "success", "bytes"],
+        ["time", "createdAt", "statusCode", "isSuccess", "customerId", "customerName", "appSlug", "registry",
+         "action", "image", "reference", "status", "success", "bytes"],
     ),
 }
 
@@ -180,8 +273,11 @@ _LOG_FILTERS = [
     _query("registry", "Registry slug or endpoint"),
     _query("since", "From this time (inclusive), ISO 8601", "date-time"),
     _query("until", "Before this time, ISO 8601", "date-time"),
-    _query("limit", "At most this many rows (1-1000, default 500), newest first"),
+    _query("limit", "At most this many rows (1-1000, default 500), newest first; with CSV, no default bound"),
+    _query("format", "json (default) or csv (also chosen by Accept: text/csv): every matching row, oldest "
+           "first, streamed; cells starting with = + - @ are prefixed with '"),
 ]
+
 
 PATHS: dict[str, Any] = {
     "/openapi.json": {"get": {"summary": "This document", "security": [],
@@ -217,6 +313,7 @@ PATHS: dict[str, Any] = {
         "delete": _op("Remove an external registry", {"204": {"description": "Removed"}}, errors=("401", "404")),
     },
     "/apps": {"get": _op("List apps", {"200": _json(_wrap("apps", {"type": "array", "items": _ref("App")}))},
+                         params=[_query("excludeChannels", "Accepted and ignored (the replicated CLI sends it)")],
                          errors=("401",))},
     "/app": {"post": _op("Create an app", {"201": _json(_wrap("app", _ref("App")), "Created"), **_CONFLICT},
                          body="AppCreate", errors=("400", "401"))},
@@ -255,8 +352,8 @@ PATHS: dict[str, Any] = {
         ),
     },
     "/pull_logs": {
-        "get": _op("Pull log, newest first", {"200": _json(_wrap("logs", {"type": "array",
-                   "items": _ref("PullLog")}))}, params=_LOG_FILTERS),
+        "get": _op("Pull log, newest first (CSV: oldest first)", {"200": _with_csv(_json(_wrap("logs", {"type": "array",
+                   "items": _ref("PullLog")})))}, params=_LOG_FILTERS),
     },
 }
 
@@ -309,6 +406,126 @@ PATHS["/custom_hostname/{hostname}/certificate"] = {
     "parameters": _HOST_PARAM,
     "put": _op("Upload the TLS certificate and key served for this hostname (by SNI)", _HOSTNAME,
                body="CustomHostnameCertificate"),
+}
+
+# Shaped as the `replicated` CLI asks (app ids or slugs in the path).
+_CLI = ["replicated CLI"]
+_APP_ID = _path_param("appId", "App id or slug")
+_HOSTS = {"type": "array", "items": _obj({"app_id": {"type": "string"}, "is_default": {"type": "boolean"},
+                                          "hostname": {"type": "string"}, "created_at": _nullable("string"),
+                                          "domain_verification_type": {"type": "string"},
+                                          "domain_verification_status": {"type": "string"}},
+                                         ["app_id", "is_default", "hostname"])}
+PATHS["/app/{appId}/channels"] = {
+    "parameters": [_APP_ID],
+    "get": {**_op("An app's release channels", {"200": _json(_wrap("channels", {"type": "array",
+                  "items": _ref("Channel")}))},
+                  params=[_query("channelName", "Only the channel of this name, slug or id (any case)"),
+                          _query("excludeDetail", "Accepted and ignored (there is no detail to exclude)")]),
+            "tags": _CLI},
+}
+PATHS["/app/{appId}/channel/{channelId}"] = {
+    "parameters": [_APP_ID, _path_param("channelId", "Channel id (not its name: 404, as the CLI expects)")],
+    "get": {**_op("A release channel", {"200": _json(_wrap("channel", _ref("Channel")))}, errors=("401", "404")),
+            "tags": _CLI},
+}
+PATHS["/app/{appId}/customers"] = {
+    "parameters": [_APP_ID],
+    "get": {**_op("One page of an app's customers (never their license IDs), and how many there are",
+                  {"200": _json(_obj({"customers": {"type": "array", "items": _ref("Customer")},
+                                      "totalCustomers": {"type": "integer"}}, ["customers", "totalCustomers"]))},
+                  params=[_query("currentPage", "Page number from 0"),
+                          _query("pageSize", "1-100, default 100"),
+                          _query("includeTest", "true: test licenses too (left out otherwise)")]),
+            "tags": _CLI},
+}
+PATHS["/app/{appId}/custom-hostnames"] = {
+    "parameters": [_APP_ID],
+    "get": {**_op("The team's verified custom hostnames, under Body (the CLI's struct field)",
+                  {"200": _json(_wrap("Body", _obj({"registry": _HOSTS, "proxy": _HOSTS, "downloadPortal": _HOSTS,
+                                                    "replicatedApp": _HOSTS},
+                                                   ["registry", "proxy", "downloadPortal", "replicatedApp"])))},
+                  errors=("401", "404")),
+            "tags": _CLI},
+}
+PATHS["/customers/search"] = {
+    "post": {**_op("Find an app's customers (never their license IDs)",
+                   {"200": _json(_obj({"customers": {"type": "array", "items": _ref("Customer")},
+                                       "total_hits": {"type": "integer"}}, ["customers", "total_hits"]))},
+                   body="CustomerSearch"),
+             "tags": _CLI},
+}
+
+# Egress per customer (from the daily rollup), thresholds and the team webhook.
+_SUMS = {"bytes": {"type": "integer", "description": "Bytes served"},
+         "pulls": {"type": "integer", "description": "Successful manifest GETs"},
+         "requests": {"type": "integer", "description": "Requests of every kind"}}
+SCHEMAS["EgressRow"] = _obj(
+    {"day": {"type": "string", "format": "date"}, "month": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
+     "customerId": {"type": "string"}, "customerName": _nullable("string"), "appSlug": {"type": "string"},
+     "registry": _nullable("string"), "image": _nullable("string"), **_SUMS},
+    ["bytes", "pulls", "requests"],
+)
+SCHEMAS["Egress"] = _obj(
+    {"since": {"type": "string", "format": "date"}, "until": {"type": "string", "format": "date"},
+     "groupBy": {"enum": ["day", "month", "customer", "app", "image"]},
+     "customer": _nullable("string"), "app": _nullable("string"),
+     "totals": _obj(_SUMS, ["bytes", "pulls", "requests"]),
+     "rows": {"type": "array", "items": _ref("EgressRow")}},
+    ["since", "until", "groupBy", "customer", "app", "totals", "rows"],
+)
+SCHEMAS["CustomerEgress"] = _obj(
+    {"month": {"type": "string"}, "bytes": {"type": "integer"}, "thresholdBytes": _nullable("integer"),
+     "reached": {"type": "boolean"}, "percent": _nullable("number"),
+     "notification": {"oneOf": [{"type": "null"}, _obj({"state": {"enum": ["pending", "delivered", "failed",
+                      "no_webhook"]}, "attempts": {"type": "integer"}, "at": {"type": "string"}},
+                      ["state", "attempts", "at"])]}},
+    ["month", "bytes", "thresholdBytes", "reached", "percent", "notification"],
+)
+SCHEMAS["Webhook"] = _obj(
+    {"url": {"type": "string"}, "secretSet": {"type": "boolean", "description": "The secret itself is never shown"},
+     "updatedAt": {"type": "string"}},
+    ["url", "secretSet", "updatedAt"],
+)
+SCHEMAS["WebhookUpdate"] = _obj(
+    {"url": {"type": "string", "description": "http(s) URL; must pass the egress policy (400 names the rule)"},
+     "secret": {"type": ["string", "null"], "writeOnly": True, "description": "HMAC-SHA256 key of "
+                "X-Pullgate-Signature (stored encrypted); null: none; left out: kept (the url unchanged)"}},
+    ["url"],
+)
+SCHEMAS["WebhookDelivery"] = _obj(
+    {"id": {"type": "string"}, "event": {"type": "string"}, "customerId": _nullable("string"),
+     "month": _nullable("string"), "attempt": {"type": "integer"}, "time": _TIME, "url": {"type": "string"},
+     "status": _nullable("integer", description="The receiver's HTTP status; null when none came"),
+     "error": _nullable("string"), "ok": {"type": "boolean"}},
+    ["id", "event", "customerId", "month", "attempt", "time", "url", "status", "error", "ok"],
+)
+PATHS["/egress"] = {
+    "get": _op("Egress (bytes served) per day, month, customer, app or image, from the daily rollup",
+               {"200": _with_csv(_json(_ref("Egress")))},
+               params=[_query("customer", "Customer id"), _query("app", "App slug"),
+                       _query("since", "First day (UTC, inclusive), YYYY-MM-DD or an ISO time; default: the "
+                              "first of this month", "date"),
+                       _query("until", "Day after the last (exclusive); default: tomorrow", "date"),
+                       _query("groupBy", "day (default), month, customer, app or image"),
+                       _query("format", "json (default) or csv (also chosen by Accept: text/csv)")]),
+}
+PATHS["/customer/{id}/egress"] = {
+    "parameters": [_path_param("id", "Customer id")],
+    "get": _op("This month's egress against the customer's threshold, and its notification",
+               {"200": _json(_wrap("egress", _ref("CustomerEgress")))}, errors=("401", "404")),
+}
+PATHS["/team/webhook"] = {
+    "get": _op("The team's webhook (url, and whether a secret is set); null when none",
+               {"200": _json(_wrap("webhook", {"oneOf": [{"type": "null"}, _ref("Webhook")]}))}, errors=("401",)),
+    "put": _op("Set the team's webhook (egress.threshold_reached events, signed with the secret)",
+               {"200": _json(_wrap("webhook", _ref("Webhook")))}, body="WebhookUpdate", errors=("400", "401")),
+    "delete": _op("Remove the team's webhook", {"204": {"description": "Removed"}}, errors=("401", "404")),
+}
+PATHS["/team/webhook/deliveries"] = {
+    "get": _op("Every delivery attempt, newest first",
+               {"200": _json(_wrap("deliveries", {"type": "array", "items": _ref("WebhookDelivery")}))},
+               params=[_query("customer", "Customer id"), _query("limit", "At most this many (1-500, default 100)")]),
 }
 
 for _action, _what in (("revoke", "Revoke"), ("archive", "Archive"), ("restore", "Restore (make active again)")):

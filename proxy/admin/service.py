@@ -21,15 +21,17 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from proxy import metrics
+from proxy.admin import dialect
 from proxy.apierrors import Conflict, Invalid, NotFound, TooManyRequests
 from proxy.egress import carries_credentials, is_ip_address, refused_destination, refused_hop, url_target
 from proxy.licenses import kots
 from proxy.oci.allowlist import check_patterns
 from proxy.ratelimit import RateLimiter
 from proxy.secrets import Keyring
+from proxy.store import usage
 from proxy.store.base import Conflict as StoreConflict
 from proxy.store.base import Store, new_id, parse_time, to_stored_time
-from proxy.store.models import App, Customer, Registry, Team
+from proxy.store.models import App, Channel, Customer, Registry, Team
 from proxy.store.readcache import StoreReadCache
 from proxy.upstream.client import UpstreamClient
 from proxy.upstream.endpoints import canonical_endpoint
@@ -49,6 +51,7 @@ VALIDATION_IMAGE = "pullgate/credentials-check:latest"
 LICENSE_ALPHABET = string.ascii_letters + string.digits
 LICENSE_LENGTH = 32  # 32 characters of 62: about 190 bits
 MAX_LOGS = 1000
+MAX_THRESHOLD = 2**62  # a BIGINT with room to add a month of bytes to it
 RESERVED_SLUGS = frozenset({"test", "logs"})  # /external_registry/test and /logs
 # A license that verifies but whose licenseID another team holds gets the very answer a
 # wrong signature gets: the import is no oracle of other teams' licenses.
@@ -74,6 +77,8 @@ class VendorService:
     upstream: UpstreamClient
     # KOTS license imports per team (limits.license_imports_per_minute); shared by the API and portal.
     license_imports: RateLimiter | None = None
+    # The proxy's public host (proxy.hosts[0]): the registry a channel tells customers to log in to.
+    registry_domain: str | None = None
 
     # --- auth -------------------------------------------------------------------
     async def team_for_token(self, token: str) -> Team | None:
@@ -91,19 +96,30 @@ class VendorService:
 
     # --- apps -------------------------------------------------------------------
     async def list_apps(self, team: Team) -> list[dict[str, Any]]:
-        return [app_json(a) for a in await self.store.apps_of_team(team.id)]
+        channels = await self.store.channels_of_team(team.id)
+        return [app_json(a, [c for c in channels if c.app_id == a.id]) for a in await self.store.apps_of_team(team.id)]
 
-    async def app(self, team: Team, slug: str) -> App:
-        app = await self.store.app_by_slug(slug)
+    async def app(self, team: Team, key: str) -> App:
+        """By slug, else by id (the `replicated` CLI puts app ids in its paths)."""
+        app = await self.store.app_by_slug(key) if len(key) <= 64 else None
         if app is None or app.team_id != team.id:
-            raise NotFound(f"no app {slug!r}")
+            app = next((a for a in await self.store.apps_of_team(team.id) if a.id == key), None)
+        if app is None:
+            raise NotFound(f"no app {key[:64]!r}")
         return app
+
+    async def app_out(self, team: Team, app: App) -> dict[str, Any]:
+        return app_json(app, await self.store.channels_of_team(team.id, app.id))
 
     async def create_app(self, team: Team, body: Mapping[str, Any]) -> dict[str, Any]:
         problems = _unknown_keys(body, {"slug", "name", "imageAllowlist", "kotsPublicKey"})
         slug = body.get("slug")
+        if slug is None and isinstance(body.get("name"), str):
+            slug = await self._free_slug(body["name"])  # `replicated app create NAME` sends the name only
         if not isinstance(slug, str) or not SLUG_RE.match(slug) or len(slug) > 64:
-            problems.append("slug: required; lowercase letters, digits and . _ - (at most 64)")
+            problems.append(
+                "slug: required (or a name to derive it from); lowercase letters, digits and . _ - (at most 64)"
+            )
         name = body.get("name", slug)
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
             problems.append("name: must be a non-empty string (at most 200 characters)")
@@ -118,7 +134,18 @@ class VendorService:
             app = await self.store.create_app(team.id, slug, name.strip(), allowlist, key or None)
         except StoreConflict as exc:
             raise Conflict(str(exc)) from None
-        return app_json(app)
+        return await self.app_out(team, app)
+
+    async def _free_slug(self, name: str) -> str | None:
+        """A slug derived from an app name, with -2, -3... when taken (app slugs are global)."""
+        base = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:56] or None
+        if base is None:
+            return None
+        for n in range(1, 100):
+            slug = base if n == 1 else f"{base}-{n}"
+            if await self.store.app_by_slug(slug) is None:
+                return slug
+        return f"{base}-{secrets.token_hex(3)}"
 
     async def update_app(self, team: Team, slug: str, body: Mapping[str, Any]) -> dict[str, Any]:
         app = await self.app(team, slug)
@@ -136,7 +163,67 @@ class VendorService:
         await self.store.update_app(app)
         self.read_cache.invalidate()
         await self.store.notify("app")  # the other replicas' caches
-        return app_json(app)
+        return await self.app_out(team, app)
+
+    # --- release channels ---------------------------------------------------------
+    async def channels(self, team: Team, app_key: str, name: str | None = None) -> list[dict[str, Any]]:
+        """An app's channels; `name` keeps those whose name, slug or id it is (any case)."""
+        app = await self.app(team, app_key)
+        out = await self.store.channels_of_team(team.id, app.id)
+        if name:
+            out = [c for c in out if name.lower() in (c.name.lower(), c.slug, c.id)]
+        return [self.channel_json(c) for c in out]
+
+    async def channel(self, team: Team, app_key: str, channel_id: str) -> dict[str, Any]:
+        app = await self.app(team, app_key)
+        found = next((c for c in await self.store.channels_of_team(team.id, app.id) if c.id == channel_id), None)
+        if found is None:
+            raise NotFound(
+                f"no channel with id {channel_id[:64]!r} in app {app.slug!r};"
+                " find a channel by name with GET /app/{appId}/channels?channelName=NAME"
+            )
+        return self.channel_json(found)
+
+    def channel_json(self, c: Channel) -> dict[str, Any]:
+        """As the `replicated` CLI's KotsChannel reads it: no releases (pullgate ships none)."""
+        none = {"hostname": ""}
+        return {
+            "id": c.id,
+            "appId": c.app_id,
+            "name": c.name,
+            "slug": c.slug,
+            "channelSlug": c.slug,
+            "description": "",
+            "isDefault": c.is_default,
+            "isArchived": False,
+            "releaseSequence": 0,
+            "channelSequence": 0,
+            "currentVersion": "",
+            "numReleases": 0,
+            "created": _iso_out(parse_time(c.created_at)),
+            "replicatedRegistryDomain": self.registry_domain or "",
+            "customHostNameOverrides": {
+                k: dict(none) for k in ("registry", "proxy", "downloadPortal", "replicatedApp")
+            },
+            "chartReleases": [],
+        }
+
+    async def app_custom_hostnames(self, team: Team, app_key: str) -> dict[str, Any]:
+        """The team's verified custom hostnames, where the `replicated` CLI looks for the
+        registry host to show (`customer inspect`)."""
+        app = await self.app(team, app_key)
+        rows = [
+            {
+                "app_id": app.id,
+                "is_default": h.is_default,
+                "hostname": h.hostname,
+                "created_at": _iso_out(parse_time(h.created_at)),
+                "domain_verification_type": "txt",
+                "domain_verification_status": h.status,
+            }
+            for h in await self.store.hostnames(team.id, "verified")
+        ]
+        return {"registry": rows, "proxy": [dict(r) for r in rows], "downloadPortal": [], "replicatedApp": []}
 
     # --- external registries ------------------------------------------------------
     async def list_registries(self, team: Team) -> list[dict[str, Any]]:
@@ -250,33 +337,94 @@ class VendorService:
     # --- customers ----------------------------------------------------------------
     async def list_customers(self, team: Team, app_slug: str | None = None) -> list[dict[str, Any]]:
         app_id = (await self.app(team, app_slug)).id if app_slug else None
-        return [customer_json(c) for c in await self.store.customers_of_team(team.id, app_id)]
+        channels = await self.store.customer_channels(team.id)
+        return [customer_json(c, channels.get(c.id, [])) for c in await self.store.customers_of_team(team.id, app_id)]
+
+    async def customers_page(
+        self, team: Team, app_key: str, query: Mapping[str, str]
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One page of an app's customers and how many there are in all (the `replicated`
+        CLI pages with currentPage until it has that many). Test licenses only with includeTest."""
+        problems = _unknown_keys(query, {"currentPage", "pageSize", "includeTest"})
+        page, size = query.get("currentPage", "0"), query.get("pageSize", str(dialect.MAX_PAGE))
+        if not page.isdigit() or int(page) > 1_000_000:
+            problems.append("currentPage: a whole number from 0")
+        if not size.isdigit() or not 1 <= int(size) <= dialect.MAX_PAGE:
+            problems.append(f"pageSize: a whole number from 1 to {dialect.MAX_PAGE}")
+        if query.get("includeTest", "false") not in ("true", "false"):
+            problems.append("includeTest: true or false")
+        if problems:
+            raise Invalid(problems)
+        app = await self.app(team, app_key)
+        every = await self.store.customers_of_team(team.id, app.id)
+        if query.get("includeTest") != "true":
+            every = [c for c in every if c.license_type != "test"]
+        first = int(page) * int(size)
+        chosen = every[first : first + int(size)]
+        channels = await self.store.customer_channels(team.id)
+        return [customer_json(c, channels.get(c.id, [])) for c in chosen], len(every)
+
+    async def search_customers(self, team: Team, body: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int]:
+        """`replicated customer ls/inspect` by name: a case-insensitive substring match."""
+        search, problems = dialect.read_search(body)
+        if search is None:
+            raise Invalid(problems)
+        app = await self.app(team, search.app)
+        now = dt.datetime.now(dt.UTC)
+
+        def state(c: Customer) -> str:
+            return "expired" if c.status == "active" and c.refusal(now) == "expired" else c.status
+
+        def matches(c: Customer) -> bool:
+            fields = {"name": c.name, "email": c.email or "", "customId": c.custom_id or ""}
+            texts = [fields[search.field]] if search.field else list(fields.values())
+            return any(search.text in t.lower() for t in texts)
+
+        hits = [
+            c
+            for c in await self.store.customers_of_team(team.id, app.id)
+            if state(c) in search.states and (search.types is None or c.license_type in search.types) and matches(c)
+        ]
+        channels = await self.store.customer_channels(team.id)
+        page = hits[search.offset : search.offset + search.page_size]
+        return [customer_json(c, channels.get(c.id, [])) for c in page], len(hits)
 
     async def customer_obj(self, team: Team, customer_id: str) -> Customer:
         c = await self.store.customer_by_id(customer_id) if len(customer_id) <= 64 else None
         if c is None or c.team_id != team.id:
-            raise NotFound(f"no customer {customer_id!r}")
+            raise NotFound(f"no customer {customer_id[:64]!r}")
         return c
 
-    async def customer(self, team: Team, customer_id: str, with_license: bool = False) -> dict[str, Any]:
+    async def _out(self, team: Team, customer_id: str) -> dict[str, Any]:
         c = await self.customer_obj(team, customer_id)
-        out = customer_json(c)
+        return customer_json(c, (await self.store.customer_channels(team.id, c.id)).get(c.id, []))
+
+    async def customer(self, team: Team, customer_id: str, with_license: bool = False) -> dict[str, Any]:
+        out = await self._out(team, customer_id)
         if with_license:
-            sealed = await self.store.sealed_license_of(c.id)
-            out["licenseId"] = self.keyring.open(sealed, f"customer:{c.id}") if sealed else None
+            sealed = await self.store.sealed_license_of(out["id"])
+            _show_license(out, self.keyring.open(sealed, f"customer:{out['id']}") if sealed else None)
         return out
 
     async def create_customer(self, team: Team, body: Mapping[str, Any]) -> dict[str, Any]:
-        problems = _unknown_keys(body, {"name", "email", "appSlug", "licenseType", "expiresAt"})
-        name, email, expires, ltype = _customer_fields(body, problems, None)
-        app_slug = body.get("appSlug")
+        """pullgate's shape (appSlug, licenseType, expiresAt) or the `replicated` CLI's
+        (app_id, type, expires_at, custom_id, channels, is_* flags): see proxy.admin.dialect."""
+        given = dialect.read_customer(body, set(dialect.ALIASES))
+        problems = given.problems
+        checks: list[str] = []
+        name, email, expires, ltype = _customer_fields(given.values, checks, None)
+        threshold = threshold_in(given.values, checks)
+        app_key = given.values.get("app")
         app = None
-        if not isinstance(app_slug, str) or not app_slug:
-            problems.append("appSlug: required")
+        if not isinstance(app_key, str) or not app_key:
+            problems.append("appSlug: required (or app_id, as the replicated CLI sends it)")
         else:
-            app = await self.store.app_by_slug(app_slug)
-            if app is None or app.team_id != team.id:
-                problems.append(f"appSlug: no app {app_slug!r}")
+            try:
+                app = await self.app(team, app_key)
+            except NotFound:
+                checks.append(f"app: no app {app_key[:64]!r}")
+        channels = await self._channel_links(team, app, given.channels, checks) if app else None
+        problems += given.rename(checks)
         if problems or app is None:
             raise Invalid(problems)
         license_id = new_license_id()
@@ -289,21 +437,62 @@ class VendorService:
             seal=lambda value, cid: self.keyring.seal(value, f"customer:{cid}"),
             license_type=ltype,
             expires_at=expires,
+            custom_id=given.values.get("customId"),
+            channels=channels or None,
         )
-        out = customer_json(await self.customer_obj(team, cid))
-        out["licenseId"] = license_id
+        if threshold is not None:
+            await usage.set_threshold(self.store, cid, threshold)
+        out = await self._out(team, cid)
+        _show_license(out, license_id)
         return out
 
     async def update_customer(self, team: Team, customer_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
         c = await self.customer_obj(team, customer_id)
-        problems = _unknown_keys(body, {"name", "email", "licenseType", "expiresAt"})
-        name, email, expires, ltype = _customer_fields(body, problems, c)
+        given = dialect.read_customer(body, set(dialect.ALIASES) - {"app"})
+        checks: list[str] = []
+        name, email, expires, ltype = _customer_fields(given.values, checks, c)
+        threshold = threshold_in(given.values, checks)
+        app = await self.app(team, c.app_id)
+        channels = await self._channel_links(team, app, given.channels, checks)
+        problems = given.problems + given.rename(checks)
         if problems:
             raise Invalid(problems)
-        await self.store.update_customer(c.id, name=name, email=email, license_type=ltype, expires_at=expires)
+        await self.store.update_customer(
+            c.id,
+            name=name,
+            email=email,
+            license_type=ltype,
+            expires_at=expires,
+            custom_id=given.values["customId"] if "customId" in given.values else c.custom_id,
+            channels=channels,
+        )
+        if THRESHOLD in given.values:
+            await usage.set_threshold(self.store, c.id, threshold)
         self.read_cache.invalidate()
         await self.store.notify("customer")  # the other replicas' caches
-        return customer_json(await self.customer_obj(team, c.id))
+        return await self._out(team, c.id)
+
+    async def _channel_links(
+        self, team: Team, app: App, chosen: list[dialect.ChannelChoice] | None, problems: list[str]
+    ) -> list[tuple[str, bool]] | None:
+        """(channel id, is default) pairs for the named channels; None when none were named."""
+        if chosen is None:
+            return None
+        known = await self.store.channels_of_team(team.id, app.id)
+        links: dict[str, bool] = {}
+        for choice in chosen:
+            ref = choice.ref.lower()
+            found = next((c for c in known if ref in (c.id, c.slug, c.name.lower())), None)
+            if found is None:
+                problems.append(f"{choice.sent_as}: no channel {choice.ref[:64]!r} in app {app.slug!r}")
+            else:
+                links[found.id] = links.get(found.id, False) or choice.default
+        if not links:
+            default = next((c for c in known if c.is_default), known[0] if known else None)
+            return [(default.id, True)] if default else []
+        if not any(links.values()):
+            links[next(iter(links))] = True  # the first named channel, as the CLI defaults
+        return list(links.items())
 
     async def set_customer_status(self, team: Team, customer_id: str, action: str) -> dict[str, Any]:
         status = {"revoke": "revoked", "archive": "archived", "restore": "active"}[action]
@@ -311,7 +500,7 @@ class VendorService:
         await self.store.set_customer_status(c.id, status)
         self.read_cache.invalidate()  # this process's caches; the others hear the NOTIFY below
         await self.store.notify("customer")  # the other replicas' caches
-        return customer_json(await self.customer_obj(team, c.id))
+        return await self._out(team, c.id)
 
     async def import_license(self, team: Team, text: str) -> tuple[dict[str, Any], bool]:
         """A signed KOTS license becomes (or updates) a customer. Returns (customer, created)."""
@@ -359,18 +548,21 @@ class VendorService:
         )
         self.read_cache.invalidate()
         await self.store.notify("customer")  # the other replicas' caches
-        return customer_json(await self.customer_obj(team, cid)), existing is None
+        return await self._out(team, cid), existing is None
 
     # --- pull logs ----------------------------------------------------------------
-    async def pull_logs(self, team: Team, query: Mapping[str, str]) -> list[dict[str, Any]]:
+    async def pull_log_filter(
+        self, team: Team, query: Mapping[str, str], max_limit: int | None = MAX_LOGS
+    ) -> PullLogFilter:
+        """The checked filters of a pull-log query; `max_limit` None: no bound, no default (CSV)."""
         problems = _unknown_keys(query, {"customer", "registry", "endpoint", "since", "until", "limit"})
         since = _query_time(query.get("since"), "since", problems)
         until = _query_time(query.get("until"), "until", problems)
-        limit = 500
+        limit = 500 if max_limit is not None else None
         if "limit" in query:
             raw = query["limit"]
-            if not raw.isdigit() or not 1 <= int(raw) <= MAX_LOGS:
-                problems.append(f"limit: a whole number from 1 to {MAX_LOGS}")
+            if not raw.isdigit() or not 1 <= int(raw) <= (max_limit or 2**31):
+                problems.append(f"limit: a whole number from 1 to {max_limit or 2**31}")
             else:
                 limit = int(raw)
         if problems:
@@ -378,23 +570,59 @@ class VendorService:
         customer_id = (await self.customer_obj(team, query["customer"])).id if query.get("customer") else None
         name = query.get("registry") or query.get("endpoint")
         registry_slug = (await self.registry(team, name)).slug if name else None
+        return PullLogFilter(customer_id, registry_slug, since, until, limit)
+
+    async def pull_logs(self, team: Team, query: Mapping[str, str]) -> list[dict[str, Any]]:
+        f = await self.pull_log_filter(team, query)
         rows = await self.store.pull_logs(
-            team.id, customer_id=customer_id, registry_slug=registry_slug, since=since, until=until, limit=limit
+            team.id,
+            customer_id=f.customer_id,
+            registry_slug=f.registry_slug,
+            since=f.since,
+            until=f.until,
+            limit=f.limit or 500,
         )
         return [pull_log_json(r) for r in rows]
+
+
+@dataclass(frozen=True)
+class PullLogFilter:
+    customer_id: str | None
+    registry_slug: str | None
+    since: str | None
+    until: str | None
+    limit: int | None
 
 
 # --- shapes ---------------------------------------------------------------------
 
 
-def app_json(app: App) -> dict[str, Any]:
+def app_json(app: App, channels: list[Channel]) -> dict[str, Any]:
     return {
         "id": app.id,
         "slug": app.slug,
         "name": app.name,
         "imageAllowlist": list(app.image_allowlist),
         "kotsPublicKey": app.kots_public_key,
+        "channels": [channel_ref(c) for c in channels],
     }
+
+
+def channel_ref(c: Channel, customer_default: bool | None = None) -> dict[str, Any]:
+    """A channel as the `replicated` CLI's types.Channel reads it (in apps and customers)."""
+    out: dict[str, Any] = {
+        "id": c.id,
+        "name": c.name,
+        "slug": c.slug,
+        "description": "",
+        "releaseSequence": 0,
+        "releaseLabel": "",
+        "isArchived": False,
+        "isDefault": c.is_default,
+    }
+    if customer_default is not None:
+        out["isDefaultForCustomer"] = customer_default
+    return out
 
 
 def auth_type(reg: Registry) -> str:
@@ -445,22 +673,38 @@ def _iso_out(t: dt.datetime | None) -> str | None:
     return t.astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z") if t else None
 
 
-def customer_json(c: Customer) -> dict[str, Any]:
+def customer_json(c: Customer, channels: list[tuple[Channel, bool]]) -> dict[str, Any]:
+    """Both spellings where they differ: licenseType/type, for pullgate and the `replicated` CLI."""
     return {
         "id": c.id,
         "name": c.name,
         "email": c.email,
         "appSlug": c.app_slug,
+        "appId": c.app_id,
         "licenseType": c.license_type,
+        "type": c.license_type,
         "expiresAt": _iso_out(c.expires_at),
         "status": c.status,
         "createdAt": c.created_at,
+        "customId": c.custom_id,
+        "channels": [channel_ref(ch, default) for ch, default in channels],
+        THRESHOLD: c.egress_threshold_bytes,
     }
 
 
+def _show_license(out: dict[str, Any], license_id: str | None) -> None:
+    """The vendor's own views only: licenseId, and installationId as the `replicated` CLI names it."""
+    out["licenseId"] = license_id
+    out["installationId"] = license_id
+
+
 def pull_log_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Each value under pullgate's name and the `replicated` CLI's (createdAt, statusCode, isSuccess)."""
     return {
         "time": row["time"],
+        "createdAt": row["time"],
+        "statusCode": row["status"],
+        "isSuccess": bool(row["success"]),
         "customerId": row["customer_id"],
         "customerName": row["customer_name"],
         "appSlug": row["app_slug"],
@@ -479,6 +723,20 @@ def pull_log_json(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def _unknown_keys(body: Mapping[str, Any], known: set[str]) -> list[str]:
     return [f"{k}: unknown field" for k in sorted(set(body) - known)]
+
+
+THRESHOLD = "egressThresholdBytes"
+
+
+def threshold_in(body: Mapping[str, Any], problems: list[str]) -> int | None:
+    """`egressThresholdBytes`: a whole number of bytes per month, or null for none."""
+    raw = body.get(THRESHOLD)
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_THRESHOLD:
+        problems.append(f"{THRESHOLD}: a whole number of bytes per month (at least 1), or null for none")
+        return None
+    return raw
 
 
 def _check_public_key(key: Any) -> list[str]:
@@ -695,8 +953,11 @@ def _identity(
         endpoint = ""
     elif not HOST_RE.match(endpoint):
         problems.append("endpoint: must be a host name (with an optional :port), no scheme or path")
-    slug = opt_str("slug", 64) or re.sub(r"[^a-z0-9._-]+", "-", endpoint.lower()).strip("-._")
-    if slug and not SLUG_RE.match(slug):
+    derived = re.sub(r"[^a-z0-9._-]+", "-", endpoint.lower()).strip("-._")
+    slug = opt_str("slug", 255) or derived
+    if slug == endpoint and not SLUG_RE.match(slug):
+        slug = derived  # `replicated registry add` without --name sends the endpoint (host:port) as the slug
+    if slug and (not SLUG_RE.match(slug) or len(slug) > 64):
         problems.append("slug: lowercase letters, digits and . _ - (at most 64)")
     elif slug in RESERVED_SLUGS:
         problems.append(f"slug: {slug!r} is reserved (it names an API path)")

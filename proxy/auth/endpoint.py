@@ -53,28 +53,39 @@ def parse_scopes(raw: list[str]) -> list[tuple[str, str, set[str]]]:
 
 def grant(customer: Customer | None, scopes: list[tuple[str, str, set[str]]]) -> list[Access]:
     """Only `pull`, only on the license's own app (and anonymous repositories);
-    with no license (customer None), only anonymous repositories."""
+    with no license (customer None), only anonymous repositories.
+
+    As the Docker token spec has it, the answer grants what it can and leaves out what it
+    cannot: a scope that is no repository of this proxy, or of another app, is not an error.
+    containerd, mirroring `registry.vendor.example/app/api` to this proxy, asks for
+    `repository:app/api:pull` beside the scope of our challenge, and must still get its token.
+    """
     granted: list[Access] = []
     for kind, name, actions in scopes:
         if kind == "registry" and name == "catalog" and customer is not None:
             granted.append(Access(name="catalog", actions=("*",), type="registry"))  # Harbor, Nexus
             continue
-        if kind != "repository":
+        if kind != "repository" or not ("pull" in actions or "*" in actions):
             continue
-        check_name(name)
         if is_anonymous(name):
             # Whether its registry allows anonymous pulls is decided on the pull itself.
-            if "pull" in actions or "*" in actions:
+            if grantable(name, None):
                 granted.append(Access(name=name, actions=("pull",)))
             continue
         if customer is None:
             raise OCIError(OCICode.UNAUTHORIZED, headers={"WWW-Authenticate": BASIC_CHALLENGE})
-        pname = split_proxy_name(name)
-        if pname.app != customer.app_slug:
-            raise OCIError(OCICode.DENIED, "requested access to the resource is denied")
-        if "pull" in actions or "*" in actions:
+        if grantable(name, customer.app_slug):
             granted.append(Access(name=name, actions=("pull",)))
     return granted
+
+
+def grantable(name: str, app: str | None) -> bool:
+    """A repository name this proxy serves: valid, and (for a license's `app`) under `proxy/<app>/`."""
+    try:
+        check_name(name)
+        return app is None or split_proxy_name(name).app == app
+    except OCIError:
+        return False
 
 
 class TokenEndpoint:

@@ -61,6 +61,11 @@ class Gate:
             self.failed(request, "bad_token")
             raise self.unauthorized(request, "invalid or expired token", name, "invalid_token") from None
         if name is not None and not claims.allows(name):
+            if claims.app and name.startswith("proxy/") and name.split("/")[1] != claims.app:
+                # Another app's repository: its token left the scope out; the answer is the
+                # DENIED a license of the wrong app gets with Basic, not a retry-able 401.
+                metrics.AUTH_FAILURES.labels("denied").inc()
+                raise OCIError(OCICode.DENIED, "requested access to the resource is denied")
             metrics.AUTH_FAILURES.labels("scope").inc()
             raise self.unauthorized(request, "token does not grant this repository", name, "insufficient_scope")
         return claims

@@ -1,7 +1,7 @@
 """The `pullgate` command: one module per command group.
 
 serve, keys and admin read the config file (`--config`); registry, app,
-customer, license, logs and hostname call the vendor API (proxy.cli.api) and
+customer, license, logs, egress and hostname call the vendor API (proxy.cli.api) and
 need no config.
 """
 
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from proxy import __version__
-from proxy.cli import admin, api, app, customer, hostname, keys, license, registry, serve
+from proxy.cli import admin, api, app, customer, egress, hostname, keys, license, registry, serve
 from proxy.cli import logs as pull_logs
 from proxy.cli.configfile import load_config
 from proxy.config import ConfigError
@@ -26,7 +26,7 @@ def parser() -> argparse.ArgumentParser:
     api.install(p)
     sub = p.add_subparsers(dest="command", required=True)
     # The order of `pullgate --help`.
-    for group in (serve, keys, registry, app, customer, license, pull_logs, admin, hostname):
+    for group in (serve, keys, registry, app, customer, license, pull_logs, egress, admin, hostname):
         group.install(sub)
     return p
 

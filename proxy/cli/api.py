@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO
 
 DEFAULT_ORIGIN = "http://127.0.0.1:8081"
 PREFIX = "/vendor/v3"
@@ -49,6 +50,21 @@ class Api:
         except TimeoutError:
             raise CLIError(f"{method} {url}: timed out") from None
         return json.loads(raw) if raw else None
+
+    def download(self, path: str, query: dict[str, str], out: BinaryIO) -> None:
+        """GET a CSV answer and copy it to `out` as it arrives (exports can be large)."""
+        url = self.origin + PREFIX + path + "?" + urllib.parse.urlencode({**query, "format": "csv"})
+        req = urllib.request.Request(url, headers={"Authorization": self.token, "Accept": "text/csv"})  # noqa: S310
+        try:
+            with urllib.request.urlopen(req, timeout=120) as resp:  # noqa: S310 - http(s) origin
+                shutil.copyfileobj(resp, out, 256 * 1024)
+        except urllib.error.HTTPError as exc:
+            raise CLIError(f"GET {url} {exc.code}: {_message(exc.read())}") from None
+        except urllib.error.URLError as exc:
+            raise CLIError(f"GET {url}: cannot connect ({exc.reason})") from None
+        except TimeoutError:
+            raise CLIError(f"GET {url}: timed out") from None
+        out.flush()
 
 
 def _message(raw: bytes) -> str:

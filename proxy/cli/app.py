@@ -59,10 +59,17 @@ def _print_apps(apps: list[dict[str, Any]], output: str) -> None:
         return
     table(
         [
-            [a["slug"], a["name"], a["id"], ",".join(a["imageAllowlist"]) or "*", "yes" if a["kotsPublicKey"] else "no"]
+            [
+                a["slug"],
+                a["name"],
+                a["id"],
+                ",".join(c["name"] for c in a.get("channels", [])),
+                ",".join(a["imageAllowlist"]) or "*",
+                "yes" if a["kotsPublicKey"] else "no",
+            ]
             for a in apps
         ],
-        ("SLUG", "NAME", "ID", "ALLOWLIST", "KOTS_KEY"),
+        ("SLUG", "NAME", "ID", "CHANNELS", "ALLOWLIST", "KOTS_KEY"),
     )
 
 

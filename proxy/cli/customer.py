@@ -18,6 +18,13 @@ def install(sub: Any) -> None:
     ccreate.add_argument("--app", required=True, help="app slug")
     ccreate.add_argument("--type", dest="license_type", default="prod", help="license type (default prod)")
     ccreate.add_argument("--expires-at", help="ISO 8601 time, e.g. 2027-01-01T00:00:00Z")
+    ccreate.add_argument(
+        "--channel",
+        action="append",
+        metavar="NAME",
+        help="release channel (repeatable; the first is the customer's default; default: the app's Stable)",
+    )
+    ccreate.add_argument("--custom-id", help="your own id for this customer (e.g. from your CRM)")
     output_flag(ccreate)
     cls = command(cs, "ls", _customer_ls, "list customers")
     cls.add_argument("--app", help="only this app's customers")
@@ -27,11 +34,21 @@ def install(sub: Any) -> None:
         c.add_argument("id")
 
 
-CUSTOMER_HEADERS = ("ID", "NAME", "EMAIL", "APP", "TYPE", "EXPIRES", "STATUS")
+CUSTOMER_HEADERS = ("ID", "NAME", "EMAIL", "APP", "CHANNELS", "TYPE", "EXPIRES", "STATUS")
 
 
 def customer_row(c: dict[str, Any]) -> list[Any]:
-    return [c["id"], c["name"], c["email"], c["appSlug"], c["licenseType"], c["expiresAt"] or "never", c["status"]]
+    channels = ",".join(ch["name"] for ch in c.get("channels", []))
+    return [
+        c["id"],
+        c["name"],
+        c["email"],
+        c["appSlug"],
+        channels,
+        c["licenseType"],
+        c["expiresAt"] or "never",
+        c["status"],
+    ]
 
 
 def _customer_create(api: Api, args: argparse.Namespace) -> int:
@@ -40,6 +57,10 @@ def _customer_create(api: Api, args: argparse.Namespace) -> int:
         body["email"] = args.email
     if args.expires_at:
         body["expiresAt"] = args.expires_at
+    if args.channel:
+        body["channels"] = args.channel
+    if args.custom_id:
+        body["customId"] = args.custom_id
     c = api.call("POST", "/customer", body)["customer"]
     if args.output == "json":
         print_json(c)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from proxy.cli.api import Api, command
@@ -15,8 +16,8 @@ def install(sub: Any) -> None:
     pl.add_argument("--registry", help="registry slug or endpoint")
     pl.add_argument("--since", help="ISO 8601 time")
     pl.add_argument("--until", help="ISO 8601 time")
-    pl.add_argument("--limit", help="at most this many rows (default 500)")
-    output_flag(pl)
+    pl.add_argument("--limit", help="at most this many rows (default 500; CSV: every row unless given)")
+    output_flag(pl, csv=True)
 
 
 LOG_HEADERS = ("TIME", "CUSTOMER", "REGISTRY", "ACTION", "IMAGE", "REFERENCE", "STATUS", "BYTES")
@@ -46,5 +47,8 @@ def print_logs(logs: list[dict[str, Any]], output: str) -> None:
 
 def _pull_logs(api: Api, args: argparse.Namespace) -> int:
     query = {k: getattr(args, k) for k in ("customer", "registry", "since", "until", "limit") if getattr(args, k)}
+    if args.output == "csv":  # every matching row, oldest first, streamed to stdout
+        api.download("/pull_logs", query, sys.stdout.buffer)
+        return 0
     print_logs(api.call("GET", "/pull_logs", query=query)["logs"], args.output)
     return 0

@@ -8,8 +8,12 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def output_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-o", "--output", choices=("table", "json"), default="table", help="output format")
+def output_flag(p: argparse.ArgumentParser, csv: bool = False) -> None:
+    """`-o table|json` (and `csv`, with `--csv` as its short form, where the API offers it)."""
+    choices = ("table", "json", "csv") if csv else ("table", "json")
+    p.add_argument("-o", "--output", choices=choices, default="table", help="output format")
+    if csv:
+        p.add_argument("--csv", dest="output", action="store_const", const="csv", help="same as -o csv")
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:

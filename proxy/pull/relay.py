@@ -23,7 +23,7 @@ from aiohttp import web
 
 from proxy import metrics
 from proxy.oci.digest import Verifier
-from proxy.oci.errors import OCICode, OCIError, PullgateCode, lookup
+from proxy.oci.errors import ErrorCode, OCICode, OCIError, PullgateCode, lookup
 from proxy.pull.pace import StreamPace
 
 log = logging.getLogger("pullgate.relay")
@@ -227,6 +227,8 @@ async def upstream_error(upstream: aiohttp.ClientResponse, kind: str, slug: str)
     # Only a code pullgate declares is relayed: a client never sees a string it cannot look up.
     raw_code, message = await _read_error(upstream)
     code = lookup(raw_code) if raw_code else None
+    if status == 404 and kind == "referrers":
+        return referrers_not_found(code, message)
     if status == 404:
         default = {"manifests": OCICode.MANIFEST_UNKNOWN, "blobs": OCICode.BLOB_UNKNOWN}.get(kind, OCICode.NAME_UNKNOWN)
         allowed = {OCICode.MANIFEST_UNKNOWN, OCICode.BLOB_UNKNOWN, OCICode.NAME_UNKNOWN}
@@ -252,6 +254,22 @@ async def upstream_error(upstream: aiohttp.ClientResponse, kind: str, slug: str)
         # The upstream's own status: it decided this answer (e.g. NAME_INVALID with 400).
         return OCIError(code, message or "upstream refused the request", status=status)
     return OCIError(PullgateCode.UPSTREAM_ERROR, f"registry {slug!r} answered {status}")
+
+
+def referrers_not_found(code: ErrorCode | None, message: str | None) -> OCIError:
+    """An upstream 404 on `referrers/<digest>`. Only NAME_UNKNOWN means the repository is
+    unknown; any other 404 (distribution 2.8 answers a plain-text one: it has no such
+    route) means the registry has no referrers API. The OCI distribution spec ("Unavailable
+    Referrers API") has the client fall back to the referrers tag schema on a 404, and
+    oras-go does so for every 404 whose code is not NAME_UNKNOWN: so that one is answered
+    with another code (UNSUPPORTED, keeping the upstream's 404), never NAME_UNKNOWN."""
+    if code is OCICode.NAME_UNKNOWN:
+        return OCIError(OCICode.NAME_UNKNOWN, message or "repository name not known to registry")
+    return OCIError(
+        OCICode.UNSUPPORTED,
+        "the vendor's registry has no referrers API: use the referrers tag schema",
+        status=404,  # the spec's signal for "no referrers API", decided by the upstream
+    )
 
 
 async def _read_error(upstream: aiohttp.ClientResponse) -> tuple[str | None, str | None]:

@@ -16,20 +16,33 @@ from proxy.upstream.endpoints import canonical_endpoint
 from proxy.upstream.providers import provider_of
 
 
-def resolve(registries: Sequence[Registry], name: ProxyName) -> tuple[Registry, str]:
-    """(registry, repository name at that registry)."""
-    by_slug = next((r for r in registries if r.slug == name.upstream), None)
-    if by_slug is not None:
-        return by_slug, _repo(by_slug, name.rest)
-    wanted = canonical_endpoint(name.upstream)
-    by_endpoint = next((r for r in registries if canonical_endpoint(r.endpoint) == wanted), None)
-    if by_endpoint is not None:
-        return by_endpoint, _repo(by_endpoint, name.rest)
+def resolve(registries: Sequence[Registry], name: ProxyName, ns: str | None = None) -> tuple[Registry, str]:
+    """(registry, repository name at that registry).
+
+    `ns` is the `?ns=<image host>` a containerd mirror adds (OCI distribution spec, "Registry
+    Proxying"): with one hosts.toml for every host (`certs.d/_default`, mirror URL ending in
+    `/v2/proxy/<app>`), the name holds no registry, and `ns` says which. A name whose first
+    component is a registry of the app still means that one, unless `ns` names another.
+    """
+    by_ns = _by_endpoint(registries, ns) if ns else None
+    named = next((r for r in registries if r.slug == name.upstream), None) or _by_endpoint(registries, name.upstream)
+    if named is not None and (by_ns is None or named is by_ns):
+        return named, _repo(named, name.rest)
+    if by_ns is not None:
+        return by_ns, _repo(by_ns, f"{name.upstream}/{name.rest}" if name.rest else name.upstream)
+    if ns:
+        # An image of a host the app has no registry for: never guessed to be on Docker Hub.
+        raise OCIError(OCICode.NAME_UNKNOWN, "repository name not known to registry", detail={"name": name.full})
     hub = next((r for r in registries if r.provider == "dockerhub"), None)
     if hub is not None and "." not in name.upstream:
         rest = f"{name.upstream}/{name.rest}" if name.rest else name.upstream
         return hub, _repo(hub, rest)
     raise OCIError(OCICode.NAME_UNKNOWN, "repository name not known to registry", detail={"name": name.full})
+
+
+def _by_endpoint(registries: Sequence[Registry], host: str) -> Registry | None:
+    wanted = canonical_endpoint(host)
+    return next((r for r in registries if canonical_endpoint(r.endpoint) == wanted), None)
 
 
 def _repo(registry: Registry, rest: str) -> str:

@@ -218,7 +218,7 @@ class OCIRoutes:
         app = await self.read_cache.app(pname.app)
         if app is None or app.id != customer.app_id:
             raise OCIError(OCICode.NAME_UNKNOWN, "repository name not known to registry")
-        registry, repo = resolve(await self.read_cache.registries_for(app), pname)
+        registry, repo = resolve(await self.read_cache.registries_for(app), pname, request.query.get("ns"))
         # Before any upstream I/O; refused exactly like an unknown name (see allowlist.py).
         if not allowed(app.image_allowlist, repo):
             raise OCIError(OCICode.NAME_UNKNOWN, "repository name not known to registry", detail={"name": pname.full})

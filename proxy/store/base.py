@@ -16,10 +16,14 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from proxy.oci.errors import OCIError, PullgateCode
-from proxy.store.models import App, Customer, CustomHostname, Registry, Team
+from proxy.store import rollup
+from proxy.store.models import App, Channel, Customer, CustomHostname, Registry, Team
 from proxy.store.schema import MIGRATIONS
 
 Row = dict[str, Any]
+
+# Every app starts with these release channels (name, slug); the first is the default.
+DEFAULT_CHANNELS = (("Stable", "stable"), ("Beta", "beta"), ("Unstable", "unstable"))
 
 
 def now_iso() -> str:
@@ -123,10 +127,15 @@ class Store(abc.ABC):
     async def ensure_app(self, team_id: str, slug: str, name: str | None) -> App:
         row = await self.fetchone("SELECT id, team_id, slug, name FROM apps WHERE slug = ?", (slug,))
         if row is None:
-            aid = new_id()
-            await self.execute(
-                "INSERT INTO apps (id, team_id, slug, name, created_at) VALUES (?, ?, ?, ?, ?)",
-                (aid, team_id, slug, name or slug, now_iso()),
+            aid, now = new_id(), now_iso()
+            await self.execute_many(
+                [
+                    (
+                        "INSERT INTO apps (id, team_id, slug, name, created_at) VALUES (?, ?, ?, ?, ?)",
+                        (aid, team_id, slug, name or slug, now),
+                    ),
+                    *_default_channels(aid, now),
+                ]
             )
             return App(id=aid, team_id=team_id, slug=slug, name=name or slug)
         if row["team_id"] != team_id:
@@ -233,39 +242,60 @@ class Store(abc.ABC):
         license_type: str = "prod",
         expires_at: str | None = None,
         status: str | None = None,
+        custom_id: str | None = None,
+        channels: Sequence[tuple[str, bool]] | None = None,
     ) -> str:
-        """Create or update the customer that holds this license; returns its id."""
+        """Create or update the customer that holds this license; returns its id.
+
+        `channels` are (channel id, is the customer's default) pairs; None puts a new
+        customer on the app's default channel and leaves an existing one's as they are.
+        A None `custom_id` keeps the stored one."""
         h = license_hash(license_id)
         now = now_iso()
-        row = await self.fetchone("SELECT id FROM customers WHERE license_hash = ?", (h,))
+        row = await self.fetchone("SELECT id, app_id FROM customers WHERE license_hash = ?", (h,))
+        stmts: list[tuple[str, Sequence[Any]]] = []
         if row is None:
             cid = new_id()
-            await self.execute(
-                "INSERT INTO customers (id, team_id, app_id, name, email, license_hash, license_sealed,"
-                " license_type, expires_at, status, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            stmts.append(
                 (
-                    cid,
-                    team_id,
-                    app_id,
-                    name,
-                    email,
-                    h,
-                    seal(license_id, cid),
-                    license_type,
-                    expires_at,
-                    status or "active",
-                    now,
-                    now,
-                ),
+                    "INSERT INTO customers (id, team_id, app_id, name, email, license_hash, license_sealed,"
+                    " license_type, expires_at, status, custom_id, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        cid,
+                        team_id,
+                        app_id,
+                        name,
+                        email,
+                        h,
+                        seal(license_id, cid),
+                        license_type,
+                        expires_at,
+                        status or "active",
+                        custom_id,
+                        now,
+                        now,
+                    ),
+                )
             )
-            return cid
-        cid = row["id"]
-        await self.execute(
-            "UPDATE customers SET team_id = ?, app_id = ?, name = ?, email = ?, license_type = ?,"
-            " expires_at = ?, status = COALESCE(?, status), updated_at = ? WHERE id = ?",
-            (team_id, app_id, name, email, license_type, expires_at, status, now, cid),
-        )
+        else:
+            cid = row["id"]
+            stmts.append(
+                (
+                    "UPDATE customers SET team_id = ?, app_id = ?, name = ?, email = ?, license_type = ?,"
+                    " expires_at = ?, status = COALESCE(?, status), custom_id = COALESCE(?, custom_id),"
+                    " updated_at = ? WHERE id = ?",
+                    (team_id, app_id, name, email, license_type, expires_at, status, custom_id, now, cid),
+                )
+            )
+        if channels is None and (row is None or row["app_id"] != app_id):
+            default = await self.fetchone(
+                "SELECT id FROM app_channels WHERE app_id = ? AND is_default = 1 ORDER BY position", (app_id,)
+            )
+            channels = [(default["id"], True)] if default else []
+        if channels is not None:
+            stmts += _channel_links(cid, channels)
+        await self.execute_many(stmts)
         return cid
 
     async def customer_by_license(self, license_id: str) -> Customer | None:
@@ -322,11 +352,16 @@ class Store(abc.ABC):
         """Raises Conflict when the slug is taken (app slugs are global: they are in pull paths)."""
         if await self.fetchone("SELECT id FROM apps WHERE slug = ?", (slug,)):
             raise Conflict(f"an app with slug {slug!r} already exists")
-        aid = new_id()
-        await self.execute(
-            "INSERT INTO apps (id, team_id, slug, name, image_allowlist, kots_public_key, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (aid, team_id, slug, name, json.dumps(list(allowlist)), public_key, now_iso()),
+        aid, now = new_id(), now_iso()
+        await self.execute_many(
+            [
+                (
+                    "INSERT INTO apps (id, team_id, slug, name, image_allowlist, kots_public_key, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (aid, team_id, slug, name, json.dumps(list(allowlist)), public_key, now),
+                ),
+                *_default_channels(aid, now),
+            ]
         )
         return App(aid, team_id, slug, name, tuple(allowlist), public_key)
 
@@ -354,12 +389,61 @@ class Store(abc.ABC):
         return [Customer(**row) for row in rows]
 
     async def update_customer(
-        self, customer_id: str, *, name: str, email: str | None, license_type: str, expires_at: str | None
+        self,
+        customer_id: str,
+        *,
+        name: str,
+        email: str | None,
+        license_type: str,
+        expires_at: str | None,
+        custom_id: str | None = None,
+        channels: Sequence[tuple[str, bool]] | None = None,
     ) -> None:
-        await self.execute(
-            "UPDATE customers SET name = ?, email = ?, license_type = ?, expires_at = ?, updated_at = ? WHERE id = ?",
-            (name, email, license_type, expires_at, now_iso(), customer_id),
+        """`channels` None leaves the customer's channels as they are."""
+        stmts: list[tuple[str, Sequence[Any]]] = [
+            (
+                "UPDATE customers SET name = ?, email = ?, license_type = ?, expires_at = ?, custom_id = ?,"
+                " updated_at = ? WHERE id = ?",
+                (name, email, license_type, expires_at, custom_id, now_iso(), customer_id),
+            )
+        ]
+        if channels is not None:
+            stmts += _channel_links(customer_id, channels)
+        await self.execute_many(stmts)
+
+    # --- release channels -------------------------------------------------------
+    async def channels_of_team(self, team_id: str, app_id: str | None = None) -> list[Channel]:
+        """Every channel of the team's apps (or of one app), in each app's order."""
+        sql = (
+            "SELECT ch.id, ch.app_id, ch.name, ch.slug, ch.position, ch.is_default, ch.created_at"
+            " FROM app_channels ch JOIN apps a ON a.id = ch.app_id WHERE a.team_id = ?"
         )
+        params = [team_id]
+        if app_id is not None:
+            sql += " AND ch.app_id = ?"
+            params.append(app_id)
+        rows = await self.fetchall(sql + " ORDER BY ch.app_id, ch.position, ch.name", params)
+        return [_channel(r) for r in rows]
+
+    async def customer_channels(
+        self, team_id: str, customer_id: str | None = None
+    ) -> dict[str, list[tuple[Channel, bool]]]:
+        """customer id -> its (channel, is its default) pairs, the default first."""
+        sql = (
+            "SELECT cc.customer_id, cc.is_default AS customer_default, ch.id, ch.app_id, ch.name, ch.slug,"
+            " ch.position, ch.is_default, ch.created_at FROM customer_channels cc"
+            " JOIN app_channels ch ON ch.id = cc.channel_id JOIN customers c ON c.id = cc.customer_id"
+            " WHERE c.team_id = ?"
+        )
+        params = [team_id]
+        if customer_id is not None:
+            sql += " AND cc.customer_id = ?"
+            params.append(customer_id)
+        out: dict[str, list[tuple[Channel, bool]]] = {}
+        rows = await self.fetchall(sql + " ORDER BY cc.customer_id, cc.is_default DESC, ch.position", params)
+        for r in rows:
+            out.setdefault(r["customer_id"], []).append((_channel(r), bool(r["customer_default"])))
+        return out
 
     async def sealed_license_of(self, customer_id: str) -> str | None:
         row = await self.fetchone("SELECT license_sealed FROM customers WHERE id = ?", (customer_id,))
@@ -368,15 +452,17 @@ class Store(abc.ABC):
     # --- pull log -------------------------------------------------------------
     async def insert_pull_logs(self, rows: Sequence[Sequence[Any]]) -> None:
         """Rows of (time, team_id, customer_id, app_slug, registry_slug, action, image, reference,
-        status, success, bytes), written in one transaction."""
-        await self.execute_many(
+        status, success, bytes), written in one transaction with what they add to the daily
+        egress rollup (proxy.store.rollup)."""
+        stmts: list[tuple[str, Sequence[Any]]] = [
             (
                 "INSERT INTO pull_logs (time, team_id, customer_id, app_slug, registry_slug, action, image,"
                 " reference, status, success, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 row,
             )
             for row in rows
-        )
+        ]
+        await self.execute_many(stmts + rollup.statements(rows))
 
     async def pull_logs(
         self,
@@ -518,9 +604,46 @@ def _app(row: Row) -> App:
 
 _CUSTOMER_SELECT = (
     "SELECT c.id, c.team_id, c.app_id, a.slug AS app_slug, c.name, c.email, c.license_type,"
-    " c.expires_at, c.status, c.created_at, substr(c.license_hash, 1, 12) AS license_ref"
+    " c.expires_at, c.status, c.created_at, substr(c.license_hash, 1, 12) AS license_ref, c.custom_id,"
+    " c.egress_threshold_bytes"
     " FROM customers c JOIN apps a ON a.id = c.app_id"
 )
+
+
+def _default_channels(app_id: str, now: str) -> list[tuple[str, Sequence[Any]]]:
+    """A new app's channels; their ids are derived from the app's, as migration 5 derives them."""
+    return [
+        (
+            "INSERT INTO app_channels (id, app_id, name, slug, position, is_default, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (f"{app_id}-{slug}", app_id, name, slug, i, int(i == 0), now),
+        )
+        for i, (name, slug) in enumerate(DEFAULT_CHANNELS)
+    ]
+
+
+def _channel_links(customer_id: str, channels: Sequence[tuple[str, bool]]) -> list[tuple[str, Sequence[Any]]]:
+    stmts: list[tuple[str, Sequence[Any]]] = [("DELETE FROM customer_channels WHERE customer_id = ?", (customer_id,))]
+    stmts += [
+        (
+            "INSERT INTO customer_channels (customer_id, channel_id, is_default) VALUES (?, ?, ?)",
+            (customer_id, channel_id, int(default)),
+        )
+        for channel_id, default in channels
+    ]
+    return stmts
+
+
+def _channel(row: Row) -> Channel:
+    return Channel(
+        id=row["id"],
+        app_id=row["app_id"],
+        name=row["name"],
+        slug=row["slug"],
+        position=row["position"],
+        is_default=bool(row["is_default"]),
+        created_at=row["created_at"],
+    )
 
 
 def _registry(row: Row, app_ids: tuple[str, ...]) -> Registry:

@@ -50,6 +50,19 @@ class Registry:
 
 
 @dataclass(frozen=True)
+class Channel:
+    """A release channel of an app; customers are on one or more of them."""
+
+    id: str
+    app_id: str
+    name: str
+    slug: str
+    position: int = 0
+    is_default: bool = False  # the channel a new customer goes on when none is named
+    created_at: str | None = None
+
+
+@dataclass(frozen=True)
 class Customer:
     id: str
     team_id: str
@@ -63,6 +76,10 @@ class Customer:
     created_at: str | None = None
     # The first hex digits of the license's SHA-256: names it in logs without revealing it.
     license_ref: str = ""
+    # The vendor's own identifier of this customer (the `replicated` CLI's --custom-id).
+    custom_id: str | None = None
+    # Monthly egress (bytes served) past which the team's webhook is told, once a month.
+    egress_threshold_bytes: int | None = None
 
     def refusal(self, now: dt.datetime) -> str | None:
         """Why this license may not pull now, or None when it may."""

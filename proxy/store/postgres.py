@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
@@ -109,8 +110,13 @@ class PostgresStore(Store):
 
     async def _execute_many(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
-            for sql, params in statements:
-                await conn.execute(to_dollar(sql), *params)
+            # A run of one statement (a batch's rows) is one executemany: one round of the protocol.
+            for sql, run in itertools.groupby(statements, key=lambda stmt: stmt[0]):
+                rows = [tuple(params) for _, params in run]
+                if len(rows) == 1:
+                    await conn.execute(to_dollar(sql), *rows[0])
+                else:
+                    await conn.executemany(to_dollar(sql), rows)
 
     @contextlib.asynccontextmanager
     async def exclusive(self) -> AsyncIterator[None]:

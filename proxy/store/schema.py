@@ -99,4 +99,138 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE registries ADD COLUMN anonymous_repositories TEXT NOT NULL DEFAULT '[]'
     """,
+    # 5 (release channels, for the `replicated` CLI): every app has channels (Stable,
+    # Beta, Unstable to begin with); a customer is on one or more, one of them its default;
+    # a customer may carry the vendor's own id (custom_id). Existing customers go on Stable.
+    """
+    CREATE TABLE app_channels (
+        id TEXT PRIMARY KEY,
+        app_id TEXT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        slug TEXT NOT NULL,
+        position INTEGER NOT NULL DEFAULT 0,
+        is_default INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        UNIQUE (app_id, slug)
+    );
+    INSERT INTO app_channels (id, app_id, name, slug, position, is_default, created_at)
+        SELECT id || '-stable', id, 'Stable', 'stable', 0, 1, created_at FROM apps;
+    INSERT INTO app_channels (id, app_id, name, slug, position, is_default, created_at)
+        SELECT id || '-beta', id, 'Beta', 'beta', 1, 0, created_at FROM apps;
+    INSERT INTO app_channels (id, app_id, name, slug, position, is_default, created_at)
+        SELECT id || '-unstable', id, 'Unstable', 'unstable', 2, 0, created_at FROM apps;
+    CREATE TABLE customer_channels (
+        customer_id TEXT NOT NULL REFERENCES customers(id) ON DELETE CASCADE,
+        channel_id TEXT NOT NULL REFERENCES app_channels(id) ON DELETE CASCADE,
+        is_default INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (customer_id, channel_id)
+    );
+    CREATE INDEX customer_channels_channel ON customer_channels (channel_id);
+    INSERT INTO customer_channels (customer_id, channel_id, is_default)
+        SELECT id, app_id || '-stable', 1 FROM customers;
+    ALTER TABLE customers ADD COLUMN custom_id TEXT
+    """,
+    # 6: egress per customer (issue 13): daily rollups of the pull log, kept with each batch
+    # (proxy.store.rollup) and backfilled here from the rows already logged; a monthly egress
+    # threshold per customer; the team's webhook, the threshold notifications (one per customer
+    # and month: the primary key) and every delivery attempt.
+    """
+    CREATE TABLE egress_daily (
+        day TEXT NOT NULL,
+        team_id TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        app_slug TEXT NOT NULL,
+        registry_slug TEXT NOT NULL,
+        image TEXT NOT NULL,
+        bytes BIGINT NOT NULL DEFAULT 0,
+        pulls BIGINT NOT NULL DEFAULT 0,
+        requests BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (customer_id, day, app_slug, registry_slug, image, team_id)
+    );
+    CREATE TABLE egress_customer_daily (
+        day TEXT NOT NULL,
+        team_id TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        app_slug TEXT NOT NULL,
+        bytes BIGINT NOT NULL DEFAULT 0,
+        pulls BIGINT NOT NULL DEFAULT 0,
+        requests BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (team_id, day, customer_id, app_slug)
+    );
+    CREATE INDEX egress_customer_daily_customer ON egress_customer_daily (customer_id, day);
+    CREATE TABLE egress_customer_monthly (
+        month TEXT NOT NULL,
+        team_id TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        app_slug TEXT NOT NULL,
+        bytes BIGINT NOT NULL DEFAULT 0,
+        pulls BIGINT NOT NULL DEFAULT 0,
+        requests BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (team_id, month, customer_id, app_slug)
+    );
+    CREATE INDEX egress_customer_monthly_customer ON egress_customer_monthly (customer_id, month);
+    CREATE TABLE egress_image_daily (
+        day TEXT NOT NULL,
+        team_id TEXT NOT NULL,
+        app_slug TEXT NOT NULL,
+        registry_slug TEXT NOT NULL,
+        image TEXT NOT NULL,
+        bytes BIGINT NOT NULL DEFAULT 0,
+        pulls BIGINT NOT NULL DEFAULT 0,
+        requests BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (team_id, day, app_slug, registry_slug, image)
+    );
+    INSERT INTO egress_daily (day, team_id, customer_id, app_slug, registry_slug, image, bytes, pulls, requests)
+        SELECT substr(time, 1, 10), team_id, customer_id, COALESCE(app_slug, ''), COALESCE(registry_slug, ''),
+               COALESCE(image, ''), SUM(bytes), SUM(CASE WHEN action = 'manifest' AND success = 1 THEN 1 ELSE 0 END),
+               COUNT(*)
+        FROM pull_logs WHERE customer_id IS NOT NULL
+        GROUP BY substr(time, 1, 10), team_id, customer_id, COALESCE(app_slug, ''), COALESCE(registry_slug, ''),
+                 COALESCE(image, '');
+    INSERT INTO egress_customer_daily (day, team_id, customer_id, app_slug, bytes, pulls, requests)
+        SELECT day, team_id, customer_id, app_slug, SUM(bytes), SUM(pulls), SUM(requests) FROM egress_daily
+        GROUP BY day, team_id, customer_id, app_slug;
+    INSERT INTO egress_customer_monthly (month, team_id, customer_id, app_slug, bytes, pulls, requests)
+        SELECT substr(day, 1, 7), team_id, customer_id, app_slug, SUM(bytes), SUM(pulls), SUM(requests)
+        FROM egress_daily GROUP BY substr(day, 1, 7), team_id, customer_id, app_slug;
+    INSERT INTO egress_image_daily (day, team_id, app_slug, registry_slug, image, bytes, pulls, requests)
+        SELECT day, team_id, app_slug, registry_slug, image, SUM(bytes), SUM(pulls), SUM(requests) FROM egress_daily
+        GROUP BY day, team_id, app_slug, registry_slug, image;
+    ALTER TABLE customers ADD COLUMN egress_threshold_bytes BIGINT;
+    CREATE TABLE team_webhooks (
+        team_id TEXT PRIMARY KEY REFERENCES teams(id) ON DELETE CASCADE,
+        url TEXT NOT NULL,
+        secret_sealed TEXT,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE egress_notifications (
+        customer_id TEXT NOT NULL REFERENCES customers(id) ON DELETE CASCADE,
+        month TEXT NOT NULL,
+        team_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at TEXT NOT NULL,
+        lease_owner TEXT,
+        lease_until TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (customer_id, month)
+    );
+    CREATE INDEX egress_notifications_due ON egress_notifications (state, next_attempt_at);
+    CREATE TABLE webhook_deliveries (
+        id TEXT PRIMARY KEY,
+        team_id TEXT NOT NULL REFERENCES teams(id) ON DELETE CASCADE,
+        event TEXT NOT NULL,
+        customer_id TEXT,
+        month TEXT,
+        attempt INTEGER NOT NULL,
+        time TEXT NOT NULL,
+        url TEXT NOT NULL,
+        status INTEGER,
+        error TEXT,
+        ok INTEGER NOT NULL
+    );
+    CREATE INDEX webhook_deliveries_team_time ON webhook_deliveries (team_id, time)
+    """,
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -53,8 +54,9 @@ class SQLiteStore(Store):
         async with self._tx:
             await db.execute("BEGIN IMMEDIATE")
             try:
-                for sql, params in statements:
-                    await db.execute(sql, tuple(params))
+                # A run of one statement (a batch's rows) is one executemany: one trip to the thread.
+                for sql, run in itertools.groupby(statements, key=lambda stmt: stmt[0]):
+                    await db.executemany(sql, [tuple(params) for _, params in run])
             except BaseException:
                 await db.execute("ROLLBACK")
                 raise

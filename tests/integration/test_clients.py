@@ -8,14 +8,11 @@ skipped, with the reason, elsewhere.
 from __future__ import annotations
 
 import base64
-import gzip
 import hashlib
-import io
 import json
 import os
 import re
 import subprocess
-import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -25,7 +22,7 @@ from tests.support import containerd as ctrd
 from tests.support import gotools
 from tests.support.ci import unavailable
 from tests.support.deployment import Deployment
-from tests.support.images import Blob, PushedImage, image
+from tests.support.images import PushedImage, image, rootfs_layer
 
 WRONG = "lic-wrong-0123456789abcdef01234567"  # looks like a license, belongs to nobody
 
@@ -65,25 +62,10 @@ class AccessLog:
 # -- containerd ------------------------------------------------------------------------------
 
 
-def _rootfs_layer() -> Blob:
-    """A real gzip'd tar (unlike the seeded synthetic layers), so containerd can unpack it."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in (
-            ("etc/pullgate-release", b"pulled through pullgate\n"),
-            ("bin/hello", b"#!/bin/sh\necho hello\n"),
-        ):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o755, 1704067200
-            tar.addfile(info, io.BytesIO(data))
-    tar_bytes = raw.getvalue()
-    return Blob.from_bytes(gzip.compress(tar_bytes, mtime=0), diff_id=_sha256(tar_bytes))
-
-
 @pytest.fixture(scope="module")
 def rootfs_image(deployment: Deployment) -> PushedImage:
     """One unpackable linux/amd64 image, pushed to the Basic-auth upstream for this module."""
-    return image(deployment.upstreams["vendor-basic"], "vendor/ctr-rootfs", "v1", [_rootfs_layer()])
+    return image(deployment.upstreams["vendor-basic"], "vendor/ctr-rootfs", "v1", [rootfs_layer()])
 
 
 @pytest.fixture

@@ -282,6 +282,17 @@ async def test_portal_end_to_end(portal: Portal, portal_env: PortalEnv, tmp_path
         assert "other" in await row.inner_text() and "password" in await row.inner_text()
         refs = await page.inner_text("ul.refs")
         assert f"{env.server.host}/proxy/acme-app/portal-basic/<repo>:<tag>" in refs
+        # The cluster mirror snippets for the team (containerd hosts.toml, registries.conf).
+        toml = await page.locator("#mirrors-acme-app pre.hosts-toml[data-registry=portal-basic]").text_content()
+        assert toml is not None and toml.startswith("# /etc/containerd/certs.d/portal-basic.test/hosts.toml"), toml
+        assert (
+            f'[host."https://{env.server.host}/v2/proxy/acme-app/portal-basic"]' in toml
+            and "override_path = true" in toml
+        )
+        default = await page.locator("#mirrors-acme-app pre.hosts-toml-default").text_content()
+        assert default is not None and f'[host."https://{env.server.host}/v2/proxy/acme-app"]' in default, default
+        conf = await page.locator("#mirrors-acme-app pre.registries-conf[data-registry=portal-basic]").text_content()
+        assert conf is not None and f'location = "{env.server.host}/proxy/acme-app/portal-basic"' in conf, conf
         await portal.shot("images")
 
     async with portal.step("test-registry"):
@@ -311,16 +322,27 @@ async def test_portal_end_to_end(portal: Portal, portal_env: PortalEnv, tmp_path
         await page.fill("#c-email", "ops@portal.test")
         await page.select_option("#c-app", "acme-app")
         await page.fill("#c-exp", "2099-01-31")
+        await page.select_option("#c-channel", "Beta")
+        await page.fill("#c-custom", "crm-portal")
         await portal.submit("form[action$='/customers']")
         assert re.search(r"/portal/customers/[0-9a-f]{32}$", page.url), page.url
         license_id = (await page.inner_text("#license-id")).strip()
         assert len(license_id) >= 32
         assert await page.inner_text("#status") == "active"
-        assert "2099-01-31" in await page.inner_text("dl.facts")
+        facts = await page.inner_text("dl.facts")
+        assert "2099-01-31" in facts and "crm-portal" in facts
+        assert " ".join((await page.inner_text("#channels")).split()) == "Beta (default)"
         customer_url = page.url
         await portal.shot("customer")
+        # Channels changed on the customer's page: Stable added and made the default.
+        await page.check("form[action$='/channels'] input[type=checkbox] >> nth=0")
+        await page.check("form[action$='/channels'] input[type=radio] >> nth=0")
+        await portal.submit("form[action$='/channels']")
+        assert "Channels saved." in await page.inner_text(".flash")
+        assert " ".join((await page.inner_text("#channels")).split()) == "Stable (default), Beta"
         await portal.goto("/customers")
         assert "Portal Customer" in await page.inner_text("#customers")
+        assert "Stable, Beta" in await page.inner_text("#customers")
         assert license_id not in await page.content()  # only on the customer's own page
         await portal.shot("customers")
 

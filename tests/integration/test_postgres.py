@@ -34,6 +34,7 @@ from tests.support.dns_server import LoopbackDNS
 from tests.support.postgres import PostgresCluster
 from tests.support.pullgate import REPO_ROOT, Pullgate
 from tests.support.registry import Registry
+from tests.support.store_migrations import check_channels_migration
 
 OCI = "application/vnd.oci.image.manifest.v1+json"
 PROPAGATION = 1.5  # seconds; the license cache TTL is 5
@@ -82,6 +83,21 @@ async def test_migrations_concurrent_and_idempotent(cluster: PostgresCluster):
         assert await again.fetchall("SELECT objid FROM pg_locks WHERE locktype = 'advisory'") == []
     finally:
         await again.close()
+
+
+async def test_channels_migration_on_existing_rows(cluster: PostgresCluster, monkeypatch: pytest.MonkeyPatch):
+    store = PostgresStore(await fresh_db(cluster))
+
+    async def no_migration(self: PostgresStore) -> None:
+        return None
+
+    with monkeypatch.context() as m:  # opened without migrating: the check migrates step by step
+        m.setattr(PostgresStore, "migrate", no_migration)
+        await store.open()
+    try:
+        await check_channels_migration(store, monkeypatch)
+    finally:
+        await store.close()
 
 
 async def test_round_trip(cluster: PostgresCluster):

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import datetime as dt
 import json
+import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -24,7 +25,14 @@ from openapi_spec_validator import validate
 
 from proxy.admin.openapi import document
 from tests.support.capture import CaptureServer
-from tests.support.vendor import VendorClient, VendorEnv, kots_license, public_pem, rsa_key
+from tests.support.vendor import (
+    VendorClient,
+    VendorEnv,
+    documented_operations,
+    kots_license,
+    public_pem,
+    rsa_key,
+)
 
 OCI = "application/vnd.oci.image.manifest.v1+json"
 
@@ -46,7 +54,7 @@ def every_documented_operation(vendor_env: VendorEnv, request: pytest.FixtureReq
     selected = {item.nodeid for item in request.session.items if item.parent is module}
     if selected != {item.nodeid for item in module.collect()} or request.session.testsfailed > failed_before:
         return
-    documented = {(m.upper(), p) for p, item in document()["paths"].items() for m in item if m != "parameters"}
+    documented = documented_operations(cli=False)  # the CLI's own: tests/integration/test_replicated_cli.py
     assert documented - {(m, p) for m, p, _ in exercised} == set(), "documented operations no test exercised"
     for method, path in sorted(documented):
         ok = {s for m, p, s in exercised if (m, p) == (method, path) and s < 300}
@@ -116,7 +124,7 @@ async def test_every_route_refuses_missing_and_wrong_tokens(api: VendorClient):
     for path, item in document()["paths"].items():
         if path == "/openapi.json":
             continue
-        concrete = path.replace("{slug}", "x").replace("{id}", "x")
+        concrete = re.sub(r"\{[^}]+\}", "x", path)
         for method in item:
             if method == "parameters":
                 continue
@@ -409,6 +417,62 @@ async def test_customers(api: VendorClient, vendor_env: VendorEnv):
     assert (await api.call("PATCH", "/customer/nope", {})).status == 404
     assert (await api.call("GET", "/customers", params={"appSlug": "beta-app"})).status == 404
     assert (await api.call("GET", "/customers", params={"colour": "x"})).status == 400
+
+
+async def test_egress_threshold_and_webhook_routes(api: VendorClient, vendor_env: VendorEnv):
+    """Each route once, shapes checked (tests/integration/test_usage.py and test_webhooks.py go deeper)."""
+    c = (await api.call("POST", "/customer", {"name": "Metered", "appSlug": "alpha-app",
+                                               "egressThresholdBytes": 5_000_000})).body["customer"]  # fmt: skip
+    vendor_env.canaries.append(c["licenseId"])
+    assert c["egressThresholdBytes"] == 5_000_000
+    bad = await api.call("PATCH", f"/customer/{c['id']}", {"egressThresholdBytes": -1})
+    assert bad.status == 400 and bad.body["errors"][0].startswith("egressThresholdBytes:")
+    state = (await api.call("GET", f"/customer/{c['id']}/egress")).body["egress"]
+    assert (state["bytes"], state["thresholdBytes"], state["reached"], state["notification"]) == (
+        0,
+        5_000_000,
+        False,
+        None,
+    )
+    report = await api.call("GET", "/egress", params={"customer": c["id"], "groupBy": "image"})
+    assert report.status == 200 and report.body["rows"] == [] and report.body["totals"]["bytes"] == 0
+    assert (await api.call("GET", "/team/webhook")).body == {"webhook": None}
+    put = await api.call("PUT", "/team/webhook", {"url": "http://127.0.0.1:9/hook", "secret": "whsec-canary-1"})
+    assert put.status == 200 and put.body["webhook"]["secretSet"] is True
+    assert "whsec-canary-1" not in json.dumps((await api.call("GET", "/team/webhook")).body)
+    assert (await api.call("GET", "/team/webhook/deliveries")).body == {"deliveries": []}
+    assert (await api.call("GET", "/team/webhook/deliveries", params={"limit": "0"})).status == 400
+    assert (await api.call("DELETE", "/team/webhook")).status == 204
+    assert (await api.call("DELETE", "/team/webhook")).status == 404
+
+
+async def test_release_channels_in_pullgates_spelling(api: VendorClient):
+    app = (await api.call("GET", "/app/alpha-app")).body["app"]
+    assert [(c["name"], c["isDefault"]) for c in app["channels"]] == [
+        ("Stable", True),
+        ("Beta", False),
+        ("Unstable", False),
+    ]
+    assert (await api.call("GET", f"/app/{app['id']}")).body["app"]["slug"] == "alpha-app"  # by id too
+    by_name = await api.call("POST", "/app", {"name": "Named Only"})
+    assert by_name.status == 201 and by_name.body["app"]["slug"] == "named-only"
+    body = {"name": "Chan", "appSlug": "alpha-app", "channels": ["unstable", "Beta"], "customId": "ext-9"}
+    c = (await api.call("POST", "/customer", body)).body["customer"]
+    assert [(ch["name"], ch["isDefaultForCustomer"]) for ch in c["channels"]] == [("Unstable", True), ("Beta", False)]
+    assert c["customId"] == "ext-9" and c["type"] == c["licenseType"] == "prod"
+    moved = await api.call("PATCH", f"/customer/{c['id']}", {"channels": ["Stable"], "customId": None})
+    assert [ch["name"] for ch in moved.body["customer"]["channels"]] == ["Stable"]
+    assert moved.body["customer"]["customId"] is None
+    kept = await api.call("PATCH", f"/customer/{c['id']}", {"name": "Chan 2"})
+    assert [ch["name"] for ch in kept.body["customer"]["channels"]] == ["Stable"]
+    bad = await api.call("PATCH", f"/customer/{c['id']}", {"channels": ["Nightly"], "app_id": "x"})
+    assert bad.status == 400
+    assert bad.body["errors"] == ["app_id: unknown field", "channels[0]: no channel 'Nightly' in app 'alpha-app'"]
+    both = await api.call("POST", "/customer", {**body, "type": "dev", "licenseType": "dev"})
+    assert both.status == 400 and both.body["errors"] == ["licenseType: give type or licenseType, not both"]
+    listed = (await api.call("GET", "/app/alpha-app/channels", params={"channelName": "BETA"})).body["channels"]
+    assert [ch["name"] for ch in listed] == ["Beta"]
+    assert (await api.call("GET", "/app/alpha-app/channels", params={"colour": "x"})).status == 400
 
 
 # --- pulls, the pull log, revocation, allowlist -------------------------------------------

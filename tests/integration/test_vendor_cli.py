@@ -186,6 +186,12 @@ def test_customers_pull_and_logs(vendor_env: VendorEnv):
         "trial",
         "--expires-at",
         "2031-01-01T00:00:00Z",
+        "--channel",
+        "Beta",
+        "--channel",
+        "stable",
+        "--custom-id",
+        "crm-7",
     )
     line = next(x for x in created.stdout.splitlines() if x.startswith("License ID"))
     license_id = line.rsplit(" ", 1)[1]
@@ -195,6 +201,9 @@ def test_customers_pull_and_logs(vendor_env: VendorEnv):
 
     listed = run(vendor_env, "customer", "ls", "--app", "cli-app")
     assert customer_id in listed.stdout and "trial" in listed.stdout and "2031-01-01" in listed.stdout
+    assert " Beta,Stable " in listed.stdout  # its channels, its default first
+    apps = run(vendor_env, "app", "ls").stdout.splitlines()
+    assert "CHANNELS" in apps[0].split() and all("Stable,Beta,Unstable" in row for row in apps[1:])
     path = "/v2/proxy/cli-app/cli-reg/vendor/oci/manifests/v1"
     assert pull_status(vendor_env, path, license_id) == 200
     logs = run(vendor_env, "registry", "logs", "cli-reg")

@@ -7,11 +7,14 @@ pseudo-random bytes; they are not tar archives, which is fine for clients that d
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import http.client
+import io
 import json
 import random
 import re
+import tarfile
 import urllib.parse
 import urllib.request
 import zlib
@@ -88,6 +91,21 @@ def _hash(chunks: Iterable[bytes]) -> tuple[str, int]:
         h.update(c)
         n += len(c)
     return "sha256:" + h.hexdigest(), n
+
+
+def rootfs_layer() -> Blob:
+    """A real gzip'd tar (unlike the synthetic layers), so containerd and podman can unpack it."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in (
+            ("etc/pullgate-release", b"pulled through pullgate\n"),
+            ("bin/hello", b"#!/bin/sh\necho hello\n"),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o755, 1704067200
+            tar.addfile(info, io.BytesIO(data))
+    tar_bytes = raw.getvalue()
+    return Blob.from_bytes(gzip.compress(tar_bytes, mtime=0), diff_id=sha256_digest(tar_bytes))
 
 
 def synthetic_bytes(size: int, seed: int | str) -> Iterator[bytes]:

@@ -122,6 +122,32 @@ def _template(path: str) -> str | None:
     return candidates[0] if candidates else None
 
 
+CLI_TAG = "replicated CLI"  # operations shaped for the `replicated` CLI (tests/support/replicated_cli.py)
+
+
+def documented_operations(cli: bool) -> set[tuple[str, str]]:
+    """(METHOD, path template) of the documented operations: the CLI-shaped ones, or the others."""
+    return {
+        (m.upper(), p)
+        for p, item in _DOC["paths"].items()
+        for m, op in item.items()
+        if m != "parameters" and (CLI_TAG in op.get("tags", ())) == cli
+    }
+
+
+def check_request(method: str, path: str, body: Any) -> None:
+    """A request body must match the documented requestBody schema of its operation."""
+    tmpl = _template(path)
+    assert tmpl is not None, f"{path} is not documented"
+    op = _DOC["paths"][tmpl].get(method.lower())
+    assert op is not None, f"{method} {tmpl} is not documented"
+    content = op.get("requestBody", {}).get("content")
+    if content is None:
+        assert body is None, f"{method} {tmpl} takes no body"
+        return
+    Draft202012Validator(_absolute(content["application/json"]["schema"]), registry=_SCHEMAS).validate(body)
+
+
 def check_shape(method: str, path: str, status: int, body: Any) -> tuple[str, str, int]:
     tmpl = _template(path)
     assert tmpl is not None, f"{path} is not documented"

@@ -5,6 +5,7 @@ POST, the OAuth2 form containerd sends, answers RFC 6749 §5.2 errors on every p
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -163,16 +164,42 @@ async def test_get_bad_scopes_are_400_scope_invalid(endpoint: Endpoint, scope: s
     assert await oci(await endpoint.get(scope, auth=basic(LICENSE))) == (400, "SCOPE_INVALID")
 
 
-@pytest.mark.parametrize(
-    ("scope", "status", "code"),
-    [
-        ("repository:proxy/acme/UP/repo:pull", 400, "NAME_INVALID"),
-        ("repository:library/alpine:pull", 404, "NAME_UNKNOWN"),
-        ("repository:proxy/globex/up/repo:pull", 403, "DENIED"),
-    ],
-)
-async def test_get_scopes_beyond_the_license(endpoint: Endpoint, scope: str, status: int, code: str):
-    assert await oci(await endpoint.get(scope, auth=basic(LICENSE))) == (status, code)
+BEYOND = [
+    "repository:proxy/acme/UP/repo:pull",  # was a 400 NAME_INVALID
+    "repository:library/alpine:pull",  # was a 404 NAME_UNKNOWN: containerd's mirror asks this
+    "repository:proxy/globex/up/repo:pull",  # was a 403 DENIED
+    "repository:proxy/acme/up/repo:push",
+]
+
+
+def granted(token: str) -> list[dict[str, object]]:
+    """The `access` claim of one of our tokens (read, not verified: the issuer's tests do that)."""
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["access"]
+
+
+@pytest.mark.parametrize("scope", BEYOND)
+async def test_get_scopes_beyond_the_license_are_left_out(endpoint: Endpoint, scope: str):
+    """The Docker token spec: grant what can be granted, never fail for the rest."""
+    alone = await endpoint.get(scope, auth=basic(LICENSE))
+    assert alone.status == 200 and granted((await alone.json())["token"]) == []
+    both = await endpoint.client.get(
+        "/v2/token", params=[("scope", SCOPE), ("scope", scope)], headers={"Authorization": basic(LICENSE)}
+    )
+    assert both.status == 200
+    assert granted((await both.json())["token"]) == [
+        {"type": "repository", "name": "proxy/acme/up/repo", "actions": ["pull"]}
+    ]
+
+
+@pytest.mark.parametrize("scope", BEYOND)
+async def test_post_scopes_beyond_the_license_are_left_out(endpoint: Endpoint, scope: str):
+    """containerd's OAuth2 form with its mirror's extra scope, as it sends it (space-separated)."""
+    ans = await endpoint.post(form(scope=f"{SCOPE} {scope}"))
+    assert ans.status == 200
+    assert granted((await ans.json())["access_token"]) == [
+        {"type": "repository", "name": "proxy/acme/up/repo", "actions": ["pull"]}
+    ]
 
 
 async def test_get_throttled_after_failures_is_429_with_retry_after(endpoint: Endpoint):
@@ -224,9 +251,6 @@ async def test_other_methods_are_405_unsupported_naming_the_allowed_ones(endpoin
         (form(password="lic-wrong-0123456789"), "invalid_grant"),  # was 401
         (form(scope="repository"), "invalid_scope"),  # was a 400 OCI UNAUTHORIZED
         (form(scope=" ".join([SCOPE] * (MAX_SCOPES + 1))), "invalid_scope"),
-        (form(scope="repository:proxy/acme/UP/repo:pull"), "invalid_scope"),  # was a 400 OCI NAME_INVALID
-        (form(scope="repository:library/alpine:pull"), "invalid_scope"),  # was a 404 OCI NAME_UNKNOWN
-        (form(scope="repository:proxy/globex/up/repo:pull"), "invalid_scope"),  # was a 403 OCI DENIED
     ],
     ids=[
         "other-grant",
@@ -239,9 +263,6 @@ async def test_other_methods_are_405_unsupported_naming_the_allowed_ones(endpoin
         "bad-license",
         "malformed-scope",
         "too-many-scopes",
-        "invalid-name",
-        "not-proxy",
-        "other-app",
     ],
 )
 async def test_post_refusals_are_400_oauth2_errors(endpoint: Endpoint, body: dict[str, str] | str, error: str):

@@ -456,9 +456,7 @@ def test_grant() -> None:
         grant(None, parse_scopes(["repository:proxy/myapp/r/a:pull"]))
     assert exc.value.status == 401
     assert grant(CUSTOMER, parse_scopes(["repository:proxy/myapp/r/b:push,delete"])) == []
-    with pytest.raises(OCIError) as exc:
-        grant(CUSTOMER, parse_scopes(["repository:proxy/myapp/r/a:pull repository:proxy/otherapp/r/a:pull"]))
-    assert (exc.value.code, exc.value.status) == ("DENIED", 403)
-    with pytest.raises(OCIError) as exc:
-        grant(CUSTOMER, parse_scopes(["repository:proxy/myapp/R/A:pull"]))
-    assert exc.value.code == "NAME_INVALID"
+    # The Docker token spec: what cannot be granted is left out, never an error (another app's
+    # repository, an invalid name, a name that is no proxy name: containerd's mirror asks for one).
+    mixed = "repository:proxy/myapp/r/a:pull repository:proxy/otherapp/r/a:pull repository:proxy/myapp/R/A:pull"
+    assert [a.name for a in grant(CUSTOMER, parse_scopes([mixed, "repository:vendor/api:pull"]))] == ["proxy/myapp/r/a"]

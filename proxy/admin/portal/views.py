@@ -19,7 +19,9 @@ import jinja2
 from aiohttp import web
 from multidict import MultiDict, MultiMapping
 
-from proxy.admin.portal import forms
+from proxy.admin import csvexport
+from proxy.admin.mirrors import Mirror, default_hosts_toml
+from proxy.admin.portal import forms, usage_pages
 from proxy.admin.portal.session import (
     FLASH_COOKIE,
     LOGIN_COOKIE,
@@ -30,6 +32,7 @@ from proxy.admin.portal.session import (
     same_token,
 )
 from proxy.admin.service import LICENSE_TYPES, VendorService
+from proxy.admin.usage import UsageService
 from proxy.apierrors import Invalid, NotFound, VendorError
 from proxy.domains.service import HostnameService
 from proxy.settings import Config
@@ -230,7 +233,10 @@ async def images(request: web.Request, extra: dict[str, Any] | None = None, stat
     for app in apps:
         serving = [r for r in registries if not r["appIds"] or app["id"] in r["appIds"]]
         refs = [f"{proxy_host}/proxy/{app['slug']}/{r['slug']}/<repo>:<tag>" for r in serving]
-        references.append({"app": app, "refs": refs})
+        # Cluster mirrors: the same images by their original names (containerd, podman/CRI-O).
+        mirrors = [Mirror(proxy_host, app["slug"], r["slug"], r["endpoint"]) for r in serving]
+        default = default_hosts_toml(proxy_host, app["slug"])
+        references.append({"app": app, "refs": refs, "mirrors": mirrors, "default_toml": default})
     tab = (extra or {}).get("tab") or _tab(request)
     tabs = forms.tabs()
     ctx = {
@@ -327,9 +333,12 @@ def _date_in(raw: Any) -> str | None:
 
 async def customers(request: web.Request, extra: dict[str, Any] | None = None, status: int = 200) -> web.Response:
     svc, team = _service(request), request[TEAM]
+    apps = await svc.list_apps(team)
     ctx = {
         "customers": await svc.list_customers(team),
-        "apps": await svc.list_apps(team),
+        "apps": apps,
+        # Channel names across the team's apps (each app starts with Stable, Beta, Unstable).
+        "channel_names": list(dict.fromkeys(ch["name"] for a in apps for ch in a["channels"])),
         "license_types": LICENSE_TYPES,
         "values": {},
         "errors": {},
@@ -341,8 +350,12 @@ async def customers(request: web.Request, extra: dict[str, Any] | None = None, s
 
 async def create_customer(request: web.Request) -> web.StreamResponse:
     form = _form(request)
-    body: dict[str, str | None] = {k: str(form.get(k, "")).strip() for k in ("name", "email", "appSlug", "licenseType")}
+    body: dict[str, Any] = {k: str(form.get(k, "")).strip() for k in ("name", "email", "appSlug", "licenseType")}
     body["expiresAt"] = _date_in(form.get("expiresAt"))
+    body["customId"] = str(form.get("customId", "")).strip() or None
+    channel = str(form.get("channel", "")).strip()
+    if channel:
+        body["channels"] = [channel]
     try:
         c = await _service(request).create_customer(request[TEAM], body)
     except Invalid as exc:
@@ -373,8 +386,44 @@ async def customer(request: web.Request, extra: dict[str, Any] | None = None, st
     # The vendor's own page: the one place the portal shows a license ID.
     c = await svc.customer(team, request.match_info["id"], with_license=True)
     hosts = request.app[CONFIG].proxy.hosts
-    ctx = {"c": c, "proxy_host": hosts[0] if hosts else "<proxy host>", "errors": {}, **(extra or {})}
+    ctx = {
+        "c": c,
+        "app_channels": await svc.channels(team, c["appId"]),
+        "proxy_host": hosts[0] if hosts else "<proxy host>",
+        "errors": {},
+        **(extra or {}),
+    }
+    ctx |= await usage_pages.customer_usage(UsageService(svc), team, c["id"], PREFIX)
     return render(request, "customer.html", ctx, status)
+
+
+async def customer_channels(request: web.Request) -> web.StreamResponse:
+    """The checked channels, the one marked default first."""
+    cid, form = request.match_info["id"], _form(request)
+    chosen = [v for v in form.getall("channel", []) if isinstance(v, str)]
+    default = str(form.get("default", ""))
+    ordered = sorted(chosen, key=lambda ch: ch != default)
+    try:
+        if not ordered:
+            raise Invalid(["channels: choose at least one channel"])
+        await _service(request).update_customer(request[TEAM], cid, {"channels": ordered})
+    except Invalid as exc:
+        return await customer(request, {"errors": forms.problems_by_field(exc.problems)}, 400)
+    return _redirect(request, f"/customers/{cid}", "Channels saved.")
+
+
+async def customer_threshold(request: web.Request) -> web.StreamResponse:
+    cid, form = request.match_info["id"], _form(request)
+    try:
+        limit = usage_pages.threshold_from_form(str(form.get("amount", "")), str(form.get("unit", "")))
+    except ValueError:
+        problem = "egressThresholdBytes: a positive amount and a unit, or empty for none"
+        return await customer(request, {"errors": forms.problems_by_field([problem])}, 400)
+    try:
+        await _service(request).update_customer(request[TEAM], cid, {"egressThresholdBytes": limit})
+    except Invalid as exc:
+        return await customer(request, {"errors": forms.problems_by_field(exc.problems)}, 400)
+    return _redirect(request, f"/customers/{cid}", "Egress threshold saved." if limit else "Egress threshold removed.")
 
 
 async def customer_expiry(request: web.Request) -> web.StreamResponse:
@@ -422,6 +471,68 @@ async def pull_logs(request: web.Request) -> web.Response:
         "registries": await svc.list_registries(team),
     }
     return render(request, "logs.html", ctx, 400 if problems else 200)
+
+
+async def pull_logs_csv(request: web.Request) -> web.StreamResponse:
+    """The pull log's filters as on the page, every matching row, oldest first."""
+    q = {k: request.query.get(k, "").strip() for k in ("customer", "registry", "since", "until")}
+    query = {k: (_time_in(v) if k in ("since", "until") else v) for k, v in q.items() if v}
+    pages = await UsageService(_service(request)).pull_log_pages(request[TEAM], query)
+    return await csvexport.stream(request, "pull-logs.csv", csvexport.PULL_LOG_COLUMNS, pages)
+
+
+# --- insights: egress, top customers and images, the cache ---------------------------
+
+
+async def insights(request: web.Request) -> web.Response:
+    days = usage_pages.period_of(request.query.get("days"))
+    ctx = await usage_pages.insights(UsageService(_service(request)), request[TEAM], days, PREFIX)
+    return render(request, "insights.html", ctx)
+
+
+async def insights_csv(request: web.Request) -> web.StreamResponse:
+    keys = ("groupBy", "customer", "app", "since", "until")
+    query = {k: request.query[k] for k in keys if request.query.get(k)}
+    report = await UsageService(_service(request)).egress(request[TEAM], query)
+    name = f"egress-{report['groupBy']}-{report['since']}-{report['until']}.csv"
+    columns = csvexport.egress_columns(report["groupBy"])
+    return await csvexport.stream(request, name, columns, csvexport.one_page(report["rows"]))
+
+
+# --- the team webhook ----------------------------------------------------------------
+
+
+async def webhook_page(request: web.Request, extra: dict[str, Any] | None = None, status: int = 200) -> web.Response:
+    svc = UsageService(_service(request))
+    ctx = {
+        "webhook": await svc.webhook(request[TEAM]),
+        "deliveries": await svc.deliveries(request[TEAM], {"limit": "50"}),
+        "values": {},
+        "errors": {},
+        **(extra or {}),
+    }
+    return render(request, "webhook.html", ctx, status)
+
+
+async def set_webhook(request: web.Request) -> web.StreamResponse:
+    form = _form(request)
+    body: dict[str, Any] = {"url": str(form.get("url", "")).strip()}
+    secret = str(form.get("secret", ""))
+    if form.get("no_secret"):
+        body["secret"] = None
+    elif secret:
+        body["secret"] = secret
+    try:
+        await UsageService(_service(request)).put_webhook(request[TEAM], body)
+    except Invalid as exc:
+        extra = {"values": {"url": body["url"]}, "errors": forms.problems_by_field(exc.problems)}
+        return await webhook_page(request, extra, 400)
+    return _redirect(request, "/webhook", "Webhook saved.")
+
+
+async def remove_webhook(request: web.Request) -> web.StreamResponse:
+    await UsageService(_service(request)).delete_webhook(request[TEAM])
+    return _redirect(request, "/webhook", "Webhook removed.")
 
 
 # --- apps ----------------------------------------------------------------------------
@@ -627,8 +738,16 @@ def portal_app(
     r.add_post("/customers/import", import_license)
     r.add_get("/customers/{id}", customer)
     r.add_post("/customers/{id}/expiry", customer_expiry)
+    r.add_post("/customers/{id}/threshold", customer_threshold)
+    r.add_post("/customers/{id}/channels", customer_channels)
     r.add_post("/customers/{id}/{action:revoke|archive|restore}", customer_action)
     r.add_get("/logs", pull_logs)
+    r.add_get("/logs.csv", pull_logs_csv)
+    r.add_get("/insights", insights)
+    r.add_get("/insights.csv", insights_csv)
+    r.add_get("/webhook", webhook_page)
+    r.add_post("/webhook", set_webhook)
+    r.add_post("/webhook/remove", remove_webhook)
     r.add_get("/apps", apps)
     r.add_post("/apps", create_app)
     r.add_post("/apps/{slug}", update_app)
