@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -83,7 +84,16 @@ __all__ = [
     "read_secret",
     "registry_fields",
     "sqlite_path",
+    "validate_cache_s3",
 ]
+
+# S3 bucket names (the rules every S3-compatible server keeps: 3-63 characters, lower case,
+# digits, dots and hyphens, a letter or digit at both ends); prefixes and regions are kept to
+# the characters that need no escaping in a signed request.
+BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+S3_PREFIX_RE = re.compile(r"^[A-Za-z0-9._/-]*$")
+S3_REGION_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ACCESS_KEY_RE = re.compile(r"^[A-Za-z0-9/+=._-]{1,128}$")
 
 # CLI-side variables that share the prefix but are not settings.
 _NOT_SETTINGS = {"PULLGATE_API_ORIGIN", "PULLGATE_API_TOKEN", "PULLGATE_CONFIG", "PULLGATE_WORKERS"}
@@ -309,7 +319,7 @@ def _validate(cfg: Config) -> None:
     _validate_webhooks(cfg.webhooks)
     _validate_domains(cfg.domains)
     _validate_limits(cfg.limits)
-    _validate_cache(cfg.cache)
+    _validate_cache(cfg.cache, cfg)
     if cfg.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("log.level: must be DEBUG, INFO, WARNING or ERROR")
     for t, team in enumerate(cfg.bootstrap.teams):
@@ -353,7 +363,7 @@ def _validate_domains(domains: DomainsSection) -> None:
             raise ConfigError(f"domains.reserved[{i}]: not a DNS name (e.g. corp.example or *.corp.example): {name!r}")
 
 
-def _validate_cache(cache: CacheSection) -> None:
+def _validate_cache(cache: CacheSection, cfg: Config) -> None:
     if cache.backend not in ("none", "filesystem", "s3"):
         raise ConfigError("cache.backend: must be none, filesystem or s3")
     if parse_size(cache.max_size, "cache.max_size") < 1 << 20:
@@ -365,13 +375,7 @@ def _validate_cache(cache: CacheSection) -> None:
     if cache.backend == "filesystem" and not cache.path:
         raise ConfigError("cache.path: required for the filesystem backend")
     if cache.backend == "s3":
-        s3 = cache.s3
-        if not s3.bucket:
-            raise ConfigError("cache.s3.bucket: required when cache.backend is s3")
-        if s3.secret_access_key_file and s3.secret_access_key_env:
-            raise ConfigError("cache.s3.secret_access_key_file: give secret_access_key_file or _env, not both")
-        if s3.endpoint_url and not s3.endpoint_url.startswith(("https://", "http://")):
-            raise ConfigError("cache.s3.endpoint_url: must start with https:// (or http://)")
+        validate_cache_s3(cache.s3, cfg)
 
 
 def _validate_limits(limits: LimitsSection) -> None:
@@ -447,3 +451,51 @@ def _validate_webhooks(w: WebhooksSection) -> None:
         raise ConfigError("webhooks.backoff_seconds: must be at least 0.01 and at most max_backoff_seconds (<= 86400)")
     if not 0.1 <= w.timeout_seconds <= 120:
         raise ConfigError("webhooks.timeout_seconds: must be between 0.1 and 120")
+
+
+def validate_cache_s3(s3: CacheS3Section, cfg: Config, key: str = "cache.s3") -> None:
+    """The `cache.s3` section, when `cache.backend` is s3: every key checked, and a literal
+    endpoint address the egress policy refuses named now (a name is judged at connect time,
+    as for every outbound connection). The secret must be given by reference."""
+    if not BUCKET_RE.match(s3.bucket) or ".." in s3.bucket:
+        raise ConfigError(f"{key}.bucket: required, an S3 bucket name (3-63 of a-z 0-9 . -)")
+    if not S3_PREFIX_RE.match(s3.prefix) or ".." in s3.prefix.split("/") or "//" in s3.prefix:
+        raise ConfigError(f"{key}.prefix: only letters, digits and . _ - / (no empty or .. segment)")
+    if not S3_REGION_RE.match(s3.region):
+        raise ConfigError(f"{key}.region: a region name such as us-east-1")
+    if not ACCESS_KEY_RE.match(s3.access_key_id):
+        raise ConfigError(f"{key}.access_key_id: required (the bucket's access key id)")
+    if bool(s3.secret_access_key_file) == bool(s3.secret_access_key_env):
+        raise ConfigError(
+            f"{key}.secret_access_key_file: give secret_access_key_file or secret_access_key_env (one of them)"
+        )
+    url = s3.endpoint_url
+    if carries_credentials(url):
+        raise ConfigError(f"{key}.endpoint_url: must not carry credentials (user:password@)")
+    target = url_target(url) if url.startswith(("http://", "https://")) else None
+    path = url.split("://", 1)[-1].partition("/")[2]
+    if target is None or path or "?" in url or "#" in url:
+        raise ConfigError(f"{key}.endpoint_url: must be https://host[:port] (or http://), without a path")
+    host, port = target
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return  # a name: judged at connect time
+    refusal = _process_policy(cfg).check(host, port)
+    if refusal is not None:
+        raise ConfigError(
+            f"{key}.endpoint_url: {host}:{port} is {refusal.reason}, refused by the egress policy; "
+            f"{refusal.advice()}" + (f" (e.g. {host}:{port})" if refusal.overridable else "")
+        )
+
+
+def _process_policy(cfg: Config) -> EgressPolicy:
+    listeners = [
+        listener_of(*parse_listen(v, k))
+        for v, k in ((cfg.proxy.listen, "proxy.listen"), (cfg.admin.listen, "admin.listen"))
+    ]
+    try:
+        allow = parse_allow(cfg.upstream.egress_allow)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return EgressPolicy(allow, listeners)

@@ -139,15 +139,16 @@ class LimitsSection:
 
 @dataclass
 class CacheS3Section:
-    # Read by the S3 backend (cache.backend: s3); validated here so a typo stops the start.
+    """`cache.s3`: the bucket of `cache.backend: s3` (validated by proxy.config.validate_cache_s3)."""
+
     bucket: str = ""
-    prefix: str = ""
-    endpoint_url: str | None = None
-    region: str | None = None
-    access_key_id: str | None = None
+    prefix: str = ""  # keys are <prefix>blobs/<algorithm>/<2 hex>/<hex>
+    endpoint_url: str = "https://s3.us-east-1.amazonaws.com"
+    region: str = "us-east-1"
+    access_key_id: str = ""
     secret_access_key_file: str | None = None
     secret_access_key_env: str | None = None
-    # A blob hit answers 307 to a presigned URL instead of moving the bytes.
+    # A blob hit answers 307 to a presigned GET valid for 60 s: the proxy moves no bytes.
     redirect: bool = False
 
 

@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.support.fixtures",  # the seeded upstream registries
     "tests.support.deployment",  # pullgate in front of them
     "tests.support.vendor",  # a pullgate with the vendor API, for the admin face
+    "tests.support.s3gw",  # a real S3 server (versitygw), for the S3 cache
 ]

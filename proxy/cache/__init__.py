@@ -1,6 +1,7 @@
 """The pull-through cache: content cached, access not (DESIGN.md, "The pull-through cache").
 
-- `backend`: what a storage backend offers (the filesystem one is `fs`; S3 implements the same).
+- `backend`: what a storage backend offers (the filesystem one is `fs`; `s3store` over
+  `s3client` implements the same on an S3-compatible bucket).
 - `index`: which digests are held, their last use (LRU), which repositories each came
   through (bindings), and tags; pure bookkeeping, no I/O.
 - `tags`: when a cached tag is served, revalidated, or served stale.

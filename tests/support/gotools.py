@@ -1,4 +1,5 @@
-"""Go command-line tools (crane, regctl, helm 3 and 4, oras, kustomize) built from the Go module proxy, cached.
+"""Go command-line tools (crane, regctl, helm 3 and 4, oras, kustomize, versitygw) built from the Go
+module proxy, cached.
 
 `go install <package>@<version>` with GOBIN=.cache/gotools/<tool>-<version>/, so a
 version is built once and later runs start at once. GOTOOLCHAIN=local: the
@@ -46,6 +47,8 @@ HELM = GoTool("helm", "helm.sh/helm/v3/cmd/helm", "v3.20.2")
 HELM4 = GoTool("helm", "helm.sh/helm/v4/cmd/helm", "v4.3.2")
 ORAS = GoTool("oras", "oras.land/oras/cmd/oras", "v1.3.6")
 KUSTOMIZE = GoTool("kustomize", "sigs.k8s.io/kustomize/kustomize/v5", "v5.8.1")
+# The Versity S3 Gateway (Apache-2.0): a real S3 API over a POSIX directory, for the S3 cache.
+VERSITYGW = GoTool("versitygw", "github.com/versity/versitygw/cmd/versitygw", "v1.8.0")
 
 
 def find_go() -> str | None:

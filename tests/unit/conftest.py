@@ -20,6 +20,8 @@ SERVER_FIXTURES = {
     "pull_proxy",
     "vendor_env",
     "cluster",
+    "s3gw",
+    "s3_bucket",
 }
 
 
