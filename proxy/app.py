@@ -17,6 +17,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
@@ -31,9 +32,11 @@ from proxy.admin.webhooks import Notifier
 from proxy.auth.gate import Gate
 from proxy.auth.proxies import TrustedProxies
 from proxy.auth.tokens import TokenIssuer
+from proxy.cache.backend import Backend
 from proxy.cache.fs import FilesystemBackend
+from proxy.cache.s3store import S3Backend
 from proxy.cache.service import Cache
-from proxy.config import Config, ConfigError, keys_path, parse_listen
+from proxy.config import Config, keys_path, parse_listen
 from proxy.context import REQUEST_ID
 from proxy.domains.names import Reserved
 from proxy.domains.routing import HostTable
@@ -51,6 +54,7 @@ from proxy.settings import cache_path, parse_size
 from proxy.store import Store, open_store
 from proxy.store.readcache import StoreReadCache
 from proxy.upstream.client import UpstreamClient
+from proxy.upstream.connector import GuardedConnector
 
 log = logging.getLogger("pullgate")
 
@@ -157,7 +161,7 @@ async def build_services(cfg: Config, worker: Worker | None = None) -> Services:
         await notifier.pulls_written((e.customer_id, e.time) for e in batch if e.customer_id)
 
     pull_log = PullLog(store, cfg.pulllog, on_written=thresholds, purge=worker.runs_singletons)
-    cache = await _open_cache(cfg, store)
+    cache = await _open_cache(cfg, store, upstream)
     services = Services(
         cfg, store, keyring, read_cache, upstream, gate, pull_log, hosts, hostnames, notifier, cache, worker=worker
     )
@@ -167,15 +171,24 @@ async def build_services(cfg: Config, worker: Worker | None = None) -> Services:
     return services
 
 
-async def _open_cache(cfg: Config, store: Store) -> Cache | None:
+async def _open_cache(cfg: Config, store: Store, upstream: UpstreamClient) -> Cache | None:
     """The pull-through cache of `cache.backend` (none: every pull goes upstream)."""
     if cfg.cache.backend == "none":
         return None
-    if cfg.cache.backend != "filesystem":
-        raise ConfigError(f"cache.backend: {cfg.cache.backend} is not available in this build (use filesystem)")
     c = cfg.cache
+    backend: Backend
+    if c.backend == "s3":
+
+        def connector() -> aiohttp.BaseConnector:
+            # The bucket is an outbound connection like any other: the same egress policy.
+            return GuardedConnector(upstream.policy, limit=64, limit_per_host=0, keepalive_timeout=30)
+
+        # Fills spool here too, so that followers tail a local file while the parts upload.
+        backend = S3Backend.from_config(c.s3, cache_path(cfg) / "spool", connector, cfg.base_dir)
+    else:
+        backend = FilesystemBackend(cache_path(cfg))
     cache = Cache(
-        FilesystemBackend(cache_path(cfg)),
+        backend,
         store,
         parse_size(c.max_size, "cache.max_size"),
         c.tag_ttl,
@@ -251,7 +264,8 @@ def proxy_app(services: Services) -> web.Application:
         limits.streams_per_license, limits.streams_per_address, max(1, up.pool_per_registry // 2)
     )
     if services.cache is not None:
-        routes.cached = CachedPulls(services.cache, services.upstream, up.idle_timeout)
+        redirect = services.cfg.cache.backend == "s3" and services.cfg.cache.s3.redirect
+        routes.cached = CachedPulls(services.cache, services.upstream, up.idle_timeout, redirect)
     routes.install(app)
     app.on_response_prepare.append(_set_request_id)
     return app

@@ -95,3 +95,7 @@ class Backend(Protocol):
     async def ready(self) -> bool:
         """Whether objects can be read and written now (`/readyz`)."""
         ...
+
+    async def close(self) -> None:
+        """Release connections (S3); the filesystem holds none."""
+        ...

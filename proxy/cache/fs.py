@@ -119,6 +119,9 @@ class FilesystemBackend:
             with contextlib.suppress(OSError):
                 leftover.unlink()
 
+    async def close(self) -> None:
+        return None
+
     async def ready(self) -> bool:
         def usable() -> bool:  # a lost or read-only volume fails readiness instead of every miss
             return self.blobs.is_dir() and os.access(self.tmp, os.W_OK | os.X_OK)

@@ -36,11 +36,11 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
+from proxy.cache.backend import StoredObject
 from proxy.cache.s3client import ConnectorFactory, S3Client, S3Endpoint, S3Error
 from proxy.oci.grammar import KNOWN_DIGESTS
 from proxy.settings import CacheS3Section, read_secret
@@ -89,15 +89,6 @@ def part_size_for(expected_size: int | None, base: int = PART_SIZE) -> int:
         return base
     need = -(-expected_size // MAX_PARTS)
     return min(MAX_PART_SIZE, -(-need // MiB) * MiB)
-
-
-@dataclass(frozen=True)
-class S3Listed:
-    """One published object (the fields of the cache's StoredObject)."""
-
-    digest: str
-    size: int
-    mtime: float
 
 
 class S3Upload:
@@ -336,9 +327,11 @@ class S3Backend:
             if initiated is None or initiated < cutoff:
                 await self.client.abort_multipart(key, upload_id)
 
-    async def ready(self) -> None:
-        """Raises S3Error when the bucket cannot be reached (for /readyz)."""
+    async def ready(self) -> bool:
+        """True when the bucket answers; raises S3Error when it cannot be reached (for /readyz,
+        where a check that raises failed, with the reason logged by the client)."""
         await self.client.bucket_reachable()
+        return True
 
     async def close(self) -> None:
         await self.client.close()
@@ -363,11 +356,11 @@ class S3Backend:
     async def delete(self, digest: str) -> None:
         await self.client.delete(self.key(digest))
 
-    async def listing(self) -> AsyncIterator[S3Listed]:
+    async def listing(self) -> AsyncIterator[StoredObject]:
         async for key, size, modified in self.client.list_objects(self.prefix + "blobs/"):
             digest = digest_of_key(self.prefix, key)
             if digest is not None:
-                yield S3Listed(digest, size, modified)
+                yield StoredObject(digest, size, modified)
 
     def local_path(self, digest: str) -> Path | None:
         return None

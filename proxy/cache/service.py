@@ -101,6 +101,7 @@ class Cache:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
         await self.persist.close()
+        await self.backend.close()
 
     # --- lookups --------------------------------------------------------------------
     def held(self, digest: str) -> Entry | None:
@@ -123,6 +124,10 @@ class Cache:
             return None
         self.index.touch(digest, self.clock())
         return opened
+
+    def touch(self, digest: str) -> None:
+        """A use that did not open the object (a redirect to it): it stays recently used."""
+        self.index.touch(digest, self.clock())
 
     async def read_small(self, digest: str) -> bytes | None:
         """A manifest's bytes."""

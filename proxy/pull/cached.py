@@ -27,6 +27,7 @@ from proxy.context import ctx
 from proxy.oci.digest import is_digest
 from proxy.oci.errors import OCICode, OCIError
 from proxy.oci.grammar import Route
+from proxy.oci.names import is_anonymous
 from proxy.pull.relay import abort_connection, upstream_error
 from proxy.store.models import Registry
 from proxy.upstream.client import UpstreamClient
@@ -35,13 +36,16 @@ from proxy.upstream.errors import UpstreamError
 log = logging.getLogger("pullgate.cache")
 
 READ_SIZE = 4 * 1024 * 1024
+PRESIGNED_SECONDS = 60  # as distribution's storage redirect: long enough to start, short to leak
 
 
 class CachedPulls:
-    def __init__(self, cache: Cache, upstream: UpstreamClient, idle_timeout: float) -> None:
+    def __init__(self, cache: Cache, upstream: UpstreamClient, idle_timeout: float, redirect: bool = False) -> None:
         self.cache = cache
         self.upstream = upstream
         self.idle = idle_timeout
+        # `cache.s3.redirect`: a licensed blob hit answers 307 to a presigned GET (the proxy moves no bytes).
+        self.redirect = redirect
 
     async def answer(
         self,
@@ -55,14 +59,21 @@ class CachedPulls:
         if route.reference is None:
             return None
         if route.kind == "blobs":
-            return await self._blob(request, route.reference, registry, repo, extra)
+            offload = self.redirect and not is_anonymous(route.name)  # never a signed URL for anonymous
+            return await self._blob(request, route.reference, registry, repo, extra, offload)
         if route.kind == "manifests":
             return await self._manifest(request, route.reference, registry, repo, upstream_headers, extra)
         return None
 
     # --- blobs ------------------------------------------------------------------------
     async def _blob(
-        self, request: web.Request, digest: str, registry: Registry, repo: str, extra: Mapping[str, str]
+        self,
+        request: web.Request,
+        digest: str,
+        registry: Registry,
+        repo: str,
+        extra: Mapping[str, str],
+        offload: bool = False,
     ) -> web.StreamResponse | None:
         c = ctx(request)
         binding = (registry.id, repo)
@@ -73,6 +84,14 @@ class CachedPulls:
             if (flight := self.cache.flights.get(digest)) is not None:
                 flight.bindings.add(binding)
         entry = self.cache.held(digest)
+        if entry is not None and offload and request.method == "GET" and "Range" not in request.headers:
+            url = await self.cache.backend.presigned_url(digest, PRESIGNED_SECONDS)
+            if url is not None:  # the license was checked before this facade was asked
+                c.cache = "hit"
+                self.cache.hit("blob")
+                self.cache.touch(digest)
+                headers = {"Location": url, "Docker-Content-Digest": digest, **extra}
+                return web.Response(status=307, headers=headers)
         if entry is not None:
             opened = await self.cache.open(digest)
             if opened is not None:

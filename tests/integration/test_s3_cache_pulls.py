@@ -1,0 +1,117 @@
+"""Pulls through the cache on S3 (`cache.backend: s3`): a real pullgate, a real
+docker-registry upstream and the Versity S3 Gateway on loopback as the bucket.
+
+The object layer itself (multipart, publish only when verified, ranges, presigning) is
+tested in test_s3_cache.py; here the cache serves pulls from it, and with
+`cache.s3.redirect` a licensed blob hit is a 307 to a presigned GET.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.integration.test_cache import AUTH, LICENSE, _cache_marks, _get, _teams, _upstream_gets, _url
+from tests.support.images import MiB, Pusher, big_layer, oci_image
+from tests.support.poll import apoll
+from tests.support.pullgate import Pullgate
+from tests.support.registry import Registry
+from tests.support.s3gw import REGION, S3Gateway
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Registry]:
+    reg = Registry("none", name="s3-cache-origin")
+    try:
+        p = Pusher.for_registry(reg)
+        reg.images["mid"] = oci_image(p, "vendor/mid", "v1", [big_layer(24 * MiB, "s3-cache-mid")])
+        yield reg
+    finally:
+        reg.stop()
+
+
+def _proxy(workdir: Path, url: str, gw: S3Gateway, bucket: str, redirect: bool) -> Pullgate:
+    settings: dict[str, Any] = {
+        "cache": {
+            "backend": "s3",
+            "path": str(workdir / "cache"),  # the local spool followers tail during a fill
+            "s3": {
+                "bucket": bucket,
+                "endpoint_url": gw.url,
+                "region": REGION,
+                "access_key_id": gw.access_key,
+                "secret_access_key_env": "PGT_S3_SECRET",
+                "redirect": redirect,
+            },
+        },
+        "auth": {"license_cache_seconds": 1},
+        "pulllog": {"flush_seconds": 0.05},
+    }
+    env = {"PGT_CACHE_LICENSE": LICENSE, "PGT_S3_SECRET": gw.secret_key}
+    return Pullgate(workdir, _teams(url), env=env, settings=settings).start()
+
+
+async def _wait_for_object(gw: S3Gateway, bucket: str, digest: str) -> None:
+    hexpart = digest.split(":", 1)[1]
+    key = f"blobs/sha256/{hexpart[:2]}/{hexpart}"
+    await apoll(lambda: gw.signed("HEAD", f"/{bucket}/{key}")[0] == 200, timeout=20, what="the published object")
+
+
+async def test_a_blob_fetched_once_is_served_from_the_bucket(
+    tmp_path: Path, upstream: Registry, s3gw: S3Gateway, s3_bucket: str
+):
+    srv = _proxy(tmp_path, upstream.url, s3gw, s3_bucket, redirect=False)
+    try:
+        digest, size = upstream.images["mid"].blobs[-1]
+        url = _url(srv, "vendor/mid", "blobs", digest)
+        status, _, first, failure = await _get(url)
+        assert (status, failure, len(first)) == (200, None, size)
+        assert "sha256:" + hashlib.sha256(first).hexdigest() == digest
+        await _wait_for_object(s3gw, s3_bucket, digest)
+        status, _, second, failure = await _get(url)
+        assert (status, failure) == (200, None) and second == first
+        # One upstream GET: the second came out of the bucket.
+        assert _upstream_gets(upstream, f"/v2/vendor/mid/blobs/{digest}") == 1
+        await apoll(lambda: len(_cache_marks(srv, "blob")) >= 2, timeout=10, what="pull-log rows")
+        assert _cache_marks(srv, "blob") == ["miss", "hit"]
+        async with aiohttp.ClientSession() as s, s.get(srv.admin_url + "/readyz") as r:
+            assert r.status == 200  # the bucket answers: ready
+    finally:
+        srv.stop()
+
+
+async def test_redirect_offload_sends_licensed_hits_to_a_presigned_get(
+    tmp_path: Path, upstream: Registry, s3gw: S3Gateway, s3_bucket: str
+):
+    srv = _proxy(tmp_path, upstream.url, s3gw, s3_bucket, redirect=True)
+    try:
+        digest, size = upstream.images["mid"].blobs[-1]
+        url = _url(srv, "vendor/mid", "blobs", digest)
+        status, _, body, _ = await _get(url)  # a miss streams through the proxy and fills the bucket
+        assert status == 200 and len(body) == size
+        await _wait_for_object(s3gw, s3_bucket, digest)
+        async with aiohttp.ClientSession() as s:
+            async with s.get(url, headers=AUTH, allow_redirects=False) as r:
+                assert r.status == 307
+                location = r.headers["Location"]
+                assert r.headers["Docker-Content-Digest"] == digest
+            assert location.startswith(s3gw.url + "/") and "X-Amz-Signature=" in location
+            assert "X-Amz-Expires=60" in location
+            assert LICENSE not in location and s3gw.secret_key not in location
+            # The client follows it without any credential of ours and gets the verified bytes.
+            async with s.get(location) as r:
+                fetched = await r.read()
+                assert r.status == 200 and hashlib.sha256(fetched).hexdigest() == digest.split(":", 1)[1]
+            # Without a license: refused before the cache is asked, so no URL.
+            async with s.get(url, allow_redirects=False) as r:
+                assert r.status == 401 and "Location" not in r.headers
+            # A Range on a hit is served by the proxy itself (a part, not a redirect).
+            async with s.get(url, headers={**AUTH, "Range": "bytes=0-9"}, allow_redirects=False) as r:
+                assert r.status == 206 and len(await r.read()) == 10
+    finally:
+        srv.stop()
