@@ -13,11 +13,8 @@ import base64
 import json
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -35,6 +32,7 @@ from pull_bench import (
     VENV_BIN,
     BenchError,
     Procs,
+    bounded_run,
     children,
     cpu_seconds,
     curl,
@@ -295,23 +293,9 @@ def main() -> int:
             print(f"missing tool: {tool or 'curl'}", file=sys.stderr)
             return 2
 
-    def over_budget(*_: object) -> None:
-        raise TimeoutError(f"bench exceeded --budget {args.budget}s")
-
-    signal.signal(signal.SIGALRM, over_budget)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    signal.alarm(args.budget)
-    procs = Procs()
-    tmp = Path(tempfile.mkdtemp(prefix="pullgate-cache-bench-"))
-    try:
-        result = run(args, procs, tmp)
-    except (BenchError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
-        print(f"bench failed: {exc}", file=sys.stderr)
+    result = bounded_run(args, "pullgate-cache-bench-", run)
+    if result is None:
         return 1
-    finally:
-        signal.alarm(0)
-        procs.stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
     print_table(result)
     print(json.dumps(result, sort_keys=True))
     return 0

@@ -25,7 +25,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -447,6 +447,23 @@ def main() -> int:
             print(f"missing tool: {tool or 'curl'}", file=sys.stderr)
             return 2
 
+    result = bounded_run(args, "pullgate-bench-", run)
+    if result is None:
+        return 1
+    print_table(result)
+    print(json.dumps(result, sort_keys=True))
+    if "proxy_error" in result:
+        print(f"pullgate part failed: {result['proxy_error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def bounded_run(
+    args: argparse.Namespace, prefix: str, run: Callable[[argparse.Namespace, Procs, Path], dict[str, Any]]
+) -> dict[str, Any] | None:
+    """`run` within `args.budget` seconds, in a temporary directory, every process it started
+    stopped and the directory removed whatever happens; None (reported) when it failed."""
+
     def over_budget(*_: object) -> None:
         raise TimeoutError(f"bench exceeded --budget {args.budget}s")
 
@@ -454,22 +471,16 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below
     signal.alarm(args.budget)
     procs = Procs()
-    tmp = Path(tempfile.mkdtemp(prefix="pullgate-bench-"))
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        result = run(args, procs, tmp)
+        return run(args, procs, tmp)
     except (BenchError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
-        return 1
+        return None
     finally:
         signal.alarm(0)
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
-    print_table(result)
-    print(json.dumps(result, sort_keys=True))
-    if "proxy_error" in result:
-        print(f"pullgate part failed: {result['proxy_error']}", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":
