@@ -7,7 +7,7 @@ bucket once verified).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -30,6 +30,10 @@ class Upload(Protocol):
 
     async def write(self, chunk: bytes) -> None:
         """Append (blocking I/O happens off the event loop)."""
+        ...
+
+    async def write_many(self, chunks: Sequence[bytes]) -> None:
+        """Append several chunks in order, in one trip off the event loop, none joined first."""
         ...
 
     async def publish(self) -> None:
