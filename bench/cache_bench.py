@@ -236,7 +236,8 @@ def run(args: argparse.Namespace, procs: Procs, tmp: Path) -> dict[str, Any]:
         speeds[name] += pull_n(url, headers, size, 1, args.pull_timeout)
         if name in cpu:
             cpu[name] += cpu_seconds(pids) - before
-            registry_cpu[name] += cpu_seconds([reg_proc.pid]) - reg_before
+            if reg_proc.pid not in pids:  # direct: the registry is the server, counted once
+                registry_cpu[name] += cpu_seconds([reg_proc.pid]) - reg_before
             client_cpu[name] += curl_cpu_seconds() - client_before
 
     for i in range(args.repeat):
