@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from proxy.cache.backend import StoredObject
@@ -33,8 +33,8 @@ class FsUpload:
     async def write(self, chunk: bytes) -> None:
         await off_loop(write_all, self._fd, (chunk,))
 
-    async def write_many(self, chunks: Sequence[bytes]) -> None:
-        await off_loop(write_all, self._fd, chunks)
+    async def write_many(self, chunks: Sequence[bytes], each: Callable[[bytes], None] | None = None) -> None:
+        await off_loop(write_all, self._fd, chunks, each)
 
     async def publish(self) -> None:
         await off_loop(self._publish)

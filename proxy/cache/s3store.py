@@ -35,7 +35,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -121,13 +121,13 @@ class S3Upload:
     async def write(self, chunk: bytes) -> None:
         await self.write_many((chunk,))
 
-    async def write_many(self, chunks: Sequence[bytes]) -> None:
+    async def write_many(self, chunks: Sequence[bytes], each: Callable[[bytes], None] | None = None) -> None:
         if self._done:
             raise RuntimeError("write after publish or discard")
         self._raise_failed()
         fd = self._fd
         assert fd is not None
-        await asyncio.to_thread(write_all, fd, chunks)
+        await asyncio.to_thread(write_all, fd, chunks, each)
         for chunk in chunks:
             self._buf += chunk
             self.size += len(chunk)

@@ -236,11 +236,13 @@ def test_write_all_writes_every_buffer_in_order_through_short_writes(tmp_path: P
 
     monkeypatch.setattr(os, "writev", short)
     fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o600)
+    seen: list[bytes] = []
     try:
-        write_all(fd, chunks)
+        write_all(fd, chunks, seen.append)
     finally:
         os.close(fd)
     assert (tmp_path / "out").read_bytes() == b"".join(chunks)
+    assert seen == chunks  # what a hash would have been fed: every chunk, in order
     assert max(calls) <= 1024 and len(calls) > 2
 
 
