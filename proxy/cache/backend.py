@@ -66,6 +66,11 @@ class Backend(Protocol):
 
     async def begin(self, digest: str) -> Upload: ...
 
+    async def spool(self, digest: str) -> Upload:
+        """A local file for bytes that only pass through (another process fills the digest
+        for the cluster): tailed like an upload's, never published."""
+        ...
+
     async def open(self, digest: str) -> Opened | None:
         """None when the object is not there."""
         ...

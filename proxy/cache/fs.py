@@ -16,6 +16,7 @@ from pathlib import Path
 
 from proxy.cache.backend import StoredObject
 from proxy.cache.offload import off_loop
+from proxy.cache.spool import LocalSpool, writer_alive
 from proxy.oci.grammar import KNOWN_DIGESTS
 
 
@@ -84,23 +85,6 @@ class FsOpened:
             os.close(fd)
 
 
-def _writer_alive(name: str) -> bool:
-    """Whether the process named in a temporary's name (`<digest>.<pid>.<hex>.part`) still runs."""
-    parts = name.split(".")
-    if len(parts) != 4 or not parts[1].isdigit():
-        return False  # an older or foreign name: nobody can be writing it
-    pid = int(parts[1])
-    if pid == os.getpid():
-        return False  # this process is starting: nothing of its own is in flight
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
-
-
 class FilesystemBackend:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -114,7 +98,7 @@ class FilesystemBackend:
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
         for leftover in self.tmp.iterdir():  # a crash's half-written objects: never published
-            if _writer_alive(leftover.name):
+            if writer_alive(leftover.name):
                 continue  # another worker of `serve --workers N` is filling it right now
             with contextlib.suppress(OSError):
                 leftover.unlink()
@@ -147,6 +131,10 @@ class FilesystemBackend:
         temp = self.tmp / f"{digest.replace(':', '-')}.{os.getpid()}.{secrets.token_hex(6)}.part"
         fd = await off_loop(os.open, temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         return FsUpload(final, temp, fd)
+
+    async def spool(self, digest: str) -> LocalSpool:
+        self._final(digest)  # a well-formed digest, as for `begin`
+        return await LocalSpool.create(self.tmp, digest)
 
     async def put(self, digest: str, data: bytes) -> None:
         upload = await self.begin(digest)

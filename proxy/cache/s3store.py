@@ -42,6 +42,7 @@ import aiohttp
 
 from proxy.cache.backend import StoredObject
 from proxy.cache.s3client import ConnectorFactory, S3Client, S3Endpoint, S3Error
+from proxy.cache.spool import LocalSpool, writer_alive
 from proxy.oci.grammar import KNOWN_DIGESTS
 from proxy.settings import CacheS3Section, read_secret
 
@@ -338,9 +339,13 @@ class S3Backend:
 
     async def begin(self, digest: str, expected_size: int | None = None) -> S3Upload:
         key = self.key(digest)
-        spool = self.spool_dir / f"{digest.replace(':', '-')}.{secrets.token_hex(6)}.part"
+        spool = self.spool_dir / f"{digest.replace(':', '-')}.{os.getpid()}.{secrets.token_hex(6)}.part"
         fd = await asyncio.to_thread(os.open, spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         return S3Upload(self.client, key, spool, fd, part_size_for(expected_size, self.part_size), self.inflight)
+
+    async def spool(self, digest: str) -> LocalSpool:
+        self.key(digest)  # a well-formed digest, as for `begin`
+        return await LocalSpool.create(self.spool_dir, digest)
 
     async def put(self, digest: str, data: bytes) -> None:
         await self.client.put(self.key(digest), data)
@@ -390,5 +395,7 @@ def _close_unlink(fd: int, path: Path) -> None:
 def _fresh_dir(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     for leftover in path.glob("*.part"):  # a crash's spool files: never published
+        if writer_alive(leftover.name):
+            continue  # another worker of `serve --workers N` is filling it right now
         with contextlib.suppress(OSError):
             leftover.unlink()

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.integration.test_cache import AUTH, LICENSE, _cache_marks, _get, _teams, _upstream_gets, _url
+from tests.integration.test_cache import AUTH, LICENSE, _cache_marks, _get, _metric, _teams, _upstream_gets, _url
 from tests.support.images import MiB, Pusher, big_layer, oci_image
 from tests.support.poll import apoll
 from tests.support.pullgate import Pullgate
@@ -62,6 +62,18 @@ async def _wait_for_object(gw: S3Gateway, bucket: str, digest: str) -> None:
     await apoll(lambda: gw.signed("HEAD", f"/{bucket}/{key}")[0] == 200, timeout=20, what="the published object")
 
 
+async def _wait_for_hit(srv: Pullgate, url: str) -> None:
+    """The client has its bytes a moment before the fill is settled (published, then indexed):
+    HEADs until one is answered from the cache."""
+
+    async def hit() -> bool:
+        before = _metric(srv, 'pullgate_cache_hits_total{kind="blob"}')
+        assert (await _get(url, method="HEAD"))[0] == 200
+        return _metric(srv, 'pullgate_cache_hits_total{kind="blob"}') > before
+
+    await apoll(hit, timeout=20, what="the fill indexed")
+
+
 async def test_a_blob_fetched_once_is_served_from_the_bucket(
     tmp_path: Path, upstream: Registry, s3gw: S3Gateway, s3_bucket: str
 ):
@@ -73,6 +85,7 @@ async def test_a_blob_fetched_once_is_served_from_the_bucket(
         assert (status, failure, len(first)) == (200, None, size)
         assert "sha256:" + hashlib.sha256(first).hexdigest() == digest
         await _wait_for_object(s3gw, s3_bucket, digest)
+        await _wait_for_hit(srv, url)
         status, _, second, failure = await _get(url)
         assert (status, failure) == (200, None) and second == first
         # One upstream GET: the second came out of the bucket.
@@ -95,6 +108,7 @@ async def test_redirect_offload_sends_licensed_hits_to_a_presigned_get(
         status, _, body, _ = await _get(url)  # a miss streams through the proxy and fills the bucket
         assert status == 200 and len(body) == size
         await _wait_for_object(s3gw, s3_bucket, digest)
+        await _wait_for_hit(srv, url)
         async with aiohttp.ClientSession() as s:
             async with s.get(url, headers=AUTH, allow_redirects=False) as r:
                 assert r.status == 307

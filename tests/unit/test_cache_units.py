@@ -164,9 +164,9 @@ def test_config_keys(tmp_path: Path):
 # --- single flight, verification, the store -----------------------------------------------
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "db.sqlite")
+async def open_cache_store(path: Path) -> SQLiteStore:
+    """A SQLite store with one registry, reg-a, for bindings to point at."""
+    s = SQLiteStore(path)
     await s.open()
     team = await s.ensure_team("t")
     now = "2026-01-01T00:00:00+00:00"
@@ -175,6 +175,12 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
         " VALUES ('reg-a', ?, 'a', 'other', 'a.test', 'http://a.test', ?, ?)",
         (team.id, now, now),
     )
+    return s
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    s = await open_cache_store(tmp_path / "db.sqlite")
     yield s
     await s.close()
 
