@@ -9,6 +9,7 @@ tested in test_s3_cache.py; here the cache serves pulls from it, and with
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.integration.test_cache import AUTH, LICENSE, _cache_marks, _get, _metric, _teams, _upstream_gets, _url
+from tests.integration.test_cache import AUTH, LICENSE, _cache_marks, _get, _teams, _upstream_gets, _url
 from tests.support.images import MiB, Pusher, big_layer, oci_image
 from tests.support.poll import apoll
 from tests.support.pullgate import Pullgate
@@ -62,16 +63,16 @@ async def _wait_for_object(gw: S3Gateway, bucket: str, digest: str) -> None:
     await apoll(lambda: gw.signed("HEAD", f"/{bucket}/{key}")[0] == 200, timeout=20, what="the published object")
 
 
-async def _wait_for_hit(srv: Pullgate, url: str) -> None:
-    """The client has its bytes a moment before the fill is settled (published, then indexed):
-    HEADs until one is answered from the cache."""
+async def _wait_until_held(srv: Pullgate, entries: int = 1) -> None:
+    """The object is in the bucket a moment before the proxy's index holds it (the fill's
+    last step): a request in between is still a miss, so wait for the index itself."""
 
-    async def hit() -> bool:
-        before = _metric(srv, 'pullgate_cache_hits_total{kind="blob"}')
-        assert (await _get(url, method="HEAD"))[0] == 200
-        return _metric(srv, 'pullgate_cache_hits_total{kind="blob"}') > before
+    async def held() -> bool:
+        async with aiohttp.ClientSession() as s, s.get(srv.admin_url + "/metrics") as r:
+            found = re.search(r"^pullgate_cache_entries (\S+)$", await r.text(), re.M)
+        return found is not None and float(found.group(1)) >= entries
 
-    await apoll(hit, timeout=20, what="the fill indexed")
+    await apoll(held, timeout=20, what="the cache index holding the object")
 
 
 async def test_a_blob_fetched_once_is_served_from_the_bucket(
@@ -85,7 +86,7 @@ async def test_a_blob_fetched_once_is_served_from_the_bucket(
         assert (status, failure, len(first)) == (200, None, size)
         assert "sha256:" + hashlib.sha256(first).hexdigest() == digest
         await _wait_for_object(s3gw, s3_bucket, digest)
-        await _wait_for_hit(srv, url)
+        await _wait_until_held(srv)
         status, _, second, failure = await _get(url)
         assert (status, failure) == (200, None) and second == first
         # One upstream GET: the second came out of the bucket.
@@ -108,7 +109,7 @@ async def test_redirect_offload_sends_licensed_hits_to_a_presigned_get(
         status, _, body, _ = await _get(url)  # a miss streams through the proxy and fills the bucket
         assert status == 200 and len(body) == size
         await _wait_for_object(s3gw, s3_bucket, digest)
-        await _wait_for_hit(srv, url)
+        await _wait_until_held(srv)
         async with aiohttp.ClientSession() as s:
             async with s.get(url, headers=AUTH, allow_redirects=False) as r:
                 assert r.status == 307
@@ -127,5 +128,37 @@ async def test_redirect_offload_sends_licensed_hits_to_a_presigned_get(
             # A Range on a hit is served by the proxy itself (a part, not a redirect).
             async with s.get(url, headers={**AUTH, "Range": "bytes=0-9"}, allow_redirects=False) as r:
                 assert r.status == 206 and len(await r.read()) == 10
+    finally:
+        srv.stop()
+
+
+async def test_the_bucket_configured_from_the_environment_alone(
+    tmp_path: Path, upstream: Registry, s3gw: S3Gateway, s3_bucket: str
+):
+    # The file says `cache.backend: none` and has no s3 block: PULLGATE_CACHE_S3_* make it,
+    # as a container or a chart sets them (the secret by reference, through _ENV).
+    env = {
+        "PGT_CACHE_LICENSE": LICENSE,
+        "PGT_S3_SECRET": s3gw.secret_key,
+        "PULLGATE_CACHE_BACKEND": "s3",
+        "PULLGATE_CACHE_S3_BUCKET": s3_bucket,
+        "PULLGATE_CACHE_S3_ENDPOINT_URL": s3gw.url,
+        "PULLGATE_CACHE_S3_REGION": REGION,
+        "PULLGATE_CACHE_S3_ACCESS_KEY_ID": s3gw.access_key,
+        "PULLGATE_CACHE_S3_SECRET_ACCESS_KEY_ENV": "PGT_S3_SECRET",
+        "PULLGATE_CACHE_S3_REDIRECT": "true",
+    }
+    srv = Pullgate(tmp_path, _teams(upstream.url), env=env, settings={"pulllog": {"flush_seconds": 0.05}}).start()
+    try:
+        async with aiohttp.ClientSession() as s, s.get(srv.admin_url + "/readyz") as r:
+            assert (r.status, (await r.json()).get("cache")) == (200, True)  # the bucket is asked
+        digest, size = upstream.images["mid"].blobs[-1]
+        url = _url(srv, "vendor/mid", "blobs", digest)
+        status, _, body, failure = await _get(url)
+        assert (status, failure, len(body)) == (200, None, size)
+        await _wait_for_object(s3gw, s3_bucket, digest)
+        await _wait_until_held(srv)
+        async with aiohttp.ClientSession() as s, s.get(url, headers=AUTH, allow_redirects=False) as r:
+            assert r.status == 307  # PULLGATE_CACHE_S3_REDIRECT=true, read as a boolean
     finally:
         srv.stop()
