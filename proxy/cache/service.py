@@ -190,16 +190,26 @@ class Cache:
         """The object, opened (it stays readable even if evicted meanwhile), its use noted."""
         opened = await self.backend.open(digest)
         if opened is None:
-            if self.index.remove(digest) is not None:  # deleted behind our back
-                self.persist.queue(*cacheindex.forget(digest))
-                self._gauges()
+            self._forget(digest)
             return None
         self.index.touch(digest, self.clock())
         return opened
 
-    def touch(self, digest: str) -> None:
-        """A use that did not open the object (a redirect to it): it stays recently used."""
-        self.index.touch(digest, self.clock())
+    async def redirect_url(self, digest: str, seconds: int) -> str | None:
+        """A presigned URL for the object, once the backend has confirmed it still holds it
+        (another replica may have evicted it: a client is never sent to a 404); its use noted."""
+        if await self.backend.size(digest) is None:
+            self._forget(digest)
+            return None
+        url = await self.backend.presigned_url(digest, seconds)
+        if url is not None:
+            self.index.touch(digest, self.clock())
+        return url
+
+    def _forget(self, digest: str) -> None:
+        if self.index.remove(digest) is not None:  # deleted behind our back
+            self.persist.queue(*cacheindex.forget(digest))
+            self._gauges()
 
     async def read_small(self, digest: str) -> bytes | None:
         """A manifest's bytes."""

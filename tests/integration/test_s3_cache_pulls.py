@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,8 +129,24 @@ async def test_redirect_offload_sends_licensed_hits_to_a_presigned_get(
             # A Range on a hit is served by the proxy itself (a part, not a redirect).
             async with s.get(url, headers={**AUTH, "Range": "bytes=0-9"}, allow_redirects=False) as r:
                 assert r.status == 206 and len(await r.read()) == 10
+            # The bucket sent the redirected blob: the customer's egress counts it all the same.
+            await apoll(lambda: _blob_rows(srv)[-1:] == [("hit", size)], timeout=10, what="the redirect's log row")
+            # An object gone from the bucket behind this replica's back (another one evicted it):
+            # no client is sent to its 404; the proxy fetches it again.
+            hexpart = digest.split(":", 1)[1]
+            gets = _upstream_gets(upstream, f"/v2/vendor/mid/blobs/{digest}")
+            assert s3gw.signed("DELETE", f"/{s3_bucket}/blobs/sha256/{hexpart[:2]}/{hexpart}")[0] == 204
+            async with s.get(url, headers=AUTH, allow_redirects=False) as r:
+                assert r.status == 200 and hashlib.sha256(await r.read()).hexdigest() == hexpart
+        assert _upstream_gets(upstream, f"/v2/vendor/mid/blobs/{digest}") == gets + 1
     finally:
         srv.stop()
+
+
+def _blob_rows(srv: Pullgate) -> list[tuple[str | None, int]]:
+    with sqlite3.connect(srv.db_path, timeout=10) as db:
+        rows = db.execute("SELECT cache, bytes FROM pull_logs WHERE action = 'blob' ORDER BY time")
+        return [(r[0], r[1]) for r in rows]
 
 
 async def test_the_bucket_configured_from_the_environment_alone(
