@@ -56,6 +56,11 @@ class Opened(Protocol):
         """Up to `length` bytes at `offset`."""
         ...
 
+    def chunks(self, offset: int, length: int) -> AsyncIterator[bytes]:
+        """The bytes [offset, offset + length) in pieces as they arrive, never gathered into
+        one buffer (a hit streamed from a remote backend: each piece goes straight out)."""
+        ...
+
     async def close(self) -> None: ...
 
 
