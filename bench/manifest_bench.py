@@ -78,9 +78,9 @@ def get_json(url: str, auth: str) -> dict[str, Any]:
         return dict(json.load(resp))
 
 
-def upstream_requests(reg: Registry) -> int:
+def upstream_requests(reg: Registry) -> list[str]:
     """GETs and HEADs pullgate (User-Agent "pullgate") sent to the registry, per its access log."""
-    return len(re.findall(r'"(?:GET|HEAD) /v2/[^"]*" \d+ \d+ "[^"]*" "pullgate"', reg.log_text()))
+    return re.findall(r'"((?:GET|HEAD) /v2/[^"]*)" \d+ \d+ "[^"]*" "pullgate"', reg.log_text())
 
 
 def basic(user: str, password: str) -> str:
@@ -184,7 +184,9 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 token = get_json(f"{server.url}/v2/token?{q}", basic("LICENSE_ID", LICENSE))["token"]
                 targets[name] = (f"{server.url}/v2/proxy/bench/up/{REPO}/manifests/{TAG}", token)
             for url, token in targets.values():  # warm: connections, upstream token, the cache
-                wrk(url, token, 1, 1)
+                # 16 connections: SO_REUSEPORT spreads them, so every worker (--workers N) has
+                # learnt the tag (each worker's index is its own) before the measured runs.
+                wrk(url, token, 16, 2)
             upstream_before = upstream_requests(reg)
             result: dict[str, Any] = {
                 "seconds": args.seconds,
@@ -233,9 +235,10 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 result[f"ratio_rps_c16_median{suffix}"] = round(med(p16["all_rps"]) / med(d16["all_rps"]), 3)
             result["loadavg_after"] = round(os.getloadavg()[0], 2)
             # The proxy's requests to the registry during the measured runs (its User-Agent).
-            result["upstream_requests_measured"] = upstream_requests(reg) - upstream_before
-            if args.cache and result["upstream_requests_measured"]:
-                raise RuntimeError(f"warm cache, yet {result['upstream_requests_measured']} upstream requests")
+            during = upstream_requests(reg)[len(upstream_before) :]
+            result["upstream_requests_measured"] = len(during)
+            if args.cache and during:
+                raise RuntimeError(f"warm cache, yet {len(during)} upstream requests: {during[:5]}")
             if args.profile:
                 raw = args.profile / "pullgate-16.raw"
                 if raw.exists():

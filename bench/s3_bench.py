@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import statistics
@@ -34,6 +35,7 @@ from pull_bench import (
     push_image,
     start_registry,
 )
+from workers_bench import cache_marks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' S3 gateway, pullgate's client
 
@@ -77,6 +79,24 @@ def spy_stop(spy: subprocess.Popen[bytes]) -> None:
         spy.wait(5)
 
 
+def baseline_exe(tmp: Path, checkout: Path) -> Path:
+    """A `pullgate` that runs another checkout's code (e.g. /work/main) with this venv."""
+    exe = tmp / "baseline-pullgate"
+    exe.write_text(f'#!/bin/sh\ncd {shlex.quote(str(checkout))} && exec {shlex.quote(sys.executable)} -m proxy "$@"\n')
+    exe.chmod(0o755)
+    return exe
+
+
+def first_status(port: int, path: str) -> int:
+    """The status of a blob GET, the body left unread (the connection is closed)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path, headers={"Authorization": BASIC})
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
 def redirects_only(port: int, path: str, n: int) -> float:
     """`n` blob GETs on one keep-alive connection, each answered 307 and not followed; seconds."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -113,12 +133,15 @@ def measure(args: argparse.Namespace, procs: Procs, tmp: Path, gw: S3Gateway, si
         "secret_access_key_env": "BENCH_S3_SECRET",
     }
     pg: dict[str, tuple[int, Any]] = {}
-    for name, redirect in (("pullgate", False), ("pullgate_redirect", True)):
+
+    def start(name: str, redirect: bool, exe: str) -> None:
         cache = {"backend": "s3", "path": str(tmp / f"{name}-spool"), "s3": {**s3, "redirect": redirect}}
         port, _, proc = start_pullgate(
-            procs, tmp, reg_port, name, args.pullgate, "sendfile", cache=cache, egress_allow=(f"127.0.0.1:{gw.port}",)
+            procs, tmp, reg_port, name, exe, "sendfile", cache=cache, egress_allow=(f"127.0.0.1:{gw.port}",)
         )
         pg[name] = (port, proc)
+
+    start("pullgate", False, args.pullgate)
     path = f"/v2/{PROXY_REPO}/blobs/{big}"
     auth = [f"Authorization: {BASIC}"]
     t0 = time.monotonic()
@@ -131,6 +154,10 @@ def measure(args: argparse.Namespace, procs: Procs, tmp: Path, gw: S3Gateway, si
         if time.monotonic() > deadline:
             raise BenchError("the object never appeared in the bucket")
         time.sleep(0.2)
+    # Started once the object is in the bucket: they find it there (another replica's fill).
+    start("pullgate_redirect", True, args.pullgate)
+    if args.baseline:
+        start("baseline", False, str(baseline_exe(tmp, args.baseline)))
     fill_s = time.monotonic() - t0
     client = S3Client(S3Endpoint(gw.url, REGION, bucket, gw.access_key, gw.secret_key), connector=lambda: None)  # type: ignore[arg-type,return-value]
 
@@ -140,12 +167,21 @@ def measure(args: argparse.Namespace, procs: Procs, tmp: Path, gw: S3Gateway, si
         "pullgate": (f"http://127.0.0.1:{pg['pullgate'][0]}{path}", auth, False),
         "pullgate_redirect": (f"http://127.0.0.1:{pg['pullgate_redirect'][0]}{path}", auth, True),
     }
-    proxy_pid = {"pullgate": pg["pullgate"][1].pid, "pullgate_redirect": pg["pullgate_redirect"][1].pid}
+    if "baseline" in pg:
+        targets["baseline"] = (f"http://127.0.0.1:{pg['baseline'][0]}{path}", auth, False)
+    proxy_pid = {name: proc.pid for name, (_, proc) in pg.items()}
     speeds: dict[str, list[float]] = {k: [] for k in targets}
     proxy_cpu = dict.fromkeys(targets, 0.0)
     gw_cpu = dict.fromkeys(targets, 0.0)
     for url, headers, follow in targets.values():  # warm-up: one pull each, unmeasured
         curl(url or client.presign_get(key, 60), headers, args.pull_timeout, follow)
+    # The redirecting pullgate's own first pull was a miss (its index did not know the object);
+    # hits are 307s once that fill's publish is done.
+    deadline = time.monotonic() + 120
+    while first_status(pg["pullgate_redirect"][0], path) != 307:
+        if time.monotonic() > deadline:
+            raise BenchError("the redirecting pullgate never answered 307")
+        time.sleep(0.2)
     for i in range(args.repeat):
         for name in list(targets) if i % 2 == 0 else list(reversed(targets)):
             url, headers, follow = targets[name]
@@ -172,6 +208,15 @@ def measure(args: argparse.Namespace, procs: Procs, tmp: Path, gw: S3Gateway, si
     secs = redirects_only(rport, path, args.redirects)
     per_redirect_ms = 1000 * (cpu_seconds([proxy_pid["pullgate_redirect"]]) - c0) / args.redirects
 
+    # Every measured pull of the streaming pullgates was a hit (their pull logs, once stopped).
+    marks = {}
+    for name in ("pullgate", "baseline"):
+        if name in pg:
+            procs.stop(pg[name][1])
+            rows = cache_marks(tmp / f"{name}.db")
+            marks[name] = {m: rows.count(m) for m in sorted(set(rows))}
+            if len(rows) < args.repeat or set(rows[-args.repeat :]) != {"hit"}:
+                raise BenchError(f"{name}: the measured pulls were not all hits ({marks[name]})")
     gib = args.repeat * size / GiB
     med = {k: round(statistics.median(v), 1) for k, v in speeds.items()}
     stream_ms_per_gib = 1000 * proxy_cpu["pullgate"] / gib
@@ -194,6 +239,16 @@ def measure(args: argparse.Namespace, procs: Procs, tmp: Path, gw: S3Gateway, si
         "s3gw_cpu_ms_per_gib": {k: round(1000 * v / gib, 1) for k, v in gw_cpu.items()},
         "ratio_cpu_redirect_stream": round(redirect_ms_per_gib / stream_ms_per_gib, 5) if stream_ms_per_gib else None,
         "loadavg": round(os.getloadavg()[0], 2),
+        "pull_log_cache_marks": marks,
+        **(
+            {
+                "baseline": str(args.baseline),
+                "ratio_baseline_direct": round(med["baseline"] / med["direct_presigned"], 3),
+                "baseline_cpu_ms_per_gib": round(1000 * proxy_cpu["baseline"] / gib, 1),
+            }
+            if "baseline" in pg
+            else {}
+        ),
     }
 
 
@@ -204,6 +259,11 @@ def print_table(r: dict[str, Any]) -> None:
     for name, value in r["mb_per_s"].items():
         print(f"{name:<20}{value:>9.1f}{r['s3gw_cpu_ms_per_gib'][name]:>17.1f}  {r['mb_per_s_all'][name]}")
     print(f"pullgate/direct {r['ratio_pullgate_direct']} (target >= 0.8); redirect/direct {r['ratio_redirect_direct']}")
+    if "baseline" in r:
+        print(
+            f"baseline ({r['baseline']})/direct {r['ratio_baseline_direct']}, "
+            f"its CPU {r['baseline_cpu_ms_per_gib']} ms/GiB"
+        )
     cpu = r["proxy_cpu_ms_per_gib"]
     print(
         f"proxy CPU ms/GiB: streaming {cpu['pullgate']}; redirect {cpu['pullgate_redirect_from_307s']} "
@@ -218,6 +278,7 @@ def main() -> int:
     ap.add_argument("--blob-mib", type=int, default=1024)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--redirects", type=int, default=300, help="307s (not followed) timed for CPU per redirect")
+    ap.add_argument("--baseline", type=Path, help="also measure this checkout's pullgate (e.g. /work/main)")
     ap.add_argument("--profile", type=Path, help="py-spy the first streamed hit; raw stacks written here")
     ap.add_argument("--pullgate", default=str(VENV_BIN / "pullgate"), help="executable")
     ap.add_argument("--pull-timeout", type=float, default=600, help="seconds per pull")

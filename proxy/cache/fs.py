@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 
 from proxy.cache.backend import StoredObject
@@ -80,7 +80,7 @@ class FsOpened:
         assert self._fd is not None, "read after close"
         return await off_loop(os.pread, self._fd, length, offset)
 
-    async def chunks(self, offset: int, length: int) -> AsyncIterator[bytes]:
+    async def chunks(self, offset: int, length: int) -> AsyncGenerator[bytes, None]:
         end = offset + min(length, max(0, self._size - offset))
         while offset < end:
             piece = await self.read(offset, min(CHUNK_READ, end - offset))
