@@ -76,9 +76,22 @@ while True:
 """
 
 
-def start_pullgate(procs: Procs, tmp: Path, upstream: int, name: str, exe: str, hit_io: str) -> tuple[int, int, Any]:
+def start_pullgate(
+    procs: Procs,
+    tmp: Path,
+    upstream: int,
+    name: str,
+    exe: str,
+    hit_io: str,
+    args: tuple[str, ...] = (),
+    cache: dict[str, Any] | None = None,
+    egress_allow: tuple[str, ...] = (),
+) -> tuple[int, int, Any]:
+    """A pullgate with the cache on (filesystem unless `cache` says otherwise); `args` go to
+    `serve` (e.g. --workers 2), `egress_allow` adds loopback endpoints (an S3 gateway)."""
     port, admin = free_port(), free_port()
     cfg = tmp / f"{name}.yaml"
+    cache_cfg = {"backend": "filesystem", "path": str(tmp / f"{name}-cache"), "hit_io": hit_io, **(cache or {})}
     cfg.write_text(
         json.dumps(
             {
@@ -86,10 +99,10 @@ def start_pullgate(procs: Procs, tmp: Path, upstream: int, name: str, exe: str, 
                 "admin": {"listen": f"127.0.0.1:{admin}"},
                 "store": f"sqlite:///{tmp / (name + '.db')}",
                 "keys": {"file": str(tmp / f"{name}-keys.yaml")},
-                "upstream": {"egress_allow": [f"127.0.0.1:{upstream}"]},
+                "upstream": {"egress_allow": [f"127.0.0.1:{upstream}", *egress_allow]},
                 "limits": {"min_stream_rate": 0},
                 "log": {"access_log": False},
-                "cache": {"backend": "filesystem", "path": str(tmp / f"{name}-cache"), "hit_io": hit_io},
+                "cache": cache_cfg,
                 "bootstrap": {
                     "teams": [
                         {
@@ -114,7 +127,7 @@ def start_pullgate(procs: Procs, tmp: Path, upstream: int, name: str, exe: str, 
     )
     log = tmp / f"{name}.log"
     env = {**os.environ, "BENCH_LICENSE_ID": LICENSE, "BENCH_API_TOKEN": API_TOKEN}
-    proc = procs.start([exe, "serve", "--config", str(cfg)], log, env)
+    proc = procs.start([exe, "serve", "--config", str(cfg), *args], log, env)
     wait_status(f"http://127.0.0.1:{port}/v2/", 401, proc, log, timeout=60)
     return port, admin, proc
 

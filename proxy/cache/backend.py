@@ -7,7 +7,7 @@ bucket once verified).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -54,6 +54,11 @@ class Opened(Protocol):
 
     async def read(self, offset: int, length: int) -> bytes:
         """Up to `length` bytes at `offset`."""
+        ...
+
+    def chunks(self, offset: int, length: int) -> AsyncGenerator[bytes, None]:
+        """The bytes [offset, offset + length) in pieces as they arrive, never gathered into
+        one buffer (a hit streamed from a remote backend: each piece goes straight out)."""
         ...
 
     async def close(self) -> None: ...

@@ -11,13 +11,15 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 
 from proxy.cache.backend import StoredObject
 from proxy.cache.offload import off_loop
 from proxy.cache.spool import LocalSpool, writer_alive
 from proxy.oci.grammar import KNOWN_DIGESTS
+
+CHUNK_READ = 4 * 1024 * 1024  # chunks(): large preads off the loop (hits themselves use sendfile)
 
 
 class FsUpload:
@@ -78,6 +80,15 @@ class FsOpened:
     async def read(self, offset: int, length: int) -> bytes:
         assert self._fd is not None, "read after close"
         return await off_loop(os.pread, self._fd, length, offset)
+
+    async def chunks(self, offset: int, length: int) -> AsyncGenerator[bytes, None]:
+        end = offset + min(length, max(0, self._size - offset))
+        while offset < end:
+            piece = await self.read(offset, min(CHUNK_READ, end - offset))
+            if not piece:
+                return
+            offset += len(piece)
+            yield piece
 
     async def close(self) -> None:
         fd, self._fd = self._fd, None

@@ -35,7 +35,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -251,6 +251,31 @@ class S3Opened:
             raise S3Error("GetObject", 0, type(exc).__name__) from None
         self._pos = offset + length
         return bytes(out)
+
+    async def chunks(self, offset: int, length: int) -> AsyncGenerator[bytes, None]:
+        """As `read`, from the same sequential GET, but each piece as the connection hands it
+        over: gathering 4 MiB (a join, a bytearray, a bytes copy) was a third of a hit's CPU."""
+        end = offset + max(0, min(length, self._size - offset))
+        if offset < end and (self._resp is None or self._pos != offset):
+            await self._reopen(offset)
+        try:
+            while self._pos < end:
+                assert self._resp is not None
+                # The GET runs to the object's end: when the range does too, a buffered piece
+                # never overshoots it, and readchunk hands over one as is (readany and read
+                # join all that are buffered: a copy); else at most what is left.
+                content = self._resp.content
+                if end == self._size:
+                    piece, _ = await content.readchunk()  # not chunked (Content-Length): no splits
+                else:
+                    piece = await content.read(end - self._pos)
+                if not piece:
+                    raise S3Error("GetObject", 0, "ShortBody")
+                self._pos += len(piece)
+                yield piece
+        except aiohttp.ClientError as exc:  # the body broke off after the headers
+            await self._close_stream()
+            raise S3Error("GetObject", 0, type(exc).__name__) from None
 
     async def stream(self, start: int = 0, end: int | None = None, chunk: int = READ_CHUNK) -> AsyncIterator[bytes]:
         """The bytes [start, end) in chunks of up to `chunk`, from one GET."""
