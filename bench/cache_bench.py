@@ -82,10 +82,21 @@ while True:
 
 
 def start_pullgate(
-    procs: Procs, tmp: Path, upstream: int, name: str, exe: str, hit_io: str, backend: str = "filesystem"
+    procs: Procs,
+    tmp: Path,
+    upstream: int,
+    name: str,
+    exe: str,
+    hit_io: str,
+    args: tuple[str, ...] = (),
+    cache: dict[str, Any] | None = None,
+    egress_allow: tuple[str, ...] = (),
 ) -> tuple[int, int, Any]:
+    """A pullgate with the cache on (filesystem unless `cache` says otherwise); `args` go to
+    `serve` (e.g. --workers 2), `egress_allow` adds loopback endpoints (an S3 gateway)."""
     port, admin = free_port(), free_port()
     cfg = tmp / f"{name}.yaml"
+    cache_cfg = {"backend": "filesystem", "path": str(tmp / f"{name}-cache"), "hit_io": hit_io, **(cache or {})}
     cfg.write_text(
         json.dumps(
             {
@@ -93,10 +104,10 @@ def start_pullgate(
                 "admin": {"listen": f"127.0.0.1:{admin}"},
                 "store": f"sqlite:///{tmp / (name + '.db')}",
                 "keys": {"file": str(tmp / f"{name}-keys.yaml")},
-                "upstream": {"egress_allow": [f"127.0.0.1:{upstream}"]},
+                "upstream": {"egress_allow": [f"127.0.0.1:{upstream}", *egress_allow]},
                 "limits": {"min_stream_rate": 0},
                 "log": {"access_log": False},
-                "cache": {"backend": backend, "path": str(tmp / f"{name}-cache"), "hit_io": hit_io},
+                "cache": cache_cfg,
                 "bootstrap": {
                     "teams": [
                         {
@@ -121,7 +132,7 @@ def start_pullgate(
     )
     log = tmp / f"{name}.log"
     env = {**os.environ, "BENCH_LICENSE_ID": LICENSE, "BENCH_API_TOKEN": API_TOKEN}
-    proc = procs.start([exe, "serve", "--config", str(cfg)], log, env)
+    proc = procs.start([exe, "serve", "--config", str(cfg), *args], log, env)
     wait_status(f"http://127.0.0.1:{port}/v2/", 401, proc, log, timeout=60)
     return port, admin, proc
 
@@ -185,7 +196,9 @@ def run(args: argparse.Namespace, procs: Procs, tmp: Path) -> dict[str, Any]:
     pg = {
         mode: start_pullgate(procs, tmp, reg_port, f"pg-{mode}", args.pullgate, mode) for mode in ("sendfile", "read")
     }
-    relay_port, _, relay_proc = start_pullgate(procs, tmp, reg_port, "pg-relay", args.pullgate, "read", "none")
+    relay_port, _, relay_proc = start_pullgate(
+        procs, tmp, reg_port, "pg-relay", args.pullgate, "read", cache={"backend": "none"}
+    )
     auth = [f"Authorization: {BASIC}"]
     base = {mode: f"http://127.0.0.1:{port}/v2/{PROXY_REPO}/blobs/" for mode, (port, _, _) in pg.items()}
     relay_base = f"http://127.0.0.1:{relay_port}/v2/{PROXY_REPO}/blobs/"

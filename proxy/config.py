@@ -11,6 +11,7 @@ bootstrap registry's own keys are those its provider declares
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import os
 import re
@@ -137,35 +138,107 @@ def load(path: str | os.PathLike[str] | None, environ: typing.Mapping[str, str] 
             raise ConfigError(f"config file {p}: not valid YAML: {exc}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {p}: the top level must be a mapping")
-    _apply_env(raw, environ)
-    cfg = _build(Config, raw, "")
-    cfg.base_dir = base_dir
-    _validate(cfg)
+    applied = _apply_env(raw, environ)
+    try:
+        cfg = _build(Config, raw, "")
+        cfg.base_dir = base_dir
+        _validate(cfg)
+    except ConfigError as exc:
+        raise ConfigError(_unquoted(str(exc), applied)) from None
     return cfg
 
 
-def _apply_env(raw: dict[str, Any], environ: typing.Mapping[str, str]) -> None:
-    sections = {f.name: f for f in dataclasses.fields(Config) if not f.metadata.get("internal")}
+def _unquoted(message: str, applied: dict[str, str]) -> str:
+    """A check that quotes the value at fault (proxy.listen, cache.max_size, a list's entry)
+    names the variable instead when the value came from the environment, which may hold anything."""
+    for name, value in applied.items():
+        try:
+            parsed = yaml.safe_load(value)
+        except (yaml.YAMLError, ValueError):
+            parsed = None
+        entries = [v for v in parsed if isinstance(v, str)] if isinstance(parsed, list) else []
+        for shown in (value, *entries):
+            if shown:
+                message = message.replace(repr(shown), f"<the value of {name}>")
+    return message
+
+
+def _apply_env(raw: dict[str, Any], environ: typing.Mapping[str, str]) -> dict[str, str]:
+    """PULLGATE_<SECTION>_<KEY>, where SECTION is a section's path joined with `_`
+    (PULLGATE_CACHE_S3_BUCKET is `cache.s3.bucket`). Keys hold underscores too, so the
+    longest section path the name starts with wins: PULLGATE_CACHE_TAG_TTL is
+    `cache.tag_ttl`, PULLGATE_CACHE_S3_ACCESS_KEY_ID is `cache.s3.access_key_id`.
+    No message here quotes a value: an environment variable may hold anything.
+    Returns the overrides applied, by variable name."""
+    sections, scalars = _override_table()
+    applied: dict[str, str] = {}
     for name, value in environ.items():
         if not name.startswith("PULLGATE_") or name in _NOT_SETTINGS:
             continue
         rest = name[len("PULLGATE_") :].lower()
-        if rest in sections and not dataclasses.is_dataclass(_type_of(sections[rest])):
-            raw[rest] = _env_value(_type_of(sections[rest]), value)
+        if rest in scalars:  # a top-level value such as `store`
+            raw[rest] = _env_value(scalars[rest], value)
+            applied[name] = value
             continue
-        section, _, key = rest.partition("_")
-        if section not in sections or section == "bootstrap":
-            continue  # not ours (e.g. PULLGATE_TEST_*): leave it alone
-        cls = _type_of(sections[section])
-        keys = {f.name for f in dataclasses.fields(cls)}
+        if rest in sections:
+            raise ConfigError(
+                f"environment {name}: {'.'.join(sections[rest][0])} is a section; set its keys ({name}_<KEY>)"
+            )
+        prefix = max((s for s in (*sections, *scalars) if rest.startswith(s + "_")), key=len, default=None)
+        if prefix is None:
+            continue  # not ours (e.g. PULLGATE_TEST_*, PULLGATE_BOOTSTRAP_*): leave it alone
+        if prefix in scalars:
+            raise ConfigError(f"environment {name}: {prefix} is a single value; set PULLGATE_{prefix.upper()}")
+        path, cls = sections[prefix]
+        key = rest[len(prefix) + 1 :]
+        where = ".".join(path)
+        hints = typing.get_type_hints(cls)
+        keys = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
         if key not in keys:
-            raise ConfigError(f"environment {name}: {section} has no key {key!r}")
-        if raw.get(section) is None:  # absent, or every key commented out
-            raw[section] = {}
-        target = raw[section]
+            hint = ""
+            if f"{key}_file" in keys:  # a secret's value was given: it goes by reference
+                hint = f"; a secret is given by reference: {name}_FILE (a path) or {name}_ENV (a variable's name)"
+            raise ConfigError(f"environment {name}: {where} has no key {key!r}{hint}")
+        target = _section_dict(raw, path)
+        target[key] = _env_value(hints[key], value)
+        applied[name] = value
+    return applied
+
+
+@functools.cache
+def _override_table() -> tuple[dict[str, tuple[tuple[str, ...], Any]], dict[str, Any]]:
+    """Every section reachable by an override, by its environment prefix (`cache_s3` ->
+    (("cache", "s3"), CacheS3Section)), and the top-level single values (`store` -> str)."""
+    sections: dict[str, tuple[tuple[str, ...], Any]] = {}
+    scalars: dict[str, Any] = {}
+
+    def walk(cls: Any, path: tuple[str, ...]) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("internal") or (not path and f.name == "bootstrap"):
+                continue  # bootstrap holds lists of entries: no key path names one of them
+            tp = hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                sections["_".join((*path, f.name))] = ((*path, f.name), tp)
+                walk(tp, (*path, f.name))
+            elif not path:
+                scalars[f.name] = tp
+
+    walk(Config, ())
+    return sections, scalars
+
+
+def _section_dict(raw: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    """The mapping of a section in the file's data, made where it is absent (or null:
+    every key commented out), so an override works without the section in the file."""
+    target = raw
+    for i, part in enumerate(path):
+        if target.get(part) is None:
+            target[part] = {}
+        target = target[part]
         if not isinstance(target, dict):
-            raise ConfigError(f"{section}: must be a mapping")
-        target[key] = _env_value(typing.get_type_hints(cls)[key], value)
+            raise ConfigError(f"{'.'.join(path[: i + 1])}: must be a mapping")
+    return target
 
 
 def _env_value(tp: Any, value: str) -> Any:
@@ -178,11 +251,6 @@ def _env_value(tp: Any, value: str) -> Any:
         return yaml.safe_load(value)
     except (yaml.YAMLError, ValueError):  # ValueError: an impossible date; the type check names the key
         return value
-
-
-def _type_of(f: dataclasses.Field[Any]) -> Any:
-    hints = typing.get_type_hints(Config)
-    return hints.get(f.name, f.type)
 
 
 def _build(cls: Any, data: Any, where: str) -> Any:

@@ -7,7 +7,7 @@ bucket once verified).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -61,6 +61,11 @@ class Opened(Protocol):
         """Up to `length` bytes at `offset`."""
         ...
 
+    def chunks(self, offset: int, length: int) -> AsyncGenerator[bytes, None]:
+        """The bytes [offset, offset + length) in pieces as they arrive, never gathered into
+        one buffer (a hit streamed from a remote backend: each piece goes straight out)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -70,6 +75,11 @@ class Backend(Protocol):
         ...
 
     async def begin(self, digest: str) -> Upload: ...
+
+    async def spool(self, digest: str) -> Upload:
+        """A local file for bytes that only pass through (another process fills the digest
+        for the cluster): tailed like an upload's, never published."""
+        ...
 
     async def open(self, digest: str) -> Opened | None:
         """None when the object is not there."""

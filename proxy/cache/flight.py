@@ -38,6 +38,14 @@ class Source:
 
 
 Opener = Callable[[], AbstractAsyncContextManager[Source]]
+# Whether this process fills a digest for the cluster (proxy.cache.lease), held while it does.
+Claim = Callable[[str], AbstractAsyncContextManager[bool]]
+
+
+@contextlib.asynccontextmanager
+async def unclaimed(digest: str) -> AsyncIterator[bool]:
+    """No lease to take (a cache nobody shares): this process fills."""
+    yield True
 
 
 class FetchFailed(Exception):
@@ -59,6 +67,7 @@ class Flight:
         self.verified = False  # every byte is there and hashes to the digest
         self.kept = False  # and it was published under its digest
         self.failed: FetchFailed | None = None
+        self.keeping = True  # False: another process fills it for the cluster; passed through only
         self.finished = False
         self.readers = 0
         self.fd: int | None = None  # a read descriptor on the growing file, shared by the readers
@@ -103,12 +112,21 @@ class Flight:
             os.close(fd)
 
     # --- the fetch ----------------------------------------------------------------
-    async def run(self, backend: Backend, opener: Opener, done: Callable[[Flight], None]) -> None:
-        """Fetch, verify, publish; then `done` (see `kept` and `failed`)."""
+    async def run(
+        self, backend: Backend, opener: Opener, done: Callable[[Flight], None], claim: Claim = unclaimed
+    ) -> None:
+        """Fetch, verify, publish; then `done` (see `kept` and `failed`). Inside `claim`: when it
+        says another process fills this digest for the cluster, the bytes only pass through
+        (a local spool the readers tail), verified all the same, and nothing is published."""
+        async with claim(self.digest) as keep:
+            self.keeping = keep
+            await self._run(backend, opener, done)
+
+    async def _run(self, backend: Backend, opener: Opener, done: Callable[[Flight], None]) -> None:
         upload: Upload | None = None
         try:
             async with opener() as source:
-                upload = await backend.begin(self.digest)
+                upload = await (backend.begin(self.digest) if self.keeping else backend.spool(self.digest))
                 self.fd = await off_loop(os.open, upload.path, os.O_RDONLY | os.O_CLOEXEC)
                 self.length, self.media_type = source.length, source.media_type
                 self.started.set_result(None)
@@ -116,8 +134,9 @@ class Flight:
             self.verified = True
             self._notify()  # the held-back end may go out now
             try:
-                await upload.publish()
-                self.kept = True
+                if self.keeping:
+                    await upload.publish()
+                    self.kept = True
             except OSError as exc:  # disk full, say: the readers have their bytes; nothing is kept
                 log.error("cache: could not publish %s: %s", self.digest, exc.strerror)
         except FetchFailed as exc:
@@ -240,7 +259,13 @@ class Flights:
         return self.running.get(digest)
 
     def start(
-        self, digest: str, origin: Binding, backend: Backend, opener: Opener, done: Callable[[Flight], None]
+        self,
+        digest: str,
+        origin: Binding,
+        backend: Backend,
+        opener: Opener,
+        done: Callable[[Flight], None],
+        claim: Claim = unclaimed,
     ) -> Flight:
         assert digest not in self.running, "one flight per digest"
         flight = Flight(digest, origin)
@@ -250,5 +275,5 @@ class Flights:
             self.running.pop(digest, None)
 
         flight.unregister = unregister
-        flight.task = asyncio.create_task(flight.run(backend, opener, done), name=f"cache-fetch-{digest[:19]}")
+        flight.task = asyncio.create_task(flight.run(backend, opener, done, claim), name=f"cache-fetch-{digest[:19]}")
         return flight

@@ -11,13 +11,16 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from proxy.cache.backend import StoredObject
 from proxy.cache.fileio import write_all
 from proxy.cache.offload import off_loop
+from proxy.cache.spool import LocalSpool, writer_alive
 from proxy.oci.grammar import KNOWN_DIGESTS
+
+CHUNK_READ = 4 * 1024 * 1024  # chunks(): large preads off the loop (hits themselves use sendfile)
 
 
 class FsUpload:
@@ -82,27 +85,19 @@ class FsOpened:
         assert self._fd is not None, "read after close"
         return await off_loop(os.pread, self._fd, length, offset)
 
+    async def chunks(self, offset: int, length: int) -> AsyncGenerator[bytes, None]:
+        end = offset + min(length, max(0, self._size - offset))
+        while offset < end:
+            piece = await self.read(offset, min(CHUNK_READ, end - offset))
+            if not piece:
+                return
+            offset += len(piece)
+            yield piece
+
     async def close(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
-
-
-def _writer_alive(name: str) -> bool:
-    """Whether the process named in a temporary's name (`<digest>.<pid>.<hex>.part`) still runs."""
-    parts = name.split(".")
-    if len(parts) != 4 or not parts[1].isdigit():
-        return False  # an older or foreign name: nobody can be writing it
-    pid = int(parts[1])
-    if pid == os.getpid():
-        return False  # this process is starting: nothing of its own is in flight
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
 
 
 class FilesystemBackend:
@@ -118,7 +113,7 @@ class FilesystemBackend:
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
         for leftover in self.tmp.iterdir():  # a crash's half-written objects: never published
-            if _writer_alive(leftover.name):
+            if writer_alive(leftover.name):
                 continue  # another worker of `serve --workers N` is filling it right now
             with contextlib.suppress(OSError):
                 leftover.unlink()
@@ -151,6 +146,10 @@ class FilesystemBackend:
         temp = self.tmp / f"{digest.replace(':', '-')}.{os.getpid()}.{secrets.token_hex(6)}.part"
         fd = await off_loop(os.open, temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         return FsUpload(final, temp, fd)
+
+    async def spool(self, digest: str) -> LocalSpool:
+        self._final(digest)  # a well-formed digest, as for `begin`
+        return await LocalSpool.create(self.tmp, digest)
 
     async def put(self, digest: str, data: bytes) -> None:
         upload = await self.begin(digest)

@@ -20,6 +20,18 @@ VERIFICATION_FAILURES = Counter(
     "Fetches into the cache whose bytes did not hash to their digest (nothing was kept)",
     registry=REGISTRY,
 )
+FILLS = Counter(
+    "pullgate_cache_fills",
+    "Upstream fetches of missed blobs by role: fill (this process holds the digest's fill lease and"
+    " stores it for all) or pass (another process holds it: streamed to this one's clients, not stored)",
+    ["role"],
+    registry=REGISTRY,
+)
+ADOPTED = Counter(
+    "pullgate_cache_adopted",
+    "Objects another replica or worker stored, found through the shared index on a miss of this one's",
+    registry=REGISTRY,
+)
 EVICTIONS = Counter("pullgate_cache_evictions", "Objects evicted (least recently used)", registry=REGISTRY)
 # One disk, several workers (`serve --workers N`): each reports its own view of it; the
 # freshest one stands for the whole (summing would count the same files N times).

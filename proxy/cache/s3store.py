@@ -35,7 +35,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -43,6 +43,7 @@ import aiohttp
 from proxy.cache.backend import StoredObject
 from proxy.cache.fileio import write_all
 from proxy.cache.s3client import ConnectorFactory, S3Client, S3Endpoint, S3Error
+from proxy.cache.spool import LocalSpool, writer_alive
 from proxy.oci.grammar import KNOWN_DIGESTS
 from proxy.settings import CacheS3Section, read_secret
 
@@ -256,6 +257,31 @@ class S3Opened:
         self._pos = offset + length
         return bytes(out)
 
+    async def chunks(self, offset: int, length: int) -> AsyncGenerator[bytes, None]:
+        """As `read`, from the same sequential GET, but each piece as the connection hands it
+        over: gathering 4 MiB (a join, a bytearray, a bytes copy) was a third of a hit's CPU."""
+        end = offset + max(0, min(length, self._size - offset))
+        if offset < end and (self._resp is None or self._pos != offset):
+            await self._reopen(offset)
+        try:
+            while self._pos < end:
+                assert self._resp is not None
+                # The GET runs to the object's end: when the range does too, a buffered piece
+                # never overshoots it, and readchunk hands over one as is (readany and read
+                # join all that are buffered: a copy); else at most what is left.
+                content = self._resp.content
+                if end == self._size:
+                    piece, _ = await content.readchunk()  # not chunked (Content-Length): no splits
+                else:
+                    piece = await content.read(end - self._pos)
+                if not piece:
+                    raise S3Error("GetObject", 0, "ShortBody")
+                self._pos += len(piece)
+                yield piece
+        except aiohttp.ClientError as exc:  # the body broke off after the headers
+            await self._close_stream()
+            raise S3Error("GetObject", 0, type(exc).__name__) from None
+
     async def stream(self, start: int = 0, end: int | None = None, chunk: int = READ_CHUNK) -> AsyncIterator[bytes]:
         """The bytes [start, end) in chunks of up to `chunk`, from one GET."""
         end = self._size if end is None else min(end, self._size)
@@ -343,9 +369,13 @@ class S3Backend:
 
     async def begin(self, digest: str, expected_size: int | None = None) -> S3Upload:
         key = self.key(digest)
-        spool = self.spool_dir / f"{digest.replace(':', '-')}.{secrets.token_hex(6)}.part"
+        spool = self.spool_dir / f"{digest.replace(':', '-')}.{os.getpid()}.{secrets.token_hex(6)}.part"
         fd = await asyncio.to_thread(os.open, spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         return S3Upload(self.client, key, spool, fd, part_size_for(expected_size, self.part_size), self.inflight)
+
+    async def spool(self, digest: str) -> LocalSpool:
+        self.key(digest)  # a well-formed digest, as for `begin`
+        return await LocalSpool.create(self.spool_dir, digest)
 
     async def put(self, digest: str, data: bytes) -> None:
         await self.client.put(self.key(digest), data)
@@ -389,5 +419,7 @@ def _close_unlink(fd: int, path: Path) -> None:
 def _fresh_dir(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     for leftover in path.glob("*.part"):  # a crash's spool files: never published
+        if writer_alive(leftover.name):
+            continue  # another worker of `serve --workers N` is filling it right now
         with contextlib.suppress(OSError):
             leftover.unlink()

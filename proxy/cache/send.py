@@ -10,6 +10,7 @@ socket write each). Never small chunks through Python. TLS sockets cannot sendfi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import socket
@@ -212,16 +213,16 @@ async def _send_remote(
     request: web.Request, resp: web.StreamResponse, opened: Opened, start: int, count: int, idle: float
 ) -> None:
     sent = 0
-    while sent < count:
-        chunk = await opened.read(start + sent, min(READ_SIZE, count - sent))
-        if not chunk:
-            raise ReaderAborted("upstream", sent)
-        try:
-            async with asyncio.timeout(idle):
-                await resp.write(chunk)
-        except (ConnectionError, TimeoutError):
-            raise ReaderAborted("client", sent) from None
-        sent += len(chunk)
+    async with contextlib.aclosing(opened.chunks(start, count)) as chunks:
+        async for chunk in chunks:  # each piece out as it arrives: no 4 MiB gathering
+            try:
+                async with asyncio.timeout(idle):
+                    await resp.write(chunk)
+            except (ConnectionError, TimeoutError):
+                raise ReaderAborted("client", sent) from None
+            sent += len(chunk)
+    if sent < count:
+        raise ReaderAborted("upstream", sent)  # shorter than it said: never a short 200
     metrics.BYTES.labels("cache").inc(sent)
 
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ from proxy.cache import metrics
 from proxy.cache.backend import Backend, Opened
 from proxy.cache.flight import Flight, Flights, Opener
 from proxy.cache.index import Binding, CacheIndex, Entry, TagEntry, TagKey
+from proxy.cache.lease import FillLeases
 from proxy.cache.persist import Persistence
 from proxy.store import cacheindex
 from proxy.store.base import Store
@@ -53,6 +54,7 @@ class Cache:
         self.hit_io = hit_io
         self.clock = clock
         self.persist = Persistence(store, self.index.take_touched)
+        self.leases = FillLeases(store, clock=clock)
         self.hits = 0
         self.misses = 0
         self._tasks: set[asyncio.Future[None]] = set()
@@ -114,20 +116,100 @@ class Cache:
         if self.index.bind(digest, binding):
             self.persist.queue(cacheindex.bind(*binding, digest, self.clock()))
 
+    # --- what other processes sharing the store and backend hold --------------------
+    # Replicas on one bucket, workers on one disk: each keeps its own memory index, and
+    # the store is where they meet. A miss of the memory index asks the store before it
+    # goes upstream; what the store lists is taken in once the backend confirms it has it.
+    async def adopt(self, digest: str) -> Entry | None:
+        """The entry, from memory, or from the store when another process stored it."""
+        entry = self.index.get(digest)
+        if entry is not None:
+            return entry
+        try:
+            row, bindings = await cacheindex.entry(self.store, digest)
+        except Exception as exc:
+            log.warning("cache: the store could not be asked for %s (%s)", digest, type(exc).__name__)
+            return None
+        if row is None or await self.backend.size(digest) != row["size"]:
+            return None  # not stored, or not (yet, or any more) in this process's backend
+        entry = Entry(digest, row["size"], row["media_type"], self.clock())
+        self.index.add(entry)
+        for b in bindings:
+            self.index.bind(digest, (b["registry_id"], b["repository"]))
+        metrics.ADOPTED.inc()
+        self._schedule(self._evict())
+        self._gauges()
+        return entry
+
+    async def bound_anywhere(self, digest: str, binding: Binding) -> bool:
+        """Bound here, or by another process (then remembered here)."""
+        if self.index.bound(digest, binding):
+            return True
+        try:
+            shared = await cacheindex.is_bound(self.store, *binding, digest)
+        except Exception:
+            return False  # the upstream is asked instead
+        if shared:
+            self.index.bind(digest, binding)
+        return shared
+
+    async def adopt_tag(self, key: TagKey) -> TagEntry | None:
+        """The tag, from memory, or as another process last checked it."""
+        tag = self.index.tag(key)
+        if tag is not None:
+            return tag
+        try:
+            row = await cacheindex.tag(self.store, key)
+        except Exception:
+            return None
+        if row is None or await self.adopt(row["digest"]) is None:
+            return None
+        tag = TagEntry(row["digest"], row["media_type"], row["checked_at"] / 1000)
+        self.index.set_tag(key, tag)
+        return tag
+
+    @contextlib.asynccontextmanager
+    async def _claim(self, digest: str) -> AsyncIterator[bool]:
+        """The flight's lease (proxy.cache.lease). The entry reaches the store before the
+        lease is let go, so the next process to miss finds it instead of fetching again."""
+        async with self.leases.claim(digest) as keep:
+            if keep and await self._stored_elsewhere(digest):
+                keep = False  # published by another just before the lease was ours: pass through
+            metrics.FILLS.labels("fill" if keep else "pass").inc()
+            yield keep
+            await self.persist.flush()
+
+    async def _stored_elsewhere(self, digest: str) -> bool:
+        try:
+            row, _ = await cacheindex.entry(self.store, digest)
+        except Exception:
+            return False
+        return row is not None and await self.backend.size(digest) == row["size"]
+
     async def open(self, digest: str) -> Opened | None:
         """The object, opened (it stays readable even if evicted meanwhile), its use noted."""
         opened = await self.backend.open(digest)
         if opened is None:
-            if self.index.remove(digest) is not None:  # deleted behind our back
-                self.persist.queue(*cacheindex.forget(digest))
-                self._gauges()
+            self._forget(digest)
             return None
         self.index.touch(digest, self.clock())
         return opened
 
-    def touch(self, digest: str) -> None:
-        """A use that did not open the object (a redirect to it): it stays recently used."""
-        self.index.touch(digest, self.clock())
+    async def redirect_url(self, digest: str, seconds: int) -> str | None:
+        """A presigned URL for the object, once the backend has confirmed it still holds it
+        (another replica may have evicted it: a client is never sent to a 404); its use noted."""
+        if await self.backend.size(digest) is None:
+            self._forget(digest)
+            return None
+        url = await self.backend.presigned_url(digest, seconds)
+        if url is not None:
+            self.index.touch(digest, self.clock())
+        return url
+
+    def _forget(self, digest: str) -> None:
+        if self.index.remove(digest) is not None:  # deleted behind our back
+            self.persist.queue(*cacheindex.forget(digest))
+            self._gauges()
 
     async def read_small(self, digest: str) -> bytes | None:
         """A manifest's bytes."""
@@ -146,7 +228,7 @@ class Cache:
         if flight is not None:
             metrics.COALESCED.inc()
             return flight, True
-        return self.flights.start(digest, origin, self.backend, opener, self._landed), False
+        return self.flights.start(digest, origin, self.backend, opener, self._landed, self._claim), False
 
     def _landed(self, flight: Flight) -> None:
         if flight.failed is not None and flight.failed.reason == "digest":

@@ -28,6 +28,7 @@ from proxy.oci.digest import is_digest
 from proxy.oci.errors import OCICode, OCIError
 from proxy.oci.grammar import Route
 from proxy.oci.names import is_anonymous
+from proxy.pull.limits import SLOT_KEY
 from proxy.pull.relay import abort_connection, upstream_error
 from proxy.store.models import Registry
 from proxy.upstream.client import UpstreamClient
@@ -77,18 +78,22 @@ class CachedPulls:
         c = ctx(request)
         binding = (registry.id, repo)
         flight = self.cache.flights.get(digest)
+        if flight is None and await self.cache.adopt(digest) is None:  # another replica's fill is a hit
+            flight = self.cache.flights.get(digest)  # one may have started while the store was asked
         known = self.cache.held(digest) is not None or flight is not None
         if known and not self.cache.bound(digest, binding) and not (flight and binding in flight.bindings):
-            await self._confirm(registry, repo, "blobs", digest, {})
+            if not await self.cache.bound_anywhere(digest, binding):
+                await self._confirm(registry, repo, "blobs", digest, {})
             if (flight := self.cache.flights.get(digest)) is not None:
                 flight.bindings.add(binding)
         entry = self.cache.held(digest)
         if entry is not None and offload and request.method == "GET" and "Range" not in request.headers:
-            url = await self.cache.backend.presigned_url(digest, PRESIGNED_SECONDS)
+            url = await self.cache.redirect_url(digest, PRESIGNED_SECONDS)
             if url is not None:  # the license was checked before this facade was asked
                 c.cache = "hit"
                 self.cache.hit("blob")
-                self.cache.touch(digest)
+                # Egress all the same (the vendor's bucket sends it): per customer, thresholds.
+                c.bytes_sent = entry.size
                 headers = {"Location": url, "Docker-Content-Digest": digest, **extra}
                 return web.Response(status=307, headers=headers)
         if entry is not None:
@@ -115,6 +120,8 @@ class CachedPulls:
         self.cache.miss("blob")
         if request.method == "HEAD" or "Range" in request.headers:
             return None  # upstream as before: a part, or headers only, are not worth a fetch
+        if self.cache.flights.get(digest) is None and (slot := request.get(SLOT_KEY)) is not None:
+            slot.share(registry.id)  # this request starts a fill: an upstream connection
         flight, joined = self.cache.fetch(digest, binding, self._opener(registry, repo, digest))
         flight.join()
         try:
@@ -186,9 +193,9 @@ class CachedPulls:
         c = ctx(request)
         head_headers = {"Accept": upstream_headers.get("Accept", "")}
         if is_digest(reference):
-            entry = self.cache.held(reference)
+            entry = await self.cache.adopt(reference)
             if entry is not None:
-                if not self.cache.bound(reference, (registry.id, repo)):
+                if not await self.cache.bound_anywhere(reference, (registry.id, repo)):
                     await self._confirm(registry, repo, "manifests", reference, head_headers)
                 body = await self.cache.read_small(reference)
                 if body is not None:
@@ -197,7 +204,7 @@ class CachedPulls:
             self.cache.miss("manifest")
             return None
         key = (registry.id, repo, reference, accept_kind(_accept(request)))
-        tag = self.cache.tag(key)
+        tag = await self.cache.adopt_tag(key)
         if tag is None or self.cache.held(tag.digest) is None:
             c.cache = "miss"
             self.cache.miss("manifest")

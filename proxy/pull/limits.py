@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiohttp import web
+
 from proxy import metrics
 from proxy.oci.errors import OCICode, OCIError
 from proxy.ratelimit import address_key
@@ -55,6 +57,11 @@ class StreamSlots:
             self._shares[share] = self._shares.get(share, 0) + 1
         return Slot(self, license_key, addr, share)
 
+    def _take_share(self, share: tuple[str, str]) -> None:
+        if self.per_license_registry and self._shares.get(share, 0) >= self.per_license_registry:
+            raise self._refuse("license", "too many concurrent downloads for this license from this registry")
+        self._shares[share] = self._shares.get(share, 0) + 1
+
     def in_use(self) -> int:
         """Slots held right now (each body holds one per address)."""
         return sum(self._addresses.values())
@@ -87,6 +94,16 @@ class Slot:
         self._addr = addr
         self._share = share
 
+    def share(self, registry: str) -> None:
+        """Count this body against its license's share of `registry` now, when it is to come
+        from the upstream (the share guards the registry's connections; a body the cache
+        serves uses none): 429 when used up. Once per slot; anonymous bodies have no share."""
+        if self._slots is None or self._share is not None or self._license is None:
+            return
+        share = (self._license, registry)
+        self._slots._take_share(share)
+        self._share = share
+
     def release(self) -> None:
         if self._slots is not None:
             self._slots._release(self._license, self._addr, self._share)
@@ -105,3 +122,7 @@ def _decrement(table: dict[Any, int], key: Any) -> None:
         table[key] = left
     else:
         table.pop(key, None)  # no stream left: the key goes, so the table stays small
+
+
+# Where a request keeps its slot: routes.py takes it, the cache facade counts the share of a fill.
+SLOT_KEY = web.RequestKey("stream_slot", Slot)

@@ -27,7 +27,7 @@ from proxy.oci.grammar import MANIFEST_TYPES, Route, check_page_size, decode_pat
 from proxy.oci.names import is_anonymous
 from proxy.pull.anonymous import anonymous_allows, resolve_anonymous
 from proxy.pull.cached import CachedPulls
-from proxy.pull.limits import Slot, StreamSlots
+from proxy.pull.limits import SLOT_KEY, StreamSlots
 from proxy.pull.relay import Pace, StreamAborted, abort_connection, passed_headers, relay, upstream_error
 from proxy.pull.resolve import resolve
 from proxy.ratelimit import RateLimiter
@@ -46,9 +46,6 @@ _LINK_RE = re.compile(r"<([^>]*)>")
 _QUERY_KEYS = {"tags": ("n", "last"), "referrers": ("artifactType",)}
 
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
-
-
-SLOT_KEY = web.RequestKey("stream_slot", Slot)
 
 
 class OCIRoutes:
@@ -121,7 +118,8 @@ class OCIRoutes:
         if self.slots is None or request.method != "GET" or route.kind not in ("manifests", "blobs"):
             return
         address = self.gate.proxies.client_address(request)
-        request[SLOT_KEY] = self.slots.acquire(ctx(request).customer_id, address, registry.id)
+        # The license's share of this registry is counted later, only for a body the upstream sends.
+        request[SLOT_KEY] = self.slots.acquire(ctx(request).customer_id, address)
 
     async def _pull(self, request: web.Request) -> web.StreamResponse:
         c = ctx(request)
@@ -142,6 +140,8 @@ class OCIRoutes:
             answer = await self.cached.answer(request, route, registry, repo, headers, API_VERSION)
             if answer is not None:
                 return answer
+        if (slot := request.get(SLOT_KEY)) is not None:
+            slot.share(registry.id)
         try:
             async with self.upstream.request(
                 registry, request.method, path, headers, scope=f"repository:{repo}:pull"

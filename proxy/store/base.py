@@ -322,12 +322,21 @@ class Store(abc.ABC):
         rows = await self.fetchall("SELECT id, license_sealed FROM customers")
         return [(r["id"], r["license_sealed"]) for r in rows]
 
-    async def reseal(self, registry_secrets: list[tuple[str, str]], licenses: list[tuple[str, str]]) -> None:
+    async def reseal(
+        self,
+        registry_secrets: list[tuple[str, str]],
+        licenses: list[tuple[str, str]],
+        hostname_keys: Sequence[tuple[str, str]] = (),
+    ) -> None:
         """Store re-encrypted secrets in one transaction (key rotation)."""
         stmts: list[tuple[str, Sequence[Any]]] = [
             ("UPDATE registries SET secret_sealed = ? WHERE id = ?", (sealed, rid)) for rid, sealed in registry_secrets
         ]
         stmts += [("UPDATE customers SET license_sealed = ? WHERE id = ?", (sealed, cid)) for cid, sealed in licenses]
+        stmts += [
+            ("UPDATE custom_hostnames SET key_sealed = ? WHERE hostname = ?", (sealed, name))
+            for name, sealed in hostname_keys
+        ]
         await self.execute_many(stmts)
 
     # --- vendor API (team-scoped: every query names the team) --------------
@@ -565,6 +574,13 @@ class Store(abc.ABC):
             " WHERE hostname = ?",
             (cert_pem, key_sealed, not_after, now_iso(), hostname),
         )
+
+    async def sealed_hostname_keys(self) -> list[tuple[str, str]]:
+        """(hostname, its sealed TLS key) for every hostname with an uploaded certificate (key rotation)."""
+        rows = await self.fetchall(
+            "SELECT hostname, key_sealed FROM custom_hostnames WHERE key_sealed IS NOT NULL ORDER BY hostname"
+        )
+        return [(r["hostname"], r["key_sealed"]) for r in rows]
 
     async def delete_hostname(self, team_id: str, hostname: str) -> bool:
         found = await self.fetchone(

@@ -87,3 +87,29 @@ async def run(store: Store, statements: Iterable[Statement]) -> None:
     batch = list(statements)
     if batch:
         await store.execute_many(batch)
+
+
+# --- what another replica (or worker) holds: looked up on a miss of the memory index ---
+async def entry(store: Store, digest: str) -> tuple[Row | None, list[Row]]:
+    """The digest's entry and its bindings, as the store has them."""
+    row = await store.fetchone("SELECT digest, size, media_type FROM cache_entries WHERE digest = ?", (digest,))
+    if row is None:
+        return None, []
+    bindings = await store.fetchall("SELECT registry_id, repository FROM cache_bindings WHERE digest = ?", (digest,))
+    return row, bindings
+
+
+async def is_bound(store: Store, registry_id: str, repository: str, digest: str) -> bool:
+    row = await store.fetchone(
+        "SELECT 1 AS ok FROM cache_bindings WHERE registry_id = ? AND repository = ? AND digest = ?",
+        (registry_id, repository, digest),
+    )
+    return row is not None
+
+
+async def tag(store: Store, key: tuple[str, str, str, str]) -> Row | None:
+    return await store.fetchone(
+        "SELECT digest, media_type, checked_at FROM cache_tags"
+        " WHERE registry_id = ? AND repository = ? AND tag = ? AND accept = ?",
+        key,
+    )

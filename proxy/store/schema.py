@@ -262,4 +262,14 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE pull_logs ADD COLUMN cache TEXT
     """,
+    # 8 (scale-out, issue 11): fill leases. One replica fills a digest for the whole cluster:
+    # the holder's row, renewed while its fetch runs; another replica may take a row whose
+    # holder stopped renewing it (expires_at, epoch milliseconds, passed).
+    """
+    CREATE TABLE cache_fills (
+        digest TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at BIGINT NOT NULL
+    )
+    """,
 ]

@@ -358,6 +358,7 @@ def test_default_is_one_replica_on_sqlite_with_the_keyring_on_the_claim(helm: He
     cfg = check_workload_and_config(objs, tmp_path)
     sts = _one(objs, "StatefulSet")
     assert sts["spec"]["replicas"] == 1
+    assert "--workers" not in _container(sts)["args"]  # one process, no supervisor
     assert [t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]] == ["data"]
     assert cfg.store == "sqlite:///var/lib/pullgate/pullgate.db"
     assert cfg.keys.file == "/var/lib/pullgate/keys.yaml"
@@ -395,6 +396,9 @@ def test_several_replicas_on_postgresql_share_the_keyring_secret_and_the_s3_cach
     assert "subPath" not in km
     env = {e["name"]: e for e in _container(dep)["env"]}
     assert env["PGPASSWORD"]["valueFrom"] == {"secretKeyRef": {"name": "pullgate-postgres", "key": "password"}}
+    # `workers: 2`: a supervisor and two workers per pod, given as serve's flag (no PULLGATE_* variable).
+    args = _container(dep)["args"]
+    assert args[args.index("--workers") + 1] == "2"
     raw, _ = _config_of(objs, dep)
     assert raw["cache"] == {
         "backend": "s3",
@@ -461,6 +465,9 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
         "Prometheus could not reach /metrics",
     ),
     ("the admin face on the proxy port", {"admin": {"port": 8080}}, "admin.port: must differ from proxy.port"),
+    ("no workers", {"workers": 0}, "workers: a whole number from 1 to 64"),
+    ("a fraction of a worker", {"workers": 2.5}, "workers: a whole number from 1 to 64"),
+    ("more workers than serve allows", {"workers": 65}, "workers: a whole number from 1 to 64"),
 ]
 
 

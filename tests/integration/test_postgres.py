@@ -21,8 +21,9 @@ import asyncpg
 import pytest
 import yaml
 
-from proxy import bootstrap
+from proxy import bootstrap, keyrotation
 from proxy.config import load
+from proxy.domains.service import key_aad
 from proxy.secrets import Keyring
 from proxy.store import open_store
 from proxy.store.base import Conflict, license_hash
@@ -207,13 +208,34 @@ async def test_round_trip(cluster: PostgresCluster):
         assert (await store.hostname_by_token("tok-b")).hostname == "b.example"
         assert await store.delete_hostname(team.id, "b.example")
         assert not await store.delete_hostname(team.id, "b.example")
-        # Key rotation's reseal, in one transaction; then the registry goes.
-        await store.reseal([("r1", "s2")], [(cid, "l2")])
+        # Key rotation's reseal, in one transaction (the hostname's TLS key too); then the registry goes.
+        assert await store.sealed_hostname_keys() == [("a.example", "sealed")]
+        await store.reseal([("r1", "s2")], [(cid, "l2")], [("a.example", "k2")])
         assert await store.sealed_registry_secrets() == [("r1", "s2")]
         assert await store.sealed_license_of(cid) == "l2"
+        assert await store.sealed_hostname_keys() == [("a.example", "k2")]
+        assert (await store.hostname("a.example")).key_sealed == "k2"
         assert await store.delete_registry(team.id, "reg")
         assert await store.registries_of_team(team.id) == []
         assert await store.ping()
+    finally:
+        await store.close()
+
+
+async def test_key_rotation_reseals_hostname_keys(cluster: PostgresCluster, tmp_path: Path):
+    """`keys rotate` on PostgreSQL: a custom hostname's TLS key comes out under the new key,
+    so it still opens once the old key is gone."""
+    store = await open_store(await fresh_db(cluster), Path("."))
+    try:
+        ring = Keyring.load_or_create(tmp_path / "keys.yaml")
+        team = await store.ensure_team("acme")
+        await store.add_hostname(team.id, "a.example", "tok-a")
+        await store.set_hostname_certificate("a.example", "PEM", ring.seal("KEY", key_aad("a.example")), "2031-01-01")
+        kid, count = await keyrotation.rotate(store, ring)
+        assert count == 1
+        [(name, sealed)] = await store.sealed_hostname_keys()
+        assert name == "a.example" and ring.key_id_of(sealed) == kid
+        assert Keyring(current=kid, keys={kid: ring.keys[kid]}).open(sealed, key_aad("a.example")) == "KEY"
     finally:
         await store.close()
 

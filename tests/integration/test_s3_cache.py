@@ -168,6 +168,27 @@ async def test_ranged_reads_sequential_and_seeking(backend: S3Backend) -> None:
         await opened.close()
 
 
+async def test_chunks_stream_a_range_piece_by_piece(backend: S3Backend) -> None:
+    """The hit path's reader: pieces as the GET hands them over, exactly the range asked, and
+    sequential ranges served from the same GET as `read` is."""
+    data = blob(2 * PART + 5, b"chunks")
+    digest = digest_of(data)
+    await backend.put(digest, data)
+    opened = await backend.open(digest)
+    assert opened is not None
+    try:
+        pieces = [c async for c in opened.chunks(0, PART + 1)]  # stops inside the object
+        assert b"".join(pieces) == data[: PART + 1]
+        rest = [c async for c in opened.chunks(PART + 1, len(data))]  # the same GET, to the end
+        assert b"".join(rest) == data[PART + 1 :]
+        assert len(pieces) + len(rest) > 2 and max(map(len, pieces + rest)) <= 4 * MiB  # streamed, not gathered
+        assert await opened.read(3, 4) == data[3:7]  # a seek after chunks: a new GET
+        assert b"".join([c async for c in opened.chunks(len(data) - 3, 10)]) == data[-3:]
+        assert [c async for c in opened.chunks(len(data), 10)] == []
+    finally:
+        await opened.close()
+
+
 async def test_delete_and_listing_for_rebuild(backend: S3Backend, s3gw: S3Gateway, s3_bucket: str) -> None:
     objs = [blob(100 + i, bytes([i])) for i in range(5)]
     for o in objs:

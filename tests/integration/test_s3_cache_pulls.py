@@ -9,6 +9,8 @@ tested in test_s3_cache.py; here the cache serves pulls from it, and with
 from __future__ import annotations
 
 import hashlib
+import re
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,18 @@ async def _wait_for_object(gw: S3Gateway, bucket: str, digest: str) -> None:
     await apoll(lambda: gw.signed("HEAD", f"/{bucket}/{key}")[0] == 200, timeout=20, what="the published object")
 
 
+async def _wait_until_held(srv: Pullgate, entries: int = 1) -> None:
+    """The object is in the bucket a moment before the proxy's index holds it (the fill's
+    last step): a request in between is still a miss, so wait for the index itself."""
+
+    async def held() -> bool:
+        async with aiohttp.ClientSession() as s, s.get(srv.admin_url + "/metrics") as r:
+            found = re.search(r"^pullgate_cache_entries (\S+)$", await r.text(), re.M)
+        return found is not None and float(found.group(1)) >= entries
+
+    await apoll(held, timeout=20, what="the cache index holding the object")
+
+
 async def test_a_blob_fetched_once_is_served_from_the_bucket(
     tmp_path: Path, upstream: Registry, s3gw: S3Gateway, s3_bucket: str
 ):
@@ -73,6 +87,7 @@ async def test_a_blob_fetched_once_is_served_from_the_bucket(
         assert (status, failure, len(first)) == (200, None, size)
         assert "sha256:" + hashlib.sha256(first).hexdigest() == digest
         await _wait_for_object(s3gw, s3_bucket, digest)
+        await _wait_until_held(srv)
         status, _, second, failure = await _get(url)
         assert (status, failure) == (200, None) and second == first
         # One upstream GET: the second came out of the bucket.
@@ -95,6 +110,7 @@ async def test_redirect_offload_sends_licensed_hits_to_a_presigned_get(
         status, _, body, _ = await _get(url)  # a miss streams through the proxy and fills the bucket
         assert status == 200 and len(body) == size
         await _wait_for_object(s3gw, s3_bucket, digest)
+        await _wait_until_held(srv)
         async with aiohttp.ClientSession() as s:
             async with s.get(url, headers=AUTH, allow_redirects=False) as r:
                 assert r.status == 307
@@ -113,5 +129,53 @@ async def test_redirect_offload_sends_licensed_hits_to_a_presigned_get(
             # A Range on a hit is served by the proxy itself (a part, not a redirect).
             async with s.get(url, headers={**AUTH, "Range": "bytes=0-9"}, allow_redirects=False) as r:
                 assert r.status == 206 and len(await r.read()) == 10
+            # The bucket sent the redirected blob: the customer's egress counts it all the same.
+            await apoll(lambda: _blob_rows(srv)[-1:] == [("hit", size)], timeout=10, what="the redirect's log row")
+            # An object gone from the bucket behind this replica's back (another one evicted it):
+            # no client is sent to its 404; the proxy fetches it again.
+            hexpart = digest.split(":", 1)[1]
+            gets = _upstream_gets(upstream, f"/v2/vendor/mid/blobs/{digest}")
+            assert s3gw.signed("DELETE", f"/{s3_bucket}/blobs/sha256/{hexpart[:2]}/{hexpart}")[0] == 204
+            async with s.get(url, headers=AUTH, allow_redirects=False) as r:
+                assert r.status == 200 and hashlib.sha256(await r.read()).hexdigest() == hexpart
+        assert _upstream_gets(upstream, f"/v2/vendor/mid/blobs/{digest}") == gets + 1
+    finally:
+        srv.stop()
+
+
+def _blob_rows(srv: Pullgate) -> list[tuple[str | None, int]]:
+    with sqlite3.connect(srv.db_path, timeout=10) as db:
+        rows = db.execute("SELECT cache, bytes FROM pull_logs WHERE action = 'blob' ORDER BY time")
+        return [(r[0], r[1]) for r in rows]
+
+
+async def test_the_bucket_configured_from_the_environment_alone(
+    tmp_path: Path, upstream: Registry, s3gw: S3Gateway, s3_bucket: str
+):
+    # The file says `cache.backend: none` and has no s3 block: PULLGATE_CACHE_S3_* make it,
+    # as a container or a chart sets them (the secret by reference, through _ENV).
+    env = {
+        "PGT_CACHE_LICENSE": LICENSE,
+        "PGT_S3_SECRET": s3gw.secret_key,
+        "PULLGATE_CACHE_BACKEND": "s3",
+        "PULLGATE_CACHE_S3_BUCKET": s3_bucket,
+        "PULLGATE_CACHE_S3_ENDPOINT_URL": s3gw.url,
+        "PULLGATE_CACHE_S3_REGION": REGION,
+        "PULLGATE_CACHE_S3_ACCESS_KEY_ID": s3gw.access_key,
+        "PULLGATE_CACHE_S3_SECRET_ACCESS_KEY_ENV": "PGT_S3_SECRET",
+        "PULLGATE_CACHE_S3_REDIRECT": "true",
+    }
+    srv = Pullgate(tmp_path, _teams(upstream.url), env=env, settings={"pulllog": {"flush_seconds": 0.05}}).start()
+    try:
+        async with aiohttp.ClientSession() as s, s.get(srv.admin_url + "/readyz") as r:
+            assert (r.status, (await r.json()).get("cache")) == (200, True)  # the bucket is asked
+        digest, size = upstream.images["mid"].blobs[-1]
+        url = _url(srv, "vendor/mid", "blobs", digest)
+        status, _, body, failure = await _get(url)
+        assert (status, failure, len(body)) == (200, None, size)
+        await _wait_for_object(s3gw, s3_bucket, digest)
+        await _wait_until_held(srv)
+        async with aiohttp.ClientSession() as s, s.get(url, headers=AUTH, allow_redirects=False) as r:
+            assert r.status == 307  # PULLGATE_CACHE_S3_REDIRECT=true, read as a boolean
     finally:
         srv.stop()

@@ -165,9 +165,9 @@ def test_config_keys(tmp_path: Path):
 # --- single flight, verification, the store -----------------------------------------------
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "db.sqlite")
+async def open_cache_store(path: Path) -> SQLiteStore:
+    """A SQLite store with one registry, reg-a, for bindings to point at."""
+    s = SQLiteStore(path)
     await s.open()
     team = await s.ensure_team("t")
     now = "2026-01-01T00:00:00+00:00"
@@ -176,6 +176,12 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
         " VALUES ('reg-a', ?, 'a', 'other', 'a.test', 'http://a.test', ?, ?)",
         (team.id, now, now),
     )
+    return s
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    s = await open_cache_store(tmp_path / "db.sqlite")
     yield s
     await s.close()
 
@@ -407,3 +413,19 @@ async def test_readiness_fails_when_the_cache_directory_is_gone(tmp_path: Path):
     assert await backend.ready()
     (tmp_path / "c" / "tmp").rmdir()
     assert not await backend.ready()
+
+
+async def test_chunks_give_exactly_the_range_asked(tmp_path: Path):
+    """Opened.chunks, the remote hit path's reader: the fs backend's gives the same bytes."""
+    backend = FilesystemBackend(tmp_path / "c")
+    await backend.start()
+    data = os.urandom(9 * 1024 * 1024 + 7)  # more than two 4 MiB reads
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    await backend.put(digest, data)
+    opened = await backend.open(digest)
+    assert opened is not None
+    try:
+        for off, n in ((0, len(data)), (5, 4 * 1024 * 1024 + 3), (len(data) - 2, 10), (len(data), 5), (3, 0)):
+            assert b"".join([c async for c in opened.chunks(off, n)]) == data[off : off + n]
+    finally:
+        await opened.close()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from proxy.config import Config, ConfigError, load, read_secret, sqlite_path
+from proxy.config import Config, ConfigError, _apply_env, load, read_secret, sqlite_path
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -147,6 +149,145 @@ def test_environment_bad_type_names_the_key(tmp_path: Path) -> None:
     _fails(tmp_path, {}, "upstream.idle_timeout", {"PULLGATE_UPSTREAM_IDLE_TIMEOUT": "abc"})
 
 
+# --- overrides of nested sections (cache.s3) ------------------------------------------
+
+_S3_ENV = {
+    "PULLGATE_CACHE_BACKEND": "s3",
+    "PULLGATE_CACHE_S3_BUCKET": "team-cache",
+    "PULLGATE_CACHE_S3_PREFIX": "pullgate/",
+    "PULLGATE_CACHE_S3_ENDPOINT_URL": "https://s3.eu-west-1.amazonaws.com",
+    "PULLGATE_CACHE_S3_REGION": "eu-west-1",
+    "PULLGATE_CACHE_S3_ACCESS_KEY_ID": "AKIAEXAMPLE",
+    "PULLGATE_CACHE_S3_SECRET_ACCESS_KEY_ENV": "S3_SECRET",
+    "PULLGATE_CACHE_S3_REDIRECT": "true",
+}
+
+
+def test_nested_section_overrides(tmp_path: Path) -> None:
+    # A key with underscores in `cache` (tag_ttl) and one in `cache.s3` (access_key_id) side by side.
+    env = {**_S3_ENV, "PULLGATE_CACHE_TAG_TTL": "30", "PULLGATE_CACHE_SERVE_STALE": "false"}
+    cfg = _load(tmp_path, {"cache": {"s3": {"bucket": "from-the-file", "region": "us-east-1"}}}, env)
+    s3 = cfg.cache.s3
+    assert cfg.cache.backend == "s3"
+    assert (s3.bucket, s3.prefix, s3.region) == ("team-cache", "pullgate/", "eu-west-1")
+    assert s3.endpoint_url == "https://s3.eu-west-1.amazonaws.com"
+    assert s3.access_key_id == "AKIAEXAMPLE"
+    assert (s3.secret_access_key_env, s3.secret_access_key_file) == ("S3_SECRET", None)
+    assert s3.redirect is True  # typed like every override: a bool, not the string "true"
+    assert cfg.cache.tag_ttl == 30.0
+    assert cfg.cache.serve_stale is False
+
+
+@pytest.mark.parametrize("text", ["", "cache:\n", "cache:\n  s3:\n", "cache:\n  s3:\n    # bucket: x\n"])
+def test_nested_override_without_the_section_in_the_file(tmp_path: Path, text: str) -> None:
+    # Absent, or null because every key is commented out: the override makes the section.
+    cfg = _load(tmp_path, text or {}, _S3_ENV)
+    assert cfg.cache.s3.bucket == "team-cache"
+    assert cfg.cache.s3.secret_access_key_env == "S3_SECRET"
+
+
+def test_nested_override_into_a_section_that_is_not_a_mapping(tmp_path: Path) -> None:
+    _fails(tmp_path, "cache:\n  s3: none\n", "cache.s3: must be a mapping", {"PULLGATE_CACHE_S3_BUCKET": "b"})
+
+
+def test_nested_override_string_values_are_verbatim(tmp_path: Path) -> None:
+    # A prefix or key id that YAML would read as a date or a number stays the string given.
+    env = {"PULLGATE_CACHE_S3_PREFIX": "2024-01-01/", "PULLGATE_CACHE_S3_ACCESS_KEY_ID": "0700"}
+    cfg = _load(tmp_path, {}, env)
+    assert cfg.cache.s3.prefix == "2024-01-01/"
+    assert cfg.cache.s3.access_key_id == "0700"
+
+
+def test_an_on_premises_bucket_with_its_egress_entry_from_the_environment(tmp_path: Path) -> None:
+    env = {**_S3_ENV, "PULLGATE_CACHE_S3_ENDPOINT_URL": "http://10.20.0.5:9000"}
+    msg = _fails(tmp_path, {}, "cache.s3.endpoint_url", env)
+    assert "egress" in msg
+    cfg = _load(tmp_path, {}, {**env, "PULLGATE_UPSTREAM_EGRESS_ALLOW": "[10.20.0.5:9000]"})
+    assert cfg.upstream.egress_allow == ["10.20.0.5:9000"]
+    assert cfg.cache.s3.endpoint_url == "http://10.20.0.5:9000"
+
+
+def test_every_key_has_exactly_one_environment_name() -> None:
+    # The longest section path wins, so a key such as `cache.s3_x` would be unreachable
+    # (PULLGATE_CACHE_S3_X is `cache.s3.x`): every key's name must lead back to that key.
+    def leaves(cls: Any, path: tuple[str, ...]) -> list[tuple[str, ...]]:
+        hints = typing.get_type_hints(cls)
+        out: list[tuple[str, ...]] = []
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("internal") or (not path and f.name == "bootstrap"):
+                continue
+            if dataclasses.is_dataclass(hints[f.name]):
+                out += leaves(hints[f.name], (*path, f.name))
+            else:
+                out.append((*path, f.name))
+        return out
+
+    def flatten(node: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+        if not isinstance(node, dict):
+            return [(path, node)]
+        return [leaf for k, v in node.items() for leaf in flatten(v, (*path, k))]
+
+    paths = leaves(Config, ())
+    assert ("cache", "s3", "secret_access_key_file") in paths and ("cache", "tag_ttl") in paths
+    assert ("store",) in paths
+    for path in paths:
+        raw: dict[str, Any] = {}
+        _apply_env(raw, {"PULLGATE_" + "_".join(path).upper(): "x"})
+        assert flatten(raw) == [(path, "x")]
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("PULLGATE_CACHE_S3_BUKET", "environment PULLGATE_CACHE_S3_BUKET: cache.s3 has no key 'buket'"),
+        ("PULLGATE_CACHE_S3_ENDPOINT", "environment PULLGATE_CACHE_S3_ENDPOINT: cache.s3 has no key 'endpoint'"),
+        ("PULLGATE_CACHE_TAGTTL", "environment PULLGATE_CACHE_TAGTTL: cache has no key 'tagttl'"),
+        ("PULLGATE_CACHE_S3", "environment PULLGATE_CACHE_S3: cache.s3 is a section"),
+        ("PULLGATE_CACHE", "environment PULLGATE_CACHE: cache is a section"),
+        ("PULLGATE_STORE_URL", "environment PULLGATE_STORE_URL: store is a single value; set PULLGATE_STORE"),
+    ],
+)
+def test_unknown_nested_environment_setting_is_named(tmp_path: Path, name: str, said: str) -> None:
+    msg = _fails(tmp_path, {}, name, {name: "{bucket: x}"})
+    assert msg.startswith(said), msg
+
+
+def test_a_secret_given_by_value_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    secret = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
+    msg = _fails(tmp_path, {}, "PULLGATE_CACHE_S3_SECRET_ACCESS_KEY", {"PULLGATE_CACHE_S3_SECRET_ACCESS_KEY": secret})
+    assert "PULLGATE_CACHE_S3_SECRET_ACCESS_KEY_FILE" in msg and "PULLGATE_CACHE_S3_SECRET_ACCESS_KEY_ENV" in msg
+    assert secret not in msg
+
+
+SENTINEL = "Zq9-sentinel-Vx7"
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"PULLGATE_CACHE_S3_ACCESS_KEY_ID": f"AKIA {SENTINEL}"}, "cache.s3.access_key_id"),
+        ({"PULLGATE_CACHE_S3_ENDPOINT_URL": f"https://AKIA:{SENTINEL}@s3.example"}, "cache.s3.endpoint_url"),
+        ({"PULLGATE_CACHE_S3_ENDPOINT_URL": f"https://s3.example/{SENTINEL}"}, "cache.s3.endpoint_url"),
+        ({"PULLGATE_CACHE_S3_BUCKET": f"Bucket_{SENTINEL}"}, "cache.s3.bucket"),
+        ({"PULLGATE_CACHE_S3_PREFIX": f"../{SENTINEL}"}, "cache.s3.prefix"),
+        ({"PULLGATE_CACHE_S3_REGION": f"us {SENTINEL}"}, "cache.s3.region"),
+        ({"PULLGATE_CACHE_S3_REDIRECT": SENTINEL}, "cache.s3.redirect"),
+        ({"PULLGATE_CACHE_S3_REDIRECT": f"[{SENTINEL}"}, "cache.s3.redirect"),
+        ({"PULLGATE_CACHE_S3_SECRET_ACCESS_KEY_FILE": SENTINEL}, "cache.s3.secret_access_key_file"),
+        ({"PULLGATE_STORE": f"mysql://u:{SENTINEL}@db/pullgate"}, "store"),
+    ],
+)
+def test_an_override_value_is_never_in_the_message_or_the_log(
+    tmp_path: Path, env: dict[str, str], key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    base = {k: v for k, v in _S3_ENV.items() if k not in env}  # a valid s3 section but for `env`
+    caplog.set_level("DEBUG")
+    msg = _fails(tmp_path, {}, key, {**base, **env})
+    assert msg.startswith(key), msg
+    assert SENTINEL not in msg
+    assert SENTINEL not in caplog.text
+
+
 def test_http_registry_needs_insecure(tmp_path: Path) -> None:
     reg = {"provider": "other", "endpoint": "r.example", "url": "http://127.0.0.1:5000"}
     _fails(tmp_path, {"bootstrap": {"teams": [_team(registries=[reg])]}}, "bootstrap.teams[0].registries[0].url")
@@ -238,3 +379,26 @@ def test_a_key_written_twice_stops_the_start(tmp_path: Path, text: str, where: s
     path.write_text(text)
     with pytest.raises(ConfigError, match=re.escape(where) + ".*appears twice"):
         load(path, environ={})
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "key"),
+    [
+        ("PULLGATE_PROXY_LISTEN", f"{SENTINEL}-no-port", "proxy.listen"),
+        ("PULLGATE_CACHE_MAX_SIZE", f"{SENTINEL}GiB", "cache.max_size"),
+        ("PULLGATE_PROXY_TRUSTED_PROXIES", f"[10.0.0.0/8, {SENTINEL}]", "proxy.trusted_proxies[1]"),
+        ("PULLGATE_DOMAINS_RESERVED", f"['{SENTINEL} x']", "domains.reserved[0]"),
+        ("PULLGATE_UPSTREAM_EGRESS_ALLOW", f"[{SENTINEL}]", "upstream.egress_allow[0]"),
+    ],
+)
+def test_a_check_that_quotes_its_value_names_the_variable_instead(
+    tmp_path: Path, name: str, value: str, key: str
+) -> None:
+    msg = _fails(tmp_path, {}, key, {name: value})
+    assert SENTINEL not in msg
+    assert f"<the value of {name}>" in msg, msg
+
+
+def test_a_value_written_in_the_file_is_still_quoted(tmp_path: Path) -> None:
+    # The file is the operator's own text, where no secret is written: its values are shown.
+    assert f"got '{SENTINEL}'" in _fails(tmp_path, {"proxy": {"listen": SENTINEL}}, "proxy.listen")

@@ -249,3 +249,23 @@ def test_a_license_holds_at_most_its_share_of_one_registry() -> None:
     for slot in held:
         slot.release()
     assert slots.keys() == 0
+
+
+def test_the_registry_share_counts_only_bodies_the_upstream_sends() -> None:
+    """Bodies the cache serves take no upstream connection: the share is counted when one would."""
+    slots = StreamSlots(per_license=10, per_address=10, per_license_registry=2)
+    cached = [slots.acquire("a", "192.0.2.1") for _ in range(5)]  # hits: more than the share
+    upstream = [slots.acquire("a", "192.0.2.1") for _ in range(3)]
+    upstream[0].share("reg-1")
+    upstream[0].share("reg-1")  # once per slot
+    upstream[1].share("reg-1")
+    with pytest.raises(OCIError) as err:
+        upstream[2].share("reg-1")
+    assert err.value.status == 429
+    upstream[0].release()
+    upstream[2].share("reg-1")  # a share freed by a body that ended
+    anonymous = slots.acquire(None, "192.0.2.3")
+    anonymous.share("reg-1")  # anonymous: the address alone counts
+    for slot in [*cached, *upstream, anonymous]:
+        slot.release()
+    assert slots.keys() == 0

@@ -116,6 +116,10 @@ structured values.
 {{- if lt (int $v.replicaCount) 1 -}}
 {{- fail "replicaCount: must be at least 1" -}}
 {{- end -}}
+{{- $w := $v.workers -}}
+{{- if not (and (has (kindOf $w) (list "int" "int64" "float64")) (eq (toString $w) (toString (int $w))) (ge (int $w) 1) (le (int $w) 64)) -}}
+{{- fail "workers: a whole number from 1 to 64 (pullgate processes per pod, serve --workers)" -}}
+{{- end -}}
 {{- if eq $v.store.type "sqlite" -}}
 {{- if gt (int $v.replicaCount) 1 -}}
 {{- fail (printf "replicaCount: %d replicas on SQLite: SQLite serves one process; run several replicas with store.type=postgresql (and cache.backend=s3 so they share one cache)" (int $v.replicaCount)) -}}

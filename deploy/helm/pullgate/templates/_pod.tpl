@@ -30,7 +30,7 @@ spec:
     - name: pullgate
       image: {{ include "pullgate.image" . | quote }}
       imagePullPolicy: {{ .Values.image.pullPolicy }}
-      args: [serve, --config, /etc/pullgate/config.yaml]
+      args: [serve, --config, /etc/pullgate/config.yaml{{ if gt (int .Values.workers) 1 }}, --workers, {{ .Values.workers | quote }}{{ end }}]
       env:
         - name: PULLGATE_CONFIG
           value: /etc/pullgate/config.yaml

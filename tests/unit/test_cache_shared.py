@@ -1,0 +1,141 @@
+"""Processes sharing one store and one backend (replicas on a bucket, workers on a disk),
+in process: fill leases, and what one process stored found by another on a miss."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from proxy.cache import metrics
+from proxy.cache.fs import FilesystemBackend
+from proxy.cache.lease import FillLeases
+from proxy.cache.service import Cache
+from proxy.store import fills
+from proxy.store.sqlite import SQLiteStore
+from tests.unit.test_cache_units import OCI, A, Upstream, _read_all, open_cache_store, sha
+
+B = ("reg-a", "vendor/b")
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    s = await open_cache_store(tmp_path / "db.sqlite")
+    yield s
+    await s.close()
+
+
+def _objects(root: Path) -> list[Path]:
+    return [p for p in (root / "blobs").rglob("*") if p.is_file()]
+
+
+async def test_one_holder_per_digest_until_released_or_expired(store: SQLiteStore):
+    now = [1000.0]
+    a = FillLeases(store, "host:1:aa", clock=lambda: now[0])
+    b = FillLeases(store, "host:2:bb", clock=lambda: now[0])
+    async with a.claim("sha256:d") as first:
+        async with b.claim("sha256:d") as second:
+            assert (first, second) == (True, False)
+        async with b.claim("sha256:other") as elsewhere:
+            assert elsewhere  # a lease is per digest
+    async with b.claim("sha256:d") as after_release:
+        assert after_release
+    # A holder that died stops renewing: its row is taken over once it expired, not before.
+    assert await fills.take(store, "sha256:e", "host:1:aa", 1_000_000, 30_000)
+    assert not await fills.take(store, "sha256:e", "host:2:bb", 1_029_999, 30_000)
+    assert await fills.take(store, "sha256:e", "host:2:bb", 1_030_001, 30_000)
+    assert not await fills.take(store, "sha256:e", "host:1:aa", 1_030_002, 30_000)
+
+
+async def test_the_holder_renews_while_it_fills(store: SQLiteStore):
+    now = [1000.0]
+    a = FillLeases(store, "host:1:aa", ttl=30, renew_every=0.01, clock=lambda: now[0])
+    async with a.claim("sha256:d"):
+        now[0] = 5000.0
+        deadline = asyncio.get_running_loop().time() + 5
+        while (await store.fetchone("SELECT expires_at FROM cache_fills"))["expires_at"] != 5_030_000:
+            assert asyncio.get_running_loop().time() < deadline, "not renewed"
+            await asyncio.sleep(0.01)
+    assert await store.fetchone("SELECT * FROM cache_fills") is None  # released
+
+
+async def test_without_a_store_the_fill_goes_ahead(tmp_path: Path):
+    closed = SQLiteStore(tmp_path / "db.sqlite")
+    await closed.open()
+    await closed.close()
+    async with FillLeases(closed, "host:1:aa").claim("sha256:d") as fills_it:
+        assert fills_it
+
+
+async def test_what_one_process_stored_is_a_hit_for_another(tmp_path: Path, store: SQLiteStore):
+    root = tmp_path / "c"
+    one = Cache(FilesystemBackend(root), store, 1 << 30, 60, True)
+    two = Cache(FilesystemBackend(root), store, 1 << 30, 60, True)
+    await one.start()
+    await two.start()
+    body = os.urandom(300_000)
+    up = Upstream(body)
+    flight, _ = one.fetch(sha(body), A, up.open)
+    assert await _read_all(flight) == body
+    await flight.task  # published, and its entry written before the lease was let go
+    key = ("reg-a", "vendor/a", "v1", "*")
+    one.set_tag(key, sha(body), OCI)
+    await one.persist.flush()
+    assert two.held(sha(body)) is None
+    entry = await two.adopt(sha(body))
+    assert entry is not None and entry.size == len(body) and two.bound(sha(body), A)
+    assert not await two.bound_anywhere(sha(body), B)
+    one.bind(sha(body), B)
+    await one.persist.flush()
+    assert await two.bound_anywhere(sha(body), B) and two.bound(sha(body), B)
+    tag = await two.adopt_tag(key)
+    assert tag is not None and tag.digest == sha(body)
+    assert await two.read_small(sha(body)) == body and up.calls == 1
+    # What the store lists but this process's backend does not have is no hit.
+    other = Cache(FilesystemBackend(tmp_path / "elsewhere"), store, 1 << 30, 60, True)
+    await other.start()
+    assert await other.adopt(sha(b"never")) is None
+    for c in (one, two, other):
+        await c.close()
+
+
+async def test_while_one_process_fills_another_only_passes_the_bytes_through(tmp_path: Path, store: SQLiteStore):
+    root = tmp_path / "c"
+    one = Cache(FilesystemBackend(root), store, 1 << 30, 60, True)
+    two = Cache(FilesystemBackend(root), store, 1 << 30, 60, True)
+    await one.start()
+    await two.start()
+    body = os.urandom(1 << 20)
+    first, second = Upstream(body, pieces=8), Upstream(body, pieces=8)
+    first.gate.clear()
+    passed = metrics.FILLS.labels("pass")._value.get()
+    filling, _ = one.fetch(sha(body), A, first.open)
+    reader = asyncio.create_task(_read_all(filling))
+    await filling.started  # the lease is one's now
+    through, joined = two.fetch(sha(body), A, second.open)
+    assert not joined
+    followers = await asyncio.gather(_read_all(through), _read_all(through))
+    await through.task
+    assert followers == [body, body] and second.calls == 1  # one upstream GET for two's clients
+    assert not through.keeping and not through.kept and two.held(sha(body)) is None
+    assert metrics.FILLS.labels("pass")._value.get() == passed + 1
+    assert _objects(root) == []  # nothing stored by two; its spool is gone
+    first.gate.set()
+    assert await reader == body
+    await filling.task
+    assert filling.kept and len(_objects(root)) == 1 and first.calls == 1
+    assert list((root / "tmp").iterdir()) == []
+    # A process whose lease comes after another published does not store it again.
+    late = Cache(FilesystemBackend(root), store, 1 << 30, 60, True)
+    await late.start()
+    late.index.remove(sha(body))  # as if its start had come before the publish
+    third = Upstream(body)
+    again, _ = late.fetch(sha(body), A, third.open)
+    assert await _read_all(again) == body
+    await again.task
+    assert not again.kept and len(_objects(root)) == 1
+    for c in (one, two, late):
+        await c.close()
