@@ -1,7 +1,11 @@
 """The pull-through cache: a 1 GiB blob cold (miss: fetch, hash, write) and warm (hit), against
-the baselines of pull_bench.py (docker-registry direct, nginx with 256 KiB buffers) and two bare
-reference servers serving the cached file (os.sendfile; 4 MiB read/write); then 20 concurrent
-cold pulls of one 200 MiB blob against one. Medians of --repeat runs; pullgate's peak RSS.
+the baselines of pull_bench.py (docker-registry direct, nginx with 256 KiB buffers), pullgate's
+plain relay (`cache.backend: none`: the floor of a miss) and two bare reference servers serving
+the cached file (os.sendfile; 4 MiB read/write); then 20 concurrent cold pulls of one 200 MiB
+blob against one. Medians of --repeat runs; pullgate's peak RSS.
+
+CPU per MB of each side of every pull (registry, server, curl): on a machine whose cores the
+three share, 1000 * cores / (their sum) bounds the throughput, whatever the code's latency.
 
 Usage: .venv/bin/python bench/cache_bench.py [--blob-mib 1024] [--repeat 5] [--fanout 20]
 """
@@ -12,6 +16,7 @@ import argparse
 import base64
 import json
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -132,6 +137,12 @@ def start_pullgate(
     return port, admin, proc
 
 
+def curl_cpu_seconds() -> float:
+    """User + system CPU time of the children waited for so far (the curl clients)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def purge(admin: int, digest: str) -> None:
     query = urllib.parse.urlencode({"digest": digest})
     req = urllib.request.Request(
@@ -185,13 +196,18 @@ def run(args: argparse.Namespace, procs: Procs, tmp: Path) -> dict[str, Any]:
     pg = {
         mode: start_pullgate(procs, tmp, reg_port, f"pg-{mode}", args.pullgate, mode) for mode in ("sendfile", "read")
     }
+    relay_port, _, relay_proc = start_pullgate(
+        procs, tmp, reg_port, "pg-relay", args.pullgate, "read", cache={"backend": "none"}
+    )
     auth = [f"Authorization: {BASIC}"]
     base = {mode: f"http://127.0.0.1:{port}/v2/{PROXY_REPO}/blobs/" for mode, (port, _, _) in pg.items()}
-    for mode in pg:
-        pull_n(base[mode] + small, auth, MiB, 2, 60)  # warm-up: auth, store, connections
+    relay_base = f"http://127.0.0.1:{relay_port}/v2/{PROXY_REPO}/blobs/"
+    for url in (*base.values(), relay_base):
+        pull_n(url + small, auth, MiB, 2, 60)  # warm-up: auth, store, connections
     hwm_small = hwm_kib(pg["sendfile"][2].pid) / 1024
 
-    speeds: dict[str, list[float]] = {k: [] for k in ("direct", "nginx", "cold", "warm_sendfile", "warm_read")}
+    names = ("direct", "nginx", "relay", "cold", "warm_sendfile", "warm_read")
+    speeds: dict[str, list[float]] = {k: [] for k in names}
     sendfile_admin = pg["sendfile"][1]
     for mode in pg:  # each pullgate holds the blob once
         pull_n(base[mode] + big, auth, size, 1, args.pull_timeout)
@@ -209,6 +225,7 @@ def run(args: argparse.Namespace, procs: Procs, tmp: Path) -> dict[str, Any]:
     targets = {
         "direct": (f"http://127.0.0.1:{reg_port}/v2/{REPO}/blobs/{big}", []),
         "nginx": (f"http://127.0.0.1:{ng_port}/v2/{REPO}/blobs/{big}", []),
+        "relay": (relay_base + big, auth),
         "warm_sendfile": (base["sendfile"] + big, auth),
         "warm_read": (base["read"] + big, auth),
         **{name: (f"http://127.0.0.1:{port}/blob", []) for name, port in bare.items()},
@@ -217,18 +234,24 @@ def run(args: argparse.Namespace, procs: Procs, tmp: Path) -> dict[str, Any]:
     servers = {
         "direct": [reg_proc.pid],
         "nginx": children(ng_proc.pid),
+        "relay": [relay_proc.pid],
         "warm_sendfile": [pg["sendfile"][2].pid],
         "warm_read": [pg["read"][2].pid],
         "cold": [pg["sendfile"][2].pid],
     }
     cpu: dict[str, float] = dict.fromkeys(servers, 0.0)
+    registry_cpu: dict[str, float] = dict.fromkeys(servers, 0.0)
+    client_cpu: dict[str, float] = dict.fromkeys(servers, 0.0)
 
     def measured(name: str, url: str, headers: list[str]) -> None:
         pids = servers.get(name, [])
-        before = cpu_seconds(pids)
+        before, reg_before, client_before = cpu_seconds(pids), cpu_seconds([reg_proc.pid]), curl_cpu_seconds()
         speeds[name] += pull_n(url, headers, size, 1, args.pull_timeout)
         if name in cpu:
             cpu[name] += cpu_seconds(pids) - before
+            if reg_proc.pid not in pids:  # direct: the registry is the server, counted once
+                registry_cpu[name] += cpu_seconds([reg_proc.pid]) - reg_before
+            client_cpu[name] += curl_cpu_seconds() - client_before
 
     for i in range(args.repeat):
         order = list(targets) if i % 2 == 0 else list(reversed(targets))
@@ -248,6 +271,12 @@ def run(args: argparse.Namespace, procs: Procs, tmp: Path) -> dict[str, Any]:
         many.append(fanout(fan_url, auth, fan_size, args.fanout, args.pull_timeout))
 
     med = {k: round(statistics.median(v), 1) for k, v in speeds.items()}
+    per_mb = 1000 / (args.repeat * size / 1e6)
+    server_ms, registry_ms, client_ms = (
+        {k: round(used * per_mb, 3) for k, used in table.items()} for table in (cpu, registry_cpu, client_cpu)
+    )
+    cores = os.cpu_count() or 1
+    bound = {k: round(1000 * cores / total) for k in cpu if (total := server_ms[k] + registry_ms[k] + client_ms[k])}
     best_bare = max(med["bare_sendfile"], med["bare_read4m"])
     best_warm = max(med["warm_sendfile"], med["warm_read"])
     return {
@@ -255,8 +284,13 @@ def run(args: argparse.Namespace, procs: Procs, tmp: Path) -> dict[str, Any]:
         "repeat": args.repeat,
         "mb_per_s": med,
         "mb_per_s_all": {k: [round(x, 1) for x in v] for k, v in speeds.items()},
-        "server_cpu_ms_per_mb": {k: round(1000 * used / (args.repeat * size / 1e6), 3) for k, used in cpu.items()},
+        "server_cpu_ms_per_mb": server_ms,
+        "registry_cpu_ms_per_mb": registry_ms,
+        "client_cpu_ms_per_mb": client_ms,
+        "cores": cores,
+        "cpu_bound_mb_per_s": bound,
         "ratio_cold_nginx": round(med["cold"] / med["nginx"], 3),
+        "ratio_relay_nginx": round(med["relay"] / med["nginx"], 3),
         "ratio_warm_best_bare": round(best_warm / best_bare, 3),
         "ratio_warm_direct": round(best_warm / med["direct"], 3),
         "faster_hit_io": "sendfile" if med["warm_sendfile"] >= med["warm_read"] else "read",
@@ -274,8 +308,15 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"\nblob {r['blob_bytes'] // MiB} MiB, median of {r['repeat']} (MB/s = 10^6 B/s)")
     for name, value in r["mb_per_s"].items():
         print(f"  {name:<15}{value:>10.1f}  {r['mb_per_s_all'][name]}")
-    print(f"server CPU ms/MB: {r['server_cpu_ms_per_mb']}")
-    print(f"cold/nginx {r['ratio_cold_nginx']} (target >= 0.8)")
+    print(f"CPU ms/MB of each side (registry + server + curl), and the bound on {r['cores']} cores")
+    for name, server in r["server_cpu_ms_per_mb"].items():
+        registry, client = r["registry_cpu_ms_per_mb"][name], r["client_cpu_ms_per_mb"][name]
+        total = registry + server + client
+        print(
+            f"  {name:<15}{registry:>7.3f} +{server:>7.3f} +{client:>7.3f} ={total:>7.3f}"
+            f"  -> {r['cpu_bound_mb_per_s'].get(name, '-')} MB/s"
+        )
+    print(f"cold/nginx {r['ratio_cold_nginx']} (target >= 0.8), relay/nginx {r['ratio_relay_nginx']}")
     print(
         f"warm/faster bare {r['ratio_warm_best_bare']} (target >= 0.95), warm/direct {r['ratio_warm_direct']} (>= 0.9)"
     )

@@ -7,7 +7,7 @@ bucket once verified).
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -30,6 +30,11 @@ class Upload(Protocol):
 
     async def write(self, chunk: bytes) -> None:
         """Append (blocking I/O happens off the event loop)."""
+        ...
+
+    async def write_many(self, chunks: Sequence[bytes], each: Callable[[bytes], None] | None = None) -> None:
+        """Append several chunks in order, in one trip off the event loop, none joined first;
+        `each` (a hash's update) sees every chunk in that same trip, before it is written."""
         ...
 
     async def publish(self) -> None:

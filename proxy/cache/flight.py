@@ -24,8 +24,8 @@ from proxy.oci.digest import Verifier
 
 log = logging.getLogger("pullgate.cache")
 
-# Chunks received but not yet hashed and written, per fetch (each up to a few MiB).
-DEPTH = 4
+# Bytes received but not yet hashed and written, per fetch (and as much again in the threads).
+BACKLOG = 8 * 1024 * 1024
 
 
 @dataclass
@@ -164,19 +164,19 @@ class Flight:
                 self._maybe_close()
 
     async def _copy(self, source: Source, upload: Upload) -> None:
-        """Receive on the loop; hash and write in a task of its own, up to DEPTH chunks behind,
+        """Receive on the loop; hash and write in a task of its own, up to BACKLOG bytes behind,
         so a thread that waits for a CPU does not stall the upstream socket."""
         verifier = Verifier(self.digest)
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=DEPTH)
-        writer = asyncio.ensure_future(self._drain(queue, verifier, upload))
+        backlog = Backlog(BACKLOG)
+        writer = asyncio.ensure_future(self._drain(backlog, verifier, upload))
         received = 0
         try:
             async for chunk in source.chunks:
                 received += len(chunk)
                 if self.length is not None and received > self.length:
                     raise FetchFailed("upstream")  # more than announced
-                await queue.put(chunk)
-            await queue.put(None)
+                await backlog.put(chunk)
+            backlog.close()
             await writer
         except FetchFailed:
             raise
@@ -193,21 +193,60 @@ class Flight:
         if not verifier.matches():
             raise FetchFailed("digest")
 
-    async def _drain(self, queue: asyncio.Queue[bytes | None], verifier: Verifier, upload: Upload) -> None:
+    async def _drain(self, backlog: Backlog, verifier: Verifier, upload: Upload) -> None:
         failure: Exception | None = None
-        while (chunk := await queue.get()) is not None:
+        while (chunks := await backlog.take()) is not None:
             if failure is not None:
-                continue  # keep taking, so the receiver never waits on a full queue
+                continue  # keep taking, so the receiver never waits on a full backlog
             try:
-                # Hashing and writing in parallel, off the loop (both release the GIL).
-                await asyncio.gather(off_loop(verifier.update, chunk), upload.write(chunk))
+                # Everything received meanwhile, in one trip off the loop: hashed, then written
+                # by the same thread (both release the GIL), the buffers never joined. Measured:
+                # less CPU than hashing and writing in two threads at once.
+                await upload.write_many(chunks, verifier.update)
             except Exception as exc:  # the disk: raised once the receiver is done
                 failure = exc
                 continue
-            self.written += len(chunk)
+            self.written += sum(map(len, chunks))
             self._notify()
         if failure is not None:
             raise failure
+
+
+class Backlog:
+    """Chunks received, not yet hashed and written. The writer takes all of them at once, so
+    the number of trips to the threads follows the disk's pace, not the socket's read size."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.closed = False
+        self._chunks: list[bytes] = []
+        self._filled = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    async def put(self, chunk: bytes) -> None:
+        while self.size >= self.limit:
+            self._room.clear()
+            await self._room.wait()
+        self._chunks.append(chunk)
+        self.size += len(chunk)
+        self._filled.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._filled.set()
+
+    async def take(self) -> list[bytes] | None:
+        """Every chunk waiting; None once closed and empty."""
+        while not self._chunks:
+            if self.closed:
+                return None
+            self._filled.clear()
+            await self._filled.wait()
+        chunks, self._chunks, self.size = self._chunks, [], 0
+        self._room.set()
+        return chunks
 
 
 class Flights:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from proxy.cache.backend import StoredObject
+from proxy.cache.fileio import write_all
 from proxy.cache.offload import off_loop
 from proxy.cache.spool import LocalSpool, writer_alive
 from proxy.oci.grammar import KNOWN_DIGESTS
@@ -33,7 +34,10 @@ class FsUpload:
         return self._path
 
     async def write(self, chunk: bytes) -> None:
-        await off_loop(_write_all, self._fd, chunk)
+        await off_loop(write_all, self._fd, (chunk,))
+
+    async def write_many(self, chunks: Sequence[bytes], each: Callable[[bytes], None] | None = None) -> None:
+        await off_loop(write_all, self._fd, chunks, each)
 
     async def publish(self) -> None:
         await off_loop(self._publish)
@@ -201,13 +205,6 @@ class FilesystemBackend:
 
 def _is_hex(text: str) -> bool:
     return all(c in "0123456789abcdef" for c in text)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
 
 
 def _open_for_read(path: Path) -> FsOpened | None:

@@ -35,12 +35,13 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import aiohttp
 
 from proxy.cache.backend import StoredObject
+from proxy.cache.fileio import write_all
 from proxy.cache.s3client import ConnectorFactory, S3Client, S3Endpoint, S3Error
 from proxy.cache.spool import LocalSpool, writer_alive
 from proxy.oci.grammar import KNOWN_DIGESTS
@@ -119,14 +120,18 @@ class S3Upload:
         return self._path
 
     async def write(self, chunk: bytes) -> None:
+        await self.write_many((chunk,))
+
+    async def write_many(self, chunks: Sequence[bytes], each: Callable[[bytes], None] | None = None) -> None:
         if self._done:
             raise RuntimeError("write after publish or discard")
         self._raise_failed()
         fd = self._fd
         assert fd is not None
-        await asyncio.to_thread(_write_all, fd, chunk)
-        self._buf += chunk
-        self.size += len(chunk)
+        await asyncio.to_thread(write_all, fd, chunks, each)
+        for chunk in chunks:
+            self._buf += chunk
+            self.size += len(chunk)
         while len(self._buf) >= self._part_size:
             body = self._buf[: self._part_size]
             del self._buf[: self._part_size]
@@ -403,12 +408,6 @@ def normalize_prefix(prefix: str) -> str:
     """ "" or "a/b/" (one trailing slash, none leading)."""
     prefix = prefix.strip("/")
     return f"{prefix}/" if prefix else ""
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _close_unlink(fd: int, path: Path) -> None:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from proxy.cache.fileio import write_all
 from proxy.cache.offload import off_loop
 
 
@@ -32,8 +34,11 @@ class LocalSpool:
         return self._path
 
     async def write(self, chunk: bytes) -> None:
+        await self.write_many((chunk,))
+
+    async def write_many(self, chunks: Sequence[bytes], each: Callable[[bytes], None] | None = None) -> None:
         assert self._fd is not None, "write after discard"
-        await off_loop(_write_all, self._fd, chunk)
+        await off_loop(write_all, self._fd, chunks, each)
 
     async def publish(self) -> None:
         raise RuntimeError("a spool is never published")
@@ -59,12 +64,6 @@ def writer_alive(name: str) -> bool:
     except PermissionError:
         return True  # exists, owned by someone else
     return True
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _close_unlink(fd: int, path: Path) -> None:

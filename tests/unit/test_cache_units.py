@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from proxy.cache.flight import FetchFailed, Source
+from proxy.cache.fileio import write_all
+from proxy.cache.flight import Backlog, FetchFailed, Source
 from proxy.cache.fs import FilesystemBackend
 from proxy.cache.index import CacheIndex, Entry, TagEntry
 from proxy.cache.send import parse_range
@@ -225,6 +226,51 @@ async def _read_all(flight) -> bytes:
             await flight.progress()
     finally:
         flight.leave()
+
+
+def test_write_all_writes_every_buffer_in_order_through_short_writes(tmp_path: Path, monkeypatch):
+    chunks = [os.urandom(n) for n in (5, 0, 70_000, 1, 300_000)] * 300  # more buffers than IOV_MAX
+    real = os.writev
+    calls: list[int] = []
+
+    def short(fd: int, views: list[memoryview]) -> int:
+        """As the kernel may: takes the first half of the buffers, the last of them only in part."""
+        calls.append(len(views))
+        half = views[: len(views) // 2 + 1]
+        half[-1] = half[-1][: max(1, len(half[-1]) // 3)]
+        return real(fd, half)
+
+    monkeypatch.setattr(os, "writev", short)
+    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o600)
+    seen: list[bytes] = []
+    try:
+        write_all(fd, chunks, seen.append)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "out").read_bytes() == b"".join(chunks)
+    assert seen == chunks  # what a hash would have been fed: every chunk, in order
+    assert max(calls) <= 1024 and len(calls) > 2
+
+
+async def test_the_backlog_hands_the_writer_everything_received_and_bounds_the_receiver():
+    backlog = Backlog(limit=10)
+    for piece in (b"abcd", b"efgh"):
+        await backlog.put(piece)
+    assert await backlog.take() == [b"abcd", b"efgh"]  # one trip for all of it, not joined
+    await backlog.put(b"0123456789")
+    blocked = asyncio.ensure_future(backlog.put(b"x"))  # over the limit: waits for the writer
+    await asyncio.sleep(0)
+    assert not blocked.done()
+    assert await backlog.take() == [b"0123456789"]
+    await blocked
+    waiting = asyncio.ensure_future(backlog.take())
+    await asyncio.sleep(0)
+    assert waiting.done() and waiting.result() == [b"x"]
+    ended = asyncio.ensure_future(backlog.take())
+    await asyncio.sleep(0)
+    assert not ended.done()  # nothing yet: waits
+    backlog.close()
+    assert await ended is None
 
 
 async def test_concurrent_misses_share_one_fetch_and_the_end_waits_for_the_hash(tmp_path: Path, store):
