@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import http.client
 import logging
 import os
 import select
 import socket
 import ssl
+import struct
 import threading
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -40,6 +42,8 @@ from proxy.egress import EgressPolicy, Refusal
 log = logging.getLogger("pullgate.cache.s3")
 
 BUFFER = 2 * 1024 * 1024  # one read from upstream, one write to the client
+PIPE = 1024 * 1024  # the splice pipe (Linux's default pipe-max-size for an unprivileged process)
+SPLICE = hasattr(os, "splice")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -177,7 +181,10 @@ class Relay:
         try:
             upstream = self._connect()
             resp = self._request(upstream)
-            self._pump(resp, client_fd)
+            if SPLICE and not isinstance(upstream, ssl.SSLSocket):
+                self._splice(resp, upstream, client_fd)
+            else:
+                self._pump(resp, client_fd)
             return self.sent
         finally:
             os.close(client_fd)
@@ -265,6 +272,56 @@ class Relay:
                 raise UpstreamFailed(self.sent)  # shorter than it said
             self._send(client_fd, want[:n], poller)
             self.sent += n
+
+    def _splice(self, resp: http.client.HTTPResponse, sock: socket.socket, client_fd: int) -> None:
+        """Plain HTTP upstream: the kernel moves the body socket -> pipe -> socket (splice), no
+        copy through this process. What http.client buffered past the headers goes first."""
+        poller = select.poll()
+        poller.register(client_fd, select.POLLOUT)
+        poller.register(self._wake_r, select.POLLIN)
+        assert resp.fp is not None
+        head = resp.fp.read1(65536)  # only the buffered bytes (at most 8 KiB) when there are any
+        self._check()
+        if head:
+            self._send(client_fd, memoryview(head)[: self.count], poller)
+            self.sent += min(len(head), self.count)
+        # Blocking reads, each bounded by the read timeout (SO_RCVTIMEO: splice honours it).
+        sock.settimeout(None)
+        timeout = self.source.read_timeout
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", int(timeout), 0))
+        pipe_r, pipe_w = os.pipe()
+        try:
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(pipe_w, fcntl.F_SETPIPE_SZ, PIPE)
+            upstream_fd = sock.fileno()
+            while self.sent < self.count:
+                try:
+                    n = os.splice(upstream_fd, pipe_w, min(PIPE, self.count - self.sent), flags=os.SPLICE_F_MOVE)
+                except OSError:  # BlockingIOError: the read timeout passed; or a reset
+                    n = 0
+                self._check()
+                if n == 0:
+                    raise UpstreamFailed(self.sent)  # shorter than it said
+                self._splice_out(pipe_r, client_fd, n, poller)
+                self.sent += n
+        finally:
+            os.close(pipe_r)
+            os.close(pipe_w)
+
+    def _splice_out(self, pipe_r: int, fd: int, n: int, poller: select.poll) -> None:
+        flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+        while n:
+            try:
+                n -= os.splice(pipe_r, fd, n, flags=flags)
+                continue
+            except BlockingIOError:
+                pass
+            except OSError:
+                raise ClientGone(self.sent) from None
+            ready = poller.poll(self.idle * 1000)
+            self._check()
+            if not ready:
+                raise ClientGone(self.sent)
 
     def _send(self, fd: int, data: memoryview, poller: select.poll) -> None:
         while data:

@@ -24,7 +24,9 @@ locally (for `cache.s3.redirect`: 307, 60 s). `ready` is HeadBucket (readiness).
 Egress: the client connects through the connector the caller passes; the app passes the
 egress-guarded one (proxy.upstream.connector.GuardedConnector) with the process policy, so
 the bucket's endpoint is judged at connect time like a registry (an on-premises endpoint on a
-private address needs its `upstream.egress_allow` entry).
+private address needs its `upstream.egress_allow` entry). A large hit's relay thread
+(proxy.cache.s3relay, through `S3Opened.direct_source`) makes its own connection, to an
+address the same policy judged on the loop (`policy`, given by the app).
 """
 
 from __future__ import annotations
