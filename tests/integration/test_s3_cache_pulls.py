@@ -206,7 +206,21 @@ async def test_a_large_hit_is_relayed_by_a_thread_exactly(
         await apoll(lambda: _relays(srv, "client") == 1, timeout=20, what="the relay ending for the client gone")
         status, _, body, failure = await _get(url)  # and the proxy serves on
         assert (status, failure, body == whole) == (200, None, True)
-        assert _relays(srv, "done") == 3 and _relays(srv, "upstream") == _relays(srv, "fallback") == 0
+        # Keep-alive: the connection a relay wrote to goes on serving requests (one connection).
+        made: list[object] = []
+        trace = aiohttp.TraceConfig()
+
+        async def created(*args: object) -> None:
+            made.append(args)
+
+        trace.on_connection_create_end.append(created)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), trace_configs=[trace]) as s:
+            for start, stop in ((0, size), (MiB, 9 * MiB + 1), (0, 100)):
+                rng = f"bytes={start}-{stop - 1}"
+                async with s.get(url, headers={**AUTH, "Range": rng}) as r:
+                    assert (r.status, await r.read() == whole[start:stop]) == (206, True)
+        assert len(made) == 1
+        assert _relays(srv, "done") == 5 and _relays(srv, "upstream") == _relays(srv, "fallback") == 0
         assert _upstream_gets(upstream, f"/v2/vendor/mid/blobs/{digest}") == gets + 1
     finally:
         srv.stop()
