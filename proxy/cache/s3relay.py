@@ -1,8 +1,9 @@
 """A large S3 hit relayed by a thread: one GET of the object (a presigned URL, so no header
-is signed) read with blocking calls into one reused buffer and written to the client's
-socket, the GIL released in both. On the event loop the same bytes cost ~1.2 s of CPU per
-GiB (aiohttp's client parser, Python, aiohttp's writer: bench/README.md, s3_bench), which
-capped a hit near 0.45x a direct GET.
+is signed) with blocking calls, the GIL released. A plain-HTTP endpoint's body is spliced
+socket -> pipe -> client socket (no copy through the process); over https it is read into
+one reused buffer and written. On the event loop the same bytes cost 1.1-1.4 s of CPU per
+GiB (aiohttp's client parser, Python, aiohttp's writer), which capped a hit near 0.3-0.45x
+a direct GET; relayed, 0.3-0.4 s and 0.62-0.69x (bench/README.md, s3_bench).
 
 Egress as everywhere else: the endpoint's host is resolved on the loop, every address is
 judged by the process's EgressPolicy, and the thread connects only to a judged address
