@@ -184,7 +184,7 @@ async def _open_cache(cfg: Config, store: Store, upstream: UpstreamClient) -> Ca
             return GuardedConnector(upstream.policy, limit=64, limit_per_host=0, keepalive_timeout=30)
 
         # Fills spool here too, so that followers tail a local file while the parts upload.
-        backend = S3Backend.from_config(c.s3, cache_path(cfg) / "spool", connector, cfg.base_dir)
+        backend = S3Backend.from_config(c.s3, cache_path(cfg) / "spool", connector, cfg.base_dir, upstream.policy)
     else:
         backend = FilesystemBackend(cache_path(cfg))
     cache = Cache(

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from proxy.cache.s3relay import DirectSource
+
 
 @dataclass(frozen=True)
 class StoredObject:
@@ -64,6 +66,11 @@ class Opened(Protocol):
     def chunks(self, offset: int, length: int) -> AsyncGenerator[bytes, None]:
         """The bytes [offset, offset + length) in pieces as they arrive, never gathered into
         one buffer (a hit streamed from a remote backend: each piece goes straight out)."""
+        ...
+
+    def direct_source(self) -> DirectSource | None:
+        """Where a thread may GET the object itself (proxy.cache.s3relay: a large S3 hit),
+        or None (a local file, or a backend without one)."""
         ...
 
     async def close(self) -> None: ...

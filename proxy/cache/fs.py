@@ -81,6 +81,9 @@ class FsOpened:
     def fileno(self) -> int | None:
         return self._fd
 
+    def direct_source(self) -> None:
+        return None  # sendfile from the descriptor
+
     async def read(self, offset: int, length: int) -> bytes:
         assert self._fd is not None, "read after close"
         return await off_loop(os.pread, self._fd, length, offset)

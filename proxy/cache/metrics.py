@@ -32,6 +32,14 @@ ADOPTED = Counter(
     "Objects another replica or worker stored, found through the shared index on a miss of this one's",
     registry=REGISTRY,
 )
+RELAYS = Counter(
+    "pullgate_cache_relays",
+    "Large remote (S3) hits relayed by a thread, by outcome: done, client (gone or not reading),"
+    " upstream (a short or wrong answer: the response aborted), fallback (unreachable this way:"
+    " streamed on the event loop instead)",
+    ["outcome"],
+    registry=REGISTRY,
+)
 EVICTIONS = Counter("pullgate_cache_evictions", "Objects evicted (least recently used)", registry=REGISTRY)
 # One disk, several workers (`serve --workers N`): each reports its own view of it; the
 # freshest one stands for the whole (summing would count the same files N times).

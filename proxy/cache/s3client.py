@@ -149,6 +149,7 @@ class S3Client:
             total=None, connect=connect_timeout, sock_connect=connect_timeout, sock_read=read_timeout
         )
         self._bufsize = read_bufsize
+        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self._session: aiohttp.ClientSession | None = None
 
     def _http(self) -> aiohttp.ClientSession:

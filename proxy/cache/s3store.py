@@ -24,7 +24,9 @@ locally (for `cache.s3.redirect`: 307, 60 s). `ready` is HeadBucket (readiness).
 Egress: the client connects through the connector the caller passes; the app passes the
 egress-guarded one (proxy.upstream.connector.GuardedConnector) with the process policy, so
 the bucket's endpoint is judged at connect time like a registry (an on-premises endpoint on a
-private address needs its `upstream.egress_allow` entry).
+private address needs its `upstream.egress_allow` entry). A large hit's relay thread
+(proxy.cache.s3relay, through `S3Opened.direct_source`) makes its own connection, to an
+address the same policy judged on the loop (`policy`, given by the app).
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ import aiohttp
 from proxy.cache.backend import StoredObject
 from proxy.cache.fileio import write_all
 from proxy.cache.s3client import ConnectorFactory, S3Client, S3Endpoint, S3Error
+from proxy.cache.s3relay import DirectSource
 from proxy.cache.spool import LocalSpool, writer_alive
+from proxy.egress import EgressPolicy
 from proxy.oci.grammar import KNOWN_DIGESTS
 from proxy.settings import CacheS3Section, read_secret
 
@@ -221,10 +225,11 @@ class S3Upload:
 class S3Opened:
     """An object opened for reading: its size known, its bytes fetched by ranged GETs."""
 
-    def __init__(self, client: S3Client, key: str, size: int) -> None:
+    def __init__(self, client: S3Client, key: str, size: int, policy: EgressPolicy | None = None) -> None:
         self._client = client
         self.key = key
         self._size = size
+        self._policy = policy
         self._stream: contextlib.AsyncExitStack | None = None
         self._resp: aiohttp.ClientResponse | None = None
         self._pos = -1  # where the open GET's next byte is
@@ -235,6 +240,15 @@ class S3Opened:
 
     def fileno(self) -> int | None:
         return None
+
+    def direct_source(self) -> DirectSource | None:
+        """A presigned GET for the relay thread, judged by the same egress policy as the
+        client's connections (none given, as in tests of the object layer: no relay)."""
+        if self._policy is None:
+            return None
+        url = self._client.presign_get(self.key, PRESIGN_SECONDS)
+        c = self._client
+        return DirectSource(url, self._size, self._policy, c.connect_timeout, c.read_timeout)
 
     async def read(self, offset: int, length: int) -> bytes:
         """Up to `length` bytes at `offset` (fewer only at the end of the object)."""
@@ -325,8 +339,10 @@ class S3Backend:
         part_size: int = PART_SIZE,
         inflight: int = INFLIGHT,
         stale_upload_seconds: float = STALE_UPLOAD_SECONDS,
+        policy: EgressPolicy | None = None,
     ) -> None:
         self.client = client
+        self.policy = policy  # the egress policy, for the relay thread's own connections
         self.prefix = prefix
         self.spool_dir = spool_dir
         self.part_size = part_size
@@ -335,7 +351,12 @@ class S3Backend:
 
     @classmethod
     def from_config(
-        cls, section: CacheS3Section, spool_dir: Path, connector: ConnectorFactory, base_dir: Path | None = None
+        cls,
+        section: CacheS3Section,
+        spool_dir: Path,
+        connector: ConnectorFactory,
+        base_dir: Path | None = None,
+        policy: EgressPolicy | None = None,
     ) -> S3Backend:
         """From the validated `cache.s3` section; the secret is read here, by reference."""
         secret = read_secret(
@@ -345,7 +366,7 @@ class S3Backend:
             base_dir=base_dir,
         )
         endpoint = S3Endpoint(section.endpoint_url, section.region, section.bucket, section.access_key_id, secret or "")
-        return cls(S3Client(endpoint, connector), normalize_prefix(section.prefix), spool_dir)
+        return cls(S3Client(endpoint, connector), normalize_prefix(section.prefix), spool_dir, policy=policy)
 
     def key(self, digest: str) -> str:
         return object_key(self.prefix, digest)
@@ -386,7 +407,7 @@ class S3Backend:
     async def open(self, digest: str) -> S3Opened | None:
         key = self.key(digest)
         size = await self.client.head(key)
-        return None if size is None else S3Opened(self.client, key, size)
+        return None if size is None else S3Opened(self.client, key, size, self.policy)
 
     async def delete(self, digest: str) -> None:
         await self.client.delete(self.key(digest))

@@ -5,6 +5,10 @@ Two ways, chosen by `cache.hit_io` after measuring (bench/cache_bench.py): `send
 (the kernel copies from the page cache to the socket; asyncio's loop.sendfile, which
 waits for aiohttp's buffered headers first) or `read` (4 MiB preads in a thread, one
 socket write each). Never small chunks through Python. TLS sockets cannot sendfile: `read`.
+
+A remote backend's hit streams its pieces through the loop; one of RELAY_MIN bytes or more
+is relayed by a thread when the backend offers a direct source (S3: proxy.cache.s3relay),
+under the same cap as the blocking sendfiles, on plain sockets only (as sendfile).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from proxy.cache import metrics
+from proxy.cache import metrics, s3relay
 from proxy.cache.backend import Opened
 from proxy.cache.flight import Flight
 from proxy.cache.offload import off_loop, off_loop_send
@@ -27,6 +31,8 @@ from proxy.cache.offload import off_loop, off_loop_send
 READ_SIZE = 4 * 1024 * 1024
 # sendfile in slices, each bounded in time: a client that stops reading is dropped.
 SLICE = 16 * 1024 * 1024
+# Smaller remote hits keep the loop's path: a thread and a connection of its own cost more.
+RELAY_MIN = 8 * 1024 * 1024
 
 
 class ReaderAborted(Exception):
@@ -155,6 +161,45 @@ async def _drained(request: web.Request) -> None:
         transport.set_write_buffer_limits()
 
 
+async def _relayed(request: web.Request, opened: Opened, start: int, count: int, idle: float) -> bool:
+    """True when a thread sent the bytes (proxy.cache.s3relay); False when this path cannot be
+    taken (no direct source, a TLS client, the threads all busy, the endpoint unreachable
+    before anything was sent): the caller streams them on the loop."""
+    transport = request.transport
+    if transport is None or transport.get_extra_info("sslcontext") is not None:
+        return False
+    sock = transport.get_extra_info("socket")
+    if sock is None or _Blocking.active >= _Blocking.limit:
+        return False
+    source = opened.direct_source()
+    if source is None:
+        return False
+    _Blocking.active += 1
+    try:
+        await _drained(request)  # the headers out first; then the loop leaves this socket alone
+        transport.pause_reading()
+        try:
+            await s3relay.relay(source, start, count, sock.fileno(), idle)
+        finally:
+            if not transport.is_closing():
+                transport.resume_reading()
+    except s3relay.Unavailable:
+        metrics.RELAYS.labels("fallback").inc()
+        return False
+    except s3relay.ClientGone as exc:
+        metrics.RELAYS.labels("client").inc()
+        raise ReaderAborted("client", exc.sent) from None
+    except ConnectionError:  # gone before the relay began (flushing the headers)
+        raise ReaderAborted("client", 0) from None
+    except (s3relay.UpstreamFailed, s3relay.Refused) as exc:
+        metrics.RELAYS.labels("upstream").inc()
+        raise ReaderAborted("upstream", getattr(exc, "sent", 0)) from None
+    finally:
+        _Blocking.active -= 1
+    metrics.RELAYS.labels("done").inc()
+    return True
+
+
 def parse_range(value: str | None, size: int) -> tuple[int, int] | bool | None:
     """`bytes=a-b` -> (start, end inclusive); None: no range; False: not satisfiable."""
     if value is None:
@@ -212,6 +257,9 @@ async def send_object(
 async def _send_remote(
     request: web.Request, resp: web.StreamResponse, opened: Opened, start: int, count: int, idle: float
 ) -> None:
+    if count >= RELAY_MIN and await _relayed(request, opened, start, count, idle):
+        metrics.BYTES.labels("cache").inc(count)
+        return
     sent = 0
     async with contextlib.aclosing(opened.chunks(start, count)) as chunks:
         async for chunk in chunks:  # each piece out as it arrives: no 4 MiB gathering

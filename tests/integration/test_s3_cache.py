@@ -24,7 +24,9 @@ from pathlib import Path
 
 import pytest
 
+from proxy.cache import s3relay
 from proxy.cache.s3client import S3Client, S3Endpoint, S3Error
+from proxy.cache.s3relay import DirectSource
 from proxy.cache.s3store import S3Backend, S3Upload
 from proxy.egress import EgressPolicy, parse_allow
 from proxy.upstream.connector import GuardedConnector
@@ -386,3 +388,198 @@ def _refused(url: str) -> bool:
     except OSError:
         return True
     return False
+
+
+# --- the relay thread (proxy.cache.s3relay): a large hit's bytes GET by a thread ------------
+
+
+def relay_backend(gw: S3Gateway, bucket: str, spool: Path, allow: list[str], url: str | None = None) -> S3Backend:
+    """A backend whose opened objects offer a direct source judged by a policy of `allow`."""
+    ep = S3Endpoint(url or gw.url, "us-east-1", bucket, gw.access_key, gw.secret_key)
+    client = S3Client(ep, lambda: guarded(["127.0.0.0/8"]))
+    return S3Backend(client, "pg/", spool, part_size=PART, policy=EgressPolicy(parse_allow(allow)))
+
+
+def client_pair() -> tuple[socket.socket, socket.socket]:
+    """(the proxy's end, non-blocking as the loop's sockets are; the client's end)."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.settimeout(20)
+    return ours, theirs
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        chunk = sock.recv(min(1 << 20, n - len(out)))
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
+def drain_until(sock: socket.socket, done: threading.Event) -> int:
+    """What arrives until `done` is set and nothing more is buffered."""
+    sock.settimeout(0.2)
+    got = 0
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except TimeoutError:
+            if done.is_set():
+                return got
+            continue
+        if not chunk:
+            return got
+        got += len(chunk)
+
+
+async def source_of(b: S3Backend, digest: str) -> DirectSource:
+    opened = await b.open(digest)
+    assert opened is not None
+    source = opened.direct_source()
+    await opened.close()
+    assert source is not None
+    return source
+
+
+async def test_the_relay_sends_exactly_the_object_or_a_range(s3gw: S3Gateway, s3_bucket: str, tmp_path: Path) -> None:
+    b = relay_backend(s3gw, s3_bucket, tmp_path / "spool", ["127.0.0.0/8"])
+    data = blob(5 * MiB + 7, b"relay")
+    digest = digest_of(data)
+    await b.put(digest, data)
+    source = await source_of(b, digest)
+    assert source.size == len(data) and "X-Amz-Signature" not in repr(source)  # the URL is a credential
+    ours, theirs = client_pair()
+    try:
+        for start, count in ((0, len(data)), (MiB + 3, 2 * MiB + 5), (len(data) - 10, 10)):
+            got, sent = await asyncio.gather(
+                asyncio.to_thread(recv_exactly, theirs, count), s3relay.relay(source, start, count, ours.fileno(), 10)
+            )
+            assert (sent, got) == (count, data[start : start + count])
+        # The relay's descriptors are its own: the client's socket is still open and usable.
+        ours.send(b"!")
+        assert theirs.recv(1) == b"!"
+        # An answer of another length than the caller expects: refused before any byte is sent.
+        wrong = DirectSource(source.url, len(data) + 1, source.policy)
+        with pytest.raises(s3relay.UpstreamFailed) as info:
+            await s3relay.relay(wrong, 0, len(data) + 1, ours.fileno(), 10)
+        assert info.value.sent == 0
+        ranged_wrong = DirectSource(source.url, len(data) + 1, source.policy)
+        with pytest.raises(s3relay.UpstreamFailed):  # Content-Range names another size
+            await s3relay.relay(ranged_wrong, 5, 10, ours.fileno(), 10)
+        theirs.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            theirs.recv(1)  # nothing was sent
+    finally:
+        ours.close()
+        theirs.close()
+        await b.close()
+
+
+async def test_an_object_truncated_mid_body_aborts_the_relay(s3gw: S3Gateway, s3_bucket: str, tmp_path: Path) -> None:
+    b = relay_backend(s3gw, s3_bucket, tmp_path / "spool", ["127.0.0.0/8"])
+    data = blob(48 * MiB, b"truncated")  # more than every socket buffer on the way holds
+    digest = digest_of(data)
+    await b.put(digest, data)
+    source = await source_of(b, digest)
+    ours, theirs = client_pair()
+    try:
+        task = asyncio.ensure_future(s3relay.relay(source, 0, len(data), ours.fileno(), 10))
+        first = await asyncio.to_thread(recv_exactly, theirs, MiB)
+        assert first == data[:MiB]
+        os.truncate(s3gw.data / s3_bucket / b.key(digest), 0)  # the gateway's file, under its reader
+        done = threading.Event()
+        drained = asyncio.ensure_future(asyncio.to_thread(drain_until, theirs, done))
+        with pytest.raises(s3relay.UpstreamFailed) as info:
+            await asyncio.wait_for(task, 30)
+        done.set()
+        rest = await drained
+        assert MiB <= info.value.sent < len(data) and MiB + rest == info.value.sent  # never the whole length
+    finally:
+        ours.close()
+        theirs.close()
+        await b.close()
+
+
+async def test_a_client_not_reading_is_dropped_and_a_cancel_stops_the_thread(
+    s3gw: S3Gateway, s3_bucket: str, tmp_path: Path
+) -> None:
+    b = relay_backend(s3gw, s3_bucket, tmp_path / "spool", ["127.0.0.0/8"])
+    data = blob(32 * MiB, b"stalled")
+    digest = digest_of(data)
+    await b.put(digest, data)
+    source = await source_of(b, digest)
+    ours, theirs = client_pair()
+    try:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        with pytest.raises(s3relay.ClientGone) as gone:  # nobody reads `theirs`
+            await asyncio.wait_for(s3relay.relay(source, 0, len(data), ours.fileno(), 0.5), 20)
+        assert gone.value.sent < len(data) and loop.time() - began < 10
+        # Cancelled while blocked on the client (idle 60 s): over at once, the thread with it.
+        task = asyncio.ensure_future(s3relay.relay(source, 0, len(data), ours.fileno(), 60))
+        await apoll(lambda: relay_steps() != [] and pending(theirs), 10, "the relay blocked on the client")
+        began = loop.time()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert loop.time() - began < 2
+        await apoll(lambda: relay_steps() == [], 5, "the relay thread gone")
+    finally:
+        ours.close()
+        theirs.close()
+        await b.close()
+
+
+def relay_steps() -> list[str]:
+    """Where each relay thread is now: its innermost function in proxy.cache.s3relay."""
+    out = []
+    for ident, frame in sys._current_frames().items():
+        names, f = [], frame
+        while f is not None:
+            if "s3relay" in f.f_code.co_filename:
+                names.append(f.f_code.co_name)
+            f = f.f_back
+        if names and ident != threading.get_ident():
+            out.append(names[0])
+    return out
+
+
+def pending(sock: socket.socket) -> bool:
+    """Bytes arrived and unread (the relay has begun, and its client is not reading)."""
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except BlockingIOError:
+        return False
+
+
+async def test_the_relay_connects_only_where_the_egress_policy_allows(
+    s3gw: S3Gateway, s3_bucket: str, tmp_path: Path
+) -> None:
+    data = blob(MiB, b"egress")
+    digest = digest_of(data)
+    front = DroppingFront(s3gw.port, drops=0)  # counts the connections it accepts
+    url = f"http://localhost:{front.port}"  # a name: resolved on the loop, every address judged
+    refused = relay_backend(s3gw, s3_bucket, tmp_path / "a", [], url=url)
+    allowed = relay_backend(s3gw, s3_bucket, tmp_path / "b", ["127.0.0.0/8", "::1/128"], url=url)
+    ours, theirs = client_pair()
+    try:
+        await allowed.put(digest, data)
+        denied, admitted = await source_of(refused, digest), await source_of(allowed, digest)  # HEADs (aiohttp's)
+        accepted = front.accepted
+        with pytest.raises(s3relay.Refused) as info:
+            await s3relay.relay(denied, 0, len(data), ours.fileno(), 10)
+        assert info.value.refusal.rule == "loopback" and front.accepted == accepted  # never connected
+        got, _ = await asyncio.gather(
+            asyncio.to_thread(recv_exactly, theirs, len(data)),
+            s3relay.relay(admitted, 0, len(data), ours.fileno(), 10),
+        )
+        assert got == data
+        await apoll(lambda: front.accepted == accepted + 1, 5, "the relay's one connection")
+    finally:
+        ours.close()
+        theirs.close()
+        front.stop()
+        await refused.close()
+        await allowed.close()

@@ -8,17 +8,29 @@ tested in test_s3_cache.py; here the cache serves pulls from it, and with
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
+import socket
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
 
-from tests.integration.test_cache import AUTH, LICENSE, _cache_marks, _get, _teams, _upstream_gets, _url
+from tests.integration.test_cache import (
+    AUTH,
+    LICENSE,
+    _cache_marks,
+    _get,
+    _metric,
+    _teams,
+    _upstream_gets,
+    _url,
+)
 from tests.support.images import MiB, Pusher, big_layer, oci_image
 from tests.support.poll import apoll
 from tests.support.pullgate import Pullgate
@@ -138,6 +150,77 @@ async def test_redirect_offload_sends_licensed_hits_to_a_presigned_get(
             assert s3gw.signed("DELETE", f"/{s3_bucket}/blobs/sha256/{hexpart[:2]}/{hexpart}")[0] == 204
             async with s.get(url, headers=AUTH, allow_redirects=False) as r:
                 assert r.status == 200 and hashlib.sha256(await r.read()).hexdigest() == hexpart
+        assert _upstream_gets(upstream, f"/v2/vendor/mid/blobs/{digest}") == gets + 1
+    finally:
+        srv.stop()
+
+
+def _relays(srv: Pullgate, outcome: str) -> float:
+    return _metric(srv, f'pullgate_cache_relays_total{{outcome="{outcome}"}}')
+
+
+def _read_some_then_hang_up(url: str, n: int) -> int:
+    """A raw GET of `url` that reads `n` bytes of the answer and closes the connection."""
+    parts = urlsplit(url)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # the proxy cannot run far ahead
+    sock.settimeout(20)
+    try:
+        sock.connect((parts.hostname, parts.port))
+        head = f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: {AUTH['Authorization']}\r\n\r\n"
+        sock.sendall(head.encode())
+        got = 0
+        while got < n and (chunk := sock.recv(65536)):
+            got += len(chunk)
+        return got
+    finally:
+        sock.close()
+
+
+async def test_a_large_hit_is_relayed_by_a_thread_exactly(
+    tmp_path: Path, upstream: Registry, s3gw: S3Gateway, s3_bucket: str
+):
+    """A hit of 8 MiB or more: the relay thread GETs it from the bucket and writes it to the
+    client's socket (the whole object, a Range); a small Range stays on the event loop; a
+    client that hangs up mid-body leaves the proxy serving the next."""
+    srv = _proxy(tmp_path, upstream.url, s3gw, s3_bucket, redirect=False)
+    try:
+        digest, size = upstream.images["mid"].blobs[-1]
+        url = _url(srv, "vendor/mid", "blobs", digest)
+        gets = _upstream_gets(upstream, f"/v2/vendor/mid/blobs/{digest}")  # the upstream is the module's
+        status, _, whole, _ = await _get(url)  # the miss that fills the bucket
+        assert status == 200 and len(whole) == size and size >= 16 * MiB
+        await _wait_for_object(s3gw, s3_bucket, digest)
+        await _wait_until_held(srv)
+        assert _relays(srv, "done") == 0
+        status, headers, body, failure = await _get(url)
+        assert (status, failure, headers["Content-Length"], body == whole) == (200, None, str(size), True)
+        assert _relays(srv, "done") == 1
+        lo, hi = MiB + 1, size - 3
+        status, headers, body, failure = await _get(url, {"Range": f"bytes={lo}-{hi}"})
+        assert (status, failure, headers["Content-Range"]) == (206, None, f"bytes {lo}-{hi}/{size}")
+        assert body == whole[lo : hi + 1] and _relays(srv, "done") == 2
+        status, _, body, _ = await _get(url, {"Range": "bytes=10-1000"})  # small: the loop's path
+        assert (status, body, _relays(srv, "done")) == (206, whole[10:1001], 2)
+        assert await asyncio.to_thread(_read_some_then_hang_up, url, 2 * MiB) >= 2 * MiB
+        await apoll(lambda: _relays(srv, "client") == 1, timeout=20, what="the relay ending for the client gone")
+        status, _, body, failure = await _get(url)  # and the proxy serves on
+        assert (status, failure, body == whole) == (200, None, True)
+        # Keep-alive: the connection a relay wrote to goes on serving requests (one connection).
+        made: list[object] = []
+        trace = aiohttp.TraceConfig()
+
+        async def created(*args: object) -> None:
+            made.append(args)
+
+        trace.on_connection_create_end.append(created)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), trace_configs=[trace]) as s:
+            for start, stop in ((0, size), (MiB, 9 * MiB + 1), (0, 100)):
+                rng = f"bytes={start}-{stop - 1}"
+                async with s.get(url, headers={**AUTH, "Range": rng}) as r:
+                    assert (r.status, await r.read() == whole[start:stop]) == (206, True)
+        assert len(made) == 1
+        assert _relays(srv, "done") == 5 and _relays(srv, "upstream") == _relays(srv, "fallback") == 0
         assert _upstream_gets(upstream, f"/v2/vendor/mid/blobs/{digest}") == gets + 1
     finally:
         srv.stop()
