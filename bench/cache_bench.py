@@ -37,7 +37,7 @@ from pull_bench import (
     VENV_BIN,
     BenchError,
     Procs,
-    bounded_run,
+    bench_main,
     children,
     cpu_seconds,
     curl,
@@ -342,17 +342,8 @@ def main() -> int:
     ap.add_argument("--pull-timeout", type=float, default=600, help="seconds per pull")
     ap.add_argument("--budget", type=int, default=3600, help="seconds for the whole run")
     args = ap.parse_args()
-    for tool in (REGISTRY, NGINX, shutil.which("curl")):
-        if not tool or not os.access(tool, os.X_OK):
-            print(f"missing tool: {tool or 'curl'}", file=sys.stderr)
-            return 2
-
-    result = bounded_run(args, "pullgate-cache-bench-", run)
-    if result is None:
-        return 1
-    print_table(result)
-    print(json.dumps(result, sort_keys=True))
-    return 0
+    tools = {"docker-registry": REGISTRY, "nginx": NGINX, "curl": shutil.which("curl")}
+    return bench_main(args, tools, "pullgate-cache-bench-", run, print_table)[0]
 
 
 if __name__ == "__main__":

@@ -442,20 +442,35 @@ def main() -> int:
     ap.add_argument("--pull-timeout", type=float, default=600, help="seconds per pull")
     ap.add_argument("--budget", type=int, default=3600, help="seconds for the whole run")
     args = ap.parse_args()
-    for tool in (REGISTRY, NGINX, shutil.which("curl")):
-        if not tool or not os.access(tool, os.X_OK):
-            print(f"missing tool: {tool or 'curl'}", file=sys.stderr)
-            return 2
-
-    result = bounded_run(args, "pullgate-bench-", run)
+    tools = {"docker-registry": REGISTRY, "nginx": NGINX, "curl": shutil.which("curl")}
+    code, result = bench_main(args, tools, "pullgate-bench-", run, print_table)
     if result is None:
-        return 1
-    print_table(result)
-    print(json.dumps(result, sort_keys=True))
+        return code
     if "proxy_error" in result:
         print(f"pullgate part failed: {result['proxy_error']}", file=sys.stderr)
         return 1
     return 0
+
+
+def bench_main(
+    args: argparse.Namespace,
+    tools: dict[str, str | None],
+    prefix: str,
+    run: Callable[[argparse.Namespace, Procs, Path], dict[str, Any]],
+    print_table: Callable[[dict[str, Any]], None],
+) -> tuple[int, dict[str, Any] | None]:
+    """A bench's main after its arguments: the tools it needs checked (name: path, None when
+    not found), `run` bounded, its table and one JSON line printed. (exit code, the result)."""
+    for name, path in tools.items():
+        if not path or not os.access(path, os.X_OK):
+            print(f"missing tool: {path or name}", file=sys.stderr)
+            return 2, None
+    result = bounded_run(args, prefix, run)
+    if result is None:
+        return 1, None
+    print_table(result)
+    print(json.dumps(result, sort_keys=True))
+    return 0, result
 
 
 def bounded_run(

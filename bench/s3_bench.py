@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import os
 import secrets
 import shlex
@@ -30,7 +29,7 @@ from pull_bench import (
     VENV_BIN,
     BenchError,
     Procs,
-    bounded_run,
+    bench_main,
     cpu_seconds,
     push_image,
     start_registry,
@@ -286,16 +285,8 @@ def main() -> int:
     args = ap.parse_args()
     if not 1 <= args.repeat <= 20 or not 1 <= args.redirects <= 5000:
         ap.error("--repeat 1..20, --redirects 1..5000")
-    for tool in (REGISTRY, shutil.which("curl")):
-        if not tool or not os.access(tool, os.X_OK):
-            print(f"missing tool: {tool or 'curl'}", file=sys.stderr)
-            return 2
-    result = bounded_run(args, "pullgate-s3-bench-", run)
-    if result is None:
-        return 1
-    print_table(result)
-    print(json.dumps(result, sort_keys=True))
-    return 0
+    tools = {"docker-registry": REGISTRY, "curl": shutil.which("curl")}
+    return bench_main(args, tools, "pullgate-s3-bench-", run, print_table)[0]
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ See bench/README.md for what it prints.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import sqlite3
@@ -29,7 +28,7 @@ from pull_bench import (
     VENV_BIN,
     BenchError,
     Procs,
-    bounded_run,
+    bench_main,
     children,
     cpu_seconds,
     push_blob,
@@ -236,16 +235,8 @@ def main() -> int:
     args = ap.parse_args()
     if not 1 <= args.clients <= 64 or not 1 <= args.blobs <= args.clients or not 1 <= args.repeat <= 20:
         ap.error("--clients 1..64, --blobs 1..clients, --repeat 1..20")
-    for tool in (REGISTRY, NGINX):
-        if not os.access(tool, os.X_OK):
-            print(f"missing tool: {tool}", file=sys.stderr)
-            return 2
-    result = bounded_run(args, "pullgate-workers-bench-", run)
-    if result is None:
-        return 1
-    print_table(result)
-    print(json.dumps(result, sort_keys=True))
-    return 0
+    tools = {"docker-registry": REGISTRY, "nginx": NGINX}
+    return bench_main(args, tools, "pullgate-workers-bench-", run, print_table)[0]
 
 
 if __name__ == "__main__":
