@@ -34,6 +34,7 @@ import socket
 import ssl
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -311,9 +312,18 @@ class Relay:
 
     def _splice_out(self, pipe_r: int, fd: int, n: int, poller: select.poll) -> None:
         flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+        self._push(n, lambda left: os.splice(pipe_r, fd, left, flags=flags), poller)
+
+    def _send(self, fd: int, data: memoryview, poller: select.poll) -> None:
+        size = len(data)
+        self._push(size, lambda left: os.write(fd, data[size - left :]), poller)
+
+    def _push(self, n: int, write: Callable[[int], int], poller: select.poll) -> None:
+        """`write(left)` until `n` bytes are out to the client's non-blocking socket; a client
+        that takes nothing for `idle` seconds is dropped (not reading)."""
         while n:
             try:
-                n -= os.splice(pipe_r, fd, n, flags=flags)
+                n -= write(n)
                 continue
             except BlockingIOError:
                 pass
@@ -323,20 +333,6 @@ class Relay:
             self._check()
             if not ready:
                 raise ClientGone(self.sent)
-
-    def _send(self, fd: int, data: memoryview, poller: select.poll) -> None:
-        while data:
-            try:
-                data = data[os.write(fd, data) :]
-                continue
-            except BlockingIOError:
-                pass
-            except OSError:
-                raise ClientGone(self.sent) from None
-            ready = poller.poll(self.idle * 1000)
-            self._check()
-            if not ready:
-                raise ClientGone(self.sent)  # not reading: dropped after the idle timeout
 
 
 _TLS: ssl.SSLContext | None = None
