@@ -34,8 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -43,7 +41,6 @@ from pathlib import Path
 import aiohttp
 
 from proxy.cache.backend import StoredObject
-from proxy.cache.fileio import write_all
 from proxy.cache.s3client import ConnectorFactory, S3Client, S3Endpoint, S3Error
 from proxy.cache.s3relay import DirectSource
 from proxy.cache.spool import LocalSpool, writer_alive
@@ -100,13 +97,10 @@ def part_size_for(expected_size: int | None, base: int = PART_SIZE) -> int:
 class S3Upload:
     """One object being written: parts stream to S3, bytes to the local spool for followers."""
 
-    def __init__(
-        self, client: S3Client, key: str, spool: Path, fd: int, part_size: int, inflight: int = INFLIGHT
-    ) -> None:
+    def __init__(self, client: S3Client, key: str, spool: LocalSpool, part_size: int, inflight: int = INFLIGHT) -> None:
         self._client = client
         self.key = key
-        self._path = spool
-        self._fd: int | None = fd
+        self._spool = spool
         self._part_size = part_size
         self._buf = bytearray()
         self._upload_id: str | None = None
@@ -121,7 +115,7 @@ class S3Upload:
 
     @property
     def path(self) -> Path:
-        return self._path
+        return self._spool.path
 
     async def write(self, chunk: bytes) -> None:
         await self.write_many((chunk,))
@@ -130,9 +124,7 @@ class S3Upload:
         if self._done:
             raise RuntimeError("write after publish or discard")
         self._raise_failed()
-        fd = self._fd
-        assert fd is not None
-        await asyncio.to_thread(write_all, fd, chunks, each)
+        await self._spool.write_many(chunks, each)
         for chunk in chunks:
             self._buf += chunk
             self.size += len(chunk)
@@ -191,7 +183,7 @@ class S3Upload:
         self.published = True
         self._done = True
         self._buf = bytearray()
-        await self._drop_spool()
+        await self._spool.discard()
 
     async def discard(self) -> None:
         """Abort: the parts sent are dropped and the key stays as it was. Safe to repeat, and a
@@ -214,12 +206,7 @@ class S3Upload:
                 await self._client.abort_multipart(self.key, upload_id)
             except S3Error as exc:  # start() sweeps it later
                 log.warning("S3 cache: could not abort an upload (%s); it is swept at a later start", exc)
-        await self._drop_spool()
-
-    async def _drop_spool(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            await asyncio.to_thread(_close_unlink, fd, self._path)
+        await self._spool.discard()
 
 
 class S3Opened:
@@ -390,9 +377,8 @@ class S3Backend:
 
     async def begin(self, digest: str, expected_size: int | None = None) -> S3Upload:
         key = self.key(digest)
-        spool = self.spool_dir / f"{digest.replace(':', '-')}.{os.getpid()}.{secrets.token_hex(6)}.part"
-        fd = await asyncio.to_thread(os.open, spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        return S3Upload(self.client, key, spool, fd, part_size_for(expected_size, self.part_size), self.inflight)
+        spool = await LocalSpool.create(self.spool_dir, digest)
+        return S3Upload(self.client, key, spool, part_size_for(expected_size, self.part_size), self.inflight)
 
     async def spool(self, digest: str) -> LocalSpool:
         self.key(digest)  # a well-formed digest, as for `begin`
@@ -429,12 +415,6 @@ def normalize_prefix(prefix: str) -> str:
     """ "" or "a/b/" (one trailing slash, none leading)."""
     prefix = prefix.strip("/")
     return f"{prefix}/" if prefix else ""
-
-
-def _close_unlink(fd: int, path: Path) -> None:
-    os.close(fd)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
 
 
 def _fresh_dir(path: Path) -> None:

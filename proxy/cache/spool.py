@@ -1,6 +1,7 @@
 """A local spool file: the Upload of a fetch that only passes through (another process
-fills the digest for the cluster, proxy.cache.lease). Readers tail it like any upload's
-file; it is never published, and `discard` removes it.
+fills the digest for the cluster, proxy.cache.lease), and the local file an S3 upload
+writes beside its parts. Readers tail it like any upload's file; it is never published,
+and `discard` removes it.
 
 Named `<digest>.<pid>.<hex>.part` like the filesystem backend's temporaries, so a process
 starting beside running ones removes only the spools of processes that are gone.
