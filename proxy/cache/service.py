@@ -22,7 +22,7 @@ from proxy.cache.index import Binding, CacheIndex, Entry, TagEntry, TagKey
 from proxy.cache.lease import FillLeases
 from proxy.cache.persist import Persistence
 from proxy.store import cacheindex
-from proxy.store.base import Store
+from proxy.store.base import Row, Store
 
 log = logging.getLogger("pullgate.cache")
 
@@ -125,13 +125,10 @@ class Cache:
         entry = self.index.get(digest)
         if entry is not None:
             return entry
-        try:
-            row, bindings = await cacheindex.entry(self.store, digest)
-        except Exception as exc:
-            log.warning("cache: the store could not be asked for %s (%s)", digest, type(exc).__name__)
+        shared = await self._stored_elsewhere(digest)
+        if shared is None:
             return None
-        if row is None or await self.backend.size(digest) != row["size"]:
-            return None  # not stored, or not (yet, or any more) in this process's backend
+        row, bindings = shared
         entry = Entry(digest, row["size"], row["media_type"], self.clock())
         self.index.add(entry)
         for b in bindings:
@@ -173,18 +170,24 @@ class Cache:
         """The flight's lease (proxy.cache.lease). The entry reaches the store before the
         lease is let go, so the next process to miss finds it instead of fetching again."""
         async with self.leases.claim(digest) as keep:
-            if keep and await self._stored_elsewhere(digest):
+            if keep and await self._stored_elsewhere(digest) is not None:
                 keep = False  # published by another just before the lease was ours: pass through
             metrics.FILLS.labels("fill" if keep else "pass").inc()
             yield keep
             await self.persist.flush()
 
-    async def _stored_elsewhere(self, digest: str) -> bool:
+    async def _stored_elsewhere(self, digest: str) -> tuple[Row, list[Row]] | None:
+        """The store's entry and bindings of `digest`, when this process's backend holds the
+        object too; None when it is not stored, not (yet, or any more) in the backend, or the
+        store cannot be asked."""
         try:
-            row, _ = await cacheindex.entry(self.store, digest)
-        except Exception:
-            return False
-        return row is not None and await self.backend.size(digest) == row["size"]
+            row, bindings = await cacheindex.entry(self.store, digest)
+        except Exception as exc:
+            log.warning("cache: the store could not be asked for %s (%s)", digest, type(exc).__name__)
+            return None
+        if row is None or await self.backend.size(digest) != row["size"]:
+            return None
+        return row, bindings
 
     async def open(self, digest: str) -> Opened | None:
         """The object, opened (it stays readable even if evicted meanwhile), its use noted."""
