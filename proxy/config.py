@@ -384,6 +384,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("pulllog.queue_size: queue_size and batch_size must be at least 1")
     if not 0.01 <= cfg.pulllog.flush_seconds <= 60:
         raise ConfigError("pulllog.flush_seconds: must be between 0.01 and 60")
+    if not 1 <= cfg.pulllog.write_attempts <= 20:
+        raise ConfigError("pulllog.write_attempts: must be between 1 and 20")
+    if not 0 <= cfg.pulllog.retry_seconds <= 60:
+        raise ConfigError("pulllog.retry_seconds: must be between 0 and 60")
     _validate_webhooks(cfg.webhooks)
     _validate_domains(cfg.domains)
     _validate_limits(cfg.limits)

@@ -3,7 +3,10 @@
 A request only puts an event on a bounded in-memory queue (never awaits, never
 blocks); a background task writes events in batches, one transaction each.
 When the queue is full the event is dropped and counted (`dropped`, and the
-`pullgate_pull_log_dropped` metric): a slow database must never slow a pull.
+`pullgate_pull_log_dropped` metric): a slow database must never slow a pull. A batch
+whose write fails is tried again (`write_attempts`, waits doubling from `retry_seconds`:
+a database locked by a migration or a key rotation, a PostgreSQL failover) while new
+events wait in the queue; only a batch that failed every attempt is dropped and counted.
 Rows older than the retention are deleted hourly (by one worker of several).
 """
 
@@ -155,13 +158,34 @@ class PullLog:
     async def _write(self, batch: list[PullEvent]) -> None:
         if not batch:
             return
-        try:
-            await self.store.insert_pull_logs([e.row() for e in batch])
-        except Exception as exc:  # the log is best effort; the proxy keeps serving
-            self.dropped += len(batch)
-            DROPPED.inc(len(batch))
-            log.error("pull log write failed (%s); %d event(s) dropped", type(exc).__name__, len(batch))
-            return
+        rows = [e.row() for e in batch]
+        wait = self.cfg.retry_seconds
+        for attempt in range(1, self.cfg.write_attempts + 1):
+            try:
+                # One transaction: a failed one left nothing behind, so trying again adds
+                # each row once.
+                await self.store.insert_pull_logs(rows)
+                break
+            except Exception as exc:  # the log is best effort; the proxy keeps serving
+                if attempt == self.cfg.write_attempts:
+                    self.dropped += len(batch)
+                    DROPPED.inc(len(batch))
+                    log.error(
+                        "pull log write failed %d time(s) (%s); %d event(s) dropped",
+                        attempt,
+                        type(exc).__name__,
+                        len(batch),
+                    )
+                    return
+                log.warning(
+                    "pull log write failed (%s); trying again in %.1f s (attempt %d of %d)",
+                    type(exc).__name__,
+                    wait,
+                    attempt,
+                    self.cfg.write_attempts,
+                )
+                await asyncio.sleep(wait)
+                wait *= 2
         self.written += len(batch)
         WRITTEN.inc(len(batch))
         if self.on_written is not None:

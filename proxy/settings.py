@@ -83,6 +83,10 @@ class PullLogSection:
     queue_size: int = 10000
     batch_size: int = 500
     flush_seconds: float = 1.0
+    # A batch whose write failed (a locked or briefly unreachable database) is tried this
+    # many times in all, the waits doubling from retry_seconds; only then dropped and counted.
+    write_attempts: int = 4
+    retry_seconds: float = 0.5
 
 
 @dataclass

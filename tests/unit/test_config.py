@@ -325,6 +325,13 @@ def test_license_cache_seconds_bounded(tmp_path: Path, seconds: float) -> None:
     _fails(tmp_path, {"auth": {"license_cache_seconds": seconds}}, "auth.license_cache_seconds")
 
 
+@pytest.mark.parametrize(
+    ("key", "value"), [("write_attempts", 0), ("write_attempts", 21), ("retry_seconds", -1), ("retry_seconds", 61)]
+)
+def test_pull_log_retries_bounded(tmp_path: Path, key: str, value: float) -> None:
+    _fails(tmp_path, {"pulllog": {key: value}}, f"pulllog.{key}")
+
+
 def test_license_cache_seconds_at_limit(tmp_path: Path) -> None:
     assert _load(tmp_path, {"auth": {"license_cache_seconds": 5}}).auth.license_cache_seconds == 5.0
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_asyncio
 
 from proxy.config import PullLogSection
@@ -76,20 +78,40 @@ async def test_a_slow_store_never_slows_the_request_path(store: SQLiteStore):
     await log.close()
 
 
-async def test_a_failed_write_is_counted_and_the_writer_goes_on(store: SQLiteStore):
-    class Flaky:
-        calls = 0
+class Flaky:
+    """A store whose first `failures` pull-log writes raise (as a locked database does)."""
 
-        async def insert_pull_logs(self, rows: Sequence[Sequence[Any]]) -> None:
-            Flaky.calls += 1
-            if Flaky.calls == 1:
-                raise OSError("disk full")
-            await store.insert_pull_logs(rows)
+    def __init__(self, store: SQLiteStore, failures: int) -> None:
+        self.store, self.failures, self.calls = store, failures, 0
 
-    log = PullLog(Flaky(), PullLogSection(flush_seconds=0.01))  # type: ignore[arg-type]
+    async def insert_pull_logs(self, rows: Sequence[Sequence[Any]]) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise sqlite3.OperationalError("database is locked")
+        await self.store.insert_pull_logs(rows)
+
+
+async def test_a_failed_write_is_tried_again_and_nothing_is_lost(store: SQLiteStore, caplog: pytest.LogCaptureFixture):
+    flaky = Flaky(store, failures=2)
+    log = PullLog(flaky, PullLogSection(flush_seconds=0.01, write_attempts=3, retry_seconds=0.01))  # type: ignore[arg-type]
+    log.start()
+    log.record(event(1))
+    await wait_for(lambda: log.written == 1)
+    log.record(event(2))
+    await wait_for(lambda: log.written == 2)
+    await log.close()
+    assert (flaky.calls, log.dropped) == (4, 0)  # 2 failed + 1 for each batch
+    assert sorted(r["reference"] for r in await store.pull_logs("t1")) == ["v1", "v2"]  # each row once
+    assert "trying again" in caplog.text and "dropped" not in caplog.text
+
+
+async def test_a_batch_that_fails_every_attempt_is_counted_and_the_writer_goes_on(store: SQLiteStore):
+    flaky = Flaky(store, failures=3)
+    log = PullLog(flaky, PullLogSection(flush_seconds=0.01, write_attempts=3, retry_seconds=0.01))  # type: ignore[arg-type]
     log.start()
     log.record(event(1))
     await wait_for(lambda: log.dropped == 1)
+    assert flaky.calls == 3  # every attempt, then dropped
     log.record(event(2))
     await wait_for(lambda: log.written == 1)
     await log.close()
