@@ -25,7 +25,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +193,12 @@ def start_registry(procs: Procs, tmp: Path) -> tuple[int, subprocess.Popen[bytes
     return port, proc
 
 
-def start_nginx(procs: Procs, tmp: Path, upstream: int) -> tuple[int, subprocess.Popen[bytes]]:
+def start_nginx(
+    procs: Procs, tmp: Path, upstream: int, host: str = "$http_host", ready: tuple[str, int] = ("/v2/", 200)
+) -> tuple[int, subprocess.Popen[bytes]]:
+    """nginx (one worker, 256 KiB buffers, keep-alive upstream) in front of `upstream`; `host`
+    the Host it sends (a presigned S3 URL signs the endpoint's own), `ready` a path and the
+    status the upstream answers it with once up."""
     port, root = free_port(), tmp / "nginx"
     for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -216,7 +221,7 @@ http {{
       proxy_pass http://registry;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
-      proxy_set_header Host $http_host;
+      proxy_set_header Host {host};
       proxy_buffering off;
       proxy_buffer_size 256k;
       proxy_buffers 4 256k;  # nginx insists busy buffers < all buffers - one
@@ -228,7 +233,7 @@ http {{
 """)
     log = root / "stderr.log"
     proc = procs.start([NGINX, "-p", str(root), "-c", str(root / "nginx.conf"), "-e", str(root / "error.log")], log)
-    wait_status(f"http://127.0.0.1:{port}/v2/", 200, proc, root / "error.log")
+    wait_status(f"http://127.0.0.1:{port}{ready[0]}", ready[1], proc, root / "error.log")
     return port, proc
 
 
@@ -454,7 +459,7 @@ def main() -> int:
 
 def bench_main(
     args: argparse.Namespace,
-    tools: dict[str, str | None],
+    tools: Mapping[str, str | None],
     prefix: str,
     run: Callable[[argparse.Namespace, Procs, Path], dict[str, Any]],
     print_table: Callable[[dict[str, Any]], None],
