@@ -194,6 +194,7 @@ async def _open_cache(cfg: Config, store: Store, upstream: UpstreamClient) -> Ca
         c.tag_ttl,
         c.serve_stale,
         c.hit_io,
+        shared_evict_every=c.shared_eviction_seconds,
     )
     await cache.start()
     return cache

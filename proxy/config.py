@@ -440,6 +440,8 @@ def _validate_cache(cache: CacheSection, cfg: Config) -> None:
         raise ConfigError("cache.backend: must be none, filesystem or s3")
     if parse_size(cache.max_size, "cache.max_size") < 1 << 20:
         raise ConfigError("cache.max_size: must be at least 1MiB")
+    if not 1 <= cache.shared_eviction_seconds <= 3600:
+        raise ConfigError("cache.shared_eviction_seconds: must be between 1 and 3600")
     if not 0 <= cache.tag_ttl <= 86400:
         raise ConfigError("cache.tag_ttl: must be between 0 and 86400 seconds")
     if cache.hit_io not in ("sendfile", "read"):

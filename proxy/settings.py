@@ -164,6 +164,9 @@ class CacheSection:
     path: str = "/var/lib/pullgate/cache"
     # Least-recently-used content goes beyond this: bytes, or with KB/MB/GB/TB or KiB/MiB/GiB/TiB.
     max_size: str = "20GiB"
+    # Processes sharing the store and the cache (replicas on a bucket, workers on a disk) each
+    # keep their own index within max_size; this often one of them trims the total to it.
+    shared_eviction_seconds: float = 30.0
     # A cached tag is revalidated upstream (HEAD) once older than this many seconds.
     tag_ttl: float = 60.0
     # Serve the last known digest of a tag (with a Warning header) when the upstream fails.

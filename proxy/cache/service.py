@@ -26,6 +26,13 @@ from proxy.store.base import Row, Store
 
 log = logging.getLogger("pullgate.cache")
 
+# Every process sharing the store and the backend (replicas on a bucket, workers on a disk)
+# keeps its own index within max_size; together they can hold more. Every SHARED_EVICT_EVERY
+# seconds one of them (the holder of this lease row) brings the store's total back within it.
+SHARED_EVICT_EVERY = 30.0
+SHARED_EVICT_LEASE = "evict:shared"
+SHARED_EVICT_ROWS = 10_000  # candidates read per round; a larger excess takes more rounds
+
 
 @dataclass(frozen=True)
 class Purged:
@@ -44,6 +51,7 @@ class Cache:
         serve_stale: bool,
         hit_io: str = "sendfile",
         clock: Callable[[], float] = time.time,
+        shared_evict_every: float = SHARED_EVICT_EVERY,
     ) -> None:
         self.backend = backend
         self.store = store
@@ -57,7 +65,9 @@ class Cache:
         self.leases = FillLeases(store, clock=clock)
         self.hits = 0
         self.misses = 0
+        self.shared_evict_every = shared_evict_every
         self._tasks: set[asyncio.Future[None]] = set()
+        self._shared_evictor: asyncio.Task[None] | None = None
 
     # --- life -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -91,6 +101,7 @@ class Cache:
         self._gauges()
         await self.persist.flush()
         self.persist.start()
+        self._shared_evictor = asyncio.create_task(self._shared_evictions(), name="cache-shared-eviction")
 
     async def ready(self) -> bool:
         return await self.backend.ready()
@@ -102,6 +113,10 @@ class Cache:
             await asyncio.wait(tasks, timeout=15)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
+        if self._shared_evictor is not None:
+            self._shared_evictor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._shared_evictor
         await self.persist.close()
         await self.backend.close()
 
@@ -279,6 +294,46 @@ class Cache:
             with contextlib.suppress(OSError):
                 await self.backend.delete(entry.digest)
         self._gauges()
+
+    async def _shared_evictions(self) -> None:
+        while True:
+            await asyncio.sleep(self.shared_evict_every)
+            try:
+                await self.evict_shared()
+            except Exception as exc:  # the store is down: the next round tries again
+                log.warning("cache: shared eviction failed (%s)", type(exc).__name__)
+
+    async def evict_shared(self) -> int:
+        """max_size across every process sharing the store: while the store's entries add up
+        to more, the least recently used of them (by the last use each process writes behind,
+        so to within its touch interval) are deleted from the backend and forgotten in the
+        store. One process at a time, the holder of a lease row. A process that still lists an
+        evicted object finds it gone when it opens it and fetches it again. Objects evicted."""
+        await self.persist.flush()  # this process's own changes counted first
+        async with self.leases.claim(SHARED_EVICT_LEASE) as mine:
+            if not mine:
+                return 0
+            excess = await cacheindex.stored_total(self.store) - self.index.max_size
+            if excess <= 0:
+                return 0
+            evicted: list[str] = []
+            for row in await cacheindex.least_recent(self.store, SHARED_EVICT_ROWS):
+                if excess <= 0:
+                    break
+                digest = row["digest"]
+                if self.flights.get(digest) is not None:
+                    continue  # being filled here: its entry is about to be new
+                with contextlib.suppress(OSError):  # already gone: forgotten all the same
+                    await self.backend.delete(digest)
+                self.index.remove(digest)
+                metrics.EVICTIONS.inc()
+                evicted.append(digest)
+                excess -= int(row["size"])
+            await cacheindex.run(self.store, [st for digest in evicted for st in cacheindex.forget(digest)])
+            self._gauges()
+            if evicted:
+                log.info("cache: %d object(s) evicted to keep the shared cache within max_size", len(evicted))
+            return len(evicted)
 
     # --- tags -----------------------------------------------------------------------
     def tag(self, key: TagKey) -> TagEntry | None:

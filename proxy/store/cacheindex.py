@@ -113,3 +113,14 @@ async def tag(store: Store, key: tuple[str, str, str, str]) -> Row | None:
         " WHERE registry_id = ? AND repository = ? AND tag = ? AND accept = ?",
         key,
     )
+
+
+# --- the size limit across every process sharing the store (Cache.evict_shared) ---
+async def stored_total(store: Store) -> int:
+    row = await store.fetchone("SELECT COALESCE(SUM(size), 0) AS total FROM cache_entries")
+    return int(row["total"]) if row is not None else 0
+
+
+async def least_recent(store: Store, limit: int) -> list[Row]:
+    """(digest, size) of the least recently used entries, by the last use written behind."""
+    return await store.fetchall("SELECT digest, size FROM cache_entries ORDER BY last_access, digest LIMIT ?", (limit,))

@@ -36,6 +36,7 @@ def origin() -> Iterator[Registry]:
         p = Pusher.for_registry(reg)
         reg.images["shared"] = oci_image(p, "vendor/shared", "v1", [big_layer(8 * MiB, "replicas-shared")])
         reg.images["wide"] = oci_image(p, "vendor/wide", "v1", [big_layer(32 * MiB, "replicas-wide")])
+        reg.images["other"] = oci_image(p, "vendor/other", "v1", [big_layer(8 * MiB, "replicas-other")])
         yield reg
     finally:
         reg.stop()
@@ -48,6 +49,30 @@ def replicas(
     s3gw: S3Gateway,
     s3_bucket: str,
     tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Cluster]:
+    yield from _replicas(cluster, origin, s3gw, s3_bucket, tmp_path_factory, {})
+
+
+@pytest.fixture
+def small_replicas(
+    cluster: PostgresCluster,
+    origin: Registry,
+    s3gw: S3Gateway,
+    s3_bucket: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Cluster]:
+    """Replicas whose cache holds 12 MiB in all, trimmed every second."""
+    extra = {"max_size": "12MiB", "shared_eviction_seconds": 1}
+    yield from _replicas(cluster, origin, s3gw, s3_bucket, tmp_path_factory, extra)
+
+
+def _replicas(
+    cluster: PostgresCluster,
+    origin: Registry,
+    s3gw: S3Gateway,
+    s3_bucket: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    cache_extra: dict[str, Any],
 ) -> Iterator[Cluster]:
     dsn = asyncio.run(fresh_db(cluster))
     token = "pgt_rp_" + secrets.token_hex(16)
@@ -82,6 +107,7 @@ def replicas(
                         "access_key_id": s3gw.access_key,
                         "secret_access_key_env": "RP_S3_SECRET",
                     },
+                    **cache_extra,
                 },
                 "auth": {"license_cache_seconds": 1},
                 "pulllog": {"flush_seconds": 0.05},
@@ -182,3 +208,28 @@ async def test_a_hundred_pulls_over_two_replicas_fill_once(
     await apoll(lambda: len(_bucket_keys(s3gw, s3_bucket)) == 1, 20, "the published object")
     assert _bucket_keys(s3gw, s3_bucket) == [f"blobs/sha256/{hexpart[:2]}/{hexpart}"]
     assert _pending_uploads(s3gw, s3_bucket) == 0
+
+
+async def test_max_size_bounds_what_the_replicas_hold_together(
+    small_replicas: Cluster, origin: Registry, s3gw: S3Gateway, s3_bucket: str
+):
+    (a, b), _, license_id = small_replicas
+    first, _ = origin.images["shared"].blobs[-1]
+    second, _ = origin.images["other"].blobs[-1]
+
+    def held() -> list[str]:
+        return ["sha256:" + key.rsplit("/", 1)[-1] for key in _bucket_keys(s3gw, s3_bucket)]
+
+    async with aiohttp.ClientSession() as s:
+        # 8 MiB through A, then 8 MiB through B: each replica's own index stays within 12 MiB,
+        # the bucket would hold 16.
+        assert await _pull(s, _blob_url(a, "vendor/shared", first), license_id) == (200, first)
+        await apoll(lambda: held() == [first], 20, "A's object published")
+        assert await _pull(s, _blob_url(b, "vendor/other", second), license_id) == (200, second)
+        # Within a round or two, one replica trims the shared cache: the older object goes.
+        await apoll(lambda: held() == [second], 30, "the least recently used object evicted from the bucket")
+        evicted = _metric(a, "pullgate_cache_evictions_total") + _metric(b, "pullgate_cache_evictions_total")
+        assert evicted >= 1
+        # Evicted is not lost: A still lists it, finds it gone, and fetches it again.
+        assert await _pull(s, _blob_url(a, "vendor/shared", first), license_id) == (200, first)
+        assert _upstream_gets(origin, f"/v2/vendor/shared/blobs/{first}") >= 2

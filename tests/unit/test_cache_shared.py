@@ -139,3 +139,81 @@ async def test_while_one_process_fills_another_only_passes_the_bytes_through(tmp
     assert not again.kept and len(_objects(root)) == 1
     for c in (one, two, late):
         await c.close()
+
+
+async def _fill(cache: Cache, body: bytes) -> None:
+    flight, _ = cache.fetch(sha(body), A, Upstream(body).open)
+    assert await _read_all(flight) == body
+    await flight.task
+
+
+async def test_max_size_holds_across_processes_sharing_the_store(tmp_path: Path, store: SQLiteStore):
+    root = tmp_path / "c"
+    now = [100.0]
+    # Each process keeps its own index within max_size (1 MB); together they would hold 1.6 MB.
+    one = Cache(FilesystemBackend(root), store, 1_000_000, 60, True, clock=lambda: now[0])
+    two = Cache(FilesystemBackend(root), store, 1_000_000, 60, True, clock=lambda: now[0])
+    await one.start()
+    await two.start()
+    old = [os.urandom(400_000) for _ in range(2)]
+    new = [os.urandom(400_000) for _ in range(2)]
+    for body in old:
+        await _fill(one, body)
+        now[0] += 1
+    for body in new:
+        await _fill(two, body)
+        now[0] += 1
+    await two.persist.flush()
+    assert len(_objects(root)) == 4 and one.index.total == two.index.total == 800_000
+    evictions = metrics.EVICTIONS._value.get()
+    # The other process holds the round's lease: this one leaves the round to it.
+    async with FillLeases(store, "host:9:zz").claim("evict:shared") as held:
+        assert held and await one.evict_shared() == 0
+    # Least recently used first, across both: one's two objects (0.8 MB left, within 1 MB).
+    assert await one.evict_shared() == 2
+    assert metrics.EVICTIONS._value.get() == evictions + 2
+    assert sorted(p.name for p in _objects(root)) == sorted(sha(b).split(":")[1] for b in new)
+    rows = await store.fetchall("SELECT digest FROM cache_entries ORDER BY digest")
+    assert [r["digest"] for r in rows] == sorted(sha(b) for b in new)
+    assert one.held(sha(old[0])) is None and one.index.total == 0
+    assert await two.evict_shared() == 0  # within the limit now: nothing more goes
+    assert [p.name for p in _objects(root)] and len(_objects(root)) == 2
+    for c in (one, two):
+        await c.close()
+
+
+async def test_shared_eviction_runs_by_itself_and_spares_what_is_being_filled(tmp_path: Path, store: SQLiteStore):
+    root = tmp_path / "c"
+    now = [100.0]
+    one = Cache(FilesystemBackend(root), store, 500_000, 60, True, clock=lambda: now[0], shared_evict_every=0.02)
+    two = Cache(FilesystemBackend(root), store, 500_000, 60, True, clock=lambda: now[0])
+    await two.start()
+    kept, filling = os.urandom(300_000), os.urandom(300_000)
+    await _fill(two, kept)
+    await two.persist.flush()
+    # A row for a digest this process is filling right now (as another replica's stale row
+    # would be): the round passes over it.
+    slow = Upstream(filling, pieces=4)
+    slow.gate.clear()
+    await one.start()
+    flight, _ = one.fetch(sha(filling), A, slow.open)
+    reader = asyncio.create_task(_read_all(flight))
+    await flight.started
+    await store.execute(
+        "INSERT INTO cache_entries (digest, size, media_type, last_access) VALUES (?, ?, NULL, 1)",
+        (sha(filling), len(filling)),
+    )
+    deadline = asyncio.get_running_loop().time() + 5
+    while await store.fetchone("SELECT 1 AS x FROM cache_entries WHERE digest = ?", (sha(kept),)) is not None:
+        assert asyncio.get_running_loop().time() < deadline, "the shared eviction never ran"
+        await asyncio.sleep(0.02)
+    assert await store.fetchone("SELECT 1 AS x FROM cache_entries WHERE digest = ?", (sha(filling),)) is not None
+    slow.gate.set()
+    assert await reader == filling
+    await flight.task
+    assert one.held(sha(filling)) is not None
+    # Evicted for every process: one that still lists it finds it gone, and forgets it.
+    assert two.held(sha(kept)) is not None and await two.open(sha(kept)) is None
+    assert two.held(sha(kept)) is None and await two.adopt(sha(kept)) is None
+    for c in (one, two):
+        await c.close()
