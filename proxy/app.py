@@ -161,7 +161,7 @@ async def build_services(cfg: Config, worker: Worker | None = None) -> Services:
         await notifier.pulls_written((e.customer_id, e.time) for e in batch if e.customer_id)
 
     pull_log = PullLog(store, cfg.pulllog, on_written=thresholds, purge=worker.runs_singletons)
-    cache = await _open_cache(cfg, store, upstream)
+    cache = await open_cache(cfg, store, upstream)
     services = Services(
         cfg, store, keyring, read_cache, upstream, gate, pull_log, hosts, hostnames, notifier, cache, worker=worker
     )
@@ -171,7 +171,7 @@ async def build_services(cfg: Config, worker: Worker | None = None) -> Services:
     return services
 
 
-async def _open_cache(cfg: Config, store: Store, upstream: UpstreamClient) -> Cache | None:
+async def open_cache(cfg: Config, store: Store, upstream: UpstreamClient) -> Cache | None:
     """The pull-through cache of `cache.backend` (none: every pull goes upstream)."""
     if cfg.cache.backend == "none":
         return None
@@ -195,6 +195,9 @@ async def _open_cache(cfg: Config, store: Store, upstream: UpstreamClient) -> Ca
         c.serve_stale,
         c.hit_io,
         shared_evict_every=c.shared_eviction_seconds,
+        # Who shares the store shares the backend: a bucket always; a disk when the store is
+        # SQLite (one host). Replicas on PostgreSQL may each have a disk of their own.
+        shared_eviction=c.backend == "s3" or store.one_host,
     )
     await cache.start()
     return cache

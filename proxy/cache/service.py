@@ -52,6 +52,7 @@ class Cache:
         hit_io: str = "sendfile",
         clock: Callable[[], float] = time.time,
         shared_evict_every: float = SHARED_EVICT_EVERY,
+        shared_eviction: bool = True,
     ) -> None:
         self.backend = backend
         self.store = store
@@ -66,6 +67,7 @@ class Cache:
         self.hits = 0
         self.misses = 0
         self.shared_evict_every = shared_evict_every
+        self.shared_eviction = shared_eviction  # every process sharing the store shares the backend
         self._tasks: set[asyncio.Future[None]] = set()
         self._shared_evictor: asyncio.Task[None] | None = None
 
@@ -101,7 +103,8 @@ class Cache:
         self._gauges()
         await self.persist.flush()
         self.persist.start()
-        self._shared_evictor = asyncio.create_task(self._shared_evictions(), name="cache-shared-eviction")
+        if self.shared_eviction:
+            self._shared_evictor = asyncio.create_task(self._shared_evictions(), name="cache-shared-eviction")
 
     async def ready(self) -> bool:
         return await self.backend.ready()

@@ -54,6 +54,9 @@ def to_stored_time(value: dt.datetime) -> str:
 
 
 class Store(abc.ABC):
+    # True when every process that opens the store runs on this host (a file: SQLite).
+    one_host = False
+
     # --- driver -----------------------------------------------------------
     @abc.abstractmethod
     async def open(self) -> None: ...

@@ -17,6 +17,8 @@ BUSY_TIMEOUT_MS = 10_000
 
 
 class SQLiteStore(Store):
+    one_host = True
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None

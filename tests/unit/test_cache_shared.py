@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy.app import open_cache
 from proxy.cache import metrics
 from proxy.cache.fs import FilesystemBackend
 from proxy.cache.lease import FillLeases
@@ -17,6 +18,7 @@ from proxy.cache.service import Cache
 from proxy.store import fills
 from proxy.store.sqlite import SQLiteStore
 from tests.unit.test_cache_units import OCI, A, Upstream, _read_all, open_cache_store, sha
+from tests.unit.test_config import _load
 
 B = ("reg-a", "vendor/b")
 
@@ -217,3 +219,20 @@ async def test_shared_eviction_runs_by_itself_and_spares_what_is_being_filled(tm
     assert two.held(sha(kept)) is None and await two.adopt(sha(kept)) is None
     for c in (one, two):
         await c.close()
+
+
+async def test_the_shared_limit_runs_where_every_process_on_the_store_shares_the_disk(tmp_path: Path):
+    cfg = _load(tmp_path, {"cache": {"backend": "filesystem", "path": str(tmp_path / "c"), "max_size": "1MiB"}})
+    assert cfg.cache.shared_eviction_seconds == 30  # the default
+
+    class ElsewhereToo(SQLiteStore):
+        one_host = False  # as PostgreSQL: replicas on other hosts may each have a disk
+
+    for store_class, shared in ((SQLiteStore, True), (ElsewhereToo, False)):
+        store = store_class(tmp_path / f"{store_class.__name__}.sqlite")
+        await store.open()
+        cache = await open_cache(cfg, store, None)  # type: ignore[arg-type]  # no upstream for a disk
+        assert cache is not None and cache.shared_eviction is shared
+        assert (cache._shared_evictor is not None) is shared
+        await cache.close()
+        await store.close()
