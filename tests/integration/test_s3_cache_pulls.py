@@ -31,8 +31,11 @@ from tests.integration.test_cache import (
     _upstream_gets,
     _url,
 )
+from tests.support import containerd as ctrd
+from tests.support import skopeo
+from tests.support.ci import unavailable
 from tests.support.images import MiB, Pusher, big_layer, oci_image
-from tests.support.poll import apoll
+from tests.support.poll import apoll, poll
 from tests.support.pullgate import Pullgate
 from tests.support.registry import Registry
 from tests.support.s3gw import REGION, S3Gateway
@@ -260,5 +263,52 @@ async def test_the_bucket_configured_from_the_environment_alone(
         await _wait_until_held(srv)
         async with aiohttp.ClientSession() as s, s.get(url, headers=AUTH, allow_redirects=False) as r:
             assert r.status == 307  # PULLGATE_CACHE_S3_REDIRECT=true, read as a boolean
+    finally:
+        srv.stop()
+
+
+def test_skopeo_and_containerd_follow_the_redirect_to_the_bucket(
+    tmp_path: Path, upstream: Registry, s3gw: S3Gateway, s3_bucket: str
+):
+    """With `cache.s3.redirect`, the real clients pull an image whose blobs are 307s to
+    presigned GETs: they follow them to the bucket (without our credentials: Go drops the
+    Authorization header on a redirect to another host:port) and get the verified bytes,
+    while the proxy itself sends only the manifest."""
+    reason = ctrd.available()
+    if reason:
+        unavailable(reason)
+    img = upstream.images["mid"]
+    srv = _proxy(tmp_path, upstream.url, s3gw, s3_bucket, redirect=True)
+    try:
+        creds = f"LICENSE_ID:{LICENSE}"
+        ref = f"{srv.host}/proxy/acme/up/{img.repo}:{img.tag}"
+        first = skopeo.copy(f"docker://{ref}", tmp_path / "fill", creds=creds)  # misses: streamed, filled
+        assert first.returncode == 0, first.stderr[-2000:]
+        for digest, _ in img.blobs:
+            asyncio.run(_wait_for_object(s3gw, s3_bucket, digest))
+        asyncio.run(_wait_until_held(srv, entries=len(img.blobs) + 1))  # the blobs and the manifest
+        gets = sum(_upstream_gets(upstream, f"/v2/{img.repo}/blobs/{d}") for d, _ in img.blobs)
+        served = _metric(srv, 'pullgate_cache_bytes_total{source="cache"}')
+
+        res = skopeo.copy(f"docker://{ref}", tmp_path / "skopeo", creds=creds)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert (tmp_path / "skopeo" / "manifest.json").read_bytes() == img.manifest
+        for digest, size in img.blobs:
+            data = (tmp_path / "skopeo" / digest.split(":", 1)[1]).read_bytes()
+            assert len(data) == size and "sha256:" + hashlib.sha256(data).hexdigest() == digest
+        with ctrd.Containerd() as daemon:
+            res = daemon.ctr(["content", "fetch", "--plain-http", "--user", creds, ref])
+            assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+            assert daemon.ctr_bytes(["content", "get", img.digest]) == img.manifest
+            for digest, _ in img.blobs:
+                assert "sha256:" + hashlib.sha256(daemon.ctr_bytes(["content", "get", digest])).hexdigest() == digest
+
+        # Every blob came from the bucket: no upstream GET, and out of the proxy only manifests.
+        assert sum(_upstream_gets(upstream, f"/v2/{img.repo}/blobs/{d}") for d, _ in img.blobs) == gets
+        assert _metric(srv, 'pullgate_cache_bytes_total{source="cache"}') - served <= 4 * len(img.manifest)
+        n = len(img.blobs)
+        rows = poll(lambda: len(_blob_rows(srv)) >= 3 * n and _blob_rows(srv)[-2 * n :], 10, "pull-log rows")
+        assert {mark for mark, _ in rows} == {"hit"}
+        assert sorted(size for _, size in rows) == sorted(size for _, size in img.blobs * 2)
     finally:
         srv.stop()
