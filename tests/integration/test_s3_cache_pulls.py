@@ -52,7 +52,7 @@ def upstream() -> Iterator[Registry]:
         reg.stop()
 
 
-def _proxy(workdir: Path, url: str, gw: S3Gateway, bucket: str, redirect: bool) -> Pullgate:
+def _proxy(workdir: Path, url: str, gw: S3Gateway, bucket: str, redirect: bool, anonymous: bool = False) -> Pullgate:
     settings: dict[str, Any] = {
         "cache": {
             "backend": "s3",
@@ -70,7 +70,9 @@ def _proxy(workdir: Path, url: str, gw: S3Gateway, bucket: str, redirect: bool) 
         "pulllog": {"flush_seconds": 0.05},
     }
     env = {"PGT_CACHE_LICENSE": LICENSE, "PGT_S3_SECRET": gw.secret_key}
-    return Pullgate(workdir, _teams(url), env=env, settings=settings).start()
+    teams = _teams(url)
+    teams[0]["registries"][0]["allow_anonymous"] = anonymous
+    return Pullgate(workdir, teams, env=env, settings=settings).start()
 
 
 async def _wait_for_object(gw: S3Gateway, bucket: str, digest: str) -> None:
@@ -310,5 +312,37 @@ def test_skopeo_and_containerd_follow_the_redirect_to_the_bucket(
         rows = poll(lambda: len(_blob_rows(srv)) >= 3 * n and _blob_rows(srv)[-2 * n :], 10, "pull-log rows")
         assert {mark for mark, _ in rows} == {"hit"}
         assert sorted(size for _, size in rows) == sorted(size for _, size in img.blobs * 2)
+    finally:
+        srv.stop()
+
+
+async def test_an_anonymous_pull_is_never_sent_a_presigned_url(
+    tmp_path: Path, upstream: Registry, s3gw: S3Gateway, s3_bucket: str
+):
+    """A registry given away on /v2/anonymous/: its hits are streamed by the proxy even with
+    `cache.s3.redirect` (a signed URL is a credential; an anonymous client gets none), while a
+    licensed hit of the same blob is a 307."""
+    srv = _proxy(tmp_path, upstream.url, s3gw, s3_bucket, redirect=True, anonymous=True)
+    try:
+        digest, size = upstream.images["mid"].blobs[-1]
+        licensed = _url(srv, "vendor/mid", "blobs", digest)
+        anonymous = f"{srv.url}/v2/anonymous/up/vendor/mid/blobs/{digest}"
+        status, _, body, _ = await _get(licensed)
+        assert status == 200 and len(body) == size
+        await _wait_for_object(s3gw, s3_bucket, digest)
+        await _wait_until_held(srv)
+        async with aiohttp.ClientSession() as s:
+            async with s.get(licensed, headers=AUTH, allow_redirects=False) as r:
+                assert r.status == 307 and "X-Amz-Signature=" in r.headers["Location"]
+            scope = {"scope": "repository:anonymous/up/vendor/mid:pull"}
+            async with s.get(f"{srv.url}/v2/token", params=scope) as r:  # the anonymous token flow
+                assert r.status == 200
+                bearer = {"Authorization": f"Bearer {(await r.json())['token']}"}
+            for _ in range(2):
+                async with s.get(anonymous, headers=bearer, allow_redirects=False) as r:
+                    data = await r.read()
+                    assert r.status == 200 and "Location" not in r.headers
+                    assert "sha256:" + hashlib.sha256(data).hexdigest() == digest
+        assert _upstream_gets(upstream, f"/v2/vendor/mid/blobs/{digest}") == 1  # hits, from the bucket
     finally:
         srv.stop()
