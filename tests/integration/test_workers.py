@@ -162,6 +162,32 @@ async def test_revocation_through_one_worker_bites_on_every_worker(server: Pullg
     assert all(n > 0 for n in per_worker), (per_worker, [x for x in text.splitlines() if "worker" in x])
 
 
+async def test_a_registry_added_through_one_worker_serves_on_every_worker(server: Pullgate, upstream_anon: Registry):
+    img = upstream_anon.images["oci"]
+    url = f"{server.url}/v2/proxy/wapp/added/{img.repo}/manifests/v1"
+    assert set(await _statuses(url)) == {404}  # every worker has now read (and cached) the app's registries
+    body = {
+        "provider": "other",
+        "endpoint": "added.test",
+        "slug": "added",
+        "url": upstream_anon.url,
+        "insecure": True,
+        "appIds": ["wapp"],
+    }
+    async with aiohttp.ClientSession() as s:
+        async with s.post(
+            server.admin_url + "/vendor/v3/external_registry", json=body, headers={"Authorization": API_TOKEN}
+        ) as r:
+            assert r.status == 201, await r.text()
+    added_at = time.monotonic()
+
+    async def all_served() -> bool:
+        return set(await _statuses(url)) == {200}
+
+    await apoll(all_served, WINDOW + 4, "every worker serving the new registry", interval=0.2)
+    assert time.monotonic() - added_at < WINDOW + 4
+
+
 async def test_a_killed_worker_is_restarted(server: Pullgate, upstream_anon: Registry):
     url = _manifest_url(server, upstream_anon)
     assert await _statuses(url) == [200] * FRESH
