@@ -44,36 +44,15 @@ def origin() -> Iterator[Registry]:
 
 @pytest.fixture
 def replicas(
+    request: pytest.FixtureRequest,
     cluster: PostgresCluster,
     origin: Registry,
     s3gw: S3Gateway,
     s3_bucket: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Cluster]:
-    yield from _replicas(cluster, origin, s3gw, s3_bucket, tmp_path_factory, {})
-
-
-@pytest.fixture
-def small_replicas(
-    cluster: PostgresCluster,
-    origin: Registry,
-    s3gw: S3Gateway,
-    s3_bucket: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Cluster]:
-    """Replicas whose cache holds 12 MiB in all, trimmed every second."""
-    extra = {"max_size": "12MiB", "shared_eviction_seconds": 1}
-    yield from _replicas(cluster, origin, s3gw, s3_bucket, tmp_path_factory, extra)
-
-
-def _replicas(
-    cluster: PostgresCluster,
-    origin: Registry,
-    s3gw: S3Gateway,
-    s3_bucket: str,
-    tmp_path_factory: pytest.TempPathFactory,
-    cache_extra: dict[str, Any],
-) -> Iterator[Cluster]:
+    """Two replicas; a test's indirect parameter adds to their `cache` settings."""
+    cache_extra: dict[str, Any] = getattr(request, "param", {})
     dsn = asyncio.run(fresh_db(cluster))
     token = "pgt_rp_" + secrets.token_hex(16)
     license_id = "lic-rp-" + secrets.token_hex(16)
@@ -210,10 +189,11 @@ async def test_a_hundred_pulls_over_two_replicas_fill_once(
     assert _pending_uploads(s3gw, s3_bucket) == 0
 
 
+@pytest.mark.parametrize("replicas", [{"max_size": "12MiB", "shared_eviction_seconds": 1}], indirect=True)
 async def test_max_size_bounds_what_the_replicas_hold_together(
-    small_replicas: Cluster, origin: Registry, s3gw: S3Gateway, s3_bucket: str
+    replicas: Cluster, origin: Registry, s3gw: S3Gateway, s3_bucket: str
 ):
-    (a, b), _, license_id = small_replicas
+    (a, b), _, license_id = replicas
     first, _ = origin.images["shared"].blobs[-1]
     second, _ = origin.images["other"].blobs[-1]
 
