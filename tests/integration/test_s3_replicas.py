@@ -36,7 +36,9 @@ def origin() -> Iterator[Registry]:
         p = Pusher.for_registry(reg)
         reg.images["shared"] = oci_image(p, "vendor/shared", "v1", [big_layer(8 * MiB, "replicas-shared")])
         reg.images["wide"] = oci_image(p, "vendor/wide", "v1", [big_layer(32 * MiB, "replicas-wide")])
-        reg.images["other"] = oci_image(p, "vendor/other", "v1", [big_layer(8 * MiB, "replicas-other")])
+        # The size-limit test's own two (the module's upstream log counts GETs per blob).
+        reg.images["older"] = oci_image(p, "vendor/older", "v1", [big_layer(8 * MiB, "replicas-older")])
+        reg.images["newer"] = oci_image(p, "vendor/newer", "v1", [big_layer(8 * MiB, "replicas-newer")])
         yield reg
     finally:
         reg.stop()
@@ -194,8 +196,8 @@ async def test_max_size_bounds_what_the_replicas_hold_together(
     replicas: Cluster, origin: Registry, s3gw: S3Gateway, s3_bucket: str
 ):
     (a, b), _, license_id = replicas
-    first, _ = origin.images["shared"].blobs[-1]
-    second, _ = origin.images["other"].blobs[-1]
+    first, _ = origin.images["older"].blobs[-1]
+    second, _ = origin.images["newer"].blobs[-1]
 
     def held() -> list[str]:
         return ["sha256:" + key.rsplit("/", 1)[-1] for key in _bucket_keys(s3gw, s3_bucket)]
@@ -203,13 +205,13 @@ async def test_max_size_bounds_what_the_replicas_hold_together(
     async with aiohttp.ClientSession() as s:
         # 8 MiB through A, then 8 MiB through B: each replica's own index stays within 12 MiB,
         # the bucket would hold 16.
-        assert await _pull(s, _blob_url(a, "vendor/shared", first), license_id) == (200, first)
+        assert await _pull(s, _blob_url(a, "vendor/older", first), license_id) == (200, first)
         await apoll(lambda: held() == [first], 20, "A's object published")
-        assert await _pull(s, _blob_url(b, "vendor/other", second), license_id) == (200, second)
+        assert await _pull(s, _blob_url(b, "vendor/newer", second), license_id) == (200, second)
         # Within a round or two, one replica trims the shared cache: the older object goes.
         await apoll(lambda: held() == [second], 30, "the least recently used object evicted from the bucket")
         evicted = _metric(a, "pullgate_cache_evictions_total") + _metric(b, "pullgate_cache_evictions_total")
         assert evicted >= 1
         # Evicted is not lost: A still lists it, finds it gone, and fetches it again.
-        assert await _pull(s, _blob_url(a, "vendor/shared", first), license_id) == (200, first)
-        assert _upstream_gets(origin, f"/v2/vendor/shared/blobs/{first}") >= 2
+        assert await _pull(s, _blob_url(a, "vendor/older", first), license_id) == (200, first)
+        assert _upstream_gets(origin, f"/v2/vendor/older/blobs/{first}") == 2
