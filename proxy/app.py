@@ -35,6 +35,7 @@ from proxy.auth.tokens import TokenIssuer
 from proxy.cache.backend import Backend
 from proxy.cache.fs import FilesystemBackend
 from proxy.cache.s3store import S3Backend
+from proxy.cache.service import CHANGED as CACHE_CHANGED
 from proxy.cache.service import Cache
 from proxy.config import Config, keys_path, parse_listen
 from proxy.context import REQUEST_ID
@@ -149,8 +150,15 @@ async def build_services(cfg: Config, worker: Worker | None = None) -> Services:
     hostnames = HostnameService(store, keyring, cfg.domains, lambda: upstream.session, hosts.changed, reserved)
     await hosts.refresh()
 
+    cache: Cache | None = None
+
     def changed_elsewhere(kind: str) -> None:
-        # Another replica (or this one) changed something: drop caches, reload hostnames.
+        # Another replica (or this one) changed something: drop caches, reload hostnames;
+        # a purge: the cache's index drops what the store no longer has.
+        if kind == CACHE_CHANGED:
+            if cache is not None:
+                cache.changed_elsewhere()
+            return
         read_cache.invalidate()
         hosts.changed()
 

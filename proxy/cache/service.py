@@ -30,6 +30,7 @@ log = logging.getLogger("pullgate.cache")
 # keeps its own index within max_size; together they can hold more. Every SHARED_EVICT_EVERY
 # seconds one of them (the holder of this lease row) brings the store's total back within it.
 SHARED_EVICT_EVERY = 30.0
+CHANGED = "cache"  # Store.notify kind: a purge changed the shared index
 SHARED_EVICT_LEASE = "evict:shared"
 SHARED_EVICT_ROWS = 10_000  # candidates read per round; a larger excess takes more rounds
 
@@ -394,24 +395,65 @@ class Cache:
         return out
 
     async def purge(self, registry_ids: set[str], repository: str | None = None, digest: str | None = None) -> Purged:
-        """Remove these registries' bindings (and tags); an object goes from disk only when
-        no binding of anyone is left on it: another team's copy is never deleted."""
-        pairs = self.index.select(registry_ids, repository, digest)
-        touched = set()
+        """Remove these registries' bindings (and tags) across every process sharing the store:
+        the store's too, not only those this process's index knows. An object goes from the
+        backend only when no binding of anyone is left on it, here or in the store: another
+        team's copy is never deleted. The other processes are told (CHANGED) and drop what
+        the store no longer has (`resync`)."""
+        await self.persist.flush()  # this process's own bindings are in the store first
+        pairs = set(self.index.select(registry_ids, repository, digest))
+        pairs |= {
+            (row["digest"], (row["registry_id"], row["repository"]))
+            for row in await cacheindex.bindings_of(self.store, registry_ids, repository, digest)
+        }
         for d, b in pairs:
             self.index.unbind(d, b)
             self.persist.queue(cacheindex.unbind(*b, d))
-            touched.add(d)
-        tags = self.index.tags_of(registry_ids, repository, digest)
+        tags = set(self.index.tags_of(registry_ids, repository, digest))
+        tags |= {
+            (row["registry_id"], row["repository"], row["tag"], row["accept"])
+            for row in await cacheindex.tags_of(self.store, registry_ids, repository, digest)
+        }
         for key in tags:
             self.drop_tag(key)
-        deleted = 0
-        for d in touched:
-            if not self.index.bindings.get(d) and self.index.remove(d) is not None:
-                self.persist.queue(*cacheindex.forget(d))
-                with contextlib.suppress(OSError):
-                    await self.backend.delete(d)
-                deleted += 1
-        self._gauges()
         await self.persist.flush()
+        deleted = 0
+        for d in sorted({d for d, _ in pairs}):
+            if self.index.bindings.get(d) or await cacheindex.bound_at_all(self.store, d):
+                continue
+            self.index.remove(d)
+            await cacheindex.run(self.store, cacheindex.forget(d))
+            with contextlib.suppress(OSError):
+                await self.backend.delete(d)
+            deleted += 1
+        self._gauges()
+        await self.store.notify(CHANGED)
         return Purged(len(pairs), deleted, len(tags))
+
+    def changed_elsewhere(self) -> None:
+        """Another process purged (Store.listen, kind CHANGED): resync in the background."""
+        self._schedule(self._resync_logged())
+
+    async def _resync_logged(self) -> None:
+        try:
+            await self.resync()
+        except Exception as exc:  # the next notice, or a restart, tries again
+            log.warning("cache: resync with the store failed (%s)", type(exc).__name__)
+
+    async def resync(self) -> None:
+        """Drop from the memory index what the store no longer has: entries (objects another
+        process deleted), bindings and tags (purged elsewhere). What this process added is
+        written first, so nothing of its own is dropped."""
+        await self.persist.flush()
+        rows, bindings, tags = await cacheindex.load(self.store)
+        stored = {row["digest"] for row in rows}
+        bound = {(b["digest"], (b["registry_id"], b["repository"])) for b in bindings}
+        tagged = {(t["registry_id"], t["repository"], t["tag"], t["accept"]) for t in tags}
+        for d in [d for d in self.index.entries if d not in stored and self.flights.get(d) is None]:
+            self.index.remove(d)
+        for d, held in list(self.index.bindings.items()):
+            for b in [b for b in held if (d, b) not in bound]:
+                self.index.unbind(d, b)
+        for key in [k for k in self.index.tags if k not in tagged]:
+            self.index.drop_tag(key)
+        self._gauges()

@@ -124,3 +124,40 @@ async def stored_total(store: Store) -> int:
 async def least_recent(store: Store, limit: int) -> list[Row]:
     """(digest, size) of the least recently used entries, by the last use written behind."""
     return await store.fetchall("SELECT digest, size FROM cache_entries ORDER BY last_access, digest LIMIT ?", (limit,))
+
+
+# --- a purge across every process sharing the store (Cache.purge) ---
+def _scope(registry_ids: set[str], repository: str | None, digest: str | None) -> tuple[str, list[Any]]:
+    ids = sorted(registry_ids)
+    where = f"registry_id IN ({', '.join('?' for _ in ids)})"
+    params: list[Any] = list(ids)
+    if repository is not None:
+        where += " AND repository = ?"
+        params.append(repository)
+    if digest is not None:
+        where += " AND digest = ?"
+        params.append(digest)
+    return where, params
+
+
+async def bindings_of(
+    store: Store, registry_ids: set[str], repository: str | None = None, digest: str | None = None
+) -> list[Row]:
+    """The stored bindings of these registries, narrowed by repository and digest."""
+    if not registry_ids:
+        return []
+    where, params = _scope(registry_ids, repository, digest)
+    return await store.fetchall(f"SELECT registry_id, repository, digest FROM cache_bindings WHERE {where}", params)  # noqa: S608 - placeholders only
+
+
+async def tags_of(
+    store: Store, registry_ids: set[str], repository: str | None = None, digest: str | None = None
+) -> list[Row]:
+    if not registry_ids:
+        return []
+    where, params = _scope(registry_ids, repository, digest)
+    return await store.fetchall(f"SELECT registry_id, repository, tag, accept FROM cache_tags WHERE {where}", params)  # noqa: S608 - placeholders only
+
+
+async def bound_at_all(store: Store, digest: str) -> bool:
+    return await store.fetchone("SELECT 1 AS ok FROM cache_bindings WHERE digest = ?", (digest,)) is not None

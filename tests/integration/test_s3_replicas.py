@@ -39,6 +39,7 @@ def origin() -> Iterator[Registry]:
         # The size-limit test's own two (the module's upstream log counts GETs per blob).
         reg.images["older"] = oci_image(p, "vendor/older", "v1", [big_layer(8 * MiB, "replicas-older")])
         reg.images["newer"] = oci_image(p, "vendor/newer", "v1", [big_layer(8 * MiB, "replicas-newer")])
+        reg.images["purged"] = oci_image(p, "vendor/purged", "v1", [big_layer(4 * MiB, "replicas-purged")])
         yield reg
     finally:
         reg.stop()
@@ -215,3 +216,27 @@ async def test_max_size_bounds_what_the_replicas_hold_together(
         # Evicted is not lost: A still lists it, finds it gone, and fetches it again.
         assert await _pull(s, _blob_url(a, "vendor/older", first), license_id) == (200, first)
         assert _upstream_gets(origin, f"/v2/vendor/older/blobs/{first}") == 2
+
+
+async def test_a_purge_on_one_replica_clears_what_the_other_fetched(
+    replicas: Cluster, origin: Registry, s3gw: S3Gateway, s3_bucket: str
+):
+    (a, b), token, license_id = replicas
+    digest, _ = origin.images["purged"].blobs[-1]
+    path = f"/v2/vendor/purged/blobs/{digest}"
+    async with aiohttp.ClientSession() as s:
+        assert await _pull(s, _blob_url(b, "vendor/purged", digest), license_id) == (200, digest)
+        await apoll(lambda: _metric(b, "pullgate_cache_entries") == 1, 20, "B's fill published")
+        # Through A's vendor API; A never fetched it, so only the store knows B's binding.
+        async with s.delete(
+            f"{a.admin_url}/vendor/v3/cache/entries", params={"repo": "vendor/purged"}, headers={"Authorization": token}
+        ) as r:
+            assert r.status == 200, await r.text()
+            purged = (await r.json())["purged"]
+        assert (purged["bindings"], purged["deleted"]) == (1, 1)
+        assert _bucket_keys(s3gw, s3_bucket) == []
+        # B is told (PostgreSQL NOTIFY) and its index drops the object at once.
+        await apoll(lambda: _metric(b, "pullgate_cache_entries") == 0, 10, "B's index resynced")
+        gets = _upstream_gets(origin, path)
+        assert await _pull(s, _blob_url(b, "vendor/purged", digest), license_id) == (200, digest)
+        assert _upstream_gets(origin, path) == gets + 1  # fetched again, not served from a stale index

@@ -236,3 +236,41 @@ async def test_the_shared_limit_runs_where_every_process_on_the_store_shares_the
         assert (cache._shared_evictor is not None) is shared
         await cache.close()
         await store.close()
+
+
+async def test_a_purge_reaches_what_other_processes_bound_and_they_resync(tmp_path: Path, store: SQLiteStore):
+    root = tmp_path / "c"
+    one = Cache(FilesystemBackend(root), store, 1 << 30, 60, True)
+    two = Cache(FilesystemBackend(root), store, 1 << 30, 60, True)
+    await one.start()
+    await two.start()
+    purged_body, kept = os.urandom(1000), os.urandom(1000)
+    # Bound by `two` only: `one` started before and its index never saw them.
+    await two.keep(sha(purged_body), purged_body, OCI, B)
+    await two.keep(sha(kept), kept, OCI, A)
+    two.bind(sha(kept), B)
+    key = ("reg-a", "vendor/b", "v1", "*")
+    two.set_tag(key, sha(purged_body), OCI)
+    await two.persist.flush()
+    assert one.held(sha(purged_body)) is None and one.held(sha(kept)) is None
+    purged = await one.purge({"reg-a"}, "vendor/b")
+    assert (purged.bindings, purged.deleted, purged.tags) == (2, 1, 1)
+    # No binding of anyone left on one object: gone from the disk and the store. The other
+    # is still bound to vendor/a: kept.
+    assert await one.backend.size(sha(purged_body)) is None and await one.backend.size(sha(kept)) == 1000
+    assert await store.fetchall("SELECT repository FROM cache_bindings") == [{"repository": "vendor/a"}]
+    assert await store.fetchone("SELECT 1 AS x FROM cache_tags") is None
+    # `two` is told (Store.notify): its index drops what the store no longer has, and keeps
+    # what it added itself since, not yet written.
+    own = os.urandom(1000)
+    await two.keep(sha(own), own, OCI, A)
+    assert two.bound(sha(kept), B) and two.tag(key) is not None
+    two.changed_elsewhere()
+    deadline = asyncio.get_running_loop().time() + 5
+    while two.held(sha(purged_body)) is not None:
+        assert asyncio.get_running_loop().time() < deadline, "no resync"
+        await asyncio.sleep(0.01)
+    assert not two.bound(sha(kept), B) and two.bound(sha(kept), A) and two.tag(key) is None
+    assert two.held(sha(own)) is not None and two.bound(sha(own), A)
+    for c in (one, two):
+        await c.close()
