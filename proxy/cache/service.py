@@ -404,7 +404,7 @@ class Cache:
         pairs = set(self.index.select(registry_ids, repository, digest))
         pairs |= {
             (row["digest"], (row["registry_id"], row["repository"]))
-            for row in await cacheindex.bindings_of(self.store, registry_ids, repository, digest)
+            for row in await cacheindex.of_registries(self.store, "cache_bindings", registry_ids, repository, digest)
         }
         for d, b in pairs:
             self.index.unbind(d, b)
@@ -412,7 +412,7 @@ class Cache:
         tags = set(self.index.tags_of(registry_ids, repository, digest))
         tags |= {
             (row["registry_id"], row["repository"], row["tag"], row["accept"])
-            for row in await cacheindex.tags_of(self.store, registry_ids, repository, digest)
+            for row in await cacheindex.of_registries(self.store, "cache_tags", registry_ids, repository, digest)
         }
         for key in tags:
             self.drop_tag(key)

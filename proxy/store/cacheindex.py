@@ -127,36 +127,28 @@ async def least_recent(store: Store, limit: int) -> list[Row]:
 
 
 # --- a purge across every process sharing the store (Cache.purge) ---
-def _scope(registry_ids: set[str], repository: str | None, digest: str | None) -> tuple[str, list[Any]]:
+PURGED_COLUMNS = {
+    "cache_bindings": "registry_id, repository, digest",
+    "cache_tags": "registry_id, repository, tag, accept",
+}
+
+
+async def of_registries(
+    store: Store, table: str, registry_ids: set[str], repository: str | None = None, digest: str | None = None
+) -> list[Row]:
+    """The stored bindings or tags (`table`) of these registries, narrowed by repository and
+    digest."""
+    columns = PURGED_COLUMNS[table]  # a fixed name: never built from input
+    if not registry_ids:
+        return []
     ids = sorted(registry_ids)
     where = f"registry_id IN ({', '.join('?' for _ in ids)})"
     params: list[Any] = list(ids)
-    if repository is not None:
-        where += " AND repository = ?"
-        params.append(repository)
-    if digest is not None:
-        where += " AND digest = ?"
-        params.append(digest)
-    return where, params
-
-
-async def bindings_of(
-    store: Store, registry_ids: set[str], repository: str | None = None, digest: str | None = None
-) -> list[Row]:
-    """The stored bindings of these registries, narrowed by repository and digest."""
-    if not registry_ids:
-        return []
-    where, params = _scope(registry_ids, repository, digest)
-    return await store.fetchall(f"SELECT registry_id, repository, digest FROM cache_bindings WHERE {where}", params)  # noqa: S608 - placeholders only
-
-
-async def tags_of(
-    store: Store, registry_ids: set[str], repository: str | None = None, digest: str | None = None
-) -> list[Row]:
-    if not registry_ids:
-        return []
-    where, params = _scope(registry_ids, repository, digest)
-    return await store.fetchall(f"SELECT registry_id, repository, tag, accept FROM cache_tags WHERE {where}", params)  # noqa: S608 - placeholders only
+    for column, value in (("repository", repository), ("digest", digest)):
+        if value is not None:
+            where += f" AND {column} = ?"
+            params.append(value)
+    return await store.fetchall(f"SELECT {columns} FROM {table} WHERE {where}", params)  # noqa: S608 - placeholders only
 
 
 async def bound_at_all(store: Store, digest: str) -> bool:

@@ -30,6 +30,16 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
     await s.close()
 
 
+async def _two_processes(tmp_path: Path, store: SQLiteStore) -> tuple[Path, Cache, Cache]:
+    """Two caches on one store and one disk, started: two workers of one host."""
+    root = tmp_path / "c"
+    one = Cache(FilesystemBackend(root), store, 1 << 30, 60, True)
+    two = Cache(FilesystemBackend(root), store, 1 << 30, 60, True)
+    await one.start()
+    await two.start()
+    return root, one, two
+
+
 def _objects(root: Path) -> list[Path]:
     return [p for p in (root / "blobs").rglob("*") if p.is_file()]
 
@@ -73,11 +83,7 @@ async def test_without_a_store_the_fill_goes_ahead(tmp_path: Path):
 
 
 async def test_what_one_process_stored_is_a_hit_for_another(tmp_path: Path, store: SQLiteStore):
-    root = tmp_path / "c"
-    one = Cache(FilesystemBackend(root), store, 1 << 30, 60, True)
-    two = Cache(FilesystemBackend(root), store, 1 << 30, 60, True)
-    await one.start()
-    await two.start()
+    _, one, two = await _two_processes(tmp_path, store)
     body = os.urandom(300_000)
     up = Upstream(body)
     flight, _ = one.fetch(sha(body), A, up.open)
@@ -105,11 +111,7 @@ async def test_what_one_process_stored_is_a_hit_for_another(tmp_path: Path, stor
 
 
 async def test_while_one_process_fills_another_only_passes_the_bytes_through(tmp_path: Path, store: SQLiteStore):
-    root = tmp_path / "c"
-    one = Cache(FilesystemBackend(root), store, 1 << 30, 60, True)
-    two = Cache(FilesystemBackend(root), store, 1 << 30, 60, True)
-    await one.start()
-    await two.start()
+    root, one, two = await _two_processes(tmp_path, store)
     body = os.urandom(1 << 20)
     first, second = Upstream(body, pieces=8), Upstream(body, pieces=8)
     first.gate.clear()
@@ -239,11 +241,7 @@ async def test_the_shared_limit_runs_where_every_process_on_the_store_shares_the
 
 
 async def test_a_purge_reaches_what_other_processes_bound_and_they_resync(tmp_path: Path, store: SQLiteStore):
-    root = tmp_path / "c"
-    one = Cache(FilesystemBackend(root), store, 1 << 30, 60, True)
-    two = Cache(FilesystemBackend(root), store, 1 << 30, 60, True)
-    await one.start()
-    await two.start()
+    _, one, two = await _two_processes(tmp_path, store)
     purged_body, kept = os.urandom(1000), os.urandom(1000)
     # Bound by `two` only: `one` started before and its index never saw them.
     await two.keep(sha(purged_body), purged_body, OCI, B)
