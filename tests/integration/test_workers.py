@@ -206,6 +206,9 @@ async def test_a_registry_added_through_one_worker_serves_on_every_worker(server
 async def test_a_killed_worker_is_restarted(server: Pullgate, upstream_anon: Registry):
     url = _manifest_url(server, upstream_anon)
     assert await _statuses(url) == [200] * FRESH
+    # Counted before the kill: a request is counted just after its answer is out, and a
+    # SIGKILL in between would take that count with it (no process can keep it).
+    await _counted(server, FRESH)
     before = workers_of(server)
     victim = before[0]
     os.kill(victim, signal.SIGKILL)
