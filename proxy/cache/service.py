@@ -324,17 +324,12 @@ class Cache:
             for row in await cacheindex.least_recent(self.store, SHARED_EVICT_ROWS):
                 if excess <= 0:
                     break
-                digest = row["digest"]
-                if self.flights.get(digest) is not None:
+                if self.flights.get(row["digest"]) is not None:
                     continue  # being filled here: its entry is about to be new
-                with contextlib.suppress(OSError):  # already gone: forgotten all the same
-                    await self.backend.delete(digest)
-                self.index.remove(digest)
-                metrics.EVICTIONS.inc()
-                evicted.append(digest)
+                evicted.append(row["digest"])
                 excess -= int(row["size"])
-            await cacheindex.run(self.store, [st for digest in evicted for st in cacheindex.forget(digest)])
-            self._gauges()
+            await self._delete_everywhere(evicted)
+            metrics.EVICTIONS.inc(len(evicted))
             if evicted:
                 log.info("cache: %d object(s) evicted to keep the shared cache within max_size", len(evicted))
             return len(evicted)
@@ -417,18 +412,23 @@ class Cache:
         for key in tags:
             self.drop_tag(key)
         await self.persist.flush()
-        deleted = 0
-        for d in sorted({d for d, _ in pairs}):
-            if self.index.bindings.get(d) or await cacheindex.bound_at_all(self.store, d):
-                continue
+        touched = sorted({d for d, _ in pairs})
+        still_bound = await cacheindex.bound_digests(self.store, touched)
+        unbound = [d for d in touched if not self.index.bindings.get(d) and d not in still_bound]
+        await self._delete_everywhere(unbound)
+        await self.store.notify(CHANGED)
+        return Purged(len(pairs), len(unbound), len(tags))
+
+    async def _delete_everywhere(self, digests: list[str]) -> None:
+        """Objects no process may serve any more (evicted or purged): out of this index, out of
+        the backend (one already gone counts the same), and their rows out of the store in one
+        transaction."""
+        for d in digests:
             self.index.remove(d)
-            await cacheindex.run(self.store, cacheindex.forget(d))
             with contextlib.suppress(OSError):
                 await self.backend.delete(d)
-            deleted += 1
+        await cacheindex.run(self.store, [st for d in digests for st in cacheindex.forget(d)])
         self._gauges()
-        await self.store.notify(CHANGED)
-        return Purged(len(pairs), deleted, len(tags))
 
     def changed_elsewhere(self) -> None:
         """Another process purged (Store.listen, kind CHANGED): resync in the background."""

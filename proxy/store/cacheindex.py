@@ -151,5 +151,12 @@ async def of_registries(
     return await store.fetchall(f"SELECT {columns} FROM {table} WHERE {where}", params)  # noqa: S608 - placeholders only
 
 
-async def bound_at_all(store: Store, digest: str) -> bool:
-    return await store.fetchone("SELECT 1 AS ok FROM cache_bindings WHERE digest = ?", (digest,)) is not None
+async def bound_digests(store: Store, digests: Sequence[str], per_query: int = 500) -> set[str]:
+    """Which of `digests` any binding in the store still holds (a few queries, not one each)."""
+    out: set[str] = set()
+    for i in range(0, len(digests), per_query):
+        part = list(digests[i : i + per_query])
+        marks = ", ".join("?" for _ in part)
+        rows = await store.fetchall(f"SELECT DISTINCT digest FROM cache_bindings WHERE digest IN ({marks})", part)  # noqa: S608 - placeholders only
+        out |= {row["digest"] for row in rows}
+    return out
