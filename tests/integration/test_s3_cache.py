@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -270,6 +271,10 @@ async def test_start_sweeps_only_stale_uploads(s3gw: S3Gateway, s3_bucket: str, 
     other = make_backend(s3gw, s3_bucket, tmp_path / "s2")  # another replica starting now
     await other.start()
     assert len(await other.client.list_uploads("pg/")) == 1  # not stale yet: left alone
+    # The server reports when the upload began in whole seconds (it may round up): with
+    # stale_upload_seconds=0 the restart must come after that second, or it is not stale yet.
+    ((_, _, initiated),) = await other.client.list_uploads("pg/")
+    await apoll(lambda: time.time() > (initiated or 0), 5, "the upload's start time passed")
     restarted = make_backend(s3gw, s3_bucket, tmp_path / "s", stale_upload_seconds=0)
     await restarted.start()
     assert await restarted.client.list_uploads("pg/") == []

@@ -33,10 +33,18 @@ class Pullgate:
         self.args = list(args or [])  # more `serve` arguments, e.g. ["--workers", "2"]
         self.root = REPO_ROOT  # the checkout whose `proxy` runs (python -m proxy from there)
         workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.admin_port = free_port()
         self.db_path = workdir / "pullgate.db"
         self.keys_path = workdir / "keys.yaml"
+        self.config_path = workdir / "config.yaml"
+        self._teams, self._settings = teams, settings
+        self._configure()
+        self.env = {**os.environ, **(env or {})}
+        self.proc: ManagedProcess | None = None
+
+    def _configure(self) -> None:
+        """Free loopback ports, and the config file that names them."""
+        self.port = free_port()
+        self.admin_port = free_port()
         config: dict[str, Any] = {
             "proxy": {
                 "listen": f"127.0.0.1:{self.port}",
@@ -55,18 +63,15 @@ class Pullgate:
                 "egress_allow": ["127.0.0.0/8"],
             },
             # Off unless a test turns it on: the other tests count upstream requests.
-            "cache": {"backend": "none", "path": str(workdir / "cache")},
-            "bootstrap": {"teams": teams},
+            "cache": {"backend": "none", "path": str(self.workdir / "cache")},
+            "bootstrap": {"teams": self._teams},
         }
-        for section, values in (settings or {}).items():
+        for section, values in (self._settings or {}).items():
             if isinstance(values, dict):
                 config.setdefault(section, {}).update(values)
             else:  # a top-level scalar, such as `store`
                 config[section] = values
-        self.config_path = workdir / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        self.env = {**os.environ, **(env or {})}
-        self.proc: ManagedProcess | None = None
 
     @property
     def host(self) -> str:
@@ -80,13 +85,22 @@ class Pullgate:
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
 
-    def start(self) -> Pullgate:
+    def start(self, attempts: int = 3) -> Pullgate:
         argv = [sys.executable, "-m", "proxy", "serve", "--config", str(self.config_path), *self.args]
-        self.proc = ManagedProcess(argv, self.workdir, self.name, env=self.env, cwd=self.root)
-        # Both listeners are up before the admin one answers (and it is plain HTTP even
-        # when the proxy listener speaks TLS).
-        wait_http(f"{self.admin_url}/healthz", timeout=20, proc=self.proc)
-        return self
+        for attempt in range(1, attempts + 1):
+            self.proc = ManagedProcess(argv, self.workdir, self.name, env=self.env, cwd=self.root)
+            try:
+                # Both listeners are up before the admin one answers (and it is plain HTTP
+                # even when the proxy listener speaks TLS).
+                wait_http(f"{self.admin_url}/healthz", timeout=20, proc=self.proc)
+                return self
+            except RuntimeError as exc:
+                # free_port's race: another process took a port between the choice and the
+                # bind (an outgoing connection's ephemeral port). New ports, once more.
+                if "address already in use" not in str(exc) or attempt == attempts:
+                    raise
+                self._configure()
+        raise AssertionError("unreachable")
 
     @property
     def pid(self) -> int:
